@@ -1,0 +1,93 @@
+/**
+ * What the NBD side serves: a block-addressed store. The IVBS session is one
+ * backend; `MemoryBackend` makes NBD tests independent of IVBS.
+ * @module
+ */
+
+/** errno names the data path passes between layers; mapped to NBD codes on the wire. */
+export type Errno =
+  | "EIO"
+  | "EPERM"
+  | "EINVAL"
+  | "ENOSPC"
+  | "ENOMEM"
+  | "EOVERFLOW"
+  | "ENOTSUP"
+  | "ESHUTDOWN";
+
+/** A failed backend call, carrying the errno the client should see. */
+export class BackendError extends Error {
+  readonly code = "BACKEND";
+  constructor(message: string, readonly errno: Errno) {
+    super(message);
+    this.name = "BackendError";
+  }
+}
+
+export interface Backend {
+  /** Size in bytes. */
+  readonly size: number;
+  readonly readOnly: boolean;
+  /** Reads `length` bytes at `offset`; resolves with exactly `length` bytes. */
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /** Writes `data` at `offset`; resolves once durable (IVBS acknowledges only stored data). */
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** Optional: makes earlier writes durable. Absent when writes are durable on reply. */
+  flush?(): Promise<void>;
+  /** Optional: discards a range (advertised only when present). */
+  trim?(offset: number, length: number): Promise<void>;
+  /** Optional: writes zeroes without sending them (advertised only when present). */
+  writeZeroes?(offset: number, length: number): Promise<void>;
+  /** Releases connections; pending calls reject with ESHUTDOWN. */
+  close(): Promise<void>;
+}
+
+/** A backend held in memory: for tests and the demo. */
+export class MemoryBackend implements Backend {
+  readonly #data: Uint8Array;
+  readonly readOnly: boolean;
+
+  constructor(size: number, options: { readOnly?: boolean } = {}) {
+    this.#data = new Uint8Array(size);
+    this.readOnly = options.readOnly ?? false;
+  }
+
+  get size(): number {
+    return this.#data.length;
+  }
+
+  read(offset: number, length: number): Promise<Uint8Array> {
+    const error = this.#check(offset, length);
+    if (error) return Promise.reject(error);
+    return Promise.resolve(this.#data.slice(offset, offset + length));
+  }
+
+  write(offset: number, data: Uint8Array): Promise<void> {
+    if (this.readOnly) return Promise.reject(new BackendError("backend is read-only", "EPERM"));
+    const error = this.#check(offset, data.length);
+    if (error) return Promise.reject(error);
+    this.#data.set(data, offset);
+    return Promise.resolve();
+  }
+
+  writeZeroes(offset: number, length: number): Promise<void> {
+    if (this.readOnly) return Promise.reject(new BackendError("backend is read-only", "EPERM"));
+    const error = this.#check(offset, length);
+    if (error) return Promise.reject(error);
+    this.#data.fill(0, offset, offset + length);
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  #check(offset: number, length: number): BackendError | undefined {
+    if (offset < 0 || length < 0 || offset + length > this.#data.length) {
+      return new BackendError(
+        `range ${offset}+${length} is outside the ${this.#data.length}-byte backend`,
+        "EINVAL",
+      );
+    }
+  }
+}
