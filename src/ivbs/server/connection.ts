@@ -1,0 +1,661 @@
+/**
+ * One client connection of a test proxy: GREETING first, then a reader loop
+ * that admits requests within a byte budget, serves READ/WRITE concurrently
+ * (replies leave in completion order) and one serialized writer. State moves
+ * one way: greeted → logged in → attached → closed.
+ * @module
+ */
+import { FrameReader } from "../../io/frame_reader.ts";
+import { type ByteStream, writeAll } from "../../io/stream.ts";
+import type { Logger } from "../../log.ts";
+import {
+  decodeAttachRequest,
+  decodeHeader,
+  decodeLogin,
+  decodeReadRequest,
+  decodeWriteRequest,
+  encodeAttachReply,
+  encodeEmpty,
+  encodeGreeting,
+  encodeHeader,
+  encodeProxyList,
+  HEADER_SIZE,
+  type IoRange,
+  Op,
+  type OpCode,
+  opName,
+  type ProxyAddress,
+  READ_REQUEST_SIZE,
+  SESSION_ID_SIZE,
+  Status,
+  statusName,
+} from "../wire.ts";
+import type { InjectedStatuses } from "./faults.ts";
+import type { ImageStore, StoredImage } from "./store.ts";
+import type { UserTable } from "./users.ts";
+
+/** Counters shared by every proxy of a server. */
+export interface ServerStats {
+  connectionsAccepted: number;
+  /** Requests received, by op name. */
+  requests: Record<string, number>;
+  /** Requests answered with an injected status. */
+  injected: number;
+}
+
+/** Bounds that keep one connection's memory finite. */
+export interface ConnectionLimits {
+  /** Requests admitted and not yet answered (default 256). */
+  maxInFlight: number;
+  /** Bytes of request payloads and replies held (default 64 MiB; one request may exceed it alone). */
+  maxBufferedBytes: number;
+}
+
+export const DEFAULT_CONNECTION_LIMITS: ConnectionLimits = {
+  maxInFlight: 256,
+  maxBufferedBytes: 64 * 1024 * 1024,
+};
+
+/** What a connection needs from its proxy and server. */
+export interface ConnectionContext {
+  proxyIndex: number;
+  proxyName: string;
+  idleTimeoutMs: number;
+  store: ImageStore;
+  users: UserTable;
+  injected: InjectedStatuses;
+  stats: ServerStats;
+  replyDelayMs?: { min: number; max: number };
+  limits: ConnectionLimits;
+  log: Logger;
+  /** True while the proxy answers nothing and reads nothing. */
+  stalled(): boolean;
+  /** Resolves when the proxy is no longer stalled. */
+  whenUnstalled(): Promise<void>;
+}
+
+interface Queued {
+  packet: Uint8Array;
+  /** Budget held for the request this replies to; 0 for packets the proxy sends on its own. */
+  cost: number;
+  /** A LIST_PROXIES push (at most one waits at a time). */
+  push?: boolean;
+}
+
+const EMPTY = new Uint8Array(0);
+// Replies smaller than this are gathered into one socket write with their neighbours.
+const SMALL_REPLY = 64 * 1024;
+const GATHER_LIMIT = 256 * 1024;
+
+function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 0; i < SESSION_ID_SIZE; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function describe(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class ServerConnection {
+  readonly sessionId = crypto.getRandomValues(new Uint8Array(SESSION_ID_SIZE));
+  readonly peer: string;
+  /** Settles when the reader, the writer and every request handler have finished. */
+  readonly done: Promise<void>;
+
+  readonly #conn: Deno.Conn;
+  readonly #ctx: ConnectionContext;
+  #closed = false;
+  #signalClosed!: () => void;
+  readonly #closedPromise = new Promise<void>((resolve) => this.#signalClosed = resolve);
+
+  #username: string | null = null;
+  #image: StoredImage | null = null;
+
+  // Admission: requests and bytes held between reading a request and writing its reply.
+  #heldRequests = 0;
+  #heldBytes = 0;
+  #admitWaiter: (() => void) | null = null;
+
+  // Handlers still running (store I/O, reply delays).
+  #handlers = 0;
+  #handlersIdle: (() => void) | null = null;
+  readonly #timers = new Map<ReturnType<typeof setTimeout>, () => void>();
+
+  // Serialized writer.
+  readonly #queue: Queued[] = [];
+  #writerWake: (() => void) | null = null;
+  #pushQueued = false;
+  #writing = false;
+  #drainWaiter: (() => void) | null = null;
+
+  // Idle timeout: time of the last packet from the client; the check re-arms itself.
+  #lastActivity = performance.now();
+  #readerPaused = false;
+  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  constructor(conn: Deno.Conn, ctx: ConnectionContext) {
+    this.#conn = conn;
+    this.#ctx = ctx;
+    const addr = conn.remoteAddr as Deno.NetAddr;
+    this.peer = `${addr.hostname}:${addr.port}`;
+    this.done = this.#run();
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Closes the socket at once (the client sees EOF or a reset); pending replies are dropped. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      this.#conn.close();
+    } catch {
+      // Already closed by the peer side of the runtime.
+    }
+    clearTimeout(this.#idleTimer);
+    for (const [id, resolve] of this.#timers) {
+      clearTimeout(id);
+      resolve();
+    }
+    this.#timers.clear();
+    this.#signalClosed();
+    this.#writerWake?.();
+    this.#admitWaiter?.();
+    this.#signalDrained();
+  }
+
+  /** Queues a LIST_PROXIES push (sequence 0) unless one is still waiting to be sent. */
+  pushProxyList(proxies: readonly ProxyAddress[]): void {
+    if (this.#closed || this.#pushQueued) return;
+    this.#pushQueued = true;
+    this.#queue.push({ packet: encodeProxyList(this.sessionId, 0, proxies), cost: 0, push: true });
+    this.#writerWake?.();
+  }
+
+  async #run(): Promise<void> {
+    const ctx = this.#ctx;
+    ctx.log.debug("connection opened", { proxy: ctx.proxyName, peer: this.peer });
+    const writer = this.#writeLoop();
+    this.#enqueue(
+      encodeGreeting(this.sessionId, {
+        proxyName: ctx.proxyName,
+        idleTimeoutS: Math.ceil(ctx.idleTimeoutMs / 1000),
+      }),
+      0,
+    );
+    this.#armIdle(ctx.idleTimeoutMs);
+    let cleanEof = false;
+    try {
+      cleanEof = await this.#readLoop();
+    } catch (error) {
+      if (!this.#closed) {
+        ctx.log.warn("closing connection", {
+          proxy: ctx.proxyName,
+          peer: this.peer,
+          reason: describe(error),
+        });
+      }
+    }
+    clearTimeout(this.#idleTimer);
+    // On a clean EOF answer what is in flight (the client may have half-closed).
+    if (cleanEof && !this.#closed) await this.#handlersFinished();
+    if (cleanEof && !this.#closed) await this.#queueDrained();
+    this.close();
+    await this.#handlersFinished();
+    await writer;
+    ctx.log.debug("connection closed", { proxy: ctx.proxyName, peer: this.peer });
+  }
+
+  // ---- reader ----
+
+  /** Returns true on a clean EOF at a packet boundary. */
+  async #readLoop(): Promise<boolean> {
+    const ctx = this.#ctx;
+    const reader = new FrameReader(this.#conn as ByteStream);
+    const headerBytes = new Uint8Array(HEADER_SIZE);
+    const readRange = new Uint8Array(READ_REQUEST_SIZE);
+    while (!this.#closed) {
+      if (ctx.stalled()) {
+        this.#readerPaused = true;
+        await Promise.race([ctx.whenUnstalled(), this.#closedPromise]);
+        this.#resumeReading();
+        continue;
+      }
+      if (!await reader.readFull(headerBytes, "IVBS header", true)) return true;
+      this.#lastActivity = performance.now();
+      // Unknown op or oversized data_len: the stream cannot be trusted, so the caller closes.
+      const header = decodeHeader(headerBytes);
+      const { op, dataLen, sequence } = header;
+      const sessionOk = sameSessionId(header.sessionId, this.sessionId);
+
+      let payload = EMPTY;
+      let range: IoRange | null = null;
+      let cost = HEADER_SIZE + dataLen;
+      if (op === Op.READ && dataLen === READ_REQUEST_SIZE) {
+        // The reply size is known only from the payload: read it first, then admit.
+        await reader.readFull(readRange, "READ request");
+        payload = readRange;
+        try {
+          range = decodeReadRequest(readRange);
+          cost = HEADER_SIZE + range.length;
+        } catch {
+          range = null; // answered INVALID_REQUEST below
+        }
+        await this.#admit(cost);
+      } else {
+        await this.#admit(cost);
+        if (dataLen > 0) {
+          payload = new Uint8Array(dataLen);
+          await reader.readFull(payload, `${opName(op)} payload`);
+        }
+      }
+      if (this.#closed) {
+        this.#release(cost);
+        break;
+      }
+      this.#lastActivity = performance.now();
+
+      const name = opName(op);
+      ctx.stats.requests[name] = (ctx.stats.requests[name] ?? 0) + 1;
+      if (!sessionOk) {
+        ctx.log.warn("request with a foreign session id", {
+          proxy: ctx.proxyName,
+          peer: this.peer,
+          op: name,
+        });
+        this.#enqueue(encodeEmpty(this.sessionId, op, sequence, Status.INVALID_REQUEST), cost);
+        continue;
+      }
+      const injected = ctx.injected.take(ctx.proxyIndex, op);
+      if (injected !== undefined) {
+        ctx.stats.injected++;
+        ctx.log.debug("injected status", { op: name, status: statusName(injected) });
+        const packet = encodeEmpty(this.sessionId, op, sequence, injected);
+        this.#spawn(op, sequence, cost, () => Promise.resolve(packet));
+        continue;
+      }
+      const inline = this.#dispatch(op, sequence, payload, range, cost);
+      if (inline) await inline;
+    }
+    return false;
+  }
+
+  #dispatch(
+    op: OpCode,
+    sequence: number,
+    payload: Uint8Array,
+    range: IoRange | null,
+    cost: number,
+  ): Promise<void> | void {
+    const sid = this.sessionId;
+    const fail = (status: number, why: string) => {
+      this.#ctx.log.debug("request refused", {
+        peer: this.peer,
+        op: opName(op),
+        status: statusName(status),
+        why,
+      });
+      this.#enqueue(encodeEmpty(sid, op, sequence, status), cost);
+    };
+    switch (op) {
+      case Op.LOGIN:
+        // Inline, so a client may pipeline LOGIN, ATTACH and I/O without waiting.
+        return this.#enqueue(this.#login(sequence, payload), cost);
+      case Op.ATTACH_TO_IMAGE:
+        // Awaited by the reader, so requests after it see the attached image.
+        return this.#attach(sequence, payload).then((packet) => this.#enqueue(packet, cost));
+      case Op.KEEPALIVE:
+        return this.#spawn(
+          op,
+          sequence,
+          cost,
+          () => Promise.resolve(encodeEmpty(sid, op, sequence)),
+        );
+      case Op.LIST_PROXIES:
+        return this.#spawn(
+          op,
+          sequence,
+          cost,
+          () => Promise.resolve(encodeProxyList(sid, sequence, this.listProxies())),
+        );
+      case Op.READ: {
+        const image = this.#image;
+        if (!image) return fail(Status.NOT_READY, "no image attached");
+        if (!range) return fail(Status.INVALID_REQUEST, `READ payload of ${payload.length} bytes`);
+        if (range.offset + range.length > image.size) {
+          return fail(
+            Status.INVALID_REQUEST,
+            `READ ${range.offset}+${range.length} past ${image.size}`,
+          );
+        }
+        const { offset, length } = range;
+        return this.#spawn(op, sequence, cost, () => this.#read(image, sequence, offset, length));
+      }
+      case Op.WRITE: {
+        const image = this.#image;
+        if (!image) return fail(Status.NOT_READY, "no image attached");
+        let write: { offset: number; data: Uint8Array };
+        try {
+          write = decodeWriteRequest(payload);
+        } catch (error) {
+          return fail(Status.INVALID_REQUEST, describe(error));
+        }
+        if (write.offset + write.data.length > image.size) {
+          return fail(
+            Status.INVALID_REQUEST,
+            `WRITE ${write.offset}+${write.data.length} past ${image.size}`,
+          );
+        }
+        if (image.readOnly) return fail(Status.READ_ONLY, `image ${image.name} is read-only`);
+        return this.#spawn(op, sequence, cost, async () => {
+          await image.write(write.offset, write.data);
+          return encodeEmpty(sid, op, sequence);
+        });
+      }
+      default:
+        return fail(Status.INVALID_REQUEST, `${opName(op)} is not a request`);
+    }
+  }
+
+  #login(sequence: number, payload: Uint8Array): Uint8Array {
+    const ctx = this.#ctx;
+    let status: number = Status.PERMISSION_DENIED;
+    try {
+      const login = decodeLogin(payload);
+      if (ctx.users.verify(login.username, login.passwordHash)) {
+        if (this.#username !== login.username) this.#image = null;
+        this.#username = login.username;
+        status = Status.OK;
+        ctx.log.debug("login", { peer: this.peer, username: login.username });
+      } else {
+        this.#username = null;
+        this.#image = null;
+        ctx.log.info("login denied", { peer: this.peer, username: login.username });
+      }
+    } catch (error) {
+      status = Status.INVALID_REQUEST;
+      ctx.log.warn("bad LOGIN request", { peer: this.peer, reason: describe(error) });
+    }
+    return encodeEmpty(this.sessionId, Op.LOGIN, sequence, status);
+  }
+
+  async #attach(sequence: number, payload: Uint8Array): Promise<Uint8Array> {
+    const ctx = this.#ctx;
+    const reply = (status: number) =>
+      encodeEmpty(this.sessionId, Op.ATTACH_TO_IMAGE, sequence, status);
+    let name: string;
+    try {
+      name = decodeAttachRequest(payload);
+    } catch (error) {
+      ctx.log.warn("bad ATTACH_TO_IMAGE request", { peer: this.peer, reason: describe(error) });
+      return reply(Status.INVALID_REQUEST);
+    }
+    const username = this.#username;
+    if (username === null) return reply(Status.NOT_LOGGEDIN);
+    if (this.#image && this.#image.name !== name) {
+      ctx.log.info("second image refused", { peer: this.peer, attached: this.#image.name, name });
+      return reply(Status.INVALID_REQUEST); // one connection, at most one image
+    }
+    let image: StoredImage | undefined;
+    try {
+      image = await ctx.store.get(name);
+    } catch (error) {
+      ctx.log.error("cannot open image", { image: name, reason: describe(error) });
+      return reply(Status.PERMANENT_ERROR);
+    }
+    if (!image) {
+      ctx.log.info("attach to unknown image", { peer: this.peer, image: name });
+      return reply(Status.NOT_FOUND);
+    }
+    if (image.users && !image.users.has(username)) {
+      ctx.log.info("attach denied", { peer: this.peer, image: name, username });
+      return reply(Status.PERMISSION_DENIED);
+    }
+    this.#image = image;
+    ctx.log.debug("attached", { peer: this.peer, image: name, username });
+    return encodeAttachReply(this.sessionId, sequence, {
+      imageName: image.name,
+      size: image.size,
+      readOnly: image.readOnly,
+    });
+  }
+
+  /** One allocation for header and data; the store copies straight into it. */
+  async #read(
+    image: StoredImage,
+    sequence: number,
+    offset: number,
+    length: number,
+  ): Promise<Uint8Array> {
+    const packet = new Uint8Array(HEADER_SIZE + length);
+    encodeHeader(
+      { sessionId: this.sessionId, op: Op.READ, status: Status.OK, dataLen: length, sequence },
+      packet,
+    );
+    await image.readInto(offset, packet.subarray(HEADER_SIZE));
+    return packet;
+  }
+
+  /** Set by the proxy: the running proxies, for LIST_PROXIES. */
+  listProxies: () => ProxyAddress[] = () => [];
+
+  // ---- handlers ----
+
+  /** Runs a handler concurrently; its reply (after the optional delay) goes to the writer. */
+  #spawn(op: OpCode, sequence: number, cost: number, work: () => Promise<Uint8Array>): void {
+    this.#handlers++;
+    this.#handle(op, sequence, cost, work).finally(() => {
+      if (--this.#handlers === 0) this.#handlersIdle?.();
+    });
+  }
+
+  async #handle(
+    op: OpCode,
+    sequence: number,
+    cost: number,
+    work: () => Promise<Uint8Array>,
+  ): Promise<void> {
+    let packet: Uint8Array;
+    try {
+      packet = await work();
+    } catch (error) {
+      // A store failure (disk full, I/O error) fails this request, not the connection.
+      this.#ctx.log.error("request failed in the store", {
+        peer: this.peer,
+        op: opName(op),
+        reason: describe(error),
+      });
+      packet = encodeEmpty(this.sessionId, op, sequence, Status.PERMANENT_ERROR);
+    }
+    const delay = this.#ctx.replyDelayMs;
+    if (delay && delay.max > 0 && !this.#closed) {
+      await this.#sleep(delay.min + Math.random() * (delay.max - delay.min));
+    }
+    this.#enqueue(packet, cost);
+  }
+
+  #sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const id = setTimeout(() => {
+        this.#timers.delete(id);
+        resolve();
+      }, ms);
+      this.#timers.set(id, resolve);
+    });
+  }
+
+  #handlersFinished(): Promise<void> {
+    if (this.#handlers === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      this.#handlersIdle = () => {
+        this.#handlersIdle = null;
+        resolve();
+      };
+    });
+  }
+
+  // ---- admission ----
+
+  #admit(cost: number): Promise<void> {
+    if (this.#fits(cost)) {
+      this.#take(cost);
+      return Promise.resolve();
+    }
+    this.#readerPaused = true;
+    return new Promise<void>((resolve) => {
+      this.#admitWaiter = () => {
+        if (!this.#closed && !this.#fits(cost)) return;
+        this.#admitWaiter = null;
+        this.#take(cost);
+        this.#resumeReading();
+        resolve();
+      };
+    });
+  }
+
+  #fits(cost: number): boolean {
+    const { maxInFlight, maxBufferedBytes } = this.#ctx.limits;
+    return this.#heldRequests < maxInFlight &&
+      (this.#heldBytes + cost <= maxBufferedBytes || this.#heldBytes === 0);
+  }
+
+  #take(cost: number): void {
+    this.#heldRequests++;
+    this.#heldBytes += cost;
+  }
+
+  #release(cost: number): void {
+    this.#heldRequests--;
+    this.#heldBytes -= cost;
+    this.#admitWaiter?.();
+  }
+
+  #resumeReading(): void {
+    this.#readerPaused = false;
+    this.#lastActivity = performance.now();
+  }
+
+  // ---- writer ----
+
+  /** `cost` > 0: a reply to an admitted request; 0: a packet the proxy sends on its own. */
+  #enqueue(packet: Uint8Array, cost: number): void {
+    if (this.#closed) {
+      if (cost > 0) this.#release(cost);
+      return;
+    }
+    this.#queue.push({ packet, cost });
+    this.#writerWake?.();
+  }
+
+  async #writeLoop(): Promise<void> {
+    const ctx = this.#ctx;
+    try {
+      while (true) {
+        if (this.#queue.length === 0 && !this.#closed) {
+          await new Promise<void>((resolve) => this.#writerWake = resolve);
+          this.#writerWake = null;
+          continue;
+        }
+        if (this.#closed) break;
+        if (ctx.stalled()) {
+          await Promise.race([ctx.whenUnstalled(), this.#closedPromise]);
+          continue;
+        }
+        const batch = this.#takeBatch();
+        this.#writing = true;
+        try {
+          await writeAll(this.#conn, batch.bytes);
+        } catch (error) {
+          if (!this.#closed) {
+            ctx.log.debug("write failed", { peer: this.peer, reason: describe(error) });
+          }
+          this.#releaseAll(batch.items);
+          this.close();
+          break;
+        }
+        this.#writing = false;
+        this.#releaseAll(batch.items);
+        if (this.#queue.length === 0) this.#signalDrained();
+      }
+    } finally {
+      this.#writing = false;
+      this.#releaseAll(this.#queue.splice(0));
+      this.#signalDrained();
+    }
+  }
+
+  /** The next packet, or several small ones gathered into one buffer (one syscall). */
+  #signalDrained(): void {
+    const waiter = this.#drainWaiter;
+    this.#drainWaiter = null;
+    waiter?.();
+  }
+
+  #takeBatch(): { bytes: Uint8Array; items: Queued[] } {
+    const first = this.#queue.shift()!;
+    if (first.packet.length >= SMALL_REPLY || this.#queue.length === 0) {
+      return { bytes: first.packet, items: [first] };
+    }
+    const items = [first];
+    let total = first.packet.length;
+    while (
+      this.#queue.length > 0 && this.#queue[0].packet.length < SMALL_REPLY &&
+      total + this.#queue[0].packet.length <= GATHER_LIMIT
+    ) {
+      const next = this.#queue.shift()!;
+      items.push(next);
+      total += next.packet.length;
+    }
+    if (items.length === 1) return { bytes: first.packet, items };
+    const bytes = new Uint8Array(total);
+    let at = 0;
+    for (const item of items) {
+      bytes.set(item.packet, at);
+      at += item.packet.length;
+    }
+    return { bytes, items };
+  }
+
+  #releaseAll(items: Queued[]): void {
+    for (const item of items) {
+      if (item.cost > 0) this.#release(item.cost);
+      if (item.push) this.#pushQueued = false;
+    }
+  }
+
+  /** Resolves once every queued packet has been written (or the connection closed). */
+  #queueDrained(): Promise<void> {
+    if (this.#closed || (this.#queue.length === 0 && !this.#writing)) return Promise.resolve();
+    return new Promise((resolve) => this.#drainWaiter = resolve);
+  }
+
+  // ---- idle timeout ----
+
+  #armIdle(delayMs: number): void {
+    this.#idleTimer = setTimeout(() => this.#checkIdle(), Math.max(1, delayMs));
+  }
+
+  #checkIdle(): void {
+    if (this.#closed) return;
+    const now = performance.now();
+    const timeout = this.#ctx.idleTimeoutMs;
+    // A paused reader cannot see the client's packets: that time is not idleness.
+    if (this.#readerPaused || this.#ctx.stalled()) {
+      this.#lastActivity = now;
+      return this.#armIdle(timeout);
+    }
+    const idle = now - this.#lastActivity;
+    if (idle >= timeout) {
+      this.#ctx.log.info("closing idle connection", {
+        proxy: this.#ctx.proxyName,
+        peer: this.peer,
+        idleMs: Math.round(idle),
+      });
+      this.close();
+      return;
+    }
+    this.#armIdle(timeout - idle);
+  }
+}

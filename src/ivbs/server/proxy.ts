@@ -1,0 +1,181 @@
+/**
+ * One proxy of the test server: a TCP listener and its connections, with the
+ * faults a test can switch on (stop/start on the same port, stall, drop).
+ * @module
+ */
+import type { ProxyAddress } from "../wire.ts";
+import { type ConnectionContext, ServerConnection } from "./connection.ts";
+
+/** A proxy as the server's users see it (a live view). */
+export interface ProxyState {
+  index: number;
+  name: string;
+  host: string;
+  port: number;
+  running: boolean;
+  stalled: boolean;
+  connections: number;
+}
+
+/** What every connection of a proxy shares, minus the proxy's own parts. */
+export type SharedContext = Omit<
+  ConnectionContext,
+  "proxyIndex" | "proxyName" | "stalled" | "whenUnstalled"
+>;
+
+/** Thrown when a proxy cannot listen (port in use, bad host). */
+export class ProxyListenError extends Error {
+  readonly code = "LISTEN";
+  constructor(message: string) {
+    super(message);
+    this.name = "ProxyListenError";
+  }
+}
+
+export class Proxy implements ProxyState {
+  readonly index: number;
+  readonly name: string;
+  readonly host: string;
+  #port: number;
+  #listener: Deno.TcpListener | null = null;
+  #acceptLoop: Promise<void> = Promise.resolve();
+  readonly #connections = new Set<ServerConnection>();
+  #stalled = false;
+  #unstall: PromiseWithResolvers<void> | null = null;
+  readonly #context: ConnectionContext;
+  readonly #listProxies: () => ProxyAddress[];
+  readonly #onAccept: () => void;
+
+  constructor(
+    index: number,
+    host: string,
+    port: number,
+    shared: SharedContext,
+    hooks: { listProxies: () => ProxyAddress[]; onAccept: () => void },
+  ) {
+    this.index = index;
+    this.host = host;
+    this.#port = port;
+    this.name = `proxy-${index}`;
+    this.#listProxies = hooks.listProxies;
+    this.#onAccept = hooks.onAccept;
+    this.#context = {
+      ...shared,
+      proxyIndex: index,
+      proxyName: this.name,
+      stalled: () => this.#stalled,
+      whenUnstalled: () => this.#unstall?.promise ?? Promise.resolve(),
+    };
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+  get running(): boolean {
+    return this.#listener !== null;
+  }
+  get stalled(): boolean {
+    return this.#stalled;
+  }
+  get connections(): number {
+    return this.#connections.size;
+  }
+
+  /** Listens on the configured port (the same port again after a stop). */
+  start(): Promise<void> {
+    if (this.#listener) return Promise.resolve();
+    let listener: Deno.TcpListener;
+    try {
+      listener = Deno.listen({ hostname: this.host, port: this.#port, transport: "tcp" });
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      return Promise.reject(
+        new ProxyListenError(
+          `Cannot listen on ${this.host}:${this.#port} for ${this.name}: ${reason}`,
+        ),
+      );
+    }
+    this.#listener = listener;
+    this.#port = listener.addr.port; // port 0 becomes the ephemeral port, kept for restarts
+    this.#acceptLoop = this.#accept(listener);
+    return Promise.resolve();
+  }
+
+  /** Closes the listener and every connection; resolves when all of them have finished. */
+  async stop(): Promise<void> {
+    const listener = this.#listener;
+    this.#listener = null;
+    if (listener) {
+      try {
+        listener.close();
+      } catch {
+        // Already closed.
+      }
+    }
+    await this.#acceptLoop;
+    await this.#closeConnections();
+  }
+
+  /** Stalled: connections stay open (new ones are accepted) but nothing is read or answered. */
+  stall(stalled: boolean): void {
+    if (stalled === this.#stalled) return;
+    this.#stalled = stalled;
+    if (stalled) {
+      this.#unstall = Promise.withResolvers<void>();
+    } else {
+      const unstall = this.#unstall;
+      this.#unstall = null;
+      unstall?.resolve();
+    }
+  }
+
+  /** Closes the current connections abruptly; the listener keeps accepting. */
+  dropConnections(): Promise<void> {
+    return this.#closeConnections();
+  }
+
+  /** Pushes LIST_PROXIES to every connection (a stalled proxy sends nothing). */
+  pushProxyList(proxies: readonly ProxyAddress[]): void {
+    if (this.#stalled) return;
+    for (const connection of this.#connections) connection.pushProxyList(proxies);
+  }
+
+  async #closeConnections(): Promise<void> {
+    const connections = [...this.#connections];
+    for (const connection of connections) connection.close();
+    await Promise.all(connections.map((connection) => connection.done));
+  }
+
+  async #accept(listener: Deno.TcpListener): Promise<void> {
+    while (true) {
+      let conn: Deno.TcpConn;
+      try {
+        conn = await listener.accept();
+      } catch (error) {
+        if (this.#listener === listener) {
+          this.#context.log.error("accept failed; proxy stopped", {
+            proxy: this.name,
+            reason: error instanceof Error ? error.message : String(error),
+          });
+          this.#listener = null;
+          try {
+            listener.close();
+          } catch {
+            // Already closed.
+          }
+        }
+        return;
+      }
+      try {
+        conn.setNoDelay(true); // small replies (keepalive, status) must not wait for Nagle
+      } catch {
+        // The peer is already gone; the reader will see it.
+      }
+      this.#onAccept();
+      const connection = new ServerConnection(conn, this.#context);
+      connection.listProxies = this.#listProxies;
+      this.#connections.add(connection);
+      connection.done.finally(() => this.#connections.delete(connection));
+    }
+  }
+}
