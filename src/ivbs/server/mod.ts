@@ -25,10 +25,16 @@ import {
 } from "./connection.ts";
 import { InjectedStatuses } from "./faults.ts";
 import { Proxy, type ProxyState } from "./proxy.ts";
-import { FileStore, type ImageStore, MemoryStore, type ServerImage } from "./store.ts";
+import {
+  FileStore,
+  type ImageInfo,
+  type ImageStore,
+  MemoryStore,
+  type ServerImage,
+} from "./store.ts";
 import { ServerConfigError, type ServerUser, UserTable } from "./users.ts";
 
-export type { ConnectionLimits, ProxyState, ServerImage, ServerStats, ServerUser };
+export type { ConnectionLimits, ImageInfo, ProxyState, ServerImage, ServerStats, ServerUser };
 export { ImageConfigError } from "./store.ts";
 export { ProxyListenError } from "./proxy.ts";
 export { ServerConfigError };
@@ -74,6 +80,8 @@ export interface IvbsTestServer {
    */
   injectStatus(status: number, count: number, filter?: { proxy?: number; ops?: number[] }): void;
   createImage(image: ServerImage): Promise<void>;
+  /** Every image the store serves (extension). */
+  images(): Promise<ImageInfo[]>;
   readonly stats: ServerStats;
   close(): Promise<void>;
 }
@@ -115,9 +123,31 @@ function checkOptions(options: IvbsServerOptions): void {
   }
 }
 
+/** Own enumerable getters, so the view reads live and also spreads and serializes. */
+function liveView(proxy: Proxy): ProxyState {
+  return {
+    index: proxy.index,
+    name: proxy.name,
+    host: proxy.host,
+    get port() {
+      return proxy.port;
+    },
+    get running() {
+      return proxy.running;
+    },
+    get stalled() {
+      return proxy.stalled;
+    },
+    get connections() {
+      return proxy.connections;
+    },
+  };
+}
+
 class IvbsServer implements IvbsTestServer {
   readonly stats: ServerStats = { connectionsAccepted: 0, requests: {}, injected: 0 };
   readonly #proxies: Proxy[] = [];
+  readonly #views: ProxyState[] = [];
   readonly #store: ImageStore;
   readonly #injected = new InjectedStatuses();
   readonly #log: Logger;
@@ -143,12 +173,14 @@ class IvbsServer implements IvbsTestServer {
       onAccept: () => void this.stats.connectionsAccepted++,
     };
     (options.ports ?? [0, 0]).forEach((port, index) => {
-      this.#proxies.push(new Proxy(index, host, port, shared, hooks));
+      const proxy = new Proxy(index, host, port, shared, hooks);
+      this.#proxies.push(proxy);
+      this.#views.push(liveView(proxy));
     });
   }
 
   get proxies(): readonly ProxyState[] {
-    return this.#proxies;
+    return this.#views;
   }
 
   addresses(): { host: string; port: number }[] {
@@ -202,6 +234,10 @@ class IvbsServer implements IvbsTestServer {
         requested: image.size,
       });
     }
+  }
+
+  images(): Promise<ImageInfo[]> {
+    return this.#store.list();
   }
 
   async close(): Promise<void> {

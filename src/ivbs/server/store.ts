@@ -5,7 +5,7 @@
  * uses positional I/O, so concurrent requests never race on a file offset.
  * @module
  */
-import { type FileHandle, mkdir, open, stat } from "node:fs/promises";
+import { type FileHandle, mkdir, open, readdir, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { IMAGE_NAME_SIZE } from "../wire.ts";
 
@@ -31,7 +31,18 @@ export interface StoredImage {
   write(offset: number, data: Uint8Array): Promise<void>;
 }
 
+/** What a listing shows of an image. */
+export interface ImageInfo {
+  name: string;
+  size: number;
+  readOnly: boolean;
+  /** Allowed usernames; absent = all users. */
+  users?: string[];
+}
+
 export interface ImageStore {
+  /** Every image the store can serve, sorted by name. */
+  list(): Promise<ImageInfo[]>;
   /** The image named `name`, or undefined when it does not exist. */
   get(name: string): Promise<StoredImage | undefined>;
   /** Creates the image if missing; an existing one keeps its data and takes the new access settings. */
@@ -70,6 +81,16 @@ export function validateImage(image: ServerImage): void {
 
 function userSet(users: string[] | undefined): ReadonlySet<string> | undefined {
   return users === undefined ? undefined : new Set(users);
+}
+
+function info(image: StoredImage): ImageInfo {
+  const listed: ImageInfo = { name: image.name, size: image.size, readOnly: image.readOnly };
+  if (image.users) listed.users = [...image.users];
+  return listed;
+}
+
+function byName(a: ImageInfo, b: ImageInfo): number {
+  return a.name < b.name ? -1 : a.name > b.name ? 1 : 0;
 }
 
 // ---- memory ----
@@ -125,6 +146,10 @@ class MemoryImage implements StoredImage {
 /** Images held in memory, sparse: a 10 GiB image costs nothing until written. */
 export class MemoryStore implements ImageStore {
   readonly #images = new Map<string, MemoryImage>();
+
+  list(): Promise<ImageInfo[]> {
+    return Promise.resolve([...this.#images.values()].map(info).sort(byName));
+  }
 
   get(name: string): Promise<StoredImage | undefined> {
     return Promise.resolve(this.#images.get(name));
@@ -211,6 +236,19 @@ export class FileStore implements ImageStore {
   /** Path of an image's file. */
   pathOf(name: string): string {
     return join(this.#dir, `${name}.img`);
+  }
+
+  /** Opens every `NAME.img` in the directory (a missing directory holds no images). */
+  async list(): Promise<ImageInfo[]> {
+    let entries: string[];
+    try {
+      entries = await readdir(this.#dir);
+    } catch {
+      return [];
+    }
+    const names = entries.filter((file) => file.endsWith(".img")).map((file) => file.slice(0, -4));
+    const images = await Promise.all(names.map((name) => this.get(name)));
+    return images.filter((image) => image !== undefined).map(info).sort(byName);
   }
 
   get(name: string): Promise<StoredImage | undefined> {
