@@ -1,0 +1,493 @@
+/**
+ * One TCP connection to one IVBS proxy: waits for GREETING, then carries
+ * pipelined requests matched to replies by sequence (in any order), handles
+ * proxy pushes (GREETING, LIST_PROXIES) between replies, sends KEEPALIVE when
+ * idle and declares the peer dead when it stops answering. It knows nothing of
+ * failover: when it ends, every pending request rejects with
+ * ConnectionLostError and the session decides what to do.
+ *
+ * One reader loop (FrameReader, READ data lands straight in the caller's
+ * buffer) and one serialized writer (small packets coalesced into one write).
+ * @module
+ */
+import { FrameReader } from "../io/frame_reader.ts";
+import { type ByteStream, writeAll } from "../io/stream.ts";
+import { type Logger, logger } from "../log.ts";
+import { ConnectionLostError } from "./errors.ts";
+import { proxyLabel } from "./proxy_list.ts";
+import {
+  decodeGreeting,
+  decodeHeader,
+  decodeProxyList,
+  DEFAULT_IDLE_TIMEOUT_S,
+  encodeAttachRequest,
+  encodeEmpty,
+  encodeHeader,
+  encodeLogin,
+  HEADER_SIZE,
+  IvbsProtocolError,
+  Op,
+  type OpCode,
+  opName,
+  type PacketHeader,
+  type ProxyAddress,
+  SESSION_ID_SIZE,
+  Status,
+} from "./wire.ts";
+
+export interface ConnectionOptions {
+  /** Bound on TCP connect plus the wait for GREETING (default 5 000 ms). */
+  connectTimeoutMs?: number;
+  /** Replies awaited and none received for this long = dead peer (default 15 000 ms). */
+  deadPeerTimeoutMs?: number;
+  /** Called with each LIST_PROXIES the proxy sends (push or reply). */
+  onProxyList?: (proxies: ProxyAddress[]) => void;
+  /** Called each time a KEEPALIVE is sent (for the session's counters). */
+  onKeepalive?: () => void;
+  /** Aborting closes the connection (or abandons the connect). */
+  signal?: AbortSignal;
+  log?: Logger;
+}
+
+/** A reply: its status and payload (for a READ with a target: that target, filled). */
+export interface Reply {
+  status: number;
+  payload: Uint8Array;
+}
+
+/** The session's side of a request: once `done`, an unsent request is dropped, not sent. */
+export interface RequestOwner {
+  readonly done: boolean;
+}
+
+export interface RequestOptions {
+  /** READ only: the buffer the data is read into (its length = the requested length). */
+  target?: Uint8Array;
+  owner?: RequestOwner;
+}
+
+interface Pending {
+  op: OpCode;
+  target: Uint8Array | undefined;
+  resolve: (reply: Reply) => void;
+  reject: (error: Error) => void;
+}
+
+interface Outgoing {
+  packet: Uint8Array;
+  sequence: number;
+  owner: RequestOwner | undefined;
+}
+
+const EMPTY = new Uint8Array(0);
+/** Packets below this size are coalesced with their neighbours into one socket write. */
+const COALESCE_LIMIT = 64 * 1024;
+const MAX_SEQUENCE = 0xffff_ffff;
+
+function describe(error: unknown): string {
+  if (error instanceof IvbsProtocolError) return `protocol error: ${error.message}`;
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
+
+/** Thrown into a request dropped unsent because its owner gave up on it. */
+class AbandonedError extends Error {
+  constructor() {
+    super("request abandoned before it was sent");
+    this.name = "AbandonedError";
+  }
+}
+
+export class IvbsConnection {
+  readonly address: ProxyAddress;
+  /** "host:port" of the proxy, for logs and events. */
+  readonly label: string;
+  /** Settles (never rejects) with the reason once the connection has ended. */
+  readonly ended: Promise<string>;
+
+  readonly #tcp: ByteStream;
+  readonly #reader: FrameReader;
+  readonly #log: Logger;
+  readonly #deadPeerMs: number;
+  readonly #onProxyList: ((proxies: ProxyAddress[]) => void) | undefined;
+  readonly #onKeepalive: (() => void) | undefined;
+
+  #sessionId: Uint8Array | null = null;
+  #proxyName = "";
+  #idleTimeoutS = DEFAULT_IDLE_TIMEOUT_S;
+  #greeted: PromiseWithResolvers<void> = Promise.withResolvers();
+
+  readonly #pending = new Map<number, Pending>();
+  #sequence = 0;
+  #queue: Outgoing[] = [];
+  #queueHead = 0;
+  #writing: Promise<void> | null = null;
+  readonly #readLoop: Promise<void>;
+
+  #endReason: string | null = null;
+  #resolveEnded!: (reason: string) => void;
+  #tick: ReturnType<typeof setInterval> | undefined;
+  #lastSentAt = performance.now();
+  /** Last reply to one of our requests, or when we started waiting for one. */
+  #lastReplyAt = performance.now();
+  #keepaliveOutstanding = false;
+  #keepalivesSent = 0;
+
+  private constructor(tcp: ByteStream, address: ProxyAddress, options: ConnectionOptions) {
+    this.#tcp = tcp;
+    this.address = address;
+    this.label = proxyLabel(address);
+    this.#reader = new FrameReader(tcp);
+    this.#log = options.log ?? logger("ivbs");
+    this.#deadPeerMs = options.deadPeerTimeoutMs ?? 15_000;
+    this.#onProxyList = options.onProxyList;
+    this.#onKeepalive = options.onKeepalive;
+    this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
+    // Callers of open() see greeting failures through open(); nobody else awaits it.
+    this.#greeted.promise.catch(() => {});
+    this.#readLoop = this.#runReader();
+  }
+
+  /** Connects over TCP (noDelay) and waits for the proxy's GREETING. */
+  static async open(
+    address: ProxyAddress,
+    options: ConnectionOptions = {},
+  ): Promise<IvbsConnection> {
+    const label = proxyLabel(address);
+    const timeoutMs = options.connectTimeoutMs ?? 5_000;
+    const controller = new AbortController();
+    const abort = () => controller.abort();
+    options.signal?.addEventListener("abort", abort);
+    const timer = setTimeout(abort, timeoutMs);
+    let tcp: Deno.TcpConn;
+    try {
+      if (options.signal?.aborted) throw new Error("aborted");
+      tcp = await Deno.connect({
+        hostname: address.host,
+        port: address.port,
+        signal: controller.signal,
+      });
+    } catch (error) {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", abort);
+      const why = controller.signal.aborted && !options.signal?.aborted
+        ? `no TCP connection within ${timeoutMs} ms`
+        : describe(error);
+      throw new ConnectionLostError(label, `connect failed: ${why}`);
+    }
+    tcp.setNoDelay(true);
+    const connection = new IvbsConnection(tcp, address, options);
+    // From here the timer and the caller's signal close the connection instead.
+    const onAbort = () => connection.#fail("connection attempt aborted");
+    options.signal?.removeEventListener("abort", abort);
+    options.signal?.addEventListener("abort", onAbort);
+    clearTimeout(timer);
+    const greetingTimer = setTimeout(
+      () => connection.#fail(`no GREETING within ${timeoutMs} ms`),
+      timeoutMs,
+    );
+    try {
+      await connection.#greeted.promise;
+      return connection;
+    } catch (error) {
+      await connection.close();
+      throw error;
+    } finally {
+      // The signal covers the attempt only; the owner closes an open connection itself.
+      clearTimeout(greetingTimer);
+      options.signal?.removeEventListener("abort", onAbort);
+    }
+  }
+
+  /** The proxy's name from GREETING ("" when unnamed). */
+  get proxyName(): string {
+    return this.#proxyName;
+  }
+
+  /** The proxy's idle timeout from GREETING, in seconds. */
+  get idleTimeoutS(): number {
+    return this.#idleTimeoutS;
+  }
+
+  /** Requests sent or queued and not yet answered. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  get keepalivesSent(): number {
+    return this.#keepalivesSent;
+  }
+
+  get isOpen(): boolean {
+    return this.#endReason === null;
+  }
+
+  /**
+   * Sends an encoded request packet (any session id and sequence: both are
+   * stamped here) and resolves with the matching reply. Rejects with
+   * ConnectionLostError when the connection ends first.
+   */
+  request(packet: Uint8Array, options: RequestOptions = {}): Promise<Reply> {
+    if (this.#endReason !== null) {
+      return Promise.reject(new ConnectionLostError(this.label, this.#endReason));
+    }
+    if (this.#sessionId === null) {
+      return Promise.reject(new IvbsProtocolError("request before GREETING"));
+    }
+    const header = decodeHeader(packet);
+    const sequence = this.#nextSequence();
+    encodeHeader(
+      { sessionId: this.#sessionId, op: header.op, dataLen: header.dataLen, sequence },
+      packet,
+    );
+    return new Promise<Reply>((resolve, reject) => {
+      // The dead-peer clock starts when we start waiting, not at the last reply.
+      if (this.#pending.size === 0) this.#lastReplyAt = performance.now();
+      this.#pending.set(sequence, { op: header.op, target: options.target, resolve, reject });
+      this.#enqueue({ packet, sequence, owner: options.owner });
+    });
+  }
+
+  login(username: string, passwordHash: string): Promise<Reply> {
+    return this.request(encodeLogin(this.#stampId(), 0, { username, passwordHash }));
+  }
+
+  attach(image: string): Promise<Reply> {
+    return this.request(encodeAttachRequest(this.#stampId(), 0, image));
+  }
+
+  /** Asks for the proxy list; the reply also goes to onProxyList. */
+  listProxies(): Promise<Reply> {
+    return this.request(encodeEmpty(this.#stampId(), Op.LIST_PROXIES, 0));
+  }
+
+  keepalive(): Promise<Reply> {
+    this.#keepalivesSent++;
+    this.#onKeepalive?.();
+    return this.request(encodeEmpty(this.#stampId(), Op.KEEPALIVE, 0));
+  }
+
+  /** Ends the connection (pending requests reject) and waits for its loops to stop. */
+  async close(reason = "closed by client"): Promise<void> {
+    this.#fail(reason);
+    await this.#readLoop;
+    await this.#writing;
+  }
+
+  // ---- internals ----
+
+  #stampId(): Uint8Array {
+    return this.#sessionId ?? new Uint8Array(SESSION_ID_SIZE);
+  }
+
+  #nextSequence(): number {
+    // 0 marks proxy pushes, so sequences run 1..2^32-1 and skip any still pending.
+    do {
+      this.#sequence = this.#sequence >= MAX_SEQUENCE ? 1 : this.#sequence + 1;
+    } while (this.#pending.has(this.#sequence));
+    return this.#sequence;
+  }
+
+  #enqueue(item: Outgoing): void {
+    this.#queue.push(item);
+    this.#writing ??= this.#runWriter();
+  }
+
+  /** Takes the next packet or a coalesced batch of small ones; null when the queue is empty. */
+  #nextBatch(): Uint8Array | null {
+    const first = this.#takeLive();
+    if (first === null) return null;
+    if (first.length >= COALESCE_LIMIT) return first;
+    const parts = [first];
+    let total = first.length;
+    while (this.#queueHead < this.#queue.length) {
+      const next = this.#queue[this.#queueHead].packet;
+      if (total + next.length > COALESCE_LIMIT) break;
+      const packet = this.#takeLive();
+      if (packet === null) break;
+      parts.push(packet);
+      total += packet.length;
+    }
+    if (parts.length === 1) return first;
+    const batch = new Uint8Array(total);
+    let at = 0;
+    for (const part of parts) {
+      batch.set(part, at);
+      at += part.length;
+    }
+    return batch;
+  }
+
+  /** Next queued packet whose owner still wants it; abandoned ones are dropped unsent. */
+  #takeLive(): Uint8Array | null {
+    while (this.#queueHead < this.#queue.length) {
+      const item = this.#queue[this.#queueHead++];
+      if (!item.owner?.done) return item.packet;
+      const pending = this.#pending.get(item.sequence);
+      this.#pending.delete(item.sequence);
+      pending?.reject(new AbandonedError());
+    }
+    this.#queue = [];
+    this.#queueHead = 0;
+    return null;
+  }
+
+  async #runWriter(): Promise<void> {
+    try {
+      while (this.#endReason === null) {
+        const batch = this.#nextBatch();
+        if (batch === null) break;
+        this.#lastSentAt = performance.now();
+        await writeAll(this.#tcp, batch);
+        this.#lastSentAt = performance.now();
+      }
+    } catch (error) {
+      this.#fail(`write failed: ${describe(error)}`);
+    } finally {
+      this.#writing = null;
+    }
+    // A request queued while the last write was finishing.
+    if (this.#endReason === null && this.#queueHead < this.#queue.length) {
+      this.#writing ??= this.#runWriter();
+    }
+  }
+
+  async #runReader(): Promise<void> {
+    const header = new Uint8Array(HEADER_SIZE);
+    try {
+      while (this.#endReason === null) {
+        const more = await this.#reader.readFull(header, "IVBS header", true);
+        if (!more) {
+          this.#fail("proxy closed the connection (EOF)");
+          return;
+        }
+        await this.#handle(decodeHeader(header));
+      }
+    } catch (error) {
+      this.#fail(describe(error));
+    }
+  }
+
+  async #readPayload(header: PacketHeader): Promise<Uint8Array> {
+    if (header.dataLen === 0) return EMPTY;
+    const payload = new Uint8Array(header.dataLen);
+    await this.#reader.readFull(payload, `${opName(header.op)} payload`);
+    return payload;
+  }
+
+  async #handle(header: PacketHeader): Promise<void> {
+    if (this.#sessionId === null) {
+      if (header.op !== Op.GREETING) {
+        throw new IvbsProtocolError(`expected GREETING first, got ${opName(header.op)}`);
+      }
+      this.#applyGreeting(header, decodeGreeting(await this.#readPayload(header)));
+      this.#startTimers();
+      this.#greeted.resolve();
+      return;
+    }
+    const pending = header.sequence === 0 ? undefined : this.#pending.get(header.sequence);
+    if (pending === undefined) return await this.#handlePush(header);
+    if (pending.op !== header.op) {
+      throw new IvbsProtocolError(
+        `reply to ${opName(pending.op)} sequence ${header.sequence} came as ${opName(header.op)}`,
+      );
+    }
+    this.#pending.delete(header.sequence);
+    this.#lastReplyAt = performance.now();
+    if (header.op === Op.KEEPALIVE) this.#keepaliveOutstanding = false;
+    let payload: Uint8Array;
+    if (pending.target !== undefined && header.status === Status.OK) {
+      if (header.dataLen !== pending.target.length) {
+        throw new IvbsProtocolError(
+          `READ reply carries ${header.dataLen} bytes, ${pending.target.length} were asked for`,
+        );
+      }
+      await this.#reader.readFull(pending.target, "READ data");
+      payload = pending.target;
+    } else if (header.status !== Status.OK && header.op === Op.READ) {
+      await this.#reader.skip(header.dataLen, "READ error payload");
+      payload = EMPTY;
+    } else {
+      payload = await this.#readPayload(header);
+    }
+    if (header.op === Op.LIST_PROXIES && header.status === Status.OK) {
+      this.#onProxyList?.(decodeProxyList(payload));
+    }
+    pending.resolve({ status: header.status, payload });
+  }
+
+  /** Packets the proxy sends on its own (sequence 0 or not ours). */
+  async #handlePush(header: PacketHeader): Promise<void> {
+    switch (header.op) {
+      case Op.LIST_PROXIES: {
+        this.#onProxyList?.(decodeProxyList(await this.#readPayload(header)));
+        return;
+      }
+      case Op.GREETING: {
+        // A proxy may renew the session: use the new id from now on.
+        this.#applyGreeting(header, decodeGreeting(await this.#readPayload(header)));
+        this.#log.info("IVBS proxy renewed the session", { proxy: this.label });
+        return;
+      }
+      default:
+        this.#log.warn("IVBS reply for no pending request; ignored", {
+          proxy: this.label,
+          op: opName(header.op),
+          sequence: header.sequence,
+          dataLen: header.dataLen,
+        });
+        await this.#reader.skip(header.dataLen, `${opName(header.op)} payload`);
+    }
+  }
+
+  #applyGreeting(header: PacketHeader, greeting: { proxyName: string; idleTimeoutS: number }) {
+    this.#sessionId = header.sessionId.slice();
+    this.#proxyName = greeting.proxyName;
+    this.#idleTimeoutS = greeting.idleTimeoutS;
+  }
+
+  #keepaliveMs(): number {
+    // A third of the idle timeout; a proxy that never closes idle links still gets
+    // the default cadence so that dead peers are noticed.
+    const idleS = this.#idleTimeoutS > 0 ? this.#idleTimeoutS : DEFAULT_IDLE_TIMEOUT_S;
+    return (idleS * 1000) / 3;
+  }
+
+  #startTimers(): void {
+    const period = Math.min(this.#keepaliveMs(), this.#deadPeerMs) / 4;
+    this.#tick = setInterval(() => this.#onTick(), Math.max(5, Math.min(1000, period)));
+  }
+
+  #onTick(): void {
+    const now = performance.now();
+    const waiting = this.#pending.size > 0 || this.#keepaliveOutstanding;
+    if (waiting && now - this.#lastReplyAt >= this.#deadPeerMs) {
+      this.#fail(`no reply for ${this.#deadPeerMs} ms (dead peer)`);
+      return;
+    }
+    if (!this.#keepaliveOutstanding && now - this.#lastSentAt >= this.#keepaliveMs()) {
+      this.#keepaliveOutstanding = true;
+      this.keepalive().catch(() => {
+        // The connection ended; its owner learns that through `ended`.
+      });
+    }
+  }
+
+  #fail(reason: string): void {
+    if (this.#endReason !== null) return;
+    this.#endReason = reason;
+    clearInterval(this.#tick);
+    try {
+      this.#tcp.close();
+    } catch {
+      // Already closed by the peer side of the runtime.
+    }
+    const error = new ConnectionLostError(this.label, reason);
+    for (const pending of this.#pending.values()) pending.reject(error);
+    this.#pending.clear();
+    this.#queue = [];
+    this.#queueHead = 0;
+    this.#greeted.reject(error);
+    this.#resolveEnded(reason);
+  }
+}

@@ -1,0 +1,72 @@
+/**
+ * Errors of the IVBS client and the mapping from IVBS status codes to the errno
+ * the NBD side reports. Only conditions a caller catches get a class.
+ * @module
+ */
+import type { Errno } from "../nbd/backend.ts";
+import { Status } from "./wire.ts";
+
+/** Why a mount (IvbsSession.open) failed; stable codes for the daemon and the HTTP API. */
+export type IvbsMountErrorCode =
+  | "LOGIN_DENIED" // the proxy refused the username/password
+  | "IMAGE_NOT_FOUND" // ATTACH_TO_IMAGE answered NOT_FOUND
+  | "ACCESS_DENIED" // ATTACH_TO_IMAGE answered PERMISSION_DENIED
+  | "NO_PROXY" // no configured or listed proxy could be reached
+  | "PROTOCOL"; // every proxy answered with bytes that are not IVBS
+
+/** Thrown by IvbsSession.open when the image cannot be mounted. */
+export class IvbsMountError extends Error {
+  constructor(readonly code: IvbsMountErrorCode, message: string) {
+    super(message);
+    this.name = "IvbsMountError";
+  }
+}
+
+/**
+ * A connection to one proxy ended (TCP error, EOF, dead peer, bad bytes, or we
+ * closed it). Requests pending on it reject with this; the session replays them.
+ */
+export class ConnectionLostError extends Error {
+  readonly code = "CONNECTION_LOST";
+  constructor(readonly proxy: string, readonly reason: string) {
+    super(`IVBS connection to ${proxy} lost: ${reason}`);
+    this.name = "ConnectionLostError";
+  }
+}
+
+/** errno for a status that fails one request (contract: READ_ONLY→EPERM, INVALID_REQUEST→EINVAL, else EIO). */
+export function statusErrno(status: number): Errno {
+  switch (status) {
+    case Status.READ_ONLY:
+      return "EPERM";
+    case Status.INVALID_REQUEST:
+      return "EINVAL";
+    default:
+      return "EIO";
+  }
+}
+
+/** What the session does with a reply status. */
+export type StatusAction =
+  | "ok"
+  | "relogin" // NOT_LOGGEDIN: log in again on this connection, then retry
+  | "retry" // NOT_READY, TEMPORARY_ERROR: retry after a backoff
+  | "failover" // USE_ANOTHER_PROXY, EXPIRED: drop the connection, replay elsewhere
+  | "fail"; // anything else: that request fails with statusErrno()
+
+export function statusAction(status: number): StatusAction {
+  switch (status) {
+    case Status.OK:
+      return "ok";
+    case Status.NOT_LOGGEDIN:
+      return "relogin";
+    case Status.NOT_READY:
+    case Status.TEMPORARY_ERROR:
+      return "retry";
+    case Status.USE_ANOTHER_PROXY:
+    case Status.EXPIRED:
+      return "failover";
+    default:
+      return "fail";
+  }
+}
