@@ -1,0 +1,333 @@
+/**
+ * The daemon's JSON configuration: the current format (validated with zod) and
+ * the 2013 format (`{"Mounted":[…],"User":[…]}`), both turned into one
+ * `DaemonConfig`. Every problem is reported as one line naming the file and field.
+ * @module
+ */
+import { z } from "zod";
+import { parseDeviceName } from "./device_name.ts";
+import { describeZodError } from "./zod_issues.ts";
+
+/** Default IVBS proxy port (also in src/ivbs/wire.ts; repeated so config needs no codec). */
+const DEFAULT_IVBS_PORT = 11417;
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface ProxyAddress {
+  host: string;
+  port: number;
+}
+
+/** A mount to make at start, with its user's credentials already looked up. */
+export interface ConfiguredMount {
+  /** "/dev/nbdN" or "auto" (first free device). */
+  device: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly: boolean;
+}
+
+export interface IvbsSettings {
+  proxies: ProxyAddress[];
+  deadPeerTimeoutMs: number;
+  ioTimeoutMs: number;
+  connectTimeoutMs: number;
+  /** Overrides the keepalive interval the session derives from the proxy's idle timeout. */
+  keepaliveIntervalMs?: number;
+  backoff: { initialMs: number; maxMs: number };
+  maxInFlightBytes?: number;
+}
+
+export interface NbdSettings {
+  /** How many devices the daemon manages: /dev/nbd0 … /dev/nbd{devices-1}. */
+  devices: number;
+  blockSize: number;
+  /** Kernel NBD_SET_TIMEOUT; 0 = none (the IVBS layer owns timeouts). */
+  timeoutS: number;
+  /** Kernel requests in flight per device. */
+  maxInFlight: number;
+}
+
+export interface DaemonConfig {
+  /** Which format the file was in. */
+  format: "current" | "2013";
+  http: { listen: ListenAddress; token?: string };
+  ivbs: IvbsSettings;
+  nbd: NbdSettings;
+  mounts: ConfiguredMount[];
+}
+
+export interface LoadedConfig {
+  config: DaemonConfig;
+  /** Things worth a log line but not fatal (e.g. a world-readable file with passwords). */
+  warnings: string[];
+}
+
+/** A config file that cannot be used; `message` is one line naming the file and field. */
+export class ConfigError extends Error {
+  readonly code = "CONFIG";
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
+/** Parses "host:port", "[v6]:port" or ":port" (all interfaces of 127.0.0.1 is not assumed). */
+export function parseListenAddress(text: string): ListenAddress | null {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s[\]]*)):(\d{1,5})$/.exec(text.trim());
+  if (!match) return null;
+  const port = Number(match[3]);
+  if (port > 65535) return null;
+  const host = match[1] ?? (match[2] === "" ? "0.0.0.0" : match[2]);
+  return { host, port };
+}
+
+const positiveMs = (name: string) =>
+  z.number({ error: `${name} must be a number of milliseconds` }).int().positive();
+
+const ListenSchema = z.string().transform((text, ctx) => {
+  const address = parseListenAddress(text);
+  if (!address) {
+    ctx.addIssue({ code: "custom", message: `"${text}" is not host:port (e.g. 127.0.0.1:8080)` });
+    return z.NEVER;
+  }
+  return address;
+});
+
+const HostSchema = z.string().min(1, "host must not be empty").max(253);
+const PortSchema = z.number().int().min(1).max(65535);
+
+const DeviceSchema = z.string().transform((text, ctx) => {
+  if (text === "auto") return text;
+  const name = parseDeviceName(text);
+  if (!name) {
+    ctx.addIssue({ code: "custom", message: `"${text}" is not an NBD device (/dev/nbdN or auto)` });
+    return z.NEVER;
+  }
+  return name.device;
+});
+
+const CurrentSchema = z.strictObject({
+  http: z.strictObject({
+    listen: ListenSchema.default({ host: "127.0.0.1", port: 8080 }),
+    token: z.string().min(8, "token must have at least 8 characters").optional(),
+  }).prefault({}),
+  ivbs: z.strictObject({
+    proxies: z.array(
+      z.strictObject({ host: HostSchema, port: PortSchema.default(DEFAULT_IVBS_PORT) }),
+    )
+      .min(1, "at least one proxy is needed")
+      .prefault([{ host: "127.0.0.1" }]),
+    deadPeerTimeoutMs: positiveMs("deadPeerTimeoutMs").default(15_000),
+    ioTimeoutMs: z.number().int().min(0).default(120_000),
+    connectTimeoutMs: positiveMs("connectTimeoutMs").default(5_000),
+    keepaliveIntervalMs: positiveMs("keepaliveIntervalMs").optional(),
+    backoff: z.strictObject({
+      initialMs: positiveMs("initialMs").default(100),
+      maxMs: positiveMs("maxMs").default(5_000),
+    }).prefault({}).refine((b) => b.initialMs <= b.maxMs, {
+      message: "initialMs must not exceed maxMs",
+    }),
+    maxInFlightBytes: z.number().int().min(1024 * 1024).optional(),
+  }).prefault({}),
+  nbd: z.strictObject({
+    devices: z.number().int().min(1).max(1024).default(16),
+    blockSize: z.union([z.literal(512), z.literal(1024), z.literal(2048), z.literal(4096)], {
+      error: "blockSize must be 512, 1024, 2048 or 4096",
+    }).default(4096),
+    timeoutS: z.number().int().min(0).default(0),
+    maxInFlight: z.number().int().min(1).max(4096).default(128),
+  }).prefault({}),
+  users: z.array(z.strictObject({
+    username: z.string().min(1, "username must not be empty").max(32),
+    password: z.string(),
+  })).default([]),
+  mounts: z.array(z.strictObject({
+    device: DeviceSchema.default("auto"),
+    image: z.string().min(1, "image must not be empty").max(255),
+    user: z.string().min(1),
+    readOnly: z.boolean().default(false),
+  })).default([]),
+}).superRefine((config, ctx) => {
+  const users = new Set<string>();
+  config.users.forEach((user, i) => {
+    if (users.has(user.username)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["users", i, "username"],
+        message: `duplicate user "${user.username}"`,
+      });
+    }
+    users.add(user.username);
+  });
+  const devices = new Set<string>();
+  config.mounts.forEach((mount, i) => {
+    if (!users.has(mount.user)) {
+      const known = [...users].join(", ") || "none";
+      ctx.addIssue({
+        code: "custom",
+        path: ["mounts", i, "user"],
+        message: `unknown user "${mount.user}" (users: ${known})`,
+      });
+    }
+    if (mount.device === "auto") return;
+    if (devices.has(mount.device)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["mounts", i, "device"],
+        message: `${mount.device} is mounted twice`,
+      });
+    }
+    devices.add(mount.device);
+    const index = parseDeviceName(mount.device)?.index ?? 0;
+    if (index >= config.nbd.devices) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["mounts", i, "device"],
+        message: `${mount.device} is beyond nbd.devices (${config.nbd.devices})`,
+      });
+    }
+  });
+});
+
+/** The 2013 daemon's file. Unknown keys are tolerated (and warned about). */
+const LegacySchema = z.looseObject({
+  Mounted: z.array(z.looseObject({
+    NbdDevice: DeviceSchema,
+    ImageName: z.string().min(1, "ImageName must not be empty").max(255),
+  })).default([]),
+  User: z.array(z.looseObject({ Username: z.string().min(1).max(32), Password: z.string() }))
+    .default([]),
+}).superRefine((config, ctx) => {
+  config.Mounted.forEach((mount, i) => {
+    if (i >= config.User.length) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["Mounted", i],
+        message:
+          `no User[${i}] to pair with ${mount.NbdDevice} (mounts pair with users by position)`,
+      });
+    }
+  });
+});
+
+const LEGACY_KEYS = new Set(["Mounted", "User"]);
+
+function isLegacy(value: unknown): boolean {
+  return typeof value === "object" && value !== null && !Array.isArray(value) &&
+    ("Mounted" in value || "User" in value);
+}
+
+function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
+  const passwords = new Map(data.users.map((u) => [u.username, u.password]));
+  return {
+    format: "current",
+    http: data.http,
+    ivbs: data.ivbs,
+    nbd: data.nbd,
+    mounts: data.mounts.map((m) => ({
+      device: m.device,
+      image: m.image,
+      username: m.user,
+      password: passwords.get(m.user) ?? "",
+      readOnly: m.readOnly,
+    })),
+  };
+}
+
+function fromLegacy(data: z.output<typeof LegacySchema>): DaemonConfig {
+  // Everything the 2013 file cannot say takes the current defaults.
+  const defaults = CurrentSchema.parse({});
+  return {
+    ...fromCurrent(defaults),
+    format: "2013",
+    ivbs: { ...defaults.ivbs, proxies: [{ host: "127.0.0.1", port: DEFAULT_IVBS_PORT }] },
+    mounts: data.Mounted.map((m, i) => ({
+      device: m.NbdDevice,
+      image: m.ImageName,
+      username: data.User[i].Username,
+      password: data.User[i].Password,
+      readOnly: false,
+    })),
+  };
+}
+
+/**
+ * Validates the text of a config file. `source` names the file in messages.
+ * Throws ConfigError with one line: `config FILE: field: problem`.
+ */
+export function parseConfig(text: string, source: string): LoadedConfig {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    throw new ConfigError(`config ${source}: not valid JSON: ${why}`);
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new ConfigError(`config ${source}: expected a JSON object at the top level`);
+  }
+  const warnings: string[] = [];
+  if (isLegacy(value)) {
+    const result = LegacySchema.safeParse(value);
+    if (!result.success) {
+      throw new ConfigError(`config ${source} (2013 format): ${describeZodError(result.error)}`);
+    }
+    const extra = Object.keys(value).filter((key) => !LEGACY_KEYS.has(key));
+    if (extra.length > 0) {
+      warnings.push(`config ${source}: ignoring unknown 2013 fields ${extra.join(", ")}`);
+    }
+    if (result.data.User.length > result.data.Mounted.length) {
+      warnings.push(
+        `config ${source}: ${
+          result.data.User.length - result.data.Mounted.length
+        } User entries have no Mounted entry to pair with`,
+      );
+    }
+    return { config: fromLegacy(result.data), warnings };
+  }
+  const result = CurrentSchema.safeParse(value);
+  if (!result.success) {
+    throw new ConfigError(`config ${source}: ${describeZodError(result.error)}`);
+  }
+  return { config: fromCurrent(result.data), warnings };
+}
+
+/** True when the config carries any password (so its file mode matters). */
+function holdsPasswords(config: DaemonConfig, text: string): boolean {
+  return config.mounts.length > 0 || /"(password|Password)"\s*:/.test(text) ||
+    config.http.token !== undefined;
+}
+
+/** Reads and validates a config file; also warns when it holds secrets others can read. */
+export async function loadConfig(path: string): Promise<LoadedConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (error) {
+    const why = error instanceof Deno.errors.NotFound
+      ? "no such file"
+      : error instanceof Deno.errors.PermissionDenied
+      ? "permission denied"
+      : error instanceof Error
+      ? error.message
+      : String(error);
+    throw new ConfigError(`config ${path}: cannot read: ${why}`);
+  }
+  const loaded = parseConfig(text, path);
+  if (holdsPasswords(loaded.config, text)) {
+    const mode = (await Deno.stat(path)).mode;
+    if (mode !== null && (mode & 0o044) !== 0) {
+      loaded.warnings.push(
+        `config ${path} holds passwords and is readable by group/others (mode ${
+          (mode & 0o777).toString(8).padStart(4, "0")
+        }); run: chmod 600 ${path}`,
+      );
+    }
+  }
+  return loaded;
+}
