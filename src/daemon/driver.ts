@@ -1,0 +1,83 @@
+/**
+ * What the mount table drives: an IVBS backend opener and the kernel NBD
+ * attachment. The real driver (`system_driver.ts`) wraps `IvbsSession.open` and
+ * `attachDevice`; tests and the screenshot script use `FakeMountDriver`. The
+ * shapes below mirror the contracts of src/ivbs/session.ts and src/nbd/ structurally,
+ * so the daemon stays testable without either.
+ * @module
+ */
+import type { Backend } from "../nbd/backend.ts";
+
+/** Counters an IVBS session exposes (a subset of `IvbsSession.stats`). */
+export interface SessionStats {
+  readonly inFlight: number;
+  readonly failovers: number;
+  readonly reconnects: number;
+  readonly retries: number;
+  readonly keepalivesSent: number;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+}
+
+/** A backend as the daemon sees it: optional session details for status and metrics. */
+export interface MountBackend extends Backend {
+  /** "host:port" of the proxy in use; null while reconnecting. */
+  readonly proxy?: string | null;
+  readonly stats?: SessionStats;
+}
+
+/** Per-device I/O counters kept by the NBD serve loop (`IoStats` in src/nbd/stats.ts). */
+export interface DeviceIoStats {
+  readonly reads: number;
+  readonly writes: number;
+  readonly flushes: number;
+  readonly trims: number;
+  readonly bytesRead: number;
+  readonly bytesWritten: number;
+  readonly errors: number;
+  readonly inFlight: number;
+  /** Upper bounds of the latency buckets, in milliseconds. */
+  readonly latencyBucketsMs: readonly number[];
+  /** Count per bucket (not cumulative); one extra trailing entry counts the overflow. */
+  readonly latencyCounts: readonly number[];
+  readonly latencySumMs: number;
+}
+
+/** A backend attached to a kernel device (`AttachedDevice` in src/nbd/kernel.ts). */
+export interface DeviceAttachment {
+  readonly device: string;
+  readonly stats: DeviceIoStats;
+  /** Disconnects the device and waits until the kernel let go; idempotent. */
+  detach(): Promise<void>;
+  /** Settles once the device is detached, whoever asked for it. */
+  readonly done: Promise<void>;
+}
+
+/** One kernel NBD device (`NbdDeviceInfo` in src/nbd/devices.ts). */
+export interface NbdDevice {
+  readonly device: string;
+  readonly index: number;
+  readonly inUse: boolean;
+  readonly sizeBytes: number;
+  readonly pid: number | null;
+}
+
+export interface OpenBackendRequest {
+  image: string;
+  username: string;
+  password: string;
+  readOnly: boolean;
+}
+
+/**
+ * The three things the mount table needs from the outside world. Failures are
+ * thrown as errors carrying a stable `code` (IvbsMountError / NbdAttachError codes).
+ */
+export interface MountDriver {
+  /** Opens an IVBS session on `image` (logs in, attaches the image). */
+  openBackend(request: OpenBackendRequest): Promise<MountBackend>;
+  /** Connects `backend` to the kernel device `device` ("/dev/nbdN"). */
+  attach(device: string, backend: MountBackend): Promise<DeviceAttachment>;
+  /** Every NBD device the kernel has, free or used; [] without the nbd module. */
+  listDevices(): Promise<NbdDevice[]>;
+}

@@ -1,0 +1,467 @@
+/**
+ * THE mount table: which image is on which /dev/nbdX, and the lifecycle of each
+ * mount (mounting → mounted → unmounting → gone). The HTTP API, the status page,
+ * the config loader and the CLI are thin views of this one table.
+ * @module
+ */
+import { type Logger, logger } from "../log.ts";
+import { parseDeviceName } from "./device_name.ts";
+import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
+
+/** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
+export type MountErrorCode =
+  | "INVALID_DEVICE" // not an NBD device name
+  | "UNKNOWN_DEVICE" // no such device (or beyond nbd.devices)
+  | "NO_MODULE" // the kernel has no NBD devices at all
+  | "BUSY" // device mounted, being mounted, or used by another process
+  | "NO_FREE_DEVICE"
+  | "NOT_MOUNTED"
+  | "SHUTTING_DOWN"
+  | "DETACH_FAILED"
+  // Passed through from IvbsSession.open (IvbsMountError) and attachDevice (NbdAttachError):
+  | "LOGIN_DENIED"
+  | "IMAGE_NOT_FOUND"
+  | "ACCESS_DENIED"
+  | "NO_PROXY"
+  | "PROTOCOL"
+  | "NOT_ROOT"
+  | "NO_DEVICE"
+  | "IOCTL"
+  | "MOUNT_FAILED"; // anything else
+
+const PASSTHROUGH_CODES = new Set<string>([
+  "LOGIN_DENIED",
+  "IMAGE_NOT_FOUND",
+  "ACCESS_DENIED",
+  "NO_PROXY",
+  "PROTOCOL",
+  "NO_MODULE",
+  "NOT_ROOT",
+  "BUSY",
+  "NO_DEVICE",
+  "IOCTL",
+]);
+
+export class MountError extends Error {
+  constructor(message: string, readonly code: MountErrorCode) {
+    super(message);
+    this.name = "MountError";
+  }
+}
+
+export type MountState = "mounting" | "mounted" | "reconnecting" | "unmounting";
+
+export interface MountRequest {
+  /** "/dev/nbdN", "nbdN", "auto" or absent (= auto). */
+  device?: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+}
+
+/** What views show of a mount. Never carries the password. */
+export interface MountInfo {
+  device: string;
+  image: string;
+  username: string;
+  state: MountState;
+  sizeBytes: number;
+  readOnly: boolean;
+  /** IVBS proxy in use, "host:port"; null while reconnecting or before the session is open. */
+  proxy: string | null;
+  /** Kernel requests being served right now. */
+  inFlight: number;
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+  failovers: number;
+  reconnects: number;
+  retries: number;
+  mountedAt: string;
+  /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
+  throughput: { readBytesPerSec: number; writeBytesPerSec: number };
+}
+
+/** A device as `lista` shows it: the kernel's view joined with the table's. */
+export interface DeviceInfo {
+  device: string;
+  index: number;
+  /** Attached (by us or by another process). */
+  inUse: boolean;
+  sizeBytes: number;
+  pid: number | null;
+  /** The image this daemon has on it, if any. */
+  image: string | null;
+  state: MountState | "free" | "foreign";
+}
+
+/** Everything metrics need about one mount (live objects, read at scrape time). */
+export interface MountSnapshot {
+  info: MountInfo;
+  attachment: DeviceAttachment | null;
+  backend: MountBackend | null;
+}
+
+interface Entry {
+  device: string;
+  image: string;
+  username: string;
+  readOnly: boolean;
+  state: "mounting" | "mounted" | "unmounting";
+  mountedAt: Date;
+  backend: MountBackend | null;
+  attachment: DeviceAttachment | null;
+  /** Settles when the mount attempt has finished either way. */
+  settled: Promise<unknown>;
+  sample: { at: number; bytesRead: number; bytesWritten: number };
+  rate: { readBytesPerSec: number; writeBytesPerSec: number };
+}
+
+export interface MountTableOptions {
+  /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
+  deviceCount: number;
+  log?: Logger;
+  /** Clock for throughput sampling (tests pass a fake one). */
+  now?: () => number;
+}
+
+const RATE_WINDOW_MS = 1000;
+
+function errorCode(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const code = (error as { code: unknown }).code;
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+export class MountTable {
+  readonly #driver: MountDriver;
+  readonly #deviceCount: number;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #entries = new Map<string, Entry>();
+  #closing = false;
+
+  constructor(driver: MountDriver, options: MountTableOptions) {
+    this.#driver = driver;
+    this.#deviceCount = options.deviceCount;
+    this.#log = options.log ?? logger("mounts");
+    this.#now = options.now ?? (() => performance.now());
+  }
+
+  get deviceCount(): number {
+    return this.#deviceCount;
+  }
+
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  /** Canonical device path, or INVALID_DEVICE / UNKNOWN_DEVICE. */
+  resolveDevice(text: string): string {
+    const name = parseDeviceName(text);
+    if (!name) {
+      throw new MountError(
+        `"${text}" is not an NBD device name (nbdN or /dev/nbdN)`,
+        "INVALID_DEVICE",
+      );
+    }
+    if (name.index >= this.#deviceCount) {
+      throw new MountError(
+        `${name.device} is not managed here (nbd.devices is ${this.#deviceCount})`,
+        "UNKNOWN_DEVICE",
+      );
+    }
+    return name.device;
+  }
+
+  /** Kernel devices this daemon manages. */
+  async #kernelDevices(): Promise<NbdDevice[]> {
+    const all = await this.#driver.listDevices();
+    return all.filter((d) => d.index < this.#deviceCount).sort((a, b) => a.index - b.index);
+  }
+
+  /**
+   * Mounts `request.image` on a device. Resolves once the device is attached;
+   * on failure nothing stays half-done (the session is closed, the slot freed).
+   */
+  async mount(request: MountRequest): Promise<MountInfo> {
+    if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+    const wanted = request.device === undefined || request.device === "auto"
+      ? "auto"
+      : this.resolveDevice(request.device);
+    const devices = await this.#kernelDevices();
+    if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+    if (devices.length === 0) {
+      throw new MountError(
+        `Cannot mount ${request.image}: no NBD devices (the nbd kernel module is not loaded; try modprobe nbd)`,
+        "NO_MODULE",
+      );
+    }
+    // From here to the reservation nothing awaits, so two requests cannot pick the same device.
+    const device = wanted === "auto" ? this.#pickFree(devices, request.image) : wanted;
+    this.#checkAvailable(device, devices);
+    let finish!: () => void;
+    const entry: Entry = {
+      device,
+      image: request.image,
+      username: request.username,
+      readOnly: request.readOnly ?? false,
+      state: "mounting",
+      mountedAt: new Date(),
+      backend: null,
+      attachment: null,
+      settled: new Promise<void>((resolve) => finish = resolve),
+      sample: { at: this.#now(), bytesRead: 0, bytesWritten: 0 },
+      rate: { readBytesPerSec: 0, writeBytesPerSec: 0 },
+    };
+    this.#entries.set(device, entry);
+    this.#log.info("mounting", { device, image: request.image, user: request.username });
+    try {
+      await this.#connect(entry, request);
+    } catch (error) {
+      this.#entries.delete(device);
+      throw error;
+    } finally {
+      finish();
+    }
+    this.#log.info("mounted", { device, image: entry.image, size: entry.backend?.size });
+    return this.#info(entry);
+  }
+
+  #pickFree(devices: NbdDevice[], image: string): string {
+    const free = devices.find((d) => !d.inUse && !this.#entries.has(d.device));
+    if (!free) {
+      throw new MountError(
+        `Cannot mount ${image}: all ${devices.length} NBD devices are in use`,
+        "NO_FREE_DEVICE",
+      );
+    }
+    return free.device;
+  }
+
+  #checkAvailable(device: string, devices: NbdDevice[]): void {
+    const existing = this.#entries.get(device);
+    if (existing) {
+      throw new MountError(
+        `Cannot mount on ${device}: device busy (${existing.state} ${existing.image})`,
+        "BUSY",
+      );
+    }
+    const kernel = devices.find((d) => d.device === device);
+    if (!kernel) throw new MountError(`${device} does not exist`, "UNKNOWN_DEVICE");
+    if (kernel.inUse) {
+      const by = kernel.pid === null ? "" : ` by pid ${kernel.pid}`;
+      throw new MountError(`Cannot mount on ${device}: device busy (attached${by})`, "BUSY");
+    }
+  }
+
+  async #connect(entry: Entry, request: MountRequest): Promise<void> {
+    const { device } = entry;
+    try {
+      entry.backend = await this.#driver.openBackend({
+        image: request.image,
+        username: request.username,
+        password: request.password,
+        readOnly: entry.readOnly,
+      });
+    } catch (error) {
+      throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
+    }
+    try {
+      if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+      entry.attachment = await this.#driver.attach(device, entry.backend);
+    } catch (error) {
+      await this.#closeBackend(entry);
+      throw this.#wrap(error, `Cannot attach ${request.image} to ${device}`);
+    }
+    entry.state = "mounted";
+    entry.readOnly = entry.backend.readOnly;
+    const attachment = entry.attachment;
+    // The device can go away without us asking (nbd-client -d, a protocol error).
+    attachment.done.then(
+      () => this.#onDetached(entry, attachment, null),
+      (error) => this.#onDetached(entry, attachment, error),
+    );
+  }
+
+  #wrap(error: unknown, what: string): MountError {
+    if (error instanceof MountError) return error;
+    const code = errorCode(error);
+    const message = `${what}: ${errorMessage(error)}`;
+    if (code !== undefined && PASSTHROUGH_CODES.has(code)) {
+      return new MountError(message, code as MountErrorCode);
+    }
+    this.#log.error("mount failed for an unexpected reason", { error, code });
+    return new MountError(message, "MOUNT_FAILED");
+  }
+
+  async #onDetached(entry: Entry, attachment: DeviceAttachment, error: unknown): Promise<void> {
+    if (this.#entries.get(entry.device) !== entry || entry.state === "unmounting") return;
+    if (entry.attachment !== attachment) return;
+    this.#log.warn("device detached without an unmount request", {
+      device: entry.device,
+      image: entry.image,
+      error: error ?? undefined,
+    });
+    entry.state = "unmounting";
+    await this.#closeBackend(entry);
+    this.#entries.delete(entry.device);
+  }
+
+  async #closeBackend(entry: Entry): Promise<void> {
+    try {
+      await entry.backend?.close();
+    } catch (error) {
+      this.#log.warn("closing the IVBS session failed", { device: entry.device, error });
+    }
+  }
+
+  /** Detaches `device` and closes its session. */
+  async unmount(deviceText: string): Promise<void> {
+    const device = this.resolveDevice(deviceText);
+    const entry = this.#entries.get(device);
+    if (!entry) {
+      const devices = await this.#kernelDevices();
+      const kernel = devices.find((d) => d.device === device);
+      if (!kernel) throw new MountError(`${device} does not exist`, "UNKNOWN_DEVICE");
+      const by = kernel.inUse ? ` (attached by ${kernel.pid ?? "another process"})` : "";
+      throw new MountError(`${device} is not mounted by this daemon${by}`, "NOT_MOUNTED");
+    }
+    if (entry.state !== "mounted") {
+      throw new MountError(`${device} is ${entry.state} ${entry.image}; try again`, "BUSY");
+    }
+    await this.#detach(entry);
+  }
+
+  async #detach(entry: Entry): Promise<void> {
+    entry.state = "unmounting";
+    this.#log.info("unmounting", { device: entry.device, image: entry.image });
+    try {
+      await entry.attachment?.detach();
+    } catch (error) {
+      entry.state = "mounted";
+      throw new MountError(
+        `Cannot detach ${entry.device}: ${errorMessage(error)}`,
+        "DETACH_FAILED",
+      );
+    }
+    await this.#closeBackend(entry);
+    this.#entries.delete(entry.device);
+    this.#log.info("unmounted", { device: entry.device, image: entry.image });
+  }
+
+  /**
+   * Refuses new mounts, waits for mounts in progress, then detaches every device.
+   * Never throws: failures are logged (this runs on the way out).
+   */
+  async closeAll(): Promise<void> {
+    this.#closing = true;
+    await Promise.allSettled([...this.#entries.values()].map((e) => e.settled));
+    await Promise.allSettled([...this.#entries.values()].map(async (entry) => {
+      if (entry.state === "unmounting") {
+        await entry.attachment?.done.catch(() => {});
+        return;
+      }
+      try {
+        await this.#detach(entry);
+      } catch (error) {
+        this.#log.error("detach at shutdown failed", { device: entry.device, error });
+      }
+    }));
+  }
+
+  /** Mounts, ordered by device number. */
+  list(): MountInfo[] {
+    return this.#sorted().map((entry) => this.#info(entry));
+  }
+
+  /** Mounts with their live objects, for metrics. */
+  snapshots(): MountSnapshot[] {
+    return this.#sorted().map((entry) => ({
+      info: this.#info(entry),
+      attachment: entry.attachment,
+      backend: entry.backend,
+    }));
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  /** Every managed kernel device, free or used, with what this daemon has on it. */
+  async devices(): Promise<DeviceInfo[]> {
+    const devices = await this.#kernelDevices();
+    return devices.map((d) => {
+      const entry = this.#entries.get(d.device);
+      return {
+        device: d.device,
+        index: d.index,
+        inUse: d.inUse || entry !== undefined,
+        sizeBytes: d.sizeBytes,
+        pid: d.pid,
+        image: entry?.image ?? null,
+        state: entry ? this.#state(entry) : d.inUse ? "foreign" : "free",
+      };
+    });
+  }
+
+  #sorted(): Entry[] {
+    const index = (e: Entry) => parseDeviceName(e.device)?.index ?? 0;
+    return [...this.#entries.values()].sort((a, b) => index(a) - index(b));
+  }
+
+  #state(entry: Entry): MountState {
+    if (entry.state === "mounted" && entry.backend?.proxy === null) return "reconnecting";
+    return entry.state;
+  }
+
+  #info(entry: Entry): MountInfo {
+    const io = entry.attachment?.stats;
+    const session = entry.backend?.stats;
+    const bytesRead = io?.bytesRead ?? session?.bytesRead ?? 0;
+    const bytesWritten = io?.bytesWritten ?? session?.bytesWritten ?? 0;
+    this.#updateRate(entry, bytesRead, bytesWritten);
+    return {
+      device: entry.device,
+      image: entry.image,
+      username: entry.username,
+      state: this.#state(entry),
+      sizeBytes: entry.backend?.size ?? 0,
+      readOnly: entry.readOnly,
+      proxy: entry.backend?.proxy ?? null,
+      inFlight: io?.inFlight ?? session?.inFlight ?? 0,
+      reads: io?.reads ?? 0,
+      writes: io?.writes ?? 0,
+      bytesRead,
+      bytesWritten,
+      errors: io?.errors ?? 0,
+      failovers: session?.failovers ?? 0,
+      reconnects: session?.reconnects ?? 0,
+      retries: session?.retries ?? 0,
+      mountedAt: entry.mountedAt.toISOString(),
+      throughput: { ...entry.rate },
+    };
+  }
+
+  /** Lazy sampling: no timer, the rate is refreshed when someone looks, at most once a second. */
+  #updateRate(entry: Entry, bytesRead: number, bytesWritten: number): void {
+    const now = this.#now();
+    const elapsed = now - entry.sample.at;
+    if (elapsed < RATE_WINDOW_MS) return;
+    const perSec = (delta: number) => Math.max(0, Math.round((delta * 1000) / elapsed));
+    entry.rate = {
+      readBytesPerSec: perSec(bytesRead - entry.sample.bytesRead),
+      writeBytesPerSec: perSec(bytesWritten - entry.sample.bytesWritten),
+    };
+    entry.sample = { at: now, bytesRead, bytesWritten };
+  }
+}
