@@ -1,0 +1,170 @@
+/**
+ * The HTTP control API (Hono): a thin view of the daemon's mount table. Every
+ * body and parameter is validated with zod; errors are `{"error": "…"}` with
+ * 400 (validation), 401 (token), 404 (unknown device / image), 409 (wrong
+ * state), 413 (body too large), 502/503 (IVBS or kernel unavailable) and a plain
+ * 500 for anything unexpected (logged).
+ * @module
+ */
+import { Hono } from "hono";
+import type { Context } from "hono";
+import { bodyLimit } from "hono/body-limit";
+import { HTTPException } from "hono/http-exception";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
+import { z } from "zod";
+import { type Logger, logger } from "../log.ts";
+import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
+import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
+import { registerLegacyRoutes } from "./legacy.ts";
+import { renderStatusPage } from "./status_page.ts";
+import {
+  DeviceNameSchema,
+  DeviceOrAutoSchema,
+  readJson,
+  readJsonValue,
+  requireToken,
+  validate,
+} from "./validation.ts";
+
+export interface AppOptions {
+  table: MountTable;
+  /** When set, POST/DELETE calls need `Authorization: Bearer <token>`. */
+  token?: string;
+  /** Starts the daemon's shutdown; must not wait for it (the reply goes out first). */
+  requestShutdown(reason: string): void;
+  /** Daemon start time (ms since epoch), for health and metrics. */
+  startedAt: number;
+  log?: Logger;
+}
+
+export const VERSION = "0.1.0";
+
+/** Largest request body accepted; API bodies are a few hundred bytes. */
+export const MAX_BODY_BYTES = 64 * 1024;
+
+/** HTTP status for each mount table refusal. */
+export const MOUNT_ERROR_STATUS: Record<MountErrorCode, ContentfulStatusCode> = {
+  INVALID_DEVICE: 400,
+  UNKNOWN_DEVICE: 404,
+  NO_DEVICE: 404,
+  IMAGE_NOT_FOUND: 404,
+  LOGIN_DENIED: 403,
+  ACCESS_DENIED: 403,
+  BUSY: 409,
+  NO_FREE_DEVICE: 409,
+  NOT_MOUNTED: 409,
+  NO_PROXY: 502,
+  PROTOCOL: 502,
+  NO_MODULE: 503,
+  NOT_ROOT: 503,
+  SHUTTING_DOWN: 503,
+  DETACH_FAILED: 500,
+  IOCTL: 500,
+  MOUNT_FAILED: 500,
+};
+
+export const MountBodySchema = z.strictObject({
+  device: DeviceOrAutoSchema.optional(),
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
+    .max(32),
+  password: z.string({ error: "password must be a string" }).max(1024),
+  readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+});
+
+const ShutdownBodySchema = z.strictObject({ reason: z.string().max(200).optional() });
+
+function errorBody(c: Context, status: ContentfulStatusCode, message: string) {
+  return c.json({ error: message }, status);
+}
+
+export function createApp(options: AppOptions): Hono {
+  const { table, token } = options;
+  const log = options.log ?? logger("http");
+  const app = new Hono();
+
+  app.onError((error, c) => {
+    if (error instanceof HTTPException) {
+      return errorBody(c, error.status as ContentfulStatusCode, error.message);
+    }
+    if (error instanceof MountError) {
+      return errorBody(c, MOUNT_ERROR_STATUS[error.code] ?? 500, error.message);
+    }
+    log.error("unexpected error answering a request", {
+      method: c.req.method,
+      path: c.req.path,
+      error,
+      stack: error instanceof Error ? error.stack : undefined,
+    });
+    return errorBody(c, 500, "internal error");
+  });
+  app.notFound((c) => errorBody(c, 404, `no route ${c.req.method} ${c.req.path}`));
+
+  app.use(
+    "*",
+    bodyLimit({
+      maxSize: MAX_BODY_BYTES,
+      onError: (c) => errorBody(c, 413, `request body exceeds ${MAX_BODY_BYTES} bytes`),
+    }),
+  );
+  app.use("/api/*", async (c, next) => {
+    if (c.req.method !== "GET" && c.req.method !== "HEAD") requireToken(c, token);
+    await next();
+  });
+
+  app.get("/api/health", (c) =>
+    c.json({
+      status: table.closing ? "stopping" : "ok",
+      version: VERSION,
+      uptimeSeconds: Math.round((Date.now() - options.startedAt) / 1000),
+      mounts: table.size,
+      devices: table.deviceCount,
+      tokenRequired: token !== undefined,
+    }));
+
+  app.get("/api/devices", async (c) => c.json({ devices: await table.devices() }));
+
+  app.get("/api/mounts", (c) => c.json({ mounts: table.list() }));
+
+  app.post("/api/mounts", async (c) => {
+    const body = await readJson(c, MountBodySchema);
+    const mount = await table.mount(body);
+    c.header("Location", `/api/mounts/${encodeURIComponent(mount.device.slice("/dev/".length))}`);
+    return c.json(mount, 201);
+  });
+
+  app.delete("/api/mounts/:device{.+}", async (c) => {
+    const device = validate(DeviceNameSchema, c.req.param("device"), "device");
+    await table.unmount(device);
+    return c.json({ device, state: "unmounted" });
+  });
+
+  app.post("/api/shutdown", async (c) => {
+    const value = await readJsonValue(c);
+    const body = value === undefined ? {} : validate(ShutdownBodySchema, value);
+    const reason = body.reason ? `POST /api/shutdown: ${body.reason}` : "POST /api/shutdown";
+    options.requestShutdown(reason);
+    return c.json({ status: "shutting down", mounts: table.size }, 202);
+  });
+
+  app.get("/metrics", (c) => {
+    const text = renderMetrics(table.snapshots(), {
+      uptimeSeconds: (Date.now() - options.startedAt) / 1000,
+      managedDevices: table.deviceCount,
+    });
+    return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE });
+  });
+
+  app.get("/", async (c) => {
+    const html = renderStatusPage({
+      mounts: table.list(),
+      devices: await table.devices(),
+      version: VERSION,
+      generatedAt: new Date(),
+    });
+    return c.html(html);
+  });
+
+  registerLegacyRoutes(app, { table, token, requestShutdown: options.requestShutdown });
+  return app;
+}

@@ -1,0 +1,441 @@
+import assert from "node:assert/strict";
+import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import { MountTable } from "../src/daemon/mount_table.ts";
+import { createApp, MAX_BODY_BYTES } from "../src/http/app.ts";
+import { logger } from "../src/log.ts";
+
+const TOKEN = "s3cret-token-for-tests";
+const PASSWORD = "pw-alice-42";
+
+function setup(options: { token?: string; devices?: number } = {}) {
+  const driver = new FakeMountDriver({
+    devices: options.devices ?? 4,
+    images: {
+      disk: { size: 1 << 20 },
+      ro: { size: 4096, readOnly: true },
+      "<b>evil</b>": { size: 512 },
+    },
+    users: { alice: PASSWORD },
+  });
+  const table = new MountTable(driver, { deviceCount: 8, log: quietLog });
+  const shutdowns: string[] = [];
+  const app = createApp({
+    table,
+    token: options.token,
+    requestShutdown: (reason) => shutdowns.push(reason),
+    startedAt: Date.now(),
+    log: quietLog,
+  });
+  const call = async (method: string, path: string, body?: unknown, headers: HeadersInit = {}) => {
+    const init: RequestInit = { method, headers };
+    if (body !== undefined) {
+      init.body = typeof body === "string" ? body : JSON.stringify(body);
+      init.headers = { "content-type": "application/json", ...headers };
+    }
+    const response = await app.request(path, init);
+    const text = await response.text();
+    let json: Record<string, unknown> | undefined;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    return { status: response.status, text, json, headers: response.headers };
+  };
+  return { driver, table, app, shutdowns, call };
+}
+
+/** Logs of code under test go nowhere unless a test wants to look at them. */
+const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
+
+const MOUNT = { image: "disk", username: "alice", password: PASSWORD };
+
+Deno.test("GET /api/health answers ok with version and counts", async () => {
+  const { call } = setup();
+  const { status, json } = await call("GET", "/api/health");
+  assert.equal(status, 200);
+  assert.equal(json?.status, "ok");
+  assert.equal(json?.mounts, 0);
+  assert.equal(json?.tokenRequired, false);
+});
+
+Deno.test("GET /api/devices lists free, mounted and foreign devices", async () => {
+  const { call, driver } = setup();
+  driver.foreign.add("/dev/nbd3");
+  assert.equal((await call("POST", "/api/mounts", { ...MOUNT, device: "nbd1" })).status, 201);
+  const { status, json } = await call("GET", "/api/devices");
+  assert.equal(status, 200);
+  const devices = json?.devices as { device: string; state: string; image: string | null }[];
+  assert.deepEqual(devices.map((d) => [d.device, d.state, d.image]), [
+    ["/dev/nbd0", "free", null],
+    ["/dev/nbd1", "mounted", "disk"],
+    ["/dev/nbd2", "free", null],
+    ["/dev/nbd3", "foreign", null],
+  ]);
+});
+
+Deno.test("POST /api/mounts without device takes the first free one and answers 201", async () => {
+  const { call, driver } = setup();
+  driver.foreign.add("/dev/nbd0");
+  const { status, json, text, headers } = await call("POST", "/api/mounts", MOUNT);
+  assert.equal(status, 201);
+  assert.equal(json?.device, "/dev/nbd1");
+  assert.equal(json?.image, "disk");
+  assert.equal(json?.sizeBytes, 1 << 20);
+  assert.equal(json?.state, "mounted");
+  assert.equal(json?.readOnly, false);
+  assert.equal(json?.proxy, "127.0.0.1:11417");
+  assert.equal(headers.get("location"), "/api/mounts/nbd1");
+  assert.ok(!text.includes(PASSWORD), "the password is never echoed");
+});
+
+Deno.test("POST /api/mounts accepts nbdN and /dev/nbdN and honours readOnly", async () => {
+  const { call } = setup();
+  const a = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd2", readOnly: true });
+  assert.equal(a.status, 201);
+  assert.equal(a.json?.device, "/dev/nbd2");
+  assert.equal(a.json?.readOnly, true);
+  const b = await call("POST", "/api/mounts", { ...MOUNT, device: "/dev/nbd3" });
+  assert.equal(b.json?.device, "/dev/nbd3");
+  const ro = await call("POST", "/api/mounts", { ...MOUNT, image: "ro", device: "auto" });
+  assert.equal(ro.json?.readOnly, true, "an image read-only on the IVBS side mounts read-only");
+});
+
+Deno.test("GET /api/mounts shows image, size, proxy, in-flight and byte counters", async () => {
+  const { call, driver } = setup();
+  await call("POST", "/api/mounts", MOUNT);
+  driver.attached.get("/dev/nbd0")!.stats.observe("read", 4096, 0.3);
+  driver.attached.get("/dev/nbd0")!.stats.observe("write", 512, 2);
+  const { status, json } = await call("GET", "/api/mounts");
+  assert.equal(status, 200);
+  const [mount] = json?.mounts as Record<string, unknown>[];
+  assert.equal(mount.device, "/dev/nbd0");
+  assert.equal(mount.bytesRead, 4096);
+  assert.equal(mount.bytesWritten, 512);
+  assert.equal(mount.inFlight, 0);
+  assert.equal(mount.failovers, 0);
+  assert.equal(mount.proxy, "127.0.0.1:11417");
+  assert.ok(!("password" in mount));
+});
+
+Deno.test("POST /api/mounts rejects bodies that fail validation with 400 naming the field", async () => {
+  const { call, driver } = setup();
+  const cases: [unknown, RegExp][] = [
+    ["", /body is empty/],
+    ["{not json", /not valid JSON/],
+    [[1, 2], /invalid body/],
+    [{ username: "alice", password: PASSWORD }, /image/],
+    [{ ...MOUNT, image: "" }, /image: image must not be empty/],
+    [{ ...MOUNT, image: 42 }, /image: image must be a string/],
+    [{ ...MOUNT, image: "x".repeat(256) }, /image/],
+    [{ ...MOUNT, username: "" }, /username/],
+    [{ ...MOUNT, password: 7 }, /password: password must be a string/],
+    [{ ...MOUNT, readOnly: "yes" }, /readOnly/],
+    [{ ...MOUNT, device: "sda" }, /device.*not an NBD device/],
+    [{ ...MOUNT, device: 3 }, /device/],
+    [{ ...MOUNT, extra: 1 }, /unknown field "extra"/],
+  ];
+  for (const [body, pattern] of cases) {
+    const { status, json } = await call("POST", "/api/mounts", body);
+    assert.equal(status, 400, `status for ${JSON.stringify(body)}`);
+    assert.match(String(json?.error), pattern, `message for ${JSON.stringify(body)}`);
+    assert.ok(!String(json?.error).includes(PASSWORD));
+  }
+  assert.equal(driver.openCalls, 0, "nothing reached the driver");
+});
+
+Deno.test("POST /api/mounts refuses a body larger than the limit with 413", async () => {
+  const { call } = setup();
+  const { status, json } = await call("POST", "/api/mounts", {
+    ...MOUNT,
+    image: "x".repeat(MAX_BODY_BYTES),
+  });
+  assert.equal(status, 413);
+  assert.match(String(json?.error), /exceeds/);
+});
+
+Deno.test("POST /api/mounts maps driver refusals to 403, 404, 409 and 503", async () => {
+  const { call, driver } = setup();
+  const wrongPassword = await call("POST", "/api/mounts", { ...MOUNT, password: "nope" });
+  assert.equal(wrongPassword.status, 403);
+  assert.match(String(wrongPassword.json?.error), /login as alice refused/);
+  const noImage = await call("POST", "/api/mounts", { ...MOUNT, image: "missing" });
+  assert.equal(noImage.status, 404);
+  assert.match(String(noImage.json?.error), /missing/);
+  const beyond = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd9" });
+  assert.equal(beyond.status, 404);
+  const absent = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd5" });
+  assert.equal(absent.status, 404, "nbd5 is managed but the kernel has only 4 devices");
+  await call("POST", "/api/mounts", { ...MOUNT, device: "nbd0" });
+  const busy = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd0" });
+  assert.equal(busy.status, 409);
+  assert.match(String(busy.json?.error), /\/dev\/nbd0: device busy/);
+  driver.foreign.add("/dev/nbd1");
+  const foreign = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd1" });
+  assert.equal(foreign.status, 409);
+  driver.attachFailures.push("NOT_ROOT");
+  const notRoot = await call("POST", "/api/mounts", { ...MOUNT, device: "nbd2" });
+  assert.equal(notRoot.status, 503);
+  assert.equal(driver.backends.at(-1)?.closed, true, "the session of a failed attach is closed");
+  await call("POST", "/api/mounts", MOUNT);
+  await call("POST", "/api/mounts", MOUNT);
+  const full = await call("POST", "/api/mounts", MOUNT);
+  assert.equal(full.status, 409);
+  assert.match(String(full.json?.error), /all 4 NBD devices are in use/);
+});
+
+Deno.test("POST /api/mounts without the nbd module answers 503 NO_MODULE", async () => {
+  const { call, driver } = setup({ devices: 0 });
+  const { status, json } = await call("POST", "/api/mounts", MOUNT);
+  assert.equal(status, 503);
+  assert.match(String(json?.error), /nbd kernel module is not loaded/);
+  assert.equal(driver.openCalls, 0, "no IVBS session is opened for a mount that cannot attach");
+});
+
+Deno.test("DELETE /api/mounts/:device accepts nbdN, /dev/nbdN and URL-encoded forms", async () => {
+  const { call, driver } = setup();
+  for (const path of ["nbd0", "%2Fdev%2Fnbd0", "dev/nbd0"]) {
+    await call("POST", "/api/mounts", { ...MOUNT, device: "nbd0" });
+    const { status, json } = await call("DELETE", `/api/mounts/${path}`);
+    assert.equal(status, 200, path);
+    assert.deepEqual(json, { device: "/dev/nbd0", state: "unmounted" });
+    assert.equal(driver.attached.size, 0);
+  }
+  assert.ok(driver.backends.every((b) => b.closed), "every session was closed");
+});
+
+Deno.test("DELETE /api/mounts/:device answers 400, 404 and 409 for bad, unknown and idle devices", async () => {
+  const { call } = setup();
+  const bad = await call("DELETE", "/api/mounts/sda1");
+  assert.equal(bad.status, 400);
+  assert.match(String(bad.json?.error), /device: "sda1" is not an NBD device/);
+  const unknown = await call("DELETE", "/api/mounts/nbd99");
+  assert.equal(unknown.status, 404);
+  const absent = await call("DELETE", "/api/mounts/nbd6");
+  assert.equal(absent.status, 404);
+  const idle = await call("DELETE", "/api/mounts/nbd2");
+  assert.equal(idle.status, 409);
+  assert.match(String(idle.json?.error), /not mounted/);
+});
+
+Deno.test("POST /api/shutdown answers 202 and asks the daemon to stop", async () => {
+  const { call, shutdowns } = setup();
+  assert.equal((await call("POST", "/api/shutdown")).status, 202);
+  assert.equal((await call("POST", "/api/shutdown", { reason: "maintenance" })).status, 202);
+  assert.deepEqual(shutdowns, ["POST /api/shutdown", "POST /api/shutdown: maintenance"]);
+  const bad = await call("POST", "/api/shutdown", { reason: 5 });
+  assert.equal(bad.status, 400);
+  const junk = await call("POST", "/api/shutdown", "nope");
+  assert.equal(junk.status, 400);
+  assert.equal(shutdowns.length, 2);
+});
+
+Deno.test("a configured token is required on mutating calls only", async () => {
+  const { call, shutdowns } = setup({ token: TOKEN });
+  const auth = { authorization: `Bearer ${TOKEN}` };
+  for (
+    const [method, path, body] of [
+      ["POST", "/api/mounts", MOUNT],
+      ["DELETE", "/api/mounts/nbd0", undefined],
+      ["POST", "/api/shutdown", undefined],
+      ["POST", "/", { Command: "mount", Image: "disk", User: "alice", Pass: PASSWORD }],
+      ["POST", "/", { Command: "unmount", Device: "nbd0" }],
+      ["POST", "/", { Command: "disc" }],
+    ] as const
+  ) {
+    const missing = await call(method, path, body);
+    assert.equal(missing.status, 401, `${method} ${path} without token`);
+    assert.match(String(missing.json?.error), /bearer token/);
+    const wrong = await call(method, path, body, { authorization: "Bearer wrong-token-xx" });
+    assert.equal(wrong.status, 401, `${method} ${path} with a wrong token`);
+  }
+  assert.equal(shutdowns.length, 0);
+  assert.equal((await call("GET", "/api/mounts")).status, 200);
+  assert.equal((await call("GET", "/api/devices")).status, 200);
+  assert.equal((await call("GET", "/metrics")).status, 200);
+  assert.equal((await call("POST", "/", { Command: "listm" })).status, 200);
+  assert.equal((await call("POST", "/api/mounts", MOUNT, auth)).status, 201);
+  assert.equal((await call("DELETE", "/api/mounts/nbd0", undefined, auth)).status, 200);
+  assert.equal((await call("GET", "/api/health")).json?.tokenRequired, true);
+});
+
+Deno.test("without a token mutating calls need no Authorization header", async () => {
+  const { call } = setup();
+  assert.equal((await call("POST", "/api/mounts", MOUNT)).status, 201);
+  assert.equal((await call("DELETE", "/api/mounts/nbd0")).status, 200);
+});
+
+Deno.test("GET /metrics renders Prometheus text with per-device counters and a histogram", async () => {
+  const { call, driver } = setup();
+  await call("POST", "/api/mounts", MOUNT);
+  const stats = driver.attached.get("/dev/nbd0")!.stats;
+  stats.observe("read", 4096, 0.3);
+  stats.observe("read", 4096, 7);
+  stats.observe("write", 8192, 5000);
+  driver.backends[0].stats.failovers = 2;
+  driver.backends[0].stats.reconnects = 3;
+  const { status, text, headers } = await call("GET", "/metrics");
+  assert.equal(status, 200);
+  assert.match(headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
+  const id = 'device="/dev/nbd0",image="disk"';
+  for (
+    const line of [
+      `ivbsnetd_io_bytes_total{${id},direction="read"} 8192`,
+      `ivbsnetd_io_bytes_total{${id},direction="write"} 8192`,
+      `ivbsnetd_io_operations_total{${id},op="read"} 2`,
+      `ivbsnetd_io_operations_total{${id},op="write"} 1`,
+      `ivbsnetd_io_in_flight{${id}} 0`,
+      `ivbsnetd_io_latency_seconds_bucket{${id},le="0.0005"} 1`,
+      `ivbsnetd_io_latency_seconds_bucket{${id},le="0.01"} 2`,
+      `ivbsnetd_io_latency_seconds_bucket{${id},le="1"} 2`,
+      `ivbsnetd_io_latency_seconds_bucket{${id},le="+Inf"} 3`,
+      `ivbsnetd_io_latency_seconds_count{${id}} 3`,
+      `ivbsnetd_ivbs_failovers_total{${id}} 2`,
+      `ivbsnetd_ivbs_reconnects_total{${id}} 3`,
+      `ivbsnetd_mounts{state="mounted"} 1`,
+      "# TYPE ivbsnetd_io_latency_seconds histogram",
+    ]
+  ) {
+    assert.ok(text.split("\n").includes(line), `missing line: ${line}`);
+  }
+});
+
+Deno.test("GET / renders the status page with mounted and free devices, escaped", async () => {
+  const { call } = setup();
+  await call("POST", "/api/mounts", { ...MOUNT, image: "<b>evil</b>", device: "nbd1" });
+  const { status, text, headers } = await call("GET", "/");
+  assert.equal(status, 200);
+  assert.match(headers.get("content-type") ?? "", /text\/html/);
+  assert.ok(text.includes("&lt;b&gt;evil&lt;/b&gt;"));
+  assert.ok(!text.includes("<b>evil</b>"));
+  assert.ok(text.includes("<td>/dev/nbd1</td>"));
+  assert.ok(text.includes("<li>/dev/nbd0</li>"), "free devices are listed");
+  assert.ok(!text.includes("<li>/dev/nbd1</li>"), "a mounted device is not free");
+  assert.match(text, /setInterval\(refresh, 2000\)/);
+});
+
+Deno.test("GET / says when the nbd module is missing", async () => {
+  const { call } = setup({ devices: 0 });
+  const { text } = await call("GET", "/");
+  assert.match(text, /nbd kernel module is not loaded/);
+  assert.match(text, /No image mounted/);
+});
+
+Deno.test("GET /status/json keeps the 2013 shape", async () => {
+  const { call } = setup();
+  await call("POST", "/api/mounts", { ...MOUNT, device: "nbd2" });
+  const { json } = await call("GET", "/status/json");
+  assert.deepEqual(json, {
+    Type: "Mounted",
+    Devices: [{ NbdDevice: "/dev/nbd2", ImageName: "disk" }],
+  });
+});
+
+Deno.test("POST / runs the 2013 commands", async () => {
+  const { call, shutdowns, driver } = setup();
+  assert.deepEqual((await call("POST", "/", { Command: "check" })).json, {
+    Type: "Check",
+    Status: "OK",
+  });
+  const mount = await call("POST", "/", {
+    Command: "mount",
+    Device: "/dev/nbd1",
+    Image: "disk",
+    User: "alice",
+    Pass: PASSWORD,
+  });
+  assert.equal(mount.status, 200);
+  assert.deepEqual(mount.json, {
+    Type: "Mount",
+    Status: "OK",
+    NbdDevice: "/dev/nbd1",
+    ImageName: "disk",
+  });
+  assert.ok(!mount.text.includes(PASSWORD));
+  assert.deepEqual((await call("POST", "/", { Command: "listm" })).json, {
+    Type: "Mounted",
+    Devices: [{ NbdDevice: "/dev/nbd1", ImageName: "disk" }],
+  });
+  const all = await call("POST", "/", { Command: "LISTA" });
+  assert.equal(all.json?.Type, "All");
+  assert.deepEqual((all.json?.Devices as unknown[])[1], {
+    NbdDevice: "/dev/nbd1",
+    InUse: true,
+    ImageName: "disk",
+  });
+  const unmount = await call("POST", "/", { Command: "unmount", Device: "nbd1" });
+  assert.deepEqual(unmount.json, { Type: "Unmount", Status: "OK", NbdDevice: "/dev/nbd1" });
+  assert.equal(driver.attached.size, 0);
+  const disc = await call("POST", "/", { Command: "disc" });
+  assert.equal(disc.status, 202);
+  assert.deepEqual(shutdowns, ["2013 disc command"]);
+});
+
+Deno.test("POST / rejects malformed 2013 commands with 400", async () => {
+  const { call } = setup();
+  const cases: [unknown, RegExp][] = [
+    [{}, /Command/],
+    [{ Command: "format" }, /Command must be one of/],
+    [{ Command: 3 }, /Command must be a string/],
+    [{ Command: "mount", Image: "disk", User: "alice" }, /Pass is required/],
+    [{ Command: "mount", Image: "", User: "alice", Pass: "x" }, /Image must not be empty/],
+    [{ Command: "mount", Device: "hda", Image: "d", User: "a", Pass: "x" }, /not an NBD device/],
+    [{ Command: "unmount" }, /Device is required/],
+    ["[]", /invalid body/],
+  ];
+  for (const [body, pattern] of cases) {
+    const { status, json } = await call("POST", "/", body);
+    assert.equal(status, 400, JSON.stringify(body));
+    assert.match(String(json?.error), pattern, JSON.stringify(body));
+  }
+  const wrong = await call("POST", "/", {
+    Command: "mount",
+    Image: "disk",
+    User: "alice",
+    Pass: "bad",
+  });
+  assert.equal(wrong.status, 403);
+});
+
+Deno.test("unknown routes answer 404 with a JSON error", async () => {
+  const { call } = setup();
+  const { status, json } = await call("PUT", "/api/mounts");
+  assert.equal(status, 404);
+  assert.equal(json?.error, "no route PUT /api/mounts");
+});
+
+Deno.test("an unexpected failure answers a plain 500 and logs the cause", async () => {
+  const driver = new FakeMountDriver({ devices: 2, images: {}, users: {} });
+  driver.listDevices = () => Promise.reject(new Error("sysfs exploded: detail"));
+  const logged: unknown[] = [];
+  const log = { ...quietLog, error: (_m: string, f?: object) => logged.push(f) };
+  const table = new MountTable(driver, { deviceCount: 2, log: quietLog });
+  const app = createApp({ table, requestShutdown() {}, startedAt: Date.now(), log });
+  const response = await app.request("/api/devices");
+  assert.equal(response.status, 500);
+  assert.deepEqual(await response.json(), { error: "internal error" });
+  assert.equal(logged.length, 1);
+  assert.match(JSON.stringify(logged[0]), /sysfs exploded/);
+});
+
+Deno.test("a refused mount logs no password", async () => {
+  const { table } = setup();
+  const lines: string[] = [];
+  const original = console.error;
+  console.error = (...args: unknown[]) => lines.push(args.join(" "));
+  try {
+    const real = new MountTable(new FakeMountDriver({ devices: 1, images: {}, users: {} }), {
+      deviceCount: 1,
+      log: logger("test"),
+    });
+    await assert.rejects(
+      real.mount({ image: "x", username: "alice", password: PASSWORD }),
+      /login as alice refused/,
+    );
+  } finally {
+    console.error = original;
+  }
+  assert.ok(lines.length > 0, "the attempt was logged");
+  assert.ok(lines.every((line) => !line.includes(PASSWORD)));
+  assert.equal(table.size, 0);
+});
