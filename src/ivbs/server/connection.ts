@@ -191,7 +191,10 @@ export class ServerConnection {
       cleanEof = await this.#readLoop();
     } catch (error) {
       if (!this.#closed) {
-        ctx.log.warn("closing connection", {
+        // A reset is how clients often leave; a bad packet or a cut frame is worth a warning.
+        const gone = error instanceof Deno.errors.ConnectionReset ||
+          error instanceof Deno.errors.BrokenPipe;
+        ctx.log[gone ? "debug" : "warn"]("closing connection", {
           proxy: ctx.proxyName,
           peer: this.peer,
           reason: describe(error),
