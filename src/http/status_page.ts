@@ -7,6 +7,7 @@
  * @module
  */
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import { formatBytes } from "../daemon/units.ts";
 
 export interface StatusPageData {
   mounts: readonly MountInfo[];
@@ -28,18 +29,6 @@ const HTML_ESCAPES: Record<string, string> = {
 
 export function escapeHtml(value: unknown): string {
   return String(value).replace(/[&<>"']/g, (ch) => HTML_ESCAPES[ch]);
-}
-
-/** 1536 → "1.5 KiB". */
-export function formatBytes(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-  let value = bytes;
-  let unit = 0;
-  while (Math.abs(value) >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit++;
-  }
-  return unit === 0 ? `${value} B` : `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
 const MOUNT_COLUMNS = [
