@@ -1,0 +1,153 @@
+/**
+ * A small client for the daemon's HTTP API, used by netdclient and the one-shot
+ * commands. Tells "the server answered no" (ApiError, with the HTTP status and
+ * the server's message) apart from "no server there" (ServerUnreachableError).
+ * @module
+ */
+import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+
+export type { DeviceInfo, MountInfo };
+
+export const DEFAULT_SERVER = "http://127.0.0.1:8080";
+
+export interface Health {
+  status: string;
+  version: string;
+  uptimeSeconds: number;
+  mounts: number;
+  devices: number;
+  tokenRequired: boolean;
+}
+
+export interface MountRequestBody {
+  device?: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+}
+
+/** The server refused or failed the request; `message` is the server's `error`. */
+export class ApiError extends Error {
+  readonly code = "API";
+  constructor(readonly status: number, message: string) {
+    super(message);
+    this.name = "ApiError";
+  }
+}
+
+/** Nothing answered at the server's address (refused, timed out, bad host). */
+export class ServerUnreachableError extends Error {
+  readonly code = "UNREACHABLE";
+  constructor(readonly server: string, reason: string) {
+    super(`server ${server} is not reachable: ${reason}`);
+    this.name = "ServerUnreachableError";
+  }
+}
+
+export interface ApiClientOptions {
+  server?: string;
+  token?: string;
+  /** Per request; mounts get `mountTimeoutMs` (IVBS login can take a while). */
+  timeoutMs?: number;
+  mountTimeoutMs?: number;
+}
+
+/** "127.0.0.1:8080" → "http://127.0.0.1:8080"; no trailing slash. */
+export function normalizeServer(server: string): string {
+  const withScheme = /^[a-z][a-z0-9+.-]*:\/\//i.test(server) ? server : `http://${server}`;
+  const url = new URL(withScheme);
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    throw new TypeError(`server must be an http:// or https:// URL, not ${server}`);
+  }
+  return url.href.replace(/\/+$/, "");
+}
+
+function reasonOf(error: unknown): string {
+  if (error instanceof DOMException && error.name === "AbortError") return "timed out";
+  const message = error instanceof Error ? error.message : String(error);
+  if (/refused/i.test(message)) return "connection refused";
+  return message.split("\n")[0];
+}
+
+export class ApiClient {
+  readonly server: string;
+  readonly #token: string | undefined;
+  readonly #timeoutMs: number;
+  readonly #mountTimeoutMs: number;
+
+  constructor(options: ApiClientOptions = {}) {
+    this.server = normalizeServer(options.server ?? DEFAULT_SERVER);
+    this.#token = options.token;
+    this.#timeoutMs = options.timeoutMs ?? 10_000;
+    this.#mountTimeoutMs = options.mountTimeoutMs ?? 300_000;
+  }
+
+  async #call<T>(method: string, path: string, body?: unknown, timeoutMs = this.#timeoutMs) {
+    const headers: Record<string, string> = { accept: "application/json" };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), timeoutMs);
+    let response: Response;
+    let text: string;
+    try {
+      response = await fetch(this.server + path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: abort.signal,
+      });
+      text = await response.text();
+    } catch (error) {
+      throw new ServerUnreachableError(this.server, reasonOf(error));
+    } finally {
+      clearTimeout(timer);
+    }
+    let json: unknown;
+    try {
+      json = JSON.parse(text);
+    } catch {
+      json = undefined;
+    }
+    if (!response.ok) {
+      const message = typeof json === "object" && json !== null && "error" in json
+        ? String((json as { error: unknown }).error)
+        : `HTTP ${response.status} ${response.statusText}`;
+      throw new ApiError(response.status, message);
+    }
+    if (json === undefined) {
+      throw new ApiError(response.status, `${method} ${path}: the answer is not JSON`);
+    }
+    return json as T;
+  }
+
+  health(): Promise<Health> {
+    return this.#call<Health>("GET", "/api/health");
+  }
+
+  async devices(): Promise<DeviceInfo[]> {
+    return (await this.#call<{ devices: DeviceInfo[] }>("GET", "/api/devices")).devices;
+  }
+
+  async mounts(): Promise<MountInfo[]> {
+    return (await this.#call<{ mounts: MountInfo[] }>("GET", "/api/mounts")).mounts;
+  }
+
+  mount(request: MountRequestBody): Promise<MountInfo> {
+    return this.#call<MountInfo>("POST", "/api/mounts", request, this.#mountTimeoutMs);
+  }
+
+  async unmount(device: string): Promise<void> {
+    await this.#call(
+      "DELETE",
+      `/api/mounts/${encodeURIComponent(device)}`,
+      undefined,
+      this.#mountTimeoutMs,
+    );
+  }
+
+  async shutdown(): Promise<void> {
+    await this.#call("POST", "/api/shutdown");
+  }
+}

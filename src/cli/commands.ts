@@ -1,0 +1,67 @@
+/**
+ * What each client command does against the API and what it prints; shared by
+ * the interactive netdclient and the one-shot `ivbsnetd mount|unmount|list|check|shutdown`.
+ * @module
+ */
+import { formatBytes } from "../daemon/units.ts";
+import type { ApiClient, MountInfo, MountRequestBody } from "./api_client.ts";
+import { devicesTable, mountsTable } from "./table.ts";
+
+export interface Output {
+  /** One or more lines; a newline is added. */
+  print(text: string): void;
+}
+
+export async function checkCommand(client: ApiClient, out: Output, json = false): Promise<void> {
+  const health = await client.health();
+  if (json) {
+    out.print(JSON.stringify(health));
+    return;
+  }
+  const mounts = `${health.mounts} mount${health.mounts === 1 ? "" : "s"}`;
+  out.print(
+    `server ${client.server} is ${
+      health.status === "ok" ? "up" : health.status
+    } (version ${health.version}, ${mounts}, up ${health.uptimeSeconds} s)`,
+  );
+}
+
+export async function listMountedCommand(client: ApiClient, out: Output, json = false) {
+  const mounts = await client.mounts();
+  out.print(json ? JSON.stringify(mounts) : mountsTable(mounts));
+}
+
+export async function listAllCommand(client: ApiClient, out: Output, json = false) {
+  const devices = await client.devices();
+  out.print(json ? JSON.stringify(devices) : devicesTable(devices));
+}
+
+export function describeMount(m: MountInfo): string {
+  return `mounted ${m.image} on ${m.device} (${formatBytes(m.sizeBytes)}, ${
+    m.readOnly ? "read-only" : "read-write"
+  }, proxy ${m.proxy ?? "none"})`;
+}
+
+export async function mountCommand(
+  client: ApiClient,
+  out: Output,
+  request: MountRequestBody,
+  json = false,
+): Promise<void> {
+  const mount = await client.mount(request);
+  out.print(json ? JSON.stringify(mount) : describeMount(mount));
+}
+
+export async function unmountCommand(client: ApiClient, out: Output, device: string, json = false) {
+  await client.unmount(device);
+  out.print(json ? JSON.stringify({ device, state: "unmounted" }) : `unmounted ${device}`);
+}
+
+export async function shutdownCommand(client: ApiClient, out: Output, json = false) {
+  await client.shutdown();
+  out.print(
+    json
+      ? JSON.stringify({ status: "shutting down" })
+      : `server ${client.server} is shutting down (detaching every device)`,
+  );
+}

@@ -1,0 +1,191 @@
+/**
+ * netdclient: the 2013 interactive client, `ivbsnetd client [--server URL] [--token T]`.
+ * Commands: check, disc, exit, help, lista, listm, mount <device> <image> <user> <pass>
+ * (asks for what is missing, the password without echo), unmount <device>. The
+ * server is checked before each command, so a dead daemon is reported at once.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
+import {
+  checkCommand,
+  listAllCommand,
+  listMountedCommand,
+  mountCommand,
+  type Output,
+  shutdownCommand,
+  unmountCommand,
+} from "./commands.ts";
+import { EXIT_OK, EXIT_USAGE } from "./one_shot.ts";
+import { StdioTerminal, type Terminal } from "./prompt.ts";
+
+export const PROMPT = "netdclient> ";
+
+export const HELP = [
+  "commands:",
+  "  check                                 is the daemon up?",
+  "  lista                                 every NBD device, free or used",
+  "  listm                                 mounted images",
+  "  mount <device> <image> <user> <pass>  mount an image (device: nbdN, /dev/nbdN or auto);",
+  "                                        missing arguments are asked for, the password",
+  "                                        without echo",
+  "  unmount <device>                      detach a device",
+  "  disc                                  shut the daemon down (detaches every device)",
+  "  help                                  this list",
+  "  exit                                  leave netdclient (also quit, Ctrl-D)",
+].join("\n");
+
+const SERVER_COMMANDS = new Set(["check", "disc", "lista", "listm", "mount", "unmount"]);
+
+/** Runs the prompt loop until exit or end of input. */
+export async function runInteractive(client: ApiClient, terminal: Terminal): Promise<void> {
+  const out: Output = { print: (text) => terminal.write(text + "\n") };
+  out.print(`netdclient for ivbsnetd at ${client.server}; type help for commands`);
+  for (;;) {
+    const line = await terminal.readLine(PROMPT);
+    if (line === null) {
+      terminal.write("\n");
+      return;
+    }
+    const [command, ...args] = line.trim().split(/\s+/).filter((word) => word !== "");
+    if (command === undefined) continue;
+    const name = command.toLowerCase();
+    if (name === "exit" || name === "quit") return;
+    if (name === "help" || name === "?") {
+      out.print(HELP);
+      continue;
+    }
+    if (!SERVER_COMMANDS.has(name)) {
+      out.print(`unknown command "${command}"; type help for the list`);
+      continue;
+    }
+    try {
+      // The 2013 client checked the server before every command; so do we.
+      if (name !== "check") await client.health();
+      const done = await runCommand(client, terminal, out, name, args);
+      if (!done) return;
+    } catch (error) {
+      if (error instanceof ServerUnreachableError) out.print(error.message);
+      else if (error instanceof ApiError) out.print(`error: ${error.message}`);
+      else throw error;
+    }
+  }
+}
+
+/** One server command; false when input ended while asking for arguments. */
+async function runCommand(
+  client: ApiClient,
+  terminal: Terminal,
+  out: Output,
+  name: string,
+  args: string[],
+): Promise<boolean> {
+  switch (name) {
+    case "check":
+      await checkCommand(client, out);
+      return true;
+    case "lista":
+      await listAllCommand(client, out);
+      return true;
+    case "listm":
+      await listMountedCommand(client, out);
+      return true;
+    case "disc":
+      await shutdownCommand(client, out);
+      return true;
+    case "unmount": {
+      if (args.length > 1) {
+        out.print("usage: unmount <device>");
+        return true;
+      }
+      const device = args[0] ?? await ask(terminal, "Device: ");
+      if (device === null) return false;
+      await unmountCommand(client, out, device);
+      return true;
+    }
+    case "mount": {
+      if (args.length > 4) {
+        out.print("usage: mount <device> <image> <user> <pass>");
+        return true;
+      }
+      const device = args[0] ?? await ask(terminal, "Device [auto]: ", "auto");
+      if (device === null) return false;
+      const image = args[1] ?? await ask(terminal, "Image: ");
+      if (image === null) return false;
+      const username = args[2] ?? await ask(terminal, "User: ");
+      if (username === null) return false;
+      const password = args[3] ?? await terminal.readSecret("Password: ");
+      if (password === null) {
+        out.print("mount cancelled");
+        return true;
+      }
+      await mountCommand(client, out, { device, image, username, password });
+      return true;
+    }
+  }
+  return true;
+}
+
+/** Asks until the answer is not empty (or `fallback` is given); null at end of input. */
+async function ask(terminal: Terminal, prompt: string, fallback?: string): Promise<string | null> {
+  for (;;) {
+    const answer = await terminal.readLine(prompt);
+    if (answer === null) return null;
+    const trimmed = answer.trim();
+    if (trimmed !== "") return trimmed;
+    if (fallback !== undefined) return fallback;
+  }
+}
+
+export const CLIENT_HELP = [
+  "usage: ivbsnetd client [--server URL] [--token TOKEN]",
+  "",
+  "Interactive netdclient: type commands at the prompt (help lists them).",
+  "",
+  "options:",
+  `  --server URL     daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
+  "  --token TOKEN    bearer token for mount/unmount/disc (default $IVBSNETD_TOKEN)",
+  "  -h, --help       this help",
+  "",
+  HELP,
+].join("\n");
+
+/** `ivbsnetd client`. */
+export async function run(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      options: {
+        server: { type: "string" },
+        token: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    console.error(`ivbsnetd client: ${(error as Error).message}\n\n${CLIENT_HELP}`);
+    return EXIT_USAGE;
+  }
+  if (values.help) {
+    console.log(CLIENT_HELP);
+    return EXIT_OK;
+  }
+  let client: ApiClient;
+  try {
+    client = new ApiClient({
+      server: values.server ?? Deno.env.get("IVBSNETD_SERVER") ?? DEFAULT_SERVER,
+      token: values.token ?? Deno.env.get("IVBSNETD_TOKEN"),
+    });
+  } catch (error) {
+    console.error(`ivbsnetd client: --server: ${(error as Error).message}`);
+    return EXIT_USAGE;
+  }
+  const terminal = new StdioTerminal();
+  try {
+    await runInteractive(client, terminal);
+  } finally {
+    terminal.close();
+  }
+  return EXIT_OK;
+}

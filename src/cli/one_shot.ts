@@ -1,0 +1,249 @@
+/**
+ * One-shot client commands for scripts: `ivbsnetd mount|unmount|list|check|shutdown`.
+ * Exit codes: 0 done, 1 the server refused or failed the operation, 2 usage
+ * error, 3 the server is not reachable.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
+import {
+  checkCommand,
+  listAllCommand,
+  listMountedCommand,
+  mountCommand,
+  type Output,
+  shutdownCommand,
+  unmountCommand,
+} from "./commands.ts";
+import { ByteSource, readRawSecret } from "./prompt.ts";
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_UNREACHABLE = 3;
+
+export type OneShotName = "mount" | "unmount" | "list" | "check" | "shutdown";
+
+const USAGE: Record<OneShotName, string> = {
+  mount: "mount [options] DEVICE|auto IMAGE USER [PASSWORD]",
+  unmount: "unmount [options] DEVICE",
+  list: "list [options] [--all]",
+  check: "check [options]",
+  shutdown: "shutdown [options]",
+};
+
+const SUMMARY: Record<OneShotName, string> = {
+  mount: "Mounts IMAGE as USER on DEVICE (nbdN, /dev/nbdN, or auto = first free device).",
+  unmount: "Detaches DEVICE and closes its IVBS session.",
+  list: "Lists mounted images (listm); --all lists every NBD device, free or used (lista).",
+  check: "Checks that the daemon answers.",
+  shutdown: "Asks the daemon to detach every device and exit (disc).",
+};
+
+export function helpText(name: OneShotName): string {
+  const extra = name === "mount"
+    ? [
+      "  --read-only          mount read-only even if the image is writable",
+      "  --password-stdin     read the password from the first line of stdin",
+      "  PASSWORD may also come from IVBSNETD_PASSWORD; without either, it is asked",
+      "  for (without echo) when stdin is a terminal. Avoid PASSWORD on the command",
+      "  line: other users can see it in the process list.",
+    ]
+    : name === "list"
+    ? ["  --all                every NBD device, free or used"]
+    : [];
+  return [
+    `usage: ivbsnetd ${USAGE[name]}`,
+    "",
+    SUMMARY[name],
+    "",
+    "options:",
+    `  --server URL         daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
+    "  --token TOKEN        bearer token (default $IVBSNETD_TOKEN)",
+    "  --json               machine-readable output on stdout",
+    ...extra,
+    "  -h, --help           this help",
+    "",
+    "exit codes: 0 done, 1 the operation failed (message on stderr), 2 usage error,",
+    "            3 the server is not reachable",
+  ].join("\n");
+}
+
+export interface OneShotIo {
+  out: Output;
+  err: Output;
+  env(name: string): string | undefined;
+  /** First line of stdin (for --password-stdin). */
+  readStdinLine(): Promise<string | null>;
+  /** A password typed without echo; null when stdin is not a terminal or input was cancelled. */
+  askSecret(prompt: string): Promise<string | null>;
+}
+
+/** Bad command line; exit code 2. */
+export class UsageError extends Error {}
+
+export function processIo(): OneShotIo {
+  const env = (name: string) => {
+    try {
+      return Deno.env.get(name);
+    } catch {
+      return undefined;
+    }
+  };
+  const withSource = async <T>(use: (source: ByteSource) => Promise<T>): Promise<T> => {
+    const source = new ByteSource(Deno.stdin.readable);
+    try {
+      return await use(source);
+    } finally {
+      source.release();
+    }
+  };
+  return {
+    out: { print: (text) => console.log(text) },
+    err: { print: (text) => console.error(text) },
+    env,
+    readStdinLine: () => withSource((source) => source.line()),
+    askSecret: async (prompt) => {
+      if (!Deno.stdin.isTerminal()) return null;
+      await Deno.stderr.write(new TextEncoder().encode(prompt));
+      Deno.stdin.setRaw(true);
+      try {
+        return await withSource(readRawSecret);
+      } finally {
+        Deno.stdin.setRaw(false);
+        await Deno.stderr.write(new TextEncoder().encode("\n"));
+      }
+    },
+  };
+}
+
+/** Runs one command; resolves with the exit code. */
+export async function runOneShot(
+  name: OneShotName,
+  args: string[],
+  io: OneShotIo = processIo(),
+): Promise<number> {
+  let values;
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({
+      args,
+      allowPositionals: true,
+      strict: true,
+      options: {
+        server: { type: "string" },
+        token: { type: "string" },
+        json: { type: "boolean", default: false },
+        all: { type: "boolean", default: false },
+        "read-only": { type: "boolean", default: false },
+        "password-stdin": { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    io.err.print(`ivbsnetd ${name}: ${(error as Error).message}\nusage: ivbsnetd ${USAGE[name]}`);
+    return EXIT_USAGE;
+  }
+  if (values.help) {
+    io.out.print(helpText(name));
+    return EXIT_OK;
+  }
+  const json = values.json;
+  try {
+    const client = makeClient(
+      values.server ?? io.env("IVBSNETD_SERVER"),
+      values.token ?? io.env("IVBSNETD_TOKEN"),
+    );
+    const onlyFor = (flag: boolean, option: string, command: OneShotName) => {
+      if (flag && name !== command) throw new UsageError(`--${option} applies to ${command} only`);
+    };
+    onlyFor(values.all, "all", "list");
+    onlyFor(values["read-only"], "read-only", "mount");
+    onlyFor(values["password-stdin"], "password-stdin", "mount");
+    const expect = (min: number, max: number) => {
+      if (positionals.length < min || positionals.length > max) {
+        throw new UsageError(`expected ${USAGE[name]}`);
+      }
+    };
+    switch (name) {
+      case "check":
+        expect(0, 0);
+        await checkCommand(client, io.out, json);
+        break;
+      case "list":
+        expect(0, 0);
+        await (values.all ? listAllCommand : listMountedCommand)(client, io.out, json);
+        break;
+      case "shutdown":
+        expect(0, 0);
+        await shutdownCommand(client, io.out, json);
+        break;
+      case "unmount":
+        expect(1, 1);
+        await unmountCommand(client, io.out, positionals[0], json);
+        break;
+      case "mount": {
+        expect(3, 4);
+        const [device, image, username, given] = positionals;
+        const password = await findPassword(given, values["password-stdin"], io);
+        await mountCommand(client, io.out, {
+          device,
+          image,
+          username,
+          password,
+          readOnly: values["read-only"] || undefined,
+        }, json);
+        break;
+      }
+    }
+    return EXIT_OK;
+  } catch (error) {
+    if (error instanceof UsageError) {
+      io.err.print(`ivbsnetd ${name}: ${error.message}\nusage: ivbsnetd ${USAGE[name]}`);
+      return EXIT_USAGE;
+    }
+    if (error instanceof ServerUnreachableError) {
+      io.err.print(`ivbsnetd ${name}: ${error.message}`);
+      return EXIT_UNREACHABLE;
+    }
+    if (error instanceof ApiError) {
+      const hint = error.status === 401 ? " (pass --token or set IVBSNETD_TOKEN)" : "";
+      io.err.print(`ivbsnetd ${name}: ${error.message}${hint}`);
+      return EXIT_FAILED;
+    }
+    throw error;
+  }
+}
+
+function makeClient(server: string | undefined, token: string | undefined): ApiClient {
+  try {
+    return new ApiClient({ server: server ?? DEFAULT_SERVER, token });
+  } catch (error) {
+    throw new UsageError(`--server: ${(error as Error).message}`);
+  }
+}
+
+async function findPassword(
+  given: string | undefined,
+  fromStdin: boolean,
+  io: OneShotIo,
+): Promise<string> {
+  if (given !== undefined) {
+    if (fromStdin) throw new UsageError("give PASSWORD or --password-stdin, not both");
+    return given;
+  }
+  if (fromStdin) {
+    const line = await io.readStdinLine();
+    if (line === null) throw new UsageError("--password-stdin: stdin is empty");
+    return line;
+  }
+  const env = io.env("IVBSNETD_PASSWORD");
+  if (env !== undefined) return env;
+  const typed = await io.askSecret("Password: ");
+  if (typed === null) {
+    throw new UsageError(
+      "no password: give PASSWORD, --password-stdin or IVBSNETD_PASSWORD (stdin is not a terminal)",
+    );
+  }
+  return typed;
+}
