@@ -108,6 +108,7 @@ export class ServerConnection {
   #signalClosed!: () => void;
   readonly #closedPromise = new Promise<void>((resolve) => this.#signalClosed = resolve);
 
+  #warnedSessionId = false;
   #username: string | null = null;
   #image: StoredImage | null = null;
 
@@ -263,11 +264,13 @@ export class ServerConnection {
       const name = opName(op);
       ctx.stats.requests[name] = (ctx.stats.requests[name] ?? 0) + 1;
       if (!sessionOk) {
-        ctx.log.warn("request with a foreign session id", {
+        // Once per connection at warn: a confused client must not flood the log.
+        ctx.log[this.#warnedSessionId ? "debug" : "warn"]("request with a foreign session id", {
           proxy: ctx.proxyName,
           peer: this.peer,
           op: name,
         });
+        this.#warnedSessionId = true;
         this.#enqueue(encodeEmpty(this.sessionId, op, sequence, Status.INVALID_REQUEST), cost);
         continue;
       }
