@@ -24,7 +24,7 @@ import {
   type ServerStats,
 } from "./connection.ts";
 import { InjectedStatuses } from "./faults.ts";
-import { Proxy, type ProxyState } from "./proxy.ts";
+import { ProxyListener, type ProxyState } from "./proxy.ts";
 import {
   FileStore,
   type ImageInfo,
@@ -124,7 +124,7 @@ function checkOptions(options: IvbsServerOptions): void {
 }
 
 /** Own enumerable getters, so the view reads live and also spreads and serializes. */
-function liveView(proxy: Proxy): ProxyState {
+function liveView(proxy: ProxyListener): ProxyState {
   return {
     index: proxy.index,
     name: proxy.name,
@@ -146,7 +146,7 @@ function liveView(proxy: Proxy): ProxyState {
 
 class IvbsServer implements IvbsTestServer {
   readonly stats: ServerStats = { connectionsAccepted: 0, requests: {}, injected: 0 };
-  readonly #proxies: Proxy[] = [];
+  readonly #proxies: ProxyListener[] = [];
   readonly #views: ProxyState[] = [];
   readonly #store: ImageStore;
   readonly #injected = new InjectedStatuses();
@@ -173,7 +173,7 @@ class IvbsServer implements IvbsTestServer {
       onAccept: () => void this.stats.connectionsAccepted++,
     };
     (options.ports ?? [0, 0]).forEach((port, index) => {
-      const proxy = new Proxy(index, host, port, shared, hooks);
+      const proxy = new ProxyListener(index, host, port, shared, hooks);
       this.#proxies.push(proxy);
       this.#views.push(liveView(proxy));
     });
@@ -250,7 +250,7 @@ class IvbsServer implements IvbsTestServer {
     await this.#store.close();
   }
 
-  #proxy(index: number): Proxy {
+  #proxy(index: number): ProxyListener {
     const proxy = this.#proxies[index];
     if (!proxy) {
       throw new RangeError(`no proxy ${index}: the server has ${this.#proxies.length}`);

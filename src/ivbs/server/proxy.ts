@@ -32,7 +32,7 @@ export class ProxyListenError extends Error {
   }
 }
 
-export class Proxy implements ProxyState {
+export class ProxyListener implements ProxyState {
   readonly index: number;
   readonly name: string;
   readonly host: string;
