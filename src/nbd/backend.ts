@@ -89,5 +89,6 @@ export class MemoryBackend implements Backend {
         "EINVAL",
       );
     }
+    return undefined;
   }
 }
