@@ -1,0 +1,501 @@
+/**
+ * The NBD transmission phase over one byte stream: a reader loop that admits a
+ * bounded number of requests, dispatches each to the backend without waiting
+ * for earlier ones, and one serialized writer that sends replies as they
+ * complete. Used for the kernel's socketpair and for NBD exports after their
+ * handshake.
+ *
+ * Decisions worth knowing (proto.md is the reference):
+ * - Validation happens once, at the edge, and becomes an NBD error reply:
+ *   unknown command or flag → EINVAL; READ/WRITE over 32 MiB → EINVAL; write,
+ *   trim or zero on a read-only backend → EPERM; a range past the end → ENOSPC
+ *   for WRITE / WRITE_ZEROES and EINVAL for READ / TRIM (proto.md "Error
+ *   values"). A rejected WRITE's payload is read and dropped so the stream
+ *   stays in sync.
+ * - A WRITE over 32 MiB is answered EINVAL and then the connection is closed:
+ *   proto.md allows a hard disconnect for payloads over 2^25 bytes, the kernel
+ *   never sends one, and skipping up to 4 GiB for a peer that already broke the
+ *   contract only delays the inevitable.
+ * - FLUSH: backends without `flush` make a write durable before it is answered
+ *   (IVBS acknowledges stored data only), and NBD_CMD_FLUSH only covers writes
+ *   already answered, so FLUSH is answered at once. SEND_FLUSH / SEND_FUA are
+ *   advertised only for backends with `flush` (then FLUSH and FUA call it); for
+ *   the others the kernel sees a device without a volatile cache and sends
+ *   neither, which is the honest description.
+ * - TRIM / WRITE_ZEROES are advertised and served only when the backend has them.
+ * - The caller owns the stream: this function never closes it. Close it when
+ *   the returned promise settles (the kernel's NBD_DO_IT returns only then).
+ * @module
+ */
+import { BackendError } from "./backend.ts";
+import type { Backend } from "./backend.ts";
+import { FrameReader } from "../io/frame_reader.ts";
+import { type ByteStream, writeAll } from "../io/stream.ts";
+import { type Logger, logger } from "../log.ts";
+import { type IoKind, IoStats } from "./stats.ts";
+import {
+  Command,
+  CommandFlag,
+  commandName,
+  decodeRequest,
+  encodeReply,
+  errorName,
+  MAX_PAYLOAD,
+  NbdError,
+  nbdErrorFor,
+  NbdProtocolError,
+  type NbdRequest,
+  REPLY_SIZE,
+  REQUEST_SIZE,
+  TransmissionFlag,
+} from "./wire.ts";
+
+/** Requests in flight before the reader stops reading (the kernel's default queue depth). */
+export const DEFAULT_MAX_IN_FLIGHT = 128;
+/** READ/WRITE payload bytes in flight before the reader stops reading. */
+export const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+/**
+ * Replies up to this size (header + data) are copied into one buffer with the
+ * replies queued next to them: one socket write instead of several. Larger READ
+ * replies go out as header then data, back to back, with no copy.
+ */
+const COALESCE_BYTES = 256 * 1024;
+
+export interface ServeOptions {
+  /** Bound on requests in flight; default 128. */
+  maxInFlight?: number;
+  /**
+   * Bound on READ/WRITE payload bytes in flight; default 128 MiB. A single
+   * request larger than the bound is still admitted, alone.
+   */
+  maxInFlightBytes?: number;
+  stats?: IoStats;
+  log?: Logger;
+  /** Reader to use: it may hold bytes buffered by a handshake. */
+  reader?: FrameReader;
+}
+
+/** The transmission flags that describe `backend` honestly (for NBD_SET_FLAGS or a handshake). */
+export function transmissionFlags(backend: Backend): number {
+  let flags = TransmissionFlag.HAS_FLAGS;
+  if (backend.readOnly) flags |= TransmissionFlag.READ_ONLY;
+  if (backend.flush) flags |= TransmissionFlag.SEND_FLUSH | TransmissionFlag.SEND_FUA;
+  if (!backend.readOnly && backend.trim) flags |= TransmissionFlag.SEND_TRIM;
+  if (!backend.readOnly && backend.writeZeroes) flags |= TransmissionFlag.SEND_WRITE_ZEROES;
+  return flags;
+}
+
+/**
+ * Serves NBD requests from `stream` with `backend` until the peer sends
+ * NBD_CMD_DISC or closes the stream at a request boundary; resolves once every
+ * request in flight is answered. Rejects (after answering what it can) on a
+ * protocol error such as bad magic, on EOF inside a request, or when a reply
+ * cannot be written.
+ */
+export async function serveTransmission(
+  stream: ByteStream,
+  backend: Backend,
+  options: ServeOptions = {},
+): Promise<void> {
+  await new Transmission(stream, backend, options).run();
+}
+
+const KNOWN_FLAGS = CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO;
+const EMPTY = new Uint8Array(0);
+
+class Transmission {
+  readonly #backend: Backend;
+  readonly #reader: FrameReader;
+  readonly #log: Logger;
+  readonly #stats: IoStats;
+  readonly #admission: Admission;
+  readonly #writer: ReplyWriter;
+  /** Requests received and not yet answered, by handle. */
+  readonly #inFlight = new Map<bigint, Promise<void>>();
+  readonly #header = new Uint8Array(REQUEST_SIZE);
+
+  constructor(stream: ByteStream, backend: Backend, options: ServeOptions) {
+    this.#backend = backend;
+    this.#reader = options.reader ?? new FrameReader(stream);
+    this.#log = options.log ?? logger("nbd");
+    this.#stats = options.stats ?? new IoStats();
+    this.#admission = new Admission(
+      positive(options.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT, "maxInFlight"),
+      positive(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES, "maxInFlightBytes"),
+    );
+    this.#writer = new ReplyWriter(stream, this.#log);
+  }
+
+  async run(): Promise<void> {
+    let failure: unknown = null;
+    try {
+      await this.#readLoop();
+    } catch (error) {
+      failure = error;
+      this.#log.error("NBD request stream failed; answering what is in flight", {
+        error,
+        inFlight: this.#inFlight.size,
+      });
+    }
+    // Every request already read gets its answer before we return.
+    while (this.#inFlight.size > 0) await Promise.all(this.#inFlight.values());
+    if (failure !== null) throw failure;
+    if (this.#writer.error !== null) throw this.#writer.error;
+  }
+
+  async #readLoop(): Promise<void> {
+    for (;;) {
+      // Take the slot before reading the header: when the backend is slow the
+      // reader stops, the socket fills, and the kernel stops sending.
+      await this.#admission.acquire(1, 0);
+      let request: NbdRequest | null;
+      try {
+        request = await this.#readHeader();
+      } catch (error) {
+        this.#admission.release(1, 0);
+        throw error;
+      }
+      if (request === null) {
+        this.#admission.release(1, 0);
+        this.#log.debug("peer closed the NBD stream");
+        return;
+      }
+      if (request.type === Command.DISC) {
+        this.#admission.release(1, 0);
+        this.#log.debug("NBD disconnect requested", { inFlight: this.#inFlight.size });
+        return;
+      }
+      await this.#accept(request);
+    }
+  }
+
+  async #readHeader(): Promise<NbdRequest | null> {
+    if (!await this.#reader.readFull(this.#header, "NBD request header", true)) return null;
+    return decodeRequest(this.#header);
+  }
+
+  /** Validates, reads the payload, and dispatches; holds one request slot on entry. */
+  async #accept(request: NbdRequest): Promise<void> {
+    const started = performance.now();
+    if (this.#inFlight.has(request.handle)) {
+      this.#admission.release(1, 0);
+      throw new NbdProtocolError(`duplicate NBD handle ${request.handle} while in flight`);
+    }
+    const rejected = this.#validate(request);
+    let payload: Uint8Array | null = null;
+    let reserved = 0;
+    if (request.type === Command.WRITE) {
+      if (request.length > MAX_PAYLOAD) {
+        this.#dispatch(request, NbdError.EINVAL, null, 0, started);
+        throw new NbdProtocolError(
+          `NBD WRITE of ${request.length} bytes exceeds ${MAX_PAYLOAD}; closing`,
+        );
+      }
+      if (rejected !== NbdError.OK) {
+        await this.#reader.skip(request.length, "rejected NBD WRITE payload");
+      } else {
+        reserved = await this.#admission.acquire(0, request.length);
+        payload = new Uint8Array(request.length);
+        try {
+          await this.#reader.readFull(payload, "NBD WRITE payload");
+        } catch (error) {
+          this.#admission.release(1, reserved);
+          throw error;
+        }
+      }
+    } else if (request.type === Command.READ && rejected === NbdError.OK) {
+      reserved = await this.#admission.acquire(0, request.length);
+    }
+    this.#dispatch(request, rejected, payload, reserved, started);
+  }
+
+  /** The NBD error for a request we refuse without asking the backend, or OK. */
+  #validate(request: NbdRequest): number {
+    const { type, flags, offset, length } = request;
+    const backend = this.#backend;
+    let error: number = NbdError.OK;
+    let reason = "";
+    const writes = type === Command.WRITE || type === Command.TRIM ||
+      type === Command.WRITE_ZEROES;
+    if (!this.#supports(type)) {
+      [error, reason] = [NbdError.EINVAL, "unsupported command"];
+    } else if ((flags & ~KNOWN_FLAGS) !== 0) {
+      [error, reason] = [NbdError.EINVAL, `unknown command flags 0x${flags.toString(16)}`];
+    } else if ((type === Command.READ || type === Command.WRITE) && length > MAX_PAYLOAD) {
+      [error, reason] = [NbdError.EINVAL, `length over ${MAX_PAYLOAD}`];
+    } else if (writes && backend.readOnly) {
+      [error, reason] = [NbdError.EPERM, "backend is read-only"];
+    } else if (type !== Command.FLUSH && offset + length > backend.size) {
+      const spaceError = type === Command.WRITE || type === Command.WRITE_ZEROES;
+      error = spaceError ? NbdError.ENOSPC : NbdError.EINVAL;
+      reason = `range ends past the ${backend.size}-byte export`;
+    }
+    if (error !== NbdError.OK) {
+      this.#log.warn("NBD request rejected", {
+        command: commandName(type),
+        offset,
+        length,
+        error: errorName(error),
+        reason,
+      });
+    }
+    return error;
+  }
+
+  #supports(type: number): boolean {
+    switch (type) {
+      case Command.READ:
+      case Command.WRITE:
+      case Command.FLUSH:
+        return true;
+      case Command.TRIM:
+        return this.#backend.trim !== undefined;
+      case Command.WRITE_ZEROES:
+        return this.#backend.writeZeroes !== undefined;
+      default:
+        return false;
+    }
+  }
+
+  #dispatch(
+    request: NbdRequest,
+    rejected: number,
+    payload: Uint8Array | null,
+    reserved: number,
+    started: number,
+  ): void {
+    this.#stats.inFlight++;
+    const done = this.#answer(request, rejected, payload, started).finally(() => {
+      this.#inFlight.delete(request.handle);
+      this.#stats.inFlight--;
+      this.#admission.release(1, reserved);
+    });
+    this.#inFlight.set(request.handle, done);
+  }
+
+  /** Runs the request (unless rejected) and queues its reply. Never rejects. */
+  async #answer(
+    request: NbdRequest,
+    rejected: number,
+    payload: Uint8Array | null,
+    started: number,
+  ): Promise<void> {
+    let error = rejected;
+    let data: Uint8Array | null = null;
+    if (error === NbdError.OK) {
+      try {
+        data = await this.#execute(request, payload);
+      } catch (cause) {
+        error = this.#errorFor(request, cause);
+      }
+    }
+    const kind = kindOf(request.type);
+    this.#stats.observe(kind, request.length, performance.now() - started, error === NbdError.OK);
+    await this.#writer.reply(request.handle, error, error === NbdError.OK ? data : null);
+  }
+
+  async #execute(request: NbdRequest, payload: Uint8Array | null): Promise<Uint8Array | null> {
+    const backend = this.#backend;
+    const { offset, length } = request;
+    const fua = (request.flags & CommandFlag.FUA) !== 0 && backend.flush !== undefined;
+    switch (request.type) {
+      case Command.READ: {
+        if (length === 0) return EMPTY;
+        const data = await backend.read(offset, length);
+        if (data.length !== length) {
+          throw new Error(`backend returned ${data.length} bytes for a ${length}-byte read`);
+        }
+        return data;
+      }
+      case Command.WRITE:
+        if (length > 0) await backend.write(offset, payload ?? EMPTY);
+        break;
+      case Command.TRIM:
+        if (length > 0) await backend.trim!(offset, length);
+        break;
+      case Command.WRITE_ZEROES:
+        if (length > 0) await backend.writeZeroes!(offset, length);
+        break;
+      case Command.FLUSH:
+        // Only backends with a volatile cache have flush; see the module comment.
+        if (backend.flush) await backend.flush();
+        return null;
+    }
+    if (fua) await backend.flush!();
+    return null;
+  }
+
+  /** Maps a backend failure to an NBD error, logging the real cause first. */
+  #errorFor(request: NbdRequest, cause: unknown): number {
+    const fields = {
+      command: commandName(request.type),
+      offset: request.offset,
+      length: request.length,
+    };
+    if (cause instanceof BackendError) {
+      const code = nbdErrorFor(cause.errno);
+      this.#log.warn("NBD request failed", { ...fields, error: errorName(code), cause });
+      return code;
+    }
+    this.#log.error("NBD request failed unexpectedly; answering EIO", {
+      ...fields,
+      cause,
+      stack: cause instanceof Error ? cause.stack : undefined,
+    });
+    return NbdError.EIO;
+  }
+}
+
+function kindOf(type: number): IoKind {
+  switch (type) {
+    case Command.READ:
+      return "read";
+    case Command.WRITE:
+      return "write";
+    case Command.FLUSH:
+      return "flush";
+    case Command.TRIM:
+      return "trim";
+    case Command.WRITE_ZEROES:
+      return "zeroes";
+    default:
+      return "other";
+  }
+}
+
+function positive(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) {
+    throw new RangeError(`${name} must be a positive integer, got ${value}`);
+  }
+  return value;
+}
+
+/**
+ * Counts requests and payload bytes in flight against their bounds. Only the
+ * reader loop waits, so there is at most one waiter.
+ */
+class Admission {
+  #requests = 0;
+  #bytes = 0;
+  #wake: (() => void) | null = null;
+
+  constructor(readonly maxRequests: number, readonly maxBytes: number) {}
+
+  /**
+   * Waits until `requests` more requests and `bytes` more bytes fit, takes
+   * them, and returns the bytes taken (clamped so one huge request fits alone).
+   */
+  async acquire(requests: number, bytes: number): Promise<number> {
+    const take = Math.min(bytes, this.maxBytes);
+    while (
+      this.#requests + requests > this.maxRequests ||
+      (take > 0 && this.#bytes > 0 && this.#bytes + take > this.maxBytes)
+    ) {
+      await new Promise<void>((resolve) => this.#wake = resolve);
+    }
+    this.#requests += requests;
+    this.#bytes += take;
+    return take;
+  }
+
+  release(requests: number, bytes: number): void {
+    this.#requests -= requests;
+    this.#bytes -= bytes;
+    const wake = this.#wake;
+    this.#wake = null;
+    wake?.();
+  }
+}
+
+interface PendingReply {
+  handle: bigint;
+  error: number;
+  data: Uint8Array | null;
+  sent: () => void;
+}
+
+/**
+ * The one writer of a stream. Replies leave in the order they are queued;
+ * small ones queued together share one socket write. After a write fails the
+ * stream is dead: later replies are dropped and `error` says why.
+ */
+class ReplyWriter {
+  readonly #stream: ByteStream;
+  readonly #log: Logger;
+  readonly #queue: PendingReply[] = [];
+  #running = false;
+  error: unknown = null;
+
+  constructor(stream: ByteStream, log: Logger) {
+    this.#stream = stream;
+    this.#log = log;
+  }
+
+  /** Queues a reply; resolves once it is written (or dropped because the stream died). */
+  reply(handle: bigint, error: number, data: Uint8Array | null): Promise<void> {
+    return new Promise((sent) => {
+      this.#queue.push({ handle, error, data, sent });
+      if (!this.#running) this.#drain();
+    });
+  }
+
+  async #drain(): Promise<void> {
+    this.#running = true;
+    while (this.#queue.length > 0) {
+      const batch = this.#takeBatch();
+      if (this.error === null) {
+        try {
+          await this.#write(batch);
+        } catch (error) {
+          this.error = error;
+          this.#log.warn("cannot write NBD replies; dropping the rest", { error });
+        }
+      }
+      for (const reply of batch) reply.sent();
+    }
+    this.#running = false;
+  }
+
+  /** The first queued reply, plus following small ones while they fit in one buffer. */
+  #takeBatch(): PendingReply[] {
+    let count = 1;
+    let total = replySize(this.#queue[0]);
+    if (total <= COALESCE_BYTES) {
+      while (count < this.#queue.length) {
+        const next = replySize(this.#queue[count]);
+        if (total + next > COALESCE_BYTES) break;
+        total += next;
+        count++;
+      }
+    }
+    return this.#queue.splice(0, count);
+  }
+
+  async #write(batch: PendingReply[]): Promise<void> {
+    const first = batch[0];
+    if (batch.length === 1 && replySize(first) > COALESCE_BYTES) {
+      // Large read: header, then data straight from the backend's buffer. Only
+      // this loop writes, so nothing can come between them.
+      await writeAll(this.#stream, encodeReply(first.handle, first.error));
+      await writeAll(this.#stream, first.data!);
+      return;
+    }
+    let total = 0;
+    for (const reply of batch) total += replySize(reply);
+    const buffer = new Uint8Array(total);
+    let at = 0;
+    for (const reply of batch) {
+      encodeReply(reply.handle, reply.error, buffer, at);
+      at += REPLY_SIZE;
+      if (reply.data) {
+        buffer.set(reply.data, at);
+        at += reply.data.length;
+      }
+    }
+    await writeAll(this.#stream, buffer);
+  }
+}
+
+function replySize(reply: PendingReply): number {
+  return REPLY_SIZE + (reply.data?.length ?? 0);
+}
