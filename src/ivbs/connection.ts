@@ -121,7 +121,9 @@ export class IvbsConnection {
   #sequence = 0;
   #queue: Outgoing[] = [];
   #queueHead = 0;
-  #writing: Promise<void> | null = null;
+  /** True while #runWriter loops; set before it starts so a synchronous finish is seen. */
+  #writerActive = false;
+  #writerDone: Promise<void> = Promise.resolve();
   readonly #readLoop: Promise<void>;
 
   #endReason: string | null = null;
@@ -271,7 +273,7 @@ export class IvbsConnection {
   async close(reason = "closed by client"): Promise<void> {
     this.#fail(reason);
     await this.#readLoop;
-    await this.#writing;
+    await this.#writerDone;
   }
 
   // ---- internals ----
@@ -290,7 +292,9 @@ export class IvbsConnection {
 
   #enqueue(item: Outgoing): void {
     this.#queue.push(item);
-    this.#writing ??= this.#runWriter();
+    if (this.#writerActive) return;
+    this.#writerActive = true;
+    this.#writerDone = this.#runWriter();
   }
 
   /** Takes the next packet or a coalesced batch of small ones; null when the queue is empty. */
@@ -344,11 +348,8 @@ export class IvbsConnection {
     } catch (error) {
       this.#fail(`write failed: ${describe(error)}`);
     } finally {
-      this.#writing = null;
-    }
-    // A request queued while the last write was finishing.
-    if (this.#endReason === null && this.#queueHead < this.#queue.length) {
-      this.#writing ??= this.#runWriter();
+      // Same turn as the empty-queue check: a later enqueue starts a new writer.
+      this.#writerActive = false;
     }
   }
 
@@ -392,9 +393,7 @@ export class IvbsConnection {
         `reply to ${opName(pending.op)} sequence ${header.sequence} came as ${opName(header.op)}`,
       );
     }
-    this.#pending.delete(header.sequence);
     this.#lastReplyAt = performance.now();
-    if (header.op === Op.KEEPALIVE) this.#keepaliveOutstanding = false;
     let payload: Uint8Array;
     if (pending.target !== undefined && header.status === Status.OK) {
       if (header.dataLen !== pending.target.length) {
@@ -410,6 +409,9 @@ export class IvbsConnection {
     } else {
       payload = await this.#readPayload(header);
     }
+    // Removed only now: if the payload never arrives, #fail must still reject it.
+    this.#pending.delete(header.sequence);
+    if (header.op === Op.KEEPALIVE) this.#keepaliveOutstanding = false;
     if (header.op === Op.LIST_PROXIES && header.status === Status.OK) {
       this.#onProxyList?.(decodeProxyList(payload));
     }
