@@ -1,0 +1,679 @@
+/**
+ * NBD exports driven by the clients people use (Debian's nbdinfo, qemu-img,
+ * qemu-io, nbdcopy), plus raw bytes for what no polite client sends. Tests
+ * needing a tool skip when it is missing.
+ */
+import assert from "node:assert/strict";
+import { createHash, randomFillSync } from "node:crypto";
+import { type Backend, MemoryBackend } from "../src/nbd/backend.ts";
+import {
+  type ExportDefinition,
+  type ExportServer,
+  ExportServerError,
+  shareBackend,
+  startExportServer,
+} from "../src/nbd/export_server.ts";
+import { IHAVEOPT, NBD_MAGIC, Opt, OPTION_REPLY_MAGIC, Rep } from "../src/nbd/handshake.ts";
+import { Command, decodeReply, encodeRequest, NbdError, REPLY_SIZE } from "../src/nbd/wire.ts";
+import { IvbsSession } from "../src/ivbs/session.ts";
+import { startIvbsServer } from "../src/ivbs/server/mod.ts";
+import type { Logger } from "../src/log.ts";
+
+const MiB = 1024 * 1024;
+
+async function hasTool(tool: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command(tool, {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    })
+      .output();
+    return out.code !== 127;
+  } catch {
+    return false;
+  }
+}
+
+const TOOLS = {
+  nbdinfo: await hasTool("nbdinfo"),
+  qemuImg: await hasTool("qemu-img"),
+  qemuIo: await hasTool("qemu-io"),
+  nbdcopy: await hasTool("nbdcopy"),
+};
+for (const [tool, present] of Object.entries(TOOLS)) {
+  if (!present) {
+    console.warn(`nbd_export_test: ${tool} is not installed; tests using it are skipped`);
+  }
+}
+
+/** A logger that keeps lines for assertions instead of printing them. */
+function memoryLog(lines: string[] = []): Logger & { lines: string[] } {
+  const put = (level: string) => (message: string, fields?: object) =>
+    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
+  return { lines, debug: put("debug"), info: put("info"), warn: put("warn"), error: put("error") };
+}
+
+async function run(
+  command: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
+  const decoder = new TextDecoder();
+  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
+}
+
+async function runOk(command: string, args: string[]): Promise<string> {
+  const result = await run(command, args);
+  assert.equal(result.code, 0, `${command} ${args.join(" ")} failed:\n${result.stderr}`);
+  return result.stdout;
+}
+
+/** Runs `body` with a temp dir and an export server on a unix socket in it. */
+async function withExports(
+  exports: ExportDefinition[],
+  body: (server: ExportServer, dir: string) => Promise<void>,
+  extra: { tcp?: boolean; maxClients?: number; log?: Logger } = {},
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+  const server = await startExportServer({
+    socketPath: `${dir}/nbd.sock`,
+    tcp: extra.tcp ? { port: 0 } : undefined,
+    exports,
+    maxClients: extra.maxClients,
+    log: extra.log ?? memoryLog(),
+  });
+  try {
+    await body(server, dir);
+  } finally {
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+function uri(dir: string, name: string): string {
+  return `nbd+unix:///${name}?socket=${dir}/nbd.sock`;
+}
+
+function memoryExport(name: string, size: number, readOnly = false): ExportDefinition {
+  return { name, open: shareBackend(new MemoryBackend(size, { readOnly })) };
+}
+
+async function sha256(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  using file = await Deno.open(path);
+  for await (const chunk of file.readable) hash.update(chunk);
+  return hash.digest("hex");
+}
+
+async function writeRandomFile(path: string, size: number): Promise<void> {
+  using file = await Deno.open(path, { write: true, create: true, truncate: true });
+  const chunk = new Uint8Array(4 * MiB);
+  for (let done = 0; done < size; done += chunk.length) {
+    randomFillSync(chunk);
+    let written = 0;
+    while (written < chunk.length) written += await file.write(chunk.subarray(written));
+  }
+}
+
+/** Polls `condition` (state settling after another process exited); fails after 5 s. */
+async function eventually(what: string, condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail(`not reached: ${what}`);
+}
+
+/** A raw NBD client over the export's unix socket, for bytes no real client sends. */
+class RawClient {
+  private constructor(readonly conn: Deno.UnixConn) {}
+
+  static async connect(dir: string): Promise<RawClient> {
+    const client = new RawClient(
+      await Deno.connect({ transport: "unix", path: `${dir}/nbd.sock` }),
+    );
+    const greeting = await client.read(18);
+    const view = new DataView(greeting.buffer);
+    assert.equal(view.getBigUint64(0), NBD_MAGIC);
+    assert.equal(view.getBigUint64(8), IHAVEOPT);
+    await client.write(new Uint8Array([0, 0, 0, 3])); // FIXED_NEWSTYLE | NO_ZEROES
+    return client;
+  }
+
+  async read(n: number): Promise<Uint8Array> {
+    const out = new Uint8Array(n);
+    let filled = 0;
+    while (filled < n) {
+      const got = await this.conn.read(out.subarray(filled));
+      if (got === null) throw new Error(`EOF after ${filled} of ${n} bytes`);
+      filled += got;
+    }
+    return out;
+  }
+
+  async write(bytes: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < bytes.length) done += await this.conn.write(bytes.subarray(done));
+  }
+
+  async option(option: number, data: Uint8Array): Promise<void> {
+    const bytes = new Uint8Array(16 + data.length);
+    const view = new DataView(bytes.buffer);
+    view.setBigUint64(0, IHAVEOPT);
+    view.setUint32(8, option);
+    view.setUint32(12, data.length);
+    bytes.set(data, 16);
+    await this.write(bytes);
+  }
+
+  /** Reads option replies up to the final one; returns the final reply's type. */
+  async finalReply(): Promise<number> {
+    for (;;) {
+      const header = await this.read(20);
+      const view = new DataView(header.buffer);
+      assert.equal(view.getBigUint64(0), OPTION_REPLY_MAGIC);
+      const type = view.getUint32(12);
+      await this.read(view.getUint32(16));
+      if (type !== Rep.INFO && type !== Rep.SERVER) return type;
+    }
+  }
+
+  async go(name: string): Promise<number> {
+    await this.option(Opt.GO, goData(name));
+    return await this.finalReply();
+  }
+
+  /** A READ in the transmission phase; resolves with the data. */
+  async readAt(offset: number, length: number): Promise<Uint8Array> {
+    await this.write(encodeRequest({ type: Command.READ, handle: 1n, offset, length }));
+    const reply = decodeReply(await this.read(REPLY_SIZE));
+    assert.equal(reply.error, 0);
+    return await this.read(length);
+  }
+
+  /** A WRITE in the transmission phase; resolves with the reply's NBD error code. */
+  async writeRaw(offset: number, data: Uint8Array): Promise<number> {
+    const request = encodeRequest({ type: Command.WRITE, handle: 2n, offset, length: data.length });
+    await this.write(new Uint8Array([...request, ...data]));
+    return decodeReply(await this.read(REPLY_SIZE)).error;
+  }
+
+  async writeAt(offset: number, data: Uint8Array): Promise<void> {
+    assert.equal(await this.writeRaw(offset, data), 0);
+  }
+
+  /** True when the server closed the connection. */
+  async closedByServer(): Promise<boolean> {
+    try {
+      return await this.conn.read(new Uint8Array(16)) === null;
+    } catch {
+      return true;
+    }
+  }
+
+  close(): void {
+    this.conn.close();
+  }
+}
+
+function goData(name: string): Uint8Array {
+  const nameBytes = new TextEncoder().encode(name);
+  const data = new Uint8Array(4 + nameBytes.length + 2);
+  new DataView(data.buffer).setUint32(0, nameBytes.length);
+  data.set(nameBytes, 4);
+  return data;
+}
+
+Deno.test({
+  name: "nbdinfo --list lists every export with its size",
+  ignore: !TOOLS.nbdinfo,
+  fn: () =>
+    withExports(
+      [memoryExport("disk", 64 * MiB), memoryExport("small", MiB, true)],
+      async (_, dir) => {
+        const out = await runOk("nbdinfo", ["--list", "--json", uri(dir, "")]);
+        const listed = JSON.parse(out) as {
+          exports: { "export-name": string; "export-size": number; is_read_only: boolean }[];
+        };
+        const summary = listed.exports.map((
+          e,
+        ) => [e["export-name"], e["export-size"], e.is_read_only]);
+        assert.deepEqual(summary, [["disk", 64 * MiB, false], ["small", MiB, true]]);
+      },
+    ),
+});
+
+Deno.test({
+  name: "qemu-img convert copies a 256 MiB image out and back with equal checksums",
+  ignore: !TOOLS.qemuImg,
+  fn: () =>
+    withExports([memoryExport("disk", 256 * MiB)], async (server, dir) => {
+      await writeRandomFile(`${dir}/in.img`, 256 * MiB);
+      await runOk("qemu-img", [
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        `${dir}/in.img`,
+        uri(dir, "disk"),
+      ]);
+      await runOk("qemu-img", [
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        uri(dir, "disk"),
+        `${dir}/out.img`,
+      ]);
+      assert.equal(await sha256(`${dir}/out.img`), await sha256(`${dir}/in.img`));
+      const [disk] = server.exports();
+      assert.equal(disk.stats.bytesWritten, 256 * MiB);
+      assert.ok(disk.stats.bytesRead >= 256 * MiB);
+      assert.equal(disk.stats.errors, 0);
+    }),
+});
+
+Deno.test({
+  name: "qemu-io pipelined writes then reads verify their patterns",
+  ignore: !TOOLS.qemuIo,
+  fn: () =>
+    withExports([memoryExport("disk", 16 * MiB)], async (_, dir) => {
+      const out = await runOk("qemu-io", [
+        "-f",
+        "raw",
+        ...["-c", "aio_write -P 0xab 0 1M", "-c", "aio_write -P 0xcd 1M 1M"],
+        ...["-c", "aio_write -P 0xef 5M 64k", "-c", "aio_flush"],
+        ...["-c", "read -P 0xab 0 1M", "-c", "read -P 0xcd 1M 1M", "-c", "read -P 0xef 5M 64k"],
+        ...["-c", "read -P 0x00 2M 3M"],
+        uri(dir, "disk"),
+      ]);
+      assert.doesNotMatch(out, /Pattern verification failed/);
+      assert.equal(out.match(/^read /gm)?.length, 4);
+    }),
+});
+
+Deno.test({
+  name: "a read-only export refuses qemu-io writes",
+  ignore: !TOOLS.qemuIo,
+  fn: () =>
+    withExports([memoryExport("ro", MiB, true)], async (_, dir) => {
+      const result = await run("qemu-io", ["-f", "raw", "-c", "write 0 4k", uri(dir, "ro")]);
+      assert.notEqual(result.code, 0);
+      // qemu sees NBD_FLAG_READ_ONLY and will not open the export for writing.
+      assert.match(result.stdout + result.stderr, /Permission denied|read-only/i);
+      // A client that ignores the flag gets EPERM.
+      const raw = await RawClient.connect(dir);
+      try {
+        assert.equal(await raw.go("ro"), Rep.ACK);
+        assert.equal(await raw.writeRaw(0, new Uint8Array(512)), NbdError.EPERM);
+      } finally {
+        raw.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "clients sharing an export see each other's writes (nbdcopy)",
+  ignore: !TOOLS.nbdcopy,
+  fn: () =>
+    withExports([memoryExport("disk", 4 * MiB)], async (_, dir) => {
+      const writer = await RawClient.connect(dir);
+      try {
+        assert.equal(await writer.go("disk"), Rep.ACK);
+        await writer.writeAt(MiB, new Uint8Array(4096).fill(0x42));
+        await runOk("nbdcopy", [uri(dir, "disk"), `${dir}/copy.img`]);
+        const copy = await Deno.readFile(`${dir}/copy.img`);
+        assert.equal(copy.length, 4 * MiB);
+        assert.ok(copy.subarray(MiB, MiB + 4096).every((b) => b === 0x42));
+        assert.equal(copy[MiB - 1], 0);
+      } finally {
+        writer.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "an unknown export gets ERR_UNKNOWN and the server keeps serving other clients",
+  ignore: !TOOLS.nbdinfo,
+  fn: () =>
+    withExports([memoryExport("disk", MiB)], async (_, dir) => {
+      const busy = await RawClient.connect(dir);
+      try {
+        assert.equal(await busy.go("disk"), Rep.ACK);
+        const failed = await run("nbdinfo", [uri(dir, "nope")]);
+        assert.notEqual(failed.code, 0);
+        // libnbd reports NBD_REP_ERR_UNKNOWN as ENOENT.
+        assert.match(failed.stderr, /No such file or directory for export: nope|no export named/);
+        // The client already in transmission is untouched; new clients still get in.
+        await busy.writeAt(0, new Uint8Array([1, 2, 3, 4]));
+        assert.deepEqual([...await busy.readAt(0, 4)], [1, 2, 3, 4]);
+        assert.match(await runOk("nbdinfo", ["--size", uri(dir, "disk")]), /^1048576$/m);
+      } finally {
+        busy.close();
+      }
+    }),
+});
+
+Deno.test({
+  name: "a malformed option gets ERR_INVALID, bad magic is dropped, and others are served",
+  ignore: !TOOLS.nbdinfo,
+  fn: () => {
+    const log = memoryLog();
+    return withExports([memoryExport("disk", MiB)], async (_, dir) => {
+      const raw = await RawClient.connect(dir);
+      try {
+        const bad = goData("disk");
+        new DataView(bad.buffer).setUint32(0, 0xffff); // name length past the option's end
+        await raw.option(Opt.GO, bad);
+        assert.equal(await raw.finalReply(), Rep.ERR_INVALID);
+        await raw.write(new Uint8Array(16).fill(0x77)); // not IHAVEOPT
+        assert.ok(await raw.closedByServer());
+      } finally {
+        raw.close();
+      }
+      assert.match(await runOk("nbdinfo", ["--size", uri(dir, "disk")]), /^1048576$/m);
+      assert.ok(log.lines.some((line) => /handshake failed.*PROTOCOL/.test(line)));
+    }, { log });
+  },
+});
+
+Deno.test({
+  name: "a TCP export on 127.0.0.1 serves nbdinfo",
+  ignore: !TOOLS.nbdinfo,
+  fn: () =>
+    withExports([memoryExport("disk", 2 * MiB)], async (server) => {
+      const { hostname, port } = server.tcpAddress!;
+      const out = await runOk("nbdinfo", ["--size", `nbd://${hostname}:${port}/disk`]);
+      assert.match(out, /^2097152$/m);
+    }, { tcp: true }),
+});
+
+Deno.test("the export socket is mode 0600 and removed on close", async () => {
+  let path = "";
+  await withExports([memoryExport("disk", MiB)], async (server) => {
+    path = server.socketPath!;
+    const info = await Deno.stat(path);
+    assert.ok(info.isSocket);
+    assert.equal(info.mode! & 0o777, 0o600);
+  });
+  await assert.rejects(Deno.lstat(path), Deno.errors.NotFound);
+});
+
+Deno.test("a stale socket file is replaced, a live one or a plain file is refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+  const path = `${dir}/nbd.sock`;
+  try {
+    Deno.listen({ transport: "unix", path }).close(); // leaves a socket file nobody serves
+    const server = await startExportServer({ socketPath: path, log: memoryLog() });
+    try {
+      await assert.rejects(
+        startExportServer({ socketPath: path, log: memoryLog() }),
+        (error) => error instanceof ExportServerError && error.code === "SOCKET_IN_USE",
+      );
+    } finally {
+      await server.close();
+    }
+    await Deno.writeTextFile(`${dir}/file`, "not a socket");
+    await assert.rejects(
+      startExportServer({ socketPath: `${dir}/file`, log: memoryLog() }),
+      (error) => error instanceof ExportServerError && error.code === "NOT_A_SOCKET",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("TCP on a non-loopback address and an empty or duplicate name are refused", async () => {
+  await assert.rejects(
+    startExportServer({ tcp: { hostname: "0.0.0.0", port: 0 }, log: memoryLog() }),
+    (error) => error instanceof ExportServerError && error.code === "NOT_LOOPBACK",
+  );
+  await assert.rejects(
+    startExportServer({ log: memoryLog() }),
+    (error) => error instanceof ExportServerError && error.code === "NO_LISTENER",
+  );
+  await withExports([memoryExport("disk", MiB)], (server) => {
+    assert.throws(
+      () => server.addExport(memoryExport("disk", MiB)),
+      (error) => error instanceof ExportServerError && error.code === "DUPLICATE",
+    );
+    assert.throws(
+      () => server.addExport(memoryExport("", MiB)),
+      (error) => error instanceof ExportServerError && error.code === "INVALID_NAME",
+    );
+    return Promise.resolve();
+  });
+});
+
+/** An export whose backends count how often they are opened and closed. */
+function countingExport(name: string): ExportDefinition & { opened: number; closed: number } {
+  const shared = new MemoryBackend(MiB);
+  const entry = {
+    name,
+    opened: 0,
+    closed: 0,
+    async open(): Promise<Backend> {
+      entry.opened++;
+      const view = await shareBackend(shared)();
+      return {
+        ...view,
+        size: view.size,
+        readOnly: view.readOnly,
+        close: () => {
+          entry.closed++;
+          return Promise.resolve();
+        },
+      };
+    },
+  };
+  return entry;
+}
+
+Deno.test("close() disconnects clients in transmission and closes their backends", async () => {
+  const disk = countingExport("disk");
+  const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+  const server = await startExportServer({
+    socketPath: `${dir}/nbd.sock`,
+    exports: [disk],
+    log: memoryLog(),
+  });
+  const clients = [await RawClient.connect(dir), await RawClient.connect(dir)];
+  try {
+    for (const client of clients) assert.equal(await client.go("disk"), Rep.ACK);
+    assert.deepEqual(server.exports().map((e) => e.clients), [2]);
+    await server.close();
+    for (const client of clients) assert.ok(await client.closedByServer());
+    assert.deepEqual([disk.opened, disk.closed], [2, 2]);
+    assert.equal(server.clients().length, 0);
+  } finally {
+    for (const client of clients) client.close();
+    await server.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("removeExport disconnects that export's clients only", async () => {
+  const a = countingExport("a");
+  const b = countingExport("b");
+  await withExports([a, b], async (server, dir) => {
+    const onA = await RawClient.connect(dir);
+    const onB = await RawClient.connect(dir);
+    try {
+      assert.equal(await onA.go("a"), Rep.ACK);
+      assert.equal(await onB.go("b"), Rep.ACK);
+      assert.equal(await server.removeExport("a"), true);
+      assert.ok(await onA.closedByServer());
+      assert.equal(a.closed, 1);
+      assert.equal((await onB.readAt(0, 8)).length, 8);
+      assert.deepEqual(server.exports().map((e) => e.name), ["b"]);
+      assert.equal(await server.removeExport("a"), false);
+    } finally {
+      onA.close();
+      onB.close();
+    }
+  });
+});
+
+Deno.test("connections beyond maxClients are closed at once", async () => {
+  await withExports([memoryExport("disk", MiB)], async (_, dir) => {
+    const first = await RawClient.connect(dir);
+    const second = await Deno.connect({ transport: "unix", path: `${dir}/nbd.sock` });
+    try {
+      const buffer = new Uint8Array(18);
+      assert.equal(await second.read(buffer), null, "no greeting for the extra client");
+      assert.equal(await first.go("disk"), Rep.ACK);
+    } finally {
+      first.close();
+      second.close();
+    }
+  }, { maxClients: 1 });
+});
+
+// ---- IVBS-backed exports ---------------------------------------------------
+
+const IMAGE = { name: "vm", size: 256 * MiB };
+const USER = { username: "alice", password: "s3cret" };
+
+Deno.test({
+  name: "an IVBS export fails over when its proxy stops mid qemu-img convert",
+  ignore: !TOOLS.qemuImg,
+  fn: async () => {
+    const ivbs = await startIvbsServer({
+      users: [USER],
+      images: [IMAGE],
+      listProxiesIntervalMs: 0,
+      log: memoryLog(),
+    });
+    const sessions: IvbsSession[] = [];
+    const exportDef: ExportDefinition = {
+      name: "vm",
+      open: async () => {
+        const session = await IvbsSession.open({
+          proxies: ivbs.addresses(),
+          image: IMAGE.name,
+          ...USER,
+          backoff: { initialMs: 10, maxMs: 100 },
+          log: memoryLog(),
+        });
+        sessions.push(session);
+        return session;
+      },
+    };
+    try {
+      await withExports([exportDef], async (_, dir) => {
+        await writeRandomFile(`${dir}/in.img`, IMAGE.size);
+        const convert = new Deno.Command("qemu-img", {
+          args: ["convert", "-n", "-f", "raw", "-O", "raw", `${dir}/in.img`, uri(dir, "vm")],
+          stdout: "null",
+          stderr: "piped",
+        }).spawn();
+        // Wait until the copy is under way, then stop the proxy this client uses.
+        while ((ivbs.stats.requests["WRITE"] ?? 0) < 16) {
+          await new Promise((resolve) => setTimeout(resolve, 5));
+        }
+        const inUse = sessions.at(-1)!.proxy!;
+        const index = ivbs.proxies.findIndex((p) => `${p.host}:${p.port}` === inUse);
+        assert.ok(index >= 0, `proxy ${inUse} is one of the server's`);
+        await ivbs.stopProxy(index);
+        const result = await convert.output();
+        assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+        const session = sessions.at(-1)!;
+        assert.ok(session.stats.failovers >= 1, "the session failed over");
+        assert.notEqual(session.proxy, inUse);
+
+        await runOk("qemu-img", [
+          "convert",
+          "-f",
+          "raw",
+          "-O",
+          "raw",
+          uri(dir, "vm"),
+          `${dir}/out.img`,
+        ]);
+        assert.equal(await sha256(`${dir}/out.img`), await sha256(`${dir}/in.img`));
+      });
+    } finally {
+      await ivbs.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "each client of an IVBS export gets its own session, closed when it leaves",
+  ignore: !TOOLS.qemuIo,
+  fn: async () => {
+    const ivbs = await startIvbsServer({
+      users: [USER],
+      images: [{ name: "small", size: 8 * MiB }],
+      listProxiesIntervalMs: 0,
+      log: memoryLog(),
+    });
+    let opened = 0;
+    const exportDef: ExportDefinition = {
+      name: "small",
+      open: () => {
+        opened++;
+        return IvbsSession.open({
+          proxies: ivbs.addresses(),
+          image: "small",
+          ...USER,
+          log: memoryLog(),
+        });
+      },
+    };
+    try {
+      await withExports([exportDef], async (server, dir) => {
+        await runOk("qemu-io", ["-f", "raw", "-c", "write -P 0x5c 4M 1M", uri(dir, "small")]);
+        await runOk("qemu-io", ["-f", "raw", "-c", "read -P 0x5c 4M 1M", uri(dir, "small")]);
+        assert.equal(opened, 2);
+        // Both clients have exited; their sessions close as we notice the EOF.
+        await eventually("export clients gone", () => server.clients().length === 0);
+        await eventually(
+          "IVBS connections closed",
+          () => ivbs.proxies.reduce((n, p) => n + p.connections, 0) === 0,
+        );
+      });
+    } finally {
+      await ivbs.close();
+    }
+  },
+});
+
+Deno.test("an IVBS export with a wrong password answers ERR_UNKNOWN and logs the cause", async () => {
+  const ivbs = await startIvbsServer({
+    users: [USER],
+    images: [{ name: "small", size: MiB }],
+    listProxiesIntervalMs: 0,
+    log: memoryLog(),
+  });
+  const log = memoryLog();
+  const exportDef: ExportDefinition = {
+    name: "small",
+    open: () =>
+      IvbsSession.open({
+        proxies: ivbs.addresses(),
+        image: "small",
+        username: USER.username,
+        password: "wrong",
+        log: memoryLog(),
+      }),
+  };
+  try {
+    await withExports([exportDef], async (_, dir) => {
+      const raw = await RawClient.connect(dir);
+      try {
+        assert.equal(await raw.go("small"), Rep.ERR_UNKNOWN);
+      } finally {
+        raw.close();
+      }
+    }, { log });
+    assert.ok(log.lines.some((line) => line.startsWith("warn cannot open export backend")));
+    assert.ok(log.lines.every((line) => !line.includes("wrong")), "no password in the log");
+  } finally {
+    await ivbs.close();
+  }
+});
