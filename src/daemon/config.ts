@@ -36,8 +36,6 @@ export interface IvbsSettings {
   deadPeerTimeoutMs: number;
   ioTimeoutMs: number;
   connectTimeoutMs: number;
-  /** Overrides the keepalive interval the session derives from the proxy's idle timeout. */
-  keepaliveIntervalMs?: number;
   backoff: { initialMs: number; maxMs: number };
   maxInFlightBytes?: number;
 }
@@ -125,7 +123,6 @@ const CurrentSchema = z.strictObject({
     deadPeerTimeoutMs: positiveMs("deadPeerTimeoutMs").default(15_000),
     ioTimeoutMs: z.number().int().min(0).default(120_000),
     connectTimeoutMs: positiveMs("connectTimeoutMs").default(5_000),
-    keepaliveIntervalMs: positiveMs("keepaliveIntervalMs").optional(),
     backoff: z.strictObject({
       initialMs: positiveMs("initialMs").default(100),
       maxMs: positiveMs("maxMs").default(5_000),

@@ -1,0 +1,180 @@
+/**
+ * `ivbsnetd serve --config FILE`: load the config (a broken one is one line on
+ * stderr and exit code 2), start the HTTP API, mount the configured images, and
+ * run until SIGINT/SIGTERM or `POST /api/shutdown`; then stop taking requests,
+ * detach every device and exit 0.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { createApp } from "../http/app.ts";
+import { type Logger, logger } from "../log.ts";
+import {
+  ConfigError,
+  type DaemonConfig,
+  type ListenAddress,
+  loadConfig,
+  parseConfig,
+  parseListenAddress,
+} from "./config.ts";
+import { Daemon } from "./daemon.ts";
+import type { MountDriver } from "./driver.ts";
+
+/** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
+export interface ServeDependencies {
+  createDriver(config: DaemonConfig): Promise<MountDriver> | MountDriver;
+}
+
+export const EXIT_OK = 0;
+export const EXIT_FAILED = 1;
+export const EXIT_CONFIG = 2;
+
+export const SERVE_HELP = [
+  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT]",
+  "",
+  "Runs the daemon: the HTTP API and status page, and the mounts FILE lists.",
+  "Stops on SIGINT/SIGTERM or POST /api/shutdown, detaching every device first.",
+  "",
+  "options:",
+  "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
+  "                      Without it: no mounts, HTTP on 127.0.0.1:8080, proxy 127.0.0.1:11417",
+  "  --listen HOST:PORT  overrides http.listen (port 0 = any free port)",
+  "  -h, --help          this help",
+  "",
+  "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
+  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use), 2 bad config or usage",
+].join("\n");
+
+/** A running daemon with its HTTP server. */
+export interface Serving {
+  daemon: Daemon;
+  url: string;
+}
+
+function urlOf(address: ListenAddress): string {
+  const host = address.host.includes(":") ? `[${address.host}]` : address.host;
+  return `http://${host}:${address.port}`;
+}
+
+/** Starts the HTTP API over a new daemon; the daemon's shutdown stops the server first. */
+export function startServing(
+  config: DaemonConfig,
+  driver: MountDriver,
+  log: Logger = logger("daemon"),
+): Serving {
+  const daemon = new Daemon({ config, driver, log });
+  const app = createApp({
+    table: daemon.table,
+    token: config.http.token,
+    requestShutdown: (reason) => void daemon.shutdown(reason),
+    startedAt: daemon.startedAt,
+    log: logger("http"),
+  });
+  const server = Deno.serve({
+    hostname: config.http.listen.host,
+    port: config.http.listen.port,
+    onListen: () => {},
+  }, app.fetch);
+  daemon.onStop(() => server.shutdown());
+  const addr = server.addr as Deno.NetAddr;
+  return { daemon, url: urlOf({ host: addr.hostname, port: addr.port }) };
+}
+
+/** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
+export function stopOnSignals(daemon: Daemon, log: Logger): () => void {
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  const handlers = signals.map((signal) => {
+    const handler = () => {
+      if (daemon.stopping) {
+        log.warn(`${signal} again: still detaching devices, please wait`);
+        return;
+      }
+      void daemon.shutdown(signal);
+    };
+    Deno.addSignalListener(signal, handler);
+    return [signal, handler] as const;
+  });
+  return () => {
+    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
+  };
+}
+
+/** Loads the config named by the arguments, or explains in one line why not. */
+export async function loadServeConfig(
+  path: string | undefined,
+): Promise<{ config: DaemonConfig; warnings: string[] }> {
+  if (path === undefined) return parseConfig("{}", "(defaults)");
+  return await loadConfig(path);
+}
+
+export async function runServe(args: string[], deps: ServeDependencies): Promise<number> {
+  const log = logger("daemon");
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      options: {
+        config: { type: "string", short: "c" },
+        listen: { type: "string" },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    }));
+  } catch (error) {
+    console.error(`ivbsnetd serve: ${(error as Error).message} (see ivbsnetd serve --help)`);
+    return EXIT_CONFIG;
+  }
+  if (values.help) {
+    console.log(SERVE_HELP);
+    return EXIT_OK;
+  }
+  let config: DaemonConfig;
+  try {
+    const loaded = await loadServeConfig(values.config);
+    config = loaded.config;
+    for (const warning of loaded.warnings) log.warn(warning);
+  } catch (error) {
+    if (!(error instanceof ConfigError)) throw error;
+    console.error(`ivbsnetd serve: ${error.message}`);
+    return EXIT_CONFIG;
+  }
+  if (values.listen !== undefined) {
+    const listen = parseListenAddress(values.listen);
+    if (!listen) {
+      console.error(`ivbsnetd serve: --listen ${values.listen} is not host:port`);
+      return EXIT_CONFIG;
+    }
+    config.http.listen = listen;
+  }
+  if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
+
+  let serving: Serving;
+  try {
+    serving = startServing(config, await deps.createDriver(config), log);
+  } catch (error) {
+    const where = urlOf(config.http.listen);
+    if (error instanceof Deno.errors.AddrInUse) {
+      console.error(`ivbsnetd serve: cannot listen on ${where}: address in use`);
+      return EXIT_FAILED;
+    }
+    if (
+      error instanceof Deno.errors.AddrNotAvailable || error instanceof Deno.errors.PermissionDenied
+    ) {
+      console.error(`ivbsnetd serve: cannot listen on ${where}: ${(error as Error).message}`);
+      return EXIT_FAILED;
+    }
+    throw error;
+  }
+  const { daemon, url } = serving;
+  const removeSignals = stopOnSignals(daemon, log);
+  console.log(`ivbsnetd: listening on ${url}`);
+  log.info("daemon started", { url, mounts: config.mounts.length, devices: config.nbd.devices });
+
+  const outcomes = await daemon.mountConfigured();
+  if (outcomes.length > 0) {
+    const up = outcomes.filter((o) => o.mount).length;
+    log.info("configured mounts done", { mounted: up, failed: outcomes.length - up });
+  }
+  await daemon.done;
+  removeSignals();
+  return EXIT_OK;
+}
