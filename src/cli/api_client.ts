@@ -66,8 +66,14 @@ export function normalizeServer(server: string): string {
 function reasonOf(error: unknown): string {
   if (error instanceof DOMException && error.name === "AbortError") return "timed out";
   const message = error instanceof Error ? error.message : String(error);
-  if (/refused/i.test(message)) return "connection refused";
-  return message.split("\n")[0];
+  // fetch says "fetch failed"; the socket-level reason is in `cause`.
+  const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : "";
+  const detail = `${message} ${cause}`;
+  if (/refused/i.test(detail)) return "connection refused";
+  if (/dns error|lookup address/i.test(detail)) return "unknown host";
+  if (/timed out/i.test(detail)) return "timed out";
+  const last = (cause || message).split("\n")[0].split(": ").at(-1);
+  return last || message;
 }
 
 export class ApiClient {
