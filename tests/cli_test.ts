@@ -15,7 +15,7 @@ const PASSWORD = "pw-demo-7";
 const TOKEN = "token-for-cli-tests";
 
 /** A daemon on 127.0.0.1:0 with a fake driver; `stop` shuts it down. */
-async function startDaemon(options: { token?: string } = {}) {
+function startDaemon(options: { token?: string } = {}) {
   const { config } = parseConfig(
     JSON.stringify({ http: { listen: "127.0.0.1:0", token: options.token }, nbd: { devices: 4 } }),
     "test",
@@ -72,7 +72,7 @@ Deno.test("normalizeServer adds http:// and drops trailing slashes", () => {
 });
 
 Deno.test("one-shot mount, list, unmount and check drive the daemon with exit code 0", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   try {
     const server = ["--server", daemon.url];
     const check = capture();
@@ -110,7 +110,7 @@ Deno.test("one-shot mount, list, unmount and check drive the daemon with exit co
 });
 
 Deno.test("one-shot mount takes the password from stdin or IVBSNETD_PASSWORD", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   try {
     const server = ["--server", daemon.url, "--json"];
     const stdin = capture({}, PASSWORD);
@@ -131,7 +131,7 @@ Deno.test("one-shot mount takes the password from stdin or IVBSNETD_PASSWORD", a
 });
 
 Deno.test("one-shot commands exit 1 when the daemon refuses, with its message", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   try {
     const server = ["--server", daemon.url];
     const wrong = capture();
@@ -184,7 +184,7 @@ Deno.test("one-shot commands exit 2 on usage errors", async () => {
 });
 
 Deno.test("one-shot commands send the token and explain a 401", async () => {
-  const daemon = await startDaemon({ token: TOKEN });
+  const daemon = startDaemon({ token: TOKEN });
   try {
     const server = ["--server", daemon.url];
     const denied = capture();
@@ -206,7 +206,7 @@ Deno.test("one-shot commands send the token and explain a 401", async () => {
 });
 
 Deno.test("one-shot shutdown stops the daemon and detaches its devices", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   const server = ["--server", daemon.url];
   assert.equal(
     await runOneShot("mount", [...server, "auto", "demo", "demo", PASSWORD], capture().io),
@@ -244,7 +244,7 @@ function scripted(lines: string[]) {
 }
 
 Deno.test("netdclient asks for missing mount arguments and the password without echo", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   try {
     const session = scripted([
       "mount nbd2",
@@ -274,7 +274,7 @@ Deno.test("netdclient asks for missing mount arguments and the password without 
 });
 
 Deno.test("netdclient runs check, lista, help and reports unknown commands and refusals", async () => {
-  const daemon = await startDaemon();
+  const daemon = startDaemon();
   try {
     const session = scripted([
       "check",
