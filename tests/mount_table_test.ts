@@ -1,0 +1,154 @@
+import assert from "node:assert/strict";
+import { parseConfig } from "../src/daemon/config.ts";
+import { Daemon } from "../src/daemon/daemon.ts";
+import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import { MountError, MountTable } from "../src/daemon/mount_table.ts";
+
+const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
+const REQUEST = { image: "disk", username: "u", password: "p" };
+
+function fixture(devices = 4) {
+  const driver = new FakeMountDriver({
+    devices,
+    images: { disk: { size: 8192 }, other: { size: 4096 } },
+    users: { u: "p" },
+  });
+  let clock = 0;
+  const table = new MountTable(driver, {
+    deviceCount: devices,
+    log: quietLog,
+    now: () => clock,
+  });
+  return { driver, table, advance: (ms: number) => clock += ms };
+}
+
+function gate() {
+  let open!: () => void;
+  const promise = new Promise<void>((resolve) => open = resolve);
+  return { promise, open };
+}
+
+Deno.test("concurrent auto mounts get different devices", async () => {
+  const { table } = fixture();
+  const mounts = await Promise.all([1, 2, 3].map(() => table.mount(REQUEST)));
+  assert.deepEqual(mounts.map((m) => m.device), ["/dev/nbd0", "/dev/nbd1", "/dev/nbd2"]);
+});
+
+Deno.test("a device being mounted shows as mounting and refuses a second mount", async () => {
+  const { table, driver } = fixture();
+  const held = gate();
+  driver.openGate = held.promise;
+  const first = table.mount({ ...REQUEST, device: "nbd1" });
+  await Promise.resolve();
+  await Promise.resolve();
+  assert.deepEqual(table.list().map((m) => [m.device, m.state]), [["/dev/nbd1", "mounting"]]);
+  await assert.rejects(table.mount({ ...REQUEST, device: "/dev/nbd1" }), { code: "BUSY" });
+  await assert.rejects(table.unmount("nbd1"), { code: "BUSY" });
+  held.open();
+  assert.equal((await first).state, "mounted");
+});
+
+Deno.test("closeAll waits for mounts in progress, detaches everything and refuses new mounts", async () => {
+  const { table, driver } = fixture();
+  await table.mount(REQUEST);
+  const held = gate();
+  driver.openGate = held.promise;
+  const pending = table.mount(REQUEST);
+  await Promise.resolve();
+  const closing = table.closeAll();
+  await assert.rejects(table.mount(REQUEST), { code: "SHUTTING_DOWN" });
+  held.open();
+  await assert.rejects(pending, { code: "SHUTTING_DOWN" }, "attach is skipped once closing");
+  await closing;
+  assert.equal(table.size, 0);
+  assert.equal(driver.attached.size, 0);
+  assert.ok(driver.backends.every((b) => b.closed), "every session closed");
+});
+
+Deno.test("a device that goes away on its own leaves the table and closes its session", async () => {
+  const { table, driver } = fixture();
+  await table.mount({ ...REQUEST, device: "nbd2" });
+  driver.attached.get("/dev/nbd2")!.vanish();
+  await driver.attached.get("/dev/nbd2")?.done;
+  await new Promise((resolve) => setTimeout(resolve, 0));
+  assert.equal(table.size, 0);
+  assert.equal(driver.backends[0].closed, true);
+});
+
+Deno.test("a failing detach keeps the mount and says why; closeAll logs and goes on", async () => {
+  const { table, driver } = fixture();
+  await table.mount(REQUEST);
+  await table.mount(REQUEST);
+  driver.attached.get("/dev/nbd0")!.failDetach = "NBD_DISCONNECT: EBUSY";
+  await assert.rejects(table.unmount("nbd0"), (error: unknown) => {
+    assert.ok(error instanceof MountError);
+    assert.equal(error.code, "DETACH_FAILED");
+    assert.match(error.message, /Cannot detach \/dev\/nbd0: NBD_DISCONNECT: EBUSY/);
+    return true;
+  });
+  assert.equal(table.list()[0].state, "mounted");
+  driver.attached.get("/dev/nbd0")!.failDetach = "still busy";
+  await table.closeAll();
+  assert.equal(driver.attached.has("/dev/nbd1"), false, "the other device was detached");
+  assert.equal(driver.attached.has("/dev/nbd0"), true, "the stuck one is reported, not hidden");
+});
+
+Deno.test("throughput is averaged over windows of at least a second", async () => {
+  const { table, driver, advance } = fixture();
+  await table.mount(REQUEST);
+  const stats = driver.attached.get("/dev/nbd0")!.stats;
+  stats.observe("read", 4096, 1);
+  advance(500);
+  assert.equal(table.list()[0].throughput.readBytesPerSec, 0, "too early for a sample");
+  advance(1500);
+  assert.deepEqual(table.list()[0].throughput, { readBytesPerSec: 2048, writeBytesPerSec: 0 });
+  stats.observe("write", 1000, 1);
+  advance(1000);
+  assert.deepEqual(table.list()[0].throughput, { readBytesPerSec: 0, writeBytesPerSec: 1000 });
+});
+
+Deno.test("a session without a proxy shows as reconnecting", async () => {
+  const { table, driver } = fixture();
+  await table.mount(REQUEST);
+  driver.backends[0].proxy = null;
+  assert.equal(table.list()[0].state, "reconnecting");
+  assert.equal(table.list()[0].proxy, null);
+});
+
+Deno.test("the daemon mounts configured images, and one failure does not stop the others", async () => {
+  const { config } = parseConfig(
+    JSON.stringify({
+      nbd: { devices: 4 },
+      users: [{ username: "u", password: "p" }, { username: "x", password: "wrong" }],
+      mounts: [
+        { device: "nbd0", image: "disk", user: "u" },
+        { device: "nbd1", image: "missing", user: "u" },
+        { device: "nbd2", image: "other", user: "x" },
+        { image: "other", user: "u" },
+      ],
+    }),
+    "t.json",
+  );
+  const driver = new FakeMountDriver({
+    devices: 4,
+    images: { disk: { size: 8192 }, other: { size: 4096 } },
+    users: { u: "p" },
+  });
+  const daemon = new Daemon({ config, driver, log: quietLog });
+  const outcomes = await daemon.mountConfigured();
+  assert.deepEqual(
+    outcomes.map((o) => o.mount?.device ?? (o.error as MountError).code),
+    // The auto mount runs while nbd1 and nbd2 are still reserved by their (failing) mounts.
+    ["/dev/nbd0", "IMAGE_NOT_FOUND", "LOGIN_DENIED", "/dev/nbd3"],
+  );
+  const order: string[] = [];
+  daemon.onStop(() => {
+    order.push(`front-end stopped with ${driver.attached.size} attached`);
+    return Promise.resolve();
+  });
+  const first = daemon.shutdown("test");
+  assert.equal(daemon.shutdown("again"), first, "shutdown is idempotent");
+  await daemon.done;
+  assert.deepEqual(order, ["front-end stopped with 2 attached"]);
+  assert.equal(driver.attached.size, 0);
+});
