@@ -365,7 +365,7 @@ export class IvbsConnection {
         await this.#handle(decodeHeader(header));
       }
     } catch (error) {
-      this.#fail(describe(error));
+      this.#fail(describe(error), error instanceof IvbsProtocolError);
     }
   }
 
@@ -475,7 +475,7 @@ export class IvbsConnection {
     }
   }
 
-  #fail(reason: string): void {
+  #fail(reason: string, protocol = false): void {
     if (this.#endReason !== null) return;
     this.#endReason = reason;
     clearInterval(this.#tick);
@@ -484,7 +484,7 @@ export class IvbsConnection {
     } catch {
       // Already closed by the peer side of the runtime.
     }
-    const error = new ConnectionLostError(this.label, reason);
+    const error = new ConnectionLostError(this.label, reason, protocol);
     for (const pending of this.#pending.values()) pending.reject(error);
     this.#pending.clear();
     this.#queue = [];

@@ -28,7 +28,8 @@ export class IvbsMountError extends Error {
  */
 export class ConnectionLostError extends Error {
   readonly code = "CONNECTION_LOST";
-  constructor(readonly proxy: string, readonly reason: string) {
+  /** `protocol`: the proxy sent bytes that are not IVBS (as opposed to a network fault). */
+  constructor(readonly proxy: string, readonly reason: string, readonly protocol = false) {
     super(`IVBS connection to ${proxy} lost: ${reason}`);
     this.name = "ConnectionLostError";
   }

@@ -304,7 +304,9 @@ export class IvbsSession implements Backend {
       } catch (error) {
         if (isDefinitive(error)) throw error;
         this.#proxies.markFailed(address);
-        if (!(error instanceof IvbsProtocolError)) protocolOnly = false;
+        const protocol = error instanceof IvbsProtocolError ||
+          (error instanceof ConnectionLostError && error.protocol);
+        if (!protocol) protocolOnly = false;
         failures.push(`${proxyLabel(address)}: ${describe(error)}`);
       }
     }
