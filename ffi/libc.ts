@@ -1,0 +1,173 @@
+/**
+ * The few libc calls ivbsnetd needs, through Deno FFI: open, close,
+ * socketpair, shutdown, ioctl, and read / send on a worker thread. Each
+ * wrapper throws a LibcError naming the call and errno on failure. No NBD or
+ * IVBS semantics here; the NBD ioctl numbers are only numbers.
+ *
+ * Threads and errno: synchronous symbols run on the calling (main) thread, so
+ * `__errno_location` read right after a failure is that call's errno. The
+ * `nonblocking` symbols (read, send, ioctl for NBD_DO_IT) run on a Deno worker
+ * thread, whose errno we cannot read; their failures carry errno "unknown".
+ *
+ * Needs `--allow-ffi`; the library is opened on first use.
+ * @module
+ */
+
+/** ioctl request numbers from linux/nbd.h: `_IO(0xab, n)` = (0xab << 8) | n. */
+export const NbdIoctl = {
+  SET_SOCK: 0xab00,
+  SET_BLKSIZE: 0xab01,
+  SET_SIZE: 0xab02,
+  DO_IT: 0xab03,
+  CLEAR_SOCK: 0xab04,
+  CLEAR_QUE: 0xab05,
+  PRINT_DEBUG: 0xab06,
+  SET_SIZE_BLOCKS: 0xab07,
+  DISCONNECT: 0xab08,
+  SET_TIMEOUT: 0xab09,
+  SET_FLAGS: 0xab0a,
+} as const;
+
+const IOCTL_NAMES = new Map<number, string>(
+  Object.entries(NbdIoctl).map(([name, value]) => [value, `NBD_${name}`]),
+);
+
+/** Flags and constants from the Linux x86-64 / aarch64 headers. */
+export const O_RDWR = 0o2;
+export const O_CLOEXEC = 0o2000000;
+export const AF_UNIX = 1;
+export const SOCK_STREAM = 1;
+export const SOCK_CLOEXEC = 0o2000000;
+export const SHUT_RDWR = 2;
+/** send(2) flag: EPIPE instead of SIGPIPE when the peer is gone. */
+const MSG_NOSIGNAL = 0x4000;
+
+/** errno names for the values these calls can return (asm-generic/errno*.h). */
+const ERRNO_NAMES: Record<number, string> = {
+  1: "EPERM",
+  2: "ENOENT",
+  4: "EINTR",
+  5: "EIO",
+  6: "ENXIO",
+  9: "EBADF",
+  11: "EAGAIN",
+  12: "ENOMEM",
+  13: "EACCES",
+  16: "EBUSY",
+  19: "ENODEV",
+  22: "EINVAL",
+  24: "EMFILE",
+  25: "ENOTTY",
+  32: "EPIPE",
+  95: "EOPNOTSUPP",
+  104: "ECONNRESET",
+  107: "ENOTCONN",
+  110: "ETIMEDOUT",
+};
+
+/** A failed libc call. `errno` is null when the call ran on a worker thread. */
+export class LibcError extends Error {
+  readonly code = "LIBC";
+  readonly errnoName: string;
+  constructor(readonly call: string, readonly errno: number | null) {
+    const name = errno === null ? "errno unknown" : ERRNO_NAMES[errno] ?? `errno ${errno}`;
+    super(`${call} failed: ${name}`);
+    this.name = "LibcError";
+    this.errnoName = name;
+  }
+}
+
+const SYMBOLS = {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  // ioctl is variadic; every NBD ioctl takes one integer argument, passed as
+  // an unsigned long like the kernel reads it.
+  ioctl: { parameters: ["i32", "u64", "u64"], result: "i32" },
+  ioctl_blocking: {
+    name: "ioctl",
+    parameters: ["i32", "u64", "u64"],
+    result: "i32",
+    nonblocking: true,
+  },
+  read: { parameters: ["i32", "buffer", "usize"], result: "isize", nonblocking: true },
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize", nonblocking: true },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+let libc: Libc | null = null;
+
+function lib(): Libc {
+  libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  return libc;
+}
+
+function errno(): number {
+  const at = lib().__errno_location();
+  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
+}
+
+function check(result: number, call: string): number {
+  if (result < 0) throw new LibcError(call, errno());
+  return result;
+}
+
+function ioctlName(request: number): string {
+  return IOCTL_NAMES.get(request) ?? `0x${request.toString(16)}`;
+}
+
+const encoder = new TextEncoder();
+
+/** open(2); returns the fd. */
+export function open(path: string, flags: number): number {
+  return check(lib().open(encoder.encode(path + "\0"), flags), `open(${path})`);
+}
+
+export function close(fd: number): void {
+  check(lib().close(fd), `close(${fd})`);
+}
+
+/** socketpair(2); returns both fds. */
+export function socketpair(domain: number, type: number, protocol = 0): [number, number] {
+  const fds = new Int32Array(2);
+  check(lib().socketpair(domain, type, protocol, fds), "socketpair");
+  return [fds[0], fds[1]];
+}
+
+export function shutdown(fd: number, how: number): void {
+  check(lib().shutdown(fd, how), `shutdown(${fd})`);
+}
+
+/** ioctl(2) with one integer argument, on the calling thread. */
+export function ioctl(fd: number, request: number, arg: number | bigint = 0): number {
+  return check(lib().ioctl(fd, BigInt(request), BigInt(arg)), `ioctl(${ioctlName(request)})`);
+}
+
+/**
+ * ioctl(2) on a worker thread, for calls that block (NBD_DO_IT). Resolves with
+ * the raw result: a negative result is not thrown, because its errno is lost
+ * with the worker thread and the caller decides what the return means.
+ */
+export async function ioctlOnWorker(
+  fd: number,
+  request: number,
+  arg: number | bigint = 0,
+): Promise<number> {
+  return await lib().ioctl_blocking(fd, BigInt(request), BigInt(arg));
+}
+
+/** read(2) on a worker thread; resolves with the byte count (0 = EOF). */
+export async function readOnWorker(fd: number, target: Uint8Array): Promise<number> {
+  const n = Number(await lib().read(fd, target, BigInt(target.length)));
+  if (n < 0) throw new LibcError(`read(${fd})`, null);
+  return n;
+}
+
+/** send(2) with MSG_NOSIGNAL on a worker thread; resolves with the bytes written. */
+export async function sendOnWorker(fd: number, data: Uint8Array): Promise<number> {
+  const n = Number(await lib().send(fd, data, BigInt(data.length), MSG_NOSIGNAL));
+  if (n < 0) throw new LibcError(`send(${fd})`, null);
+  return n;
+}
