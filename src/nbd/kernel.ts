@@ -1,0 +1,372 @@
+/**
+ * Attaches a backend to a kernel NBD device through the ioctl interface:
+ * open /dev/nbdN, make a socketpair, configure the device (block size, size,
+ * flags, timeout) and hand it one end, then run NBD_DO_IT on a worker thread
+ * while serveTransmission serves the other end on the event loop.
+ *
+ * Hazards this module is built around (drivers/block/nbd.c):
+ * - Every NBD_SET_SOCK for a device must come from the task that set it up, so
+ *   all short SET_* ioctls run synchronously on the main thread; only DO_IT,
+ *   which blocks until disconnect, runs on a worker thread.
+ * - After NBD_DISCONNECT the kernel sends NBD_CMD_DISC, but NBD_DO_IT returns
+ *   only once its receive side sees the socket close. So after the serve loop
+ *   has answered what was in flight we close OUR end first and only then wait
+ *   for DO_IT; waiting first hangs forever (the 2013 prototype's "zombie").
+ * - A signal delivered to the thread waiting in DO_IT makes the kernel tear the
+ *   device down. Process signals normally go to the main thread; the netlink
+ *   interface (a later issue) has no such waiting thread at all.
+ * - The kernel drops the device's configuration (the `pid` file, the size)
+ *   when the last open fd of it closes, so detach closes every fd.
+ * @module
+ */
+import {
+  AF_UNIX,
+  close,
+  ioctl,
+  ioctlOnWorker,
+  LibcError,
+  NbdIoctl,
+  O_CLOEXEC,
+  O_RDWR,
+  open,
+  SOCK_CLOEXEC,
+  SOCK_STREAM,
+  socketpair,
+} from "../../ffi/libc.ts";
+import { FdStream } from "../io/fd_stream.ts";
+import { type Logger, logger } from "../log.ts";
+import type { Backend } from "./backend.ts";
+import { nbdIndex, readNbdDevice } from "./devices.ts";
+import { serveTransmission, transmissionFlags } from "./serve.ts";
+import { IoStats } from "./stats.ts";
+import { transmissionFlagNames } from "./wire.ts";
+
+export interface AttachOptions {
+  /** Logical block size: a power of two from 512 to 4096; default 4096. */
+  blockSize?: number;
+  /** Kernel request timeout (NBD_SET_TIMEOUT) in s; default 0 = none: the IVBS layer owns timeouts. */
+  timeoutS?: number;
+  /** Requests in flight between the kernel and the backend; default 128. */
+  maxInFlight?: number;
+  stats?: IoStats;
+  log?: Logger;
+  /**
+   * How long detach() lets the serve loop answer what is in flight after the
+   * kernel's DISC before it closes the socket anyway; default 60 000 ms.
+   */
+  detachTimeoutMs?: number;
+}
+
+export interface AttachedDevice {
+  readonly device: string;
+  readonly stats: IoStats;
+  /** NBD_DISCONNECT, answer what is in flight, close, wait for DO_IT, close fds. Idempotent. */
+  detach(): Promise<void>;
+  /** Settles when DO_IT has returned and every fd is closed, whoever ended it. */
+  readonly done: Promise<void>;
+}
+
+export type NbdAttachErrorCode = "NO_MODULE" | "NOT_ROOT" | "BUSY" | "NO_DEVICE" | "IOCTL";
+
+/** Why a device could not be attached. */
+export class NbdAttachError extends Error {
+  constructor(message: string, readonly code: NbdAttachErrorCode, options?: ErrorOptions) {
+    super(message, options);
+    this.name = "NbdAttachError";
+  }
+}
+
+const DEFAULT_BLOCK_SIZE = 4096;
+const DEFAULT_DETACH_TIMEOUT_MS = 60_000;
+/** How long attach waits for the kernel to show the device running (its `pid` file). */
+const STARTUP_WAIT_MS = 10_000;
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Attaches `backend` to `device` ("/dev/nbdN") and starts serving it. */
+export async function attachDevice(
+  device: string,
+  backend: Backend,
+  options: AttachOptions = {},
+): Promise<AttachedDevice> {
+  const log = options.log ?? logger("nbd");
+  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const timeoutS = options.timeoutS ?? 0;
+  if (
+    !Number.isInteger(blockSize) || blockSize < 512 || blockSize > 4096 ||
+    (blockSize & (blockSize - 1)) !== 0
+  ) {
+    throw new RangeError(`block size must be a power of two from 512 to 4096, got ${blockSize}`);
+  }
+  if (!Number.isInteger(timeoutS) || timeoutS < 0) {
+    throw new RangeError(`timeout must be a whole number of seconds >= 0, got ${timeoutS}`);
+  }
+  const blocks = Math.floor(backend.size / blockSize);
+  if (blocks < 1) {
+    throw new RangeError(
+      `backend of ${backend.size} bytes is smaller than one ${blockSize}-byte block`,
+    );
+  }
+  if (blocks * blockSize !== backend.size) {
+    log.warn("backend size is not a multiple of the block size; the tail is not exposed", {
+      device,
+      size: backend.size,
+      blockSize,
+    });
+  }
+
+  const index = nbdIndex(device);
+  if (index === null) {
+    throw new NbdAttachError(
+      `Cannot attach ${device}: not an NBD device path (/dev/nbdN)`,
+      "NO_DEVICE",
+    );
+  }
+  if (!await exists("/dev/nbd0") && !await exists("/sys/block/nbd0")) {
+    throw new NbdAttachError(
+      `Cannot attach ${device}: the nbd kernel module is not loaded (run "modprobe nbd")`,
+      "NO_MODULE",
+    );
+  }
+  const info = await readNbdDevice(index);
+  if (info === null || !await exists(device)) {
+    throw new NbdAttachError(`Cannot attach ${device}: no such device`, "NO_DEVICE");
+  }
+  if (info.inUse) {
+    const by = info.pid === null ? "" : ` (served by pid ${info.pid})`;
+    throw new NbdAttachError(`Cannot attach ${device}: device busy${by}`, "BUSY");
+  }
+
+  const fds: number[] = [];
+  let socketSet = false;
+  try {
+    const devFd = openDevice(device);
+    fds.push(devFd);
+    const [kernelEnd, ourEnd] = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    fds.push(kernelEnd, ourEnd);
+    const flags = transmissionFlags(backend);
+    // Synchronous, on this thread: the kernel ties SET_SOCK to the setup task.
+    configure(device, () => {
+      ioctl(devFd, NbdIoctl.SET_BLKSIZE, blockSize);
+      ioctl(devFd, NbdIoctl.SET_SIZE_BLOCKS, blocks);
+      ioctl(devFd, NbdIoctl.SET_FLAGS, flags);
+      ioctl(devFd, NbdIoctl.SET_TIMEOUT, timeoutS);
+      ioctl(devFd, NbdIoctl.CLEAR_SOCK);
+      ioctl(devFd, NbdIoctl.SET_SOCK, kernelEnd);
+      socketSet = true;
+    });
+    log.info("NBD device attached", {
+      device,
+      size: blocks * blockSize,
+      blockSize,
+      flags: transmissionFlagNames(flags),
+      timeoutS,
+    });
+    const attachment = new KernelAttachment(
+      device,
+      devFd,
+      kernelEnd,
+      new FdStream(ourEnd),
+      backend,
+      { ...options, log },
+    );
+    fds.length = 0; // the attachment owns them now
+    await attachment.started(index);
+    return attachment;
+  } catch (error) {
+    if (socketSet) tryIoctl(fds[0], NbdIoctl.CLEAR_SOCK);
+    for (const fd of fds) tryClose(fd);
+    throw error;
+  }
+}
+
+function openDevice(device: string): number {
+  try {
+    return open(device, O_RDWR | O_CLOEXEC);
+  } catch (error) {
+    throw attachError(device, "open", error);
+  }
+}
+
+function configure(device: string, steps: () => void): void {
+  try {
+    steps();
+  } catch (error) {
+    throw attachError(device, "configure", error);
+  }
+}
+
+function attachError(device: string, step: string, error: unknown): NbdAttachError {
+  if (!(error instanceof LibcError)) {
+    return new NbdAttachError(`Cannot attach ${device}: ${error}`, "IOCTL", { cause: error });
+  }
+  const name = error.errnoName;
+  if (name === "EPERM" || name === "EACCES") {
+    return new NbdAttachError(
+      `Cannot attach ${device}: permission denied (${error.message}); run as root`,
+      "NOT_ROOT",
+      { cause: error },
+    );
+  }
+  if (name === "EBUSY") {
+    return new NbdAttachError(
+      `Cannot attach ${device}: device busy (${error.message})`,
+      "BUSY",
+      { cause: error },
+    );
+  }
+  if (step === "open" && (name === "ENOENT" || name === "ENXIO" || name === "ENODEV")) {
+    return new NbdAttachError(`Cannot attach ${device}: ${error.message}`, "NO_DEVICE", {
+      cause: error,
+    });
+  }
+  return new NbdAttachError(`Cannot attach ${device}: ${error.message}`, "IOCTL", {
+    cause: error,
+  });
+}
+
+function tryIoctl(fd: number, request: number): void {
+  try {
+    ioctl(fd, request);
+  } catch {
+    // Best effort during cleanup: the device may already be gone.
+  }
+}
+
+function tryClose(fd: number): void {
+  try {
+    close(fd);
+  } catch {
+    // Best effort during cleanup.
+  }
+}
+
+class KernelAttachment implements AttachedDevice {
+  readonly device: string;
+  readonly stats: IoStats;
+  readonly done: Promise<void>;
+  readonly #devFd: number;
+  readonly #kernelEnd: number;
+  readonly #stream: FdStream;
+  readonly #log: Logger;
+  readonly #detachTimeoutMs: number;
+  readonly #serving: Promise<void>;
+  readonly #doIt: Promise<number>;
+  #doItReturned = false;
+  #disconnectSent = false;
+
+  constructor(
+    device: string,
+    devFd: number,
+    kernelEnd: number,
+    stream: FdStream,
+    backend: Backend,
+    options: AttachOptions & { log: Logger },
+  ) {
+    this.device = device;
+    this.#devFd = devFd;
+    this.#kernelEnd = kernelEnd;
+    this.#stream = stream;
+    this.#log = options.log;
+    this.#detachTimeoutMs = options.detachTimeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS;
+    this.stats = options.stats ?? new IoStats();
+    this.#doIt = ioctlOnWorker(devFd, NbdIoctl.DO_IT).then((result) => {
+      this.#doItReturned = true;
+      // The kernel is done with the socket: nothing we still send can matter.
+      this.#stream.close();
+      return result;
+    });
+    this.#serving = serveTransmission(stream, backend, {
+      maxInFlight: options.maxInFlight,
+      stats: this.stats,
+      log: this.#log,
+    }).catch((error) => {
+      this.#log.warn("NBD serve loop ended with an error", { device, error });
+    });
+    this.done = this.#teardown();
+  }
+
+  /**
+   * Resolves once the kernel runs the device (its `pid` file appears); throws
+   * if NBD_DO_IT returned first, after cleaning up.
+   */
+  async started(index: number): Promise<void> {
+    const deadline = Date.now() + STARTUP_WAIT_MS;
+    for (let delay = 1; Date.now() < deadline; delay = Math.min(delay * 2, 50)) {
+      if (this.#doItReturned) {
+        await this.done;
+        throw new NbdAttachError(
+          `Cannot attach ${this.device}: NBD_DO_IT returned at once (see dmesg)`,
+          "IOCTL",
+        );
+      }
+      if ((await readNbdDevice(index))?.pid != null) return;
+      await new Promise((resolve) => setTimeout(resolve, delay));
+    }
+    this.#log.warn("no pid file after NBD_DO_IT started; assuming the device runs", {
+      device: this.device,
+    });
+  }
+
+  async detach(): Promise<void> {
+    if (!this.#disconnectSent && !this.#doItReturned) {
+      this.#disconnectSent = true;
+      this.#log.info("detaching NBD device", { device: this.device });
+      try {
+        // The kernel answers by sending NBD_CMD_DISC; the serve loop ends on it.
+        ioctl(this.#devFd, NbdIoctl.DISCONNECT);
+      } catch (error) {
+        this.#log.warn("NBD_DISCONNECT failed; closing the socket instead", {
+          device: this.device,
+          error,
+        });
+        this.#stream.close();
+      }
+      this.#closeAfter(this.#detachTimeoutMs);
+    }
+    await this.done;
+  }
+
+  /** Closes our socket end if the serve loop has not finished within `ms`. */
+  #closeAfter(ms: number): void {
+    const timer = setTimeout(() => {
+      this.#log.warn("requests still in flight after the detach timeout; closing the socket", {
+        device: this.device,
+        inFlight: this.stats.inFlight,
+      });
+      this.#stream.close();
+    }, ms);
+    this.#serving.finally(() => clearTimeout(timer));
+  }
+
+  async #teardown(): Promise<void> {
+    // 1. The serve loop ends on DISC (detach or `nbd-client -d`), on EOF (DO_IT
+    //    returned and we closed the stream), or on a protocol error.
+    await this.#serving;
+    // 2. Close our end BEFORE waiting for DO_IT: DO_IT returns only after that.
+    this.#stream.close();
+    const result = await this.#doIt;
+    if (result !== 0 && !this.#disconnectSent) {
+      this.#log.warn("NBD_DO_IT returned an error (kernel timeout or external disconnect?)", {
+        device: this.device,
+        result,
+      });
+    }
+    // 3. Release the kernel's socket reference and our fds; the kernel then
+    //    drops the configuration (pid file gone, size 0).
+    tryIoctl(this.#devFd, NbdIoctl.CLEAR_SOCK);
+    tryClose(this.#kernelEnd);
+    tryClose(this.#devFd);
+    this.#log.info("NBD device detached", {
+      device: this.device,
+      requested: this.#disconnectSent,
+    });
+  }
+}
