@@ -16,6 +16,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "run the IVBS test server (several proxies over one image store)",
     run: async (args) => (await import("./src/ivbs/server/cli.ts")).run(args),
   },
+  attach: {
+    summary: "attach one image (or a memory disk) to /dev/nbdX in the foreground, for tests",
+    run: async (args) => (await import("./src/attach_command.ts")).run(args),
+  },
 };
 
 function usage(): string {

@@ -1,0 +1,232 @@
+/**
+ * `ivbsnetd attach`: attaches one IVBS image (or a memory disk) to one kernel
+ * NBD device in the foreground until SIGINT/SIGTERM, then detaches cleanly and
+ * exits 0. For people and for the kernel tests. It wires the IVBS client to the
+ * kernel attachment, so it lives outside both layers (like export_command.ts).
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { logger } from "./log.ts";
+import { type Backend, MemoryBackend } from "./nbd/backend.ts";
+import { IvbsSession } from "./ivbs/session.ts";
+
+export const HELP = `usage: ivbsnetd attach --device /dev/nbdN SOURCE [options]
+
+Attaches SOURCE to the kernel NBD device and serves it until SIGINT or
+SIGTERM, then detaches (NBD_DISCONNECT, answer what is in flight, close) and
+exits 0. Needs root and the nbd module (modprobe nbd).
+
+SOURCE, one of:
+  --memory SIZE          a memory disk of SIZE bytes (K/M/G/T suffix), lost at exit
+  --image IMG            an IVBS image
+    --user U             IVBS username
+    --password-file F    file holding the password (trailing newline ignored)
+    --proxy HOST:PORT    an IVBS proxy; repeat for the fallback list
+
+options:
+  --read-only            attach read-only
+  --block-size N         logical block size, 512..4096 (default 4096)
+  --timeout S            kernel request timeout in seconds (default 0 = none;
+                         the IVBS layer has its own I/O timeout)
+  --max-in-flight N      requests in flight to the backend (default 128)
+  -h, --help             show this help
+
+Prints "attached DEVICE SIZE" on stdout once the device is live.
+`;
+
+/** A bad command line: printed as one line, exit code 2. */
+export class AttachUsageError extends Error {
+  readonly code = "USAGE";
+  constructor(message: string) {
+    super(message);
+    this.name = "AttachUsageError";
+  }
+}
+
+export interface AttachArgs {
+  device: string;
+  source:
+    | { kind: "memory"; size: number }
+    | {
+      kind: "ivbs";
+      image: string;
+      username: string;
+      passwordFile: string;
+      proxies: { host: string; port: number }[];
+    };
+  readOnly: boolean;
+  blockSize: number;
+  timeoutS: number;
+  maxInFlight: number;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  K: 2 ** 10,
+  M: 2 ** 20,
+  G: 2 ** 30,
+  T: 2 ** 40,
+};
+
+/** "512M" → 536870912. */
+export function parseSize(text: string): number {
+  const match = /^(\d+)([KMGT]?)i?B?$/i.exec(text.trim());
+  if (!match) throw new AttachUsageError(`bad size "${text}" (examples: 1048576, 512M, 2G)`);
+  const size = Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()];
+  if (!Number.isSafeInteger(size) || size <= 0) {
+    throw new AttachUsageError(`size "${text}" is out of range`);
+  }
+  return size;
+}
+
+function parseProxy(text: string): { host: string; port: number } {
+  const match = /^(.+):(\d+)$/.exec(text);
+  const port = match ? Number(match[2]) : NaN;
+  if (!match || port < 1 || port > 65535) {
+    throw new AttachUsageError(`bad --proxy "${text}" (expected HOST:PORT)`);
+  }
+  return { host: match[1].replace(/^\[(.*)\]$/, "$1"), port };
+}
+
+function parseWhole(text: string | undefined, name: string, fallback: number, min: number) {
+  if (text === undefined) return fallback;
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < min) {
+    throw new AttachUsageError(`bad --${name} "${text}" (a whole number >= ${min})`);
+  }
+  return value;
+}
+
+/** Parses the command line; returns null for --help. */
+export function parseAttachArgs(args: string[]): AttachArgs | null {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        device: { type: "string" },
+        memory: { type: "string" },
+        image: { type: "string" },
+        user: { type: "string" },
+        "password-file": { type: "string" },
+        proxy: { type: "string", multiple: true },
+        "read-only": { type: "boolean" },
+        "block-size": { type: "string" },
+        timeout: { type: "string" },
+        "max-in-flight": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (error) {
+    throw new AttachUsageError(error instanceof Error ? error.message : String(error));
+  }
+  if (values.help) return null;
+  if (!values.device) throw new AttachUsageError("--device /dev/nbdN is required");
+  if ((values.memory === undefined) === (values.image === undefined)) {
+    throw new AttachUsageError("give exactly one of --memory SIZE or --image IMG");
+  }
+  let source: AttachArgs["source"];
+  if (values.memory !== undefined) {
+    source = { kind: "memory", size: parseSize(values.memory) };
+  } else {
+    if (!values.user) throw new AttachUsageError("--image needs --user");
+    if (!values["password-file"]) throw new AttachUsageError("--image needs --password-file");
+    if (!values.proxy?.length) throw new AttachUsageError("--image needs at least one --proxy");
+    source = {
+      kind: "ivbs",
+      image: values.image!,
+      username: values.user,
+      passwordFile: values["password-file"],
+      proxies: values.proxy.map(parseProxy),
+    };
+  }
+  return {
+    device: values.device,
+    source,
+    readOnly: values["read-only"] ?? false,
+    blockSize: parseWhole(values["block-size"], "block-size", 4096, 512),
+    timeoutS: parseWhole(values.timeout, "timeout", 0, 0),
+    maxInFlight: parseWhole(values["max-in-flight"], "max-in-flight", 128, 1),
+  };
+}
+
+async function openBackend(args: AttachArgs): Promise<Backend> {
+  const source = args.source;
+  if (source.kind === "memory") return new MemoryBackend(source.size, { readOnly: args.readOnly });
+  const password = (await Deno.readTextFile(source.passwordFile)).replace(/\r?\n$/, "");
+  return await IvbsSession.open({
+    proxies: source.proxies,
+    image: source.image,
+    username: source.username,
+    password,
+    readOnly: args.readOnly,
+  });
+}
+
+export async function run(argv: string[]): Promise<number> {
+  const log = logger("attach");
+  let args: AttachArgs | null;
+  try {
+    args = parseAttachArgs(argv);
+  } catch (error) {
+    if (!(error instanceof AttachUsageError)) throw error;
+    console.error(`ivbsnetd attach: ${error.message} (see --help)`);
+    return 2;
+  }
+  if (args === null) {
+    console.log(HELP);
+    return 0;
+  }
+  // Loaded here so `attach --help` and usage errors need no FFI permission.
+  const { attachDevice } = await import("./nbd/kernel.ts");
+  let backend: Backend;
+  try {
+    backend = await openBackend(args);
+  } catch (error) {
+    log.error("cannot open the backend", { error, code: codeOf(error) });
+    return 1;
+  }
+  let signalled = false;
+  let device;
+  try {
+    device = await attachDevice(args.device, backend, {
+      blockSize: args.blockSize,
+      timeoutS: args.timeoutS,
+      maxInFlight: args.maxInFlight,
+    });
+  } catch (error) {
+    log.error("cannot attach", { error, code: codeOf(error) });
+    await backend.close();
+    return 1;
+  }
+  const onSignal = () => {
+    if (signalled) return;
+    signalled = true;
+    log.info("signal received; detaching", { device: args.device });
+    device.detach();
+  };
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
+  for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+  console.log(`attached ${args.device} ${backend.size}`);
+  try {
+    await device.done;
+  } finally {
+    for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+    await backend.close();
+  }
+  if (!signalled) {
+    log.error("the device was disconnected from outside", { device: args.device });
+    return 1;
+  }
+  return 0;
+}
+
+function codeOf(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const code = (error as { code: unknown }).code;
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
