@@ -141,7 +141,7 @@ Deno.test("one-shot commands exit 1 when the daemon refuses, with its message", 
     );
     assert.match(
       wrong.err[0],
-      /^ivbsnetd mount: Cannot open IVBS image demo: login as demo refused/,
+      /^ivbsnetd mount: Cannot open IVBS image demo: login as demo refused \[LOGIN_DENIED\]$/,
     );
     const idle = capture();
     assert.equal(await runOneShot("unmount", [...server, "nbd2"], idle.io), 1);

@@ -189,6 +189,7 @@ Deno.test("POST /api/mounts without the nbd module answers 503 NO_MODULE", async
   const { status, json } = await call("POST", "/api/mounts", MOUNT);
   assert.equal(status, 503);
   assert.match(String(json?.error), /nbd kernel module is not loaded/);
+  assert.equal(json?.code, "NO_MODULE");
   assert.equal(driver.openCalls, 0, "no IVBS session is opened for a mount that cannot attach");
 });
 

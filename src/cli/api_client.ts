@@ -30,7 +30,8 @@ export interface MountRequestBody {
 /** The server refused or failed the request; `message` is the server's `error`. */
 export class ApiError extends Error {
   readonly code = "API";
-  constructor(readonly status: number, message: string) {
+  /** `reason` is the daemon's stable code when it gave one (e.g. "NO_MODULE"). */
+  constructor(readonly status: number, message: string, readonly reason?: string) {
     super(message);
     this.name = "ApiError";
   }
@@ -117,10 +118,17 @@ export class ApiClient {
       json = undefined;
     }
     if (!response.ok) {
-      const message = typeof json === "object" && json !== null && "error" in json
-        ? String((json as { error: unknown }).error)
+      const body = typeof json === "object" && json !== null
+        ? json as { error?: unknown; code?: unknown }
+        : {};
+      const message = body.error !== undefined
+        ? String(body.error)
         : `HTTP ${response.status} ${response.statusText}`;
-      throw new ApiError(response.status, message);
+      throw new ApiError(
+        response.status,
+        message,
+        typeof body.code === "string" ? body.code : undefined,
+      );
     }
     if (json === undefined) {
       throw new ApiError(response.status, `${method} ${path}: the answer is not JSON`);

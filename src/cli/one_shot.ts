@@ -208,7 +208,8 @@ export async function runOneShot(
     }
     if (error instanceof ApiError) {
       const hint = error.status === 401 ? " (pass --token or set IVBSNETD_TOKEN)" : "";
-      io.err.print(`ivbsnetd ${name}: ${error.message}${hint}`);
+      const reason = error.reason === undefined ? "" : ` [${error.reason}]`;
+      io.err.print(`ivbsnetd ${name}: ${error.message}${reason}${hint}`);
       return EXIT_FAILED;
     }
     throw error;

@@ -88,7 +88,8 @@ export function createApp(options: AppOptions): Hono {
       return errorBody(c, error.status as ContentfulStatusCode, error.message);
     }
     if (error instanceof MountError) {
-      return errorBody(c, MOUNT_ERROR_STATUS[error.code] ?? 500, error.message);
+      // `code` is an extension of {"error"}: stable, for scripts.
+      return c.json({ error: error.message, code: error.code }, MOUNT_ERROR_STATUS[error.code]);
     }
     log.error("unexpected error answering a request", {
       method: c.req.method,
