@@ -5,6 +5,9 @@
  * @module
  */
 
+import type { OneShotName } from "./src/cli/one_shot.ts";
+import type { ServeDependencies } from "./src/daemon/serve_command.ts";
+
 export interface Command {
   summary: string;
   run(args: string[]): Promise<number>;
@@ -12,6 +15,25 @@ export interface Command {
 
 /** Subcommands by name; each module exports `run(args): Promise<exit code>`. */
 const COMMANDS: Record<string, Command> = {
+  serve: {
+    summary: "run the daemon: HTTP API and status page, mounts from --config FILE",
+    run: async (args) =>
+      (await import("./src/daemon/serve_command.ts")).runServe(args, await systemDriver()),
+  },
+  demo: {
+    summary: "try it all on this machine: IVBS test server + daemon (+ a mount where possible)",
+    run: async (args) =>
+      (await import("./src/daemon/demo_command.ts")).runDemo(args, await systemDriver()),
+  },
+  client: {
+    summary: "netdclient: interactive client of a running daemon",
+    run: async (args) => (await import("./src/cli/netdclient.ts")).run(args),
+  },
+  mount: oneShot("mount", "mount an image on /dev/nbdX through the daemon"),
+  unmount: oneShot("unmount", "detach a device through the daemon"),
+  list: oneShot("list", "list mounted images (--all: every NBD device)"),
+  check: oneShot("check", "check that the daemon answers"),
+  shutdown: oneShot("shutdown", "stop the daemon (detaches every device)"),
   "ivbs-server": {
     summary: "run the IVBS test server (several proxies over one image store)",
     run: async (args) => (await import("./src/ivbs/server/cli.ts")).run(args),
@@ -21,6 +43,26 @@ const COMMANDS: Record<string, Command> = {
     run: async (args) => (await import("./src/attach_command.ts")).run(args),
   },
 };
+
+/** A client command for scripts (exit codes in `ivbsnetd NAME --help`). */
+function oneShot(name: OneShotName, summary: string): Command {
+  return {
+    summary,
+    run: async (args) => (await import("./src/cli/one_shot.ts")).runOneShot(name, args),
+  };
+}
+
+/** The real mount driver of serve and demo: IVBS sessions over the kernel's NBD devices. */
+async function systemDriver(): Promise<ServeDependencies> {
+  const [{ createSystemDriver }, kernel, devices, { logger }] = await Promise.all([
+    import("./src/daemon/system_driver.ts"),
+    import("./src/nbd/kernel.ts"),
+    import("./src/nbd/devices.ts"),
+    import("./src/log.ts"),
+  ]);
+  const api = { attachDevice: kernel.attachDevice, listNbdDevices: devices.listNbdDevices };
+  return { createDriver: (config) => createSystemDriver(config, api, logger("daemon")) };
+}
 
 function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((name) => name.length));
