@@ -42,6 +42,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "attach one image (or a memory disk) to /dev/nbdX in the foreground, for tests",
     run: async (args) => (await import("./src/attach_command.ts")).run(args),
   },
+  export: {
+    summary: "serve IVBS images (or memory disks) as NBD exports for QEMU, qemu-img, nbdinfo, fio",
+    run: async (args) => (await import("./src/export_command.ts")).run(args),
+  },
 };
 
 /** A client command for scripts (exit codes in `ivbsnetd NAME --help`). */

@@ -18,6 +18,7 @@ import { Command, decodeReply, encodeRequest, NbdError, REPLY_SIZE } from "../sr
 import { IvbsSession } from "../src/ivbs/session.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
+import { parseExportArgs, UsageError } from "../src/export_command.ts";
 
 const MiB = 1024 * 1024;
 
@@ -537,6 +538,7 @@ Deno.test("connections beyond maxClients are closed at once", async () => {
 
 const IMAGE = { name: "vm", size: 256 * MiB };
 const USER = { username: "alice", password: "s3cret" };
+const WRONG_PASSWORD = "not-alices-pass-7f3a";
 
 Deno.test({
   name: "an IVBS export fails over when its proxy stops mid qemu-img convert",
@@ -658,7 +660,7 @@ Deno.test("an IVBS export with a wrong password answers ERR_UNKNOWN and logs the
         proxies: ivbs.addresses(),
         image: "small",
         username: USER.username,
-        password: "wrong",
+        password: WRONG_PASSWORD,
         log: memoryLog(),
       }),
   };
@@ -672,8 +674,121 @@ Deno.test("an IVBS export with a wrong password answers ERR_UNKNOWN and logs the
       }
     }, { log });
     assert.ok(log.lines.some((line) => line.startsWith("warn cannot open export backend")));
-    assert.ok(log.lines.every((line) => !line.includes("wrong")), "no password in the log");
+    assert.ok(log.lines.every((line) => !line.includes(WRONG_PASSWORD)), "no password in the log");
   } finally {
     await ivbs.close();
+  }
+});
+
+// ---- the `ivbsnetd export` command -----------------------------------------
+
+Deno.test("parseExportArgs pairs names with images and defaults names to image names", () => {
+  const ivbs = ["--user", "u", "--password-file", "/p", "--proxy", "127.0.0.1:11417"];
+  const paired = parseExportArgs([
+    "--socket",
+    "/s",
+    ...["--name", "a", "--image", "img-a", "--name", "b", "--image", "img-b"],
+    ...ivbs,
+  ]);
+  assert.deepEqual(paired.names, ["a", "b"]);
+  assert.deepEqual(paired.source, {
+    kind: "ivbs",
+    images: ["img-a", "img-b"],
+    username: "u",
+    passwordFile: "/p",
+    proxies: [{ host: "127.0.0.1", port: 11417 }],
+  });
+  const defaulted = parseExportArgs(["--tcp", "127.0.0.1:0", "--image", "disk0", ...ivbs]);
+  assert.deepEqual(defaulted.names, ["disk0"]);
+  assert.deepEqual(defaulted.tcp, { hostname: "127.0.0.1", port: 0 });
+  const memory = parseExportArgs(["--socket", "/s", "--name", "m", "--memory", "256M"]);
+  assert.deepEqual(memory.source, { kind: "memory", size: 256 * MiB });
+});
+
+Deno.test("parseExportArgs names the flag that is wrong", () => {
+  const cases: [string[], RegExp][] = [
+    [["--name", "a", "--memory", "1M"], /--socket PATH and\/or --tcp/],
+    [["--socket", "/s", "--memory", "1M"], /--memory needs at least one --name/],
+    [["--socket", "/s", "--name", "a"], /exactly one source/],
+    [["--socket", "/s", "--name", "a", "--memory", "lots"], /size "lots"/],
+    [["--socket", "/s", "--name", "a", "--name", "a", "--memory", "1M"], /"a" is given twice/],
+    [["--socket", "/s", "--image", "x", "--user", "u", "--password-file", "/p"], /--proxy/],
+    [["--socket", "/s", "--image", "x", "--name", "a", "--name", "b"], /2 --name for 1 --image/],
+    [["--tcp", "localhost", "--name", "a", "--memory", "1M"], /--tcp "localhost" is not HOST:PORT/],
+    [["--socket", "/s", "--bogus"], /bogus/],
+  ];
+  for (const [args, message] of cases) {
+    assert.throws(() => parseExportArgs(args), (error) => {
+      assert.ok(error instanceof UsageError, `${args.join(" ")}: ${error}`);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
+
+const MAIN = new URL("../main.ts", import.meta.url).pathname;
+
+function startExportCommand(args: string[]): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: ["run", "--allow-all", MAIN, "export", ...args],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+}
+
+Deno.test({
+  name: "ivbsnetd export serves a memory disk to qemu-io and exits 0 on SIGTERM",
+  ignore: !TOOLS.qemuIo,
+  fn: async () => {
+    const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+    const socket = `${dir}/nbd.sock`;
+    const child = startExportCommand(["--socket", socket, "--name", "m", "--memory", "8M"]);
+    try {
+      await eventually("the export socket", () => {
+        try {
+          return Deno.statSync(socket).isSocket === true;
+        } catch {
+          return false;
+        }
+      });
+      const out = await runOk("qemu-io", [
+        ...["-f", "raw", "-c", "aio_write -P 0x3c 1M 1M", "-c", "aio_flush"],
+        ...["-c", "read -P 0x3c 1M 1M", `nbd+unix:///m?socket=${socket}`],
+      ]);
+      assert.doesNotMatch(out, /Pattern verification failed/);
+    } finally {
+      child.kill("SIGTERM");
+      const result = await child.output();
+      const stderr = new TextDecoder().decode(result.stderr);
+      assert.equal(result.code, 0, stderr);
+      assert.match(stderr, /export totals export=m reads=1 writes=1/);
+      await assert.rejects(Deno.lstat(socket), Deno.errors.NotFound);
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("ivbsnetd export exits 1 with one clear line when IVBS login is refused", async () => {
+  const ivbs = await startIvbsServer({
+    users: [USER],
+    images: [{ name: "small", size: MiB }],
+    listProxiesIntervalMs: 0,
+    log: memoryLog(),
+  });
+  const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+  try {
+    await Deno.writeTextFile(`${dir}/password`, `${WRONG_PASSWORD}\n`, { mode: 0o600 });
+    const [proxy] = ivbs.addresses();
+    const result = await startExportCommand([
+      ...["--socket", `${dir}/nbd.sock`, "--image", "small", "--user", USER.username],
+      ...["--password-file", `${dir}/password`, "--proxy", `${proxy.host}:${proxy.port}`],
+    ]).output();
+    const stderr = new TextDecoder().decode(result.stderr);
+    assert.equal(result.code, 1, stderr);
+    assert.match(stderr, /^ivbsnetd export: .*(denied|refused)/im);
+    assert.ok(!stderr.includes(WRONG_PASSWORD), "no password in the output");
+  } finally {
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
   }
 });

@@ -1,0 +1,346 @@
+/**
+ * `ivbsnetd export`: serves IVBS images (or memory disks) as NBD exports in
+ * the foreground until SIGINT/SIGTERM, for QEMU, qemu-img, nbdinfo, nbdcopy
+ * and fio's nbd engine. It wires the IVBS client to the NBD export server, so
+ * it lives outside both layers. Flag parsing is separate from running so tests
+ * can check it without sockets.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { logger } from "./log.ts";
+import { type Backend, MemoryBackend } from "./nbd/backend.ts";
+import {
+  type ExportDefinition,
+  ExportServerError,
+  shareBackend,
+  startExportServer,
+} from "./nbd/export_server.ts";
+import { IvbsMountError } from "./ivbs/errors.ts";
+import { IvbsSession, type IvbsSessionOptions } from "./ivbs/session.ts";
+
+export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT] [options] SOURCE
+
+Serves NBD exports until SIGINT or SIGTERM. Clients connect with URIs like
+nbd+unix:///NAME?socket=PATH or nbd://127.0.0.1:PORT/NAME. Each client of an
+IVBS export gets its own IVBS session, so proxy failover is per client.
+
+listeners:
+  --socket PATH          unix socket (mode 0600; a stale one is replaced)
+  --tcp HOST:PORT        also listen on TCP; loopback only (NBD has no auth here)
+
+SOURCE, one of:
+  --memory SIZE          one memory disk per --name (SIZE with K/M/G/T suffix),
+                         shared by that export's clients, lost at exit
+  --image IMG            an IVBS image; repeat for several exports
+    --user U             IVBS username
+    --password-file F    file holding the password (trailing newline ignored)
+    --proxy HOST:PORT    an IVBS proxy; repeat for the fallback list
+
+options:
+  --name NAME            export name; repeat for several (with --image, pairs
+                         with the --image at the same position; default: the
+                         image names)
+  --read-only            serve every export read-only
+  --max-clients N        clients at once, all exports together (default 64)
+  --handshake-timeout S  seconds a client may take to negotiate (default 10)
+  -h, --help             show this help
+
+example:
+  ivbsnetd export --socket /run/ivbsnetd/nbd.sock --image disk0 --user alice \\
+    --password-file /etc/ivbsnetd/alice.pass --proxy 10.0.0.1:11417 --proxy 10.0.0.2:11417
+  qemu-img info 'nbd+unix:///disk0?socket=/run/ivbsnetd/nbd.sock'
+`;
+
+/** A bad command line: printed as one line, exit code 2. */
+export class UsageError extends Error {
+  readonly code = "USAGE";
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
+  }
+}
+
+export type ExportSource =
+  | { kind: "memory"; size: number }
+  | {
+    kind: "ivbs";
+    /** Image per export, in the order of `names`. */
+    images: string[];
+    username: string;
+    passwordFile: string;
+    proxies: { host: string; port: number }[];
+  };
+
+export interface ExportCommand {
+  help: boolean;
+  socketPath?: string;
+  tcp?: { hostname: string; port: number };
+  names: string[];
+  source: ExportSource;
+  readOnly: boolean;
+  maxClients?: number;
+  handshakeTimeoutMs?: number;
+}
+
+/** Parses the command line; throws UsageError naming the flag and value. */
+export function parseExportArgs(args: string[]): ExportCommand {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        socket: { type: "string" },
+        tcp: { type: "string" },
+        name: { type: "string", multiple: true },
+        memory: { type: "string" },
+        image: { type: "string", multiple: true },
+        user: { type: "string" },
+        "password-file": { type: "string" },
+        proxy: { type: "string", multiple: true },
+        "read-only": { type: "boolean" },
+        "max-clients": { type: "string" },
+        "handshake-timeout": { type: "string" },
+        help: { type: "boolean", short: "h" },
+      },
+    }));
+  } catch (error) {
+    throw new UsageError(error instanceof Error ? error.message : String(error));
+  }
+  const command: ExportCommand = {
+    help: values.help ?? false,
+    names: values.name ?? [],
+    source: { kind: "memory", size: 0 },
+    readOnly: values["read-only"] ?? false,
+  };
+  if (command.help) return command;
+  if (!values.socket && !values.tcp) throw new UsageError("give --socket PATH and/or --tcp");
+  command.socketPath = values.socket;
+  if (values.tcp) {
+    const { host, port } = parseHostPort(values.tcp, "--tcp");
+    command.tcp = { hostname: host, port };
+  }
+  if (values["max-clients"] !== undefined) {
+    command.maxClients = parsePositiveInteger(values["max-clients"], "--max-clients");
+  }
+  if (values["handshake-timeout"] !== undefined) {
+    const seconds = Number(values["handshake-timeout"]);
+    if (!(seconds > 0) || !Number.isFinite(seconds)) {
+      throw new UsageError(
+        `--handshake-timeout "${values["handshake-timeout"]}" must be a positive number of seconds`,
+      );
+    }
+    command.handshakeTimeoutMs = seconds * 1000;
+  }
+
+  const images = values.image ?? [];
+  if ((values.memory === undefined) === (images.length === 0)) {
+    throw new UsageError("give exactly one source: --memory SIZE or --image IMG");
+  }
+  if (values.memory !== undefined) {
+    if (command.names.length === 0) throw new UsageError("--memory needs at least one --name");
+    for (const flag of ["user", "password-file", "proxy"] as const) {
+      if (values[flag] !== undefined) throw new UsageError(`--${flag} only goes with --image`);
+    }
+    command.source = { kind: "memory", size: parseSize(values.memory) };
+  } else {
+    if (command.names.length === 0) command.names = [...images];
+    if (command.names.length !== images.length) {
+      throw new UsageError(
+        `${command.names.length} --name for ${images.length} --image: give one per image or none`,
+      );
+    }
+    if (!values.user) throw new UsageError("--image needs --user");
+    if (!values["password-file"]) throw new UsageError("--image needs --password-file");
+    const proxies = (values.proxy ?? []).map((text) => parseHostPort(text, "--proxy"));
+    if (proxies.length === 0) throw new UsageError("--image needs at least one --proxy HOST:PORT");
+    command.source = {
+      kind: "ivbs",
+      images,
+      username: values.user,
+      passwordFile: values["password-file"],
+      proxies,
+    };
+  }
+  const duplicate = command.names.find((name, i) => command.names.indexOf(name) !== i);
+  if (duplicate !== undefined) throw new UsageError(`--name "${duplicate}" is given twice`);
+  return command;
+}
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  K: 2 ** 10,
+  M: 2 ** 20,
+  G: 2 ** 30,
+  T: 2 ** 40,
+};
+
+/** "256M" → 268435456; binary units, a bare number is bytes. */
+export function parseSize(text: string): number {
+  const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
+  if (!match) throw new UsageError(`size "${text}" must be a number with an optional K/M/G/T`);
+  const size = Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()];
+  if (!Number.isSafeInteger(size) || size === 0) {
+    throw new UsageError(`size "${text}" must be between 1 byte and 8 PiB`);
+  }
+  return size;
+}
+
+/** "host:port" or "[v6]:port". */
+function parseHostPort(text: string, flag: string): { host: string; port: number } {
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) throw new UsageError(`${flag} "${text}" is not HOST:PORT`);
+  return { host: match[1] ?? match[2], port };
+}
+
+function parsePositiveInteger(text: string, flag: string): number {
+  const value = Number(text);
+  if (!/^\d+$/.test(text) || value < 1) {
+    throw new UsageError(`${flag} "${text}" must be a positive integer`);
+  }
+  return value;
+}
+
+/** Reads a password file: the first line, without its newline. */
+async function readPassword(path: string): Promise<string> {
+  const log = logger("export");
+  const info = await Deno.stat(path);
+  if (info.mode !== null && (info.mode & 0o077) !== 0) {
+    log.warn("password file is readable by group or others; chmod 600 it", { file: path });
+  }
+  const password = (await Deno.readTextFile(path)).split(/\r?\n/)[0];
+  if (!password) throw new UsageError(`password file ${path} is empty`);
+  return password;
+}
+
+/** Exports for the command, plus what to release at exit. */
+async function buildExports(
+  command: ExportCommand,
+): Promise<{ exports: ExportDefinition[]; release: () => Promise<void> }> {
+  const log = logger("export");
+  const source = command.source;
+  if (source.kind === "memory") {
+    const disks = command.names.map(() =>
+      new MemoryBackend(source.size, { readOnly: command.readOnly })
+    );
+    return {
+      exports: command.names.map((name, i) => ({
+        name,
+        description: `memory disk, ${source.size} bytes`,
+        open: shareBackend(disks[i]),
+      })),
+      release: async () => {
+        for (const disk of disks) await disk.close();
+      },
+    };
+  }
+  const password = await readPassword(source.passwordFile);
+  const exports: ExportDefinition[] = [];
+  for (const [i, name] of command.names.entries()) {
+    const options: IvbsSessionOptions = {
+      proxies: source.proxies,
+      image: source.images[i],
+      username: source.username,
+      password,
+      readOnly: command.readOnly,
+      log: logger(`ivbs:${name}`),
+    };
+    // Probe once so a wrong password or image name fails now, not at the first client.
+    const probe = await IvbsSession.open(options);
+    log.info("IVBS image ready", {
+      export: name,
+      image: probe.image,
+      size: probe.size,
+      readOnly: probe.readOnly,
+      proxy: probe.proxy ?? undefined,
+    });
+    await probe.close();
+    exports.push({
+      name,
+      description: `IVBS image ${source.images[i]}`,
+      open: async (): Promise<Backend> => await IvbsSession.open(options),
+    });
+  }
+  return { exports, release: () => Promise.resolve() };
+}
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    const signals = ["SIGINT", "SIGTERM"] as const;
+    const handlers = signals.map((signal) => {
+      const handler = () => {
+        signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
+        resolve(signal);
+      };
+      return handler;
+    });
+    signals.forEach((signal, i) => Deno.addSignalListener(signal, handlers[i]));
+  });
+}
+
+export async function run(args: string[]): Promise<number> {
+  let command: ExportCommand;
+  try {
+    command = parseExportArgs(args);
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`ivbsnetd export: ${error.message} (see --help)`);
+    return 2;
+  }
+  if (command.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const log = logger("export");
+  let built;
+  try {
+    built = await buildExports(command);
+  } catch (error) {
+    if (error instanceof IvbsMountError || error instanceof UsageError) {
+      console.error(`ivbsnetd export: ${error.message}`);
+      return 1;
+    }
+    if (error instanceof Deno.errors.NotFound || error instanceof Deno.errors.PermissionDenied) {
+      console.error(`ivbsnetd export: ${error.message}`);
+      return 1;
+    }
+    throw error;
+  }
+  let server;
+  try {
+    server = await startExportServer({
+      socketPath: command.socketPath,
+      tcp: command.tcp,
+      exports: built.exports,
+      maxClients: command.maxClients,
+      handshakeTimeoutMs: command.handshakeTimeoutMs,
+      log,
+    });
+  } catch (error) {
+    await built.release();
+    if (error instanceof ExportServerError || error instanceof Deno.errors.AddrInUse) {
+      console.error(`ivbsnetd export: ${error.message}`);
+      return 1;
+    }
+    throw error;
+  }
+  const signal = await untilSignal();
+  log.info("stopping NBD exports", { signal, clients: server.clients().length });
+  await server.close();
+  await built.release();
+  for (const info of server.exports()) {
+    const { reads, writes, bytesRead, bytesWritten, errors } = info.stats;
+    log.info("export totals", {
+      export: info.name,
+      reads,
+      writes,
+      bytesRead,
+      bytesWritten,
+      errors,
+    });
+  }
+  return 0;
+}
