@@ -6,6 +6,7 @@
  */
 import { FrameReader } from "../src/io/frame_reader.ts";
 import { writeAll } from "../src/io/stream.ts";
+import type { Logger } from "../src/log.ts";
 import {
   decodeAttachRequest,
   decodeHeader,
@@ -197,4 +198,14 @@ export function closedPort(): number {
   const port = (listener.addr as Deno.NetAddr).port;
   listener.close();
   return port;
+}
+
+/** Records log lines instead of printing them, so tests can assert on them quietly. */
+export function captureLog(): Logger & {
+  lines: { level: string; message: string; fields?: object }[];
+} {
+  const lines: { level: string; message: string; fields?: object }[] = [];
+  const at = (level: string) => (message: string, fields?: object) =>
+    void lines.push({ level, message, fields });
+  return { lines, debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
 }

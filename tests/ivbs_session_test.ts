@@ -1,25 +1,14 @@
 import assert from "node:assert/strict";
-import type { Logger } from "../src/log.ts";
 import { BackendError } from "../src/nbd/backend.ts";
 import { IvbsMountError } from "../src/ivbs/errors.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
 import { encodeHeader, MAX_IO_LENGTH, Op, Status } from "../src/ivbs/wire.ts";
-import { closedPort, fakeProxy } from "./ivbs_fake_proxy.ts";
+import { captureLog, closedPort, fakeProxy } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload } from "./ivbs_workload.ts";
 
 const USER = { username: "alice", password: "correct horse" };
 const MiB = 1024 * 1024;
-
-/** Records log lines instead of printing them, so tests can assert on them quietly. */
-export function captureLog(): Logger & {
-  lines: { level: string; message: string; fields?: object }[];
-} {
-  const lines: { level: string; message: string; fields?: object }[] = [];
-  const at = (level: string) => (message: string, fields?: object) =>
-    void lines.push({ level, message, fields });
-  return { lines, debug: at("debug"), info: at("info"), warn: at("warn"), error: at("error") };
-}
 
 async function withServer(
   options: Partial<Parameters<typeof startIvbsServer>[0]>,

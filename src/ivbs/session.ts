@@ -233,6 +233,11 @@ export class IvbsSession implements Backend {
     return this.#conn?.isOpen ? this.#conn.label : null;
   }
 
+  /** Proxies in the order the next failover would try them ("host:port"). */
+  knownProxies(): string[] {
+    return this.#proxies.candidates().map(proxyLabel);
+  }
+
   /** Why the session stopped for good, or null while it works. */
   get failure(): string | null {
     return this.#fatal;
