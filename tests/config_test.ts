@@ -281,3 +281,11 @@ Deno.test("serve exits 2 with one clear line for each kind of broken config", as
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("config.example.json is a valid config", async () => {
+  const path = new URL("../config.example.json", import.meta.url);
+  const { config } = parseConfig(await Deno.readTextFile(path), "config.example.json");
+  assert.equal(config.format, "current");
+  assert.equal(config.mounts.length, 1);
+  assert.ok(config.http.token);
+});
