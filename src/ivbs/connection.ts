@@ -236,7 +236,12 @@ export class IvbsConnection {
     if (this.#sessionId === null) {
       return Promise.reject(new IvbsProtocolError("request before GREETING"));
     }
-    const header = decodeHeader(packet);
+    let header: PacketHeader;
+    try {
+      header = decodeHeader(packet);
+    } catch (error) {
+      return Promise.reject(error);
+    }
     const sequence = this.#nextSequence();
     encodeHeader(
       { sessionId: this.#sessionId, op: header.op, dataLen: header.dataLen, sequence },

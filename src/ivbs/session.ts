@@ -112,7 +112,6 @@ interface Chunk extends RequestOwner {
   deadline: number;
   attempts: number;
   done: boolean;
-  budget: number;
   resolve: () => void;
   reject: (error: Error) => void;
 }
@@ -250,21 +249,18 @@ export class IvbsSession implements Backend {
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.#checkUsable();
     this.#checkRange("read", offset, length);
-    const result = new Uint8Array(length);
-    if (length === 0) return result;
-    if (length <= MAX_IO_LENGTH) {
-      await this.#submit("READ", offset, length, result);
-    } else {
-      const parts: Promise<void>[] = [];
-      for (let at = 0; at < length; at += MAX_IO_LENGTH) {
-        const view = result.subarray(at, Math.min(length, at + MAX_IO_LENGTH));
-        parts.push(this.#submit("READ", offset + at, view.length, view));
-      }
-      await Promise.all(parts);
+    if (length === 0) return new Uint8Array(0);
+    // Budget first, buffer second: waiting reads hold no memory.
+    if (!this.#budget.tryTake(this.#budgetFor(length))) await this.#waitBudget(length);
+    try {
+      const result = new Uint8Array(length);
+      await this.#runPieces("READ", offset, result);
+      this.#stats.reads++;
+      this.#stats.bytesRead += length;
+      return result;
+    } finally {
+      this.#budget.release(this.#budgetFor(length));
     }
-    this.#stats.reads++;
-    this.#stats.bytesRead += length;
-    return result;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
@@ -274,18 +270,14 @@ export class IvbsSession implements Backend {
     }
     this.#checkRange("write", offset, data.length);
     if (data.length === 0) return;
-    if (data.length <= MAX_IO_LENGTH) {
-      await this.#submit("WRITE", offset, data.length, data);
-    } else {
-      const parts: Promise<void>[] = [];
-      for (let at = 0; at < data.length; at += MAX_IO_LENGTH) {
-        const piece = data.subarray(at, Math.min(data.length, at + MAX_IO_LENGTH));
-        parts.push(this.#submit("WRITE", offset + at, piece.length, piece));
-      }
-      await Promise.all(parts);
+    if (!this.#budget.tryTake(this.#budgetFor(data.length))) await this.#waitBudget(data.length);
+    try {
+      await this.#runPieces("WRITE", offset, data);
+      this.#stats.writes++;
+      this.#stats.bytesWritten += data.length;
+    } finally {
+      this.#budget.release(this.#budgetFor(data.length));
     }
-    this.#stats.writes++;
-    this.#stats.bytesWritten += data.length;
   }
 
   /** Stops the session: pending and later calls fail with ESHUTDOWN. Idempotent. */
@@ -494,13 +486,40 @@ export class IvbsSession implements Backend {
 
   // ---- requests ----
 
-  async #submit(kind: Kind, offset: number, length: number, buffer: Uint8Array): Promise<void> {
-    const budget = Math.min(length, this.#budget.limit);
-    if (!this.#budget.tryTake(budget)) await this.#budget.take(budget);
+  /** A request larger than the bound takes all of it, so it still goes (alone). */
+  #budgetFor(length: number): number {
+    return Math.min(length, this.#budget.limit);
+  }
+
+  /** Waits for room in the byte budget; rejects if the session closes or fails meanwhile. */
+  async #waitBudget(length: number): Promise<void> {
+    const bytes = this.#budgetFor(length);
+    await this.#budget.take(bytes);
     if (this.#closed || this.#fatal !== null) {
-      this.#budget.release(budget);
+      this.#budget.release(bytes);
       this.#checkUsable();
     }
+  }
+
+  /**
+   * Sends `buffer` (READ: the destination) in pieces of at most MAX_IO_LENGTH and
+   * settles once every piece has (a failed piece must not return the buffer while
+   * its siblings still fill it).
+   */
+  async #runPieces(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
+    if (buffer.length <= MAX_IO_LENGTH) return await this.#submit(kind, offset, buffer);
+    const pieces: Promise<void>[] = [];
+    for (let at = 0; at < buffer.length; at += MAX_IO_LENGTH) {
+      const piece = buffer.subarray(at, Math.min(buffer.length, at + MAX_IO_LENGTH));
+      pieces.push(this.#submit(kind, offset + at, piece));
+    }
+    const failed = (await Promise.allSettled(pieces)).find((r) => r.status === "rejected");
+    if (failed) throw failed.reason;
+  }
+
+  /** Tracks one piece until it is answered, times out or the session closes. */
+  #submit(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
+    const length = buffer.length;
     const packet = kind === "READ"
       ? encodeReadRequest(NO_SESSION_ID, 0, offset, length)
       : encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
@@ -515,7 +534,6 @@ export class IvbsSession implements Backend {
         deadline: this.#ioTimeoutMs > 0 ? performance.now() + this.#ioTimeoutMs : Infinity,
         attempts: 0,
         done: false,
-        budget,
         resolve,
         reject,
       };
@@ -635,7 +653,6 @@ export class IvbsSession implements Backend {
     chunk.done = true;
     this.#outstanding.delete(chunk.id);
     this.#waiting.delete(chunk);
-    this.#budget.release(chunk.budget);
     if (error) chunk.reject(error);
     else chunk.resolve();
   }
