@@ -224,6 +224,11 @@ export class IvbsConnection {
     return this.#endReason === null;
   }
 
+  /** Why the connection ended, or null while it is open. */
+  get endReason(): string | null {
+    return this.#endReason;
+  }
+
   /**
    * Sends an encoded request packet (any session id and sequence: both are
    * stamped here) and resolves with the matching reply. Rejects with

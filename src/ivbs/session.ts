@@ -551,7 +551,7 @@ export class IvbsSession implements Backend {
     const conn = this.#conn;
     if (conn === null || !conn.isOpen) {
       this.#waiting.add(chunk);
-      if (conn !== null) this.#connectionLost(conn, "connection closed");
+      if (conn !== null) this.#connectionLost(conn, conn.endReason ?? "connection closed");
       else this.#startReconnect();
       return;
     }

@@ -1,0 +1,190 @@
+/**
+ * How long a proxy fault stalls I/O: a steady pipelined workload through
+ * IvbsSession against the IVBS test server (3 proxies), with a fault every
+ * `--every-ms` on the proxy in use: stop (then restart), stall (dead-peer
+ * detection, then restart), USE_ANOTHER_PROXY, EXPIRED, dropped connections.
+ * For each fault it reports the stall: the longest time any request in flight
+ * at the fault (or issued before the next one) waited after the fault.
+ *
+ *   deno run -A bench/ivbs_failover_stall.ts --seconds 10 --dead-peer-ms 1000
+ *
+ * A measurement script, not a test: it asserts nothing, but it counts errors.
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type Logger, logger } from "../src/log.ts";
+import { startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { IvbsSession } from "../src/ivbs/session.ts";
+import { Status } from "../src/ivbs/wire.ts";
+
+const USAGE = `usage: deno run -A bench/ivbs_failover_stall.ts [options]
+  --seconds N        faults phase length (default 10)
+  --every-ms N       one fault this often (default 1000)
+  --dead-peer-ms N   session deadPeerTimeoutMs (default 1000; production default 15000)
+  --depth N          requests in flight (default 16)
+  --block-kib N      request size (default 64)
+  --verbose          print the session's log (failovers, retries) on stderr`;
+
+const QUIET: Logger = { debug() {}, info() {}, warn() {}, error() {} };
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+interface Span {
+  start: number;
+  end: number;
+}
+
+function positive(name: string, value: string | undefined, fallback: number): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new Error(`--${name} must be a positive integer, got "${value}"`);
+  }
+  return n;
+}
+
+async function main(args: string[]): Promise<number> {
+  let opts;
+  try {
+    const { values } = parseArgs({
+      args,
+      options: {
+        seconds: { type: "string" },
+        "every-ms": { type: "string" },
+        "dead-peer-ms": { type: "string" },
+        depth: { type: "string" },
+        "block-kib": { type: "string" },
+        verbose: { type: "boolean" },
+        help: { type: "boolean", short: "h" },
+      },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      return 0;
+    }
+    opts = {
+      seconds: positive("seconds", values.seconds, 10),
+      everyMs: positive("every-ms", values["every-ms"], 1000),
+      deadPeerMs: positive("dead-peer-ms", values["dead-peer-ms"], 1000),
+      depth: positive("depth", values.depth, 16),
+      blockBytes: positive("block-kib", values["block-kib"], 64) * 1024,
+      verbose: values.verbose ?? false,
+    };
+  } catch (error) {
+    console.error(`${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const imageBytes = 256 * 1024 * 1024;
+  const server = await startIvbsServer({
+    ports: [0, 0, 0],
+    users: [{ username: "bench", password: "bench" }],
+    images: [{ name: "bench", size: imageBytes }],
+    listProxiesIntervalMs: 1000,
+    log: QUIET,
+  });
+  const session = await IvbsSession.open({
+    proxies: server.addresses(),
+    image: "bench",
+    username: "bench",
+    password: "bench",
+    deadPeerTimeoutMs: opts.deadPeerMs,
+    connectTimeoutMs: 1000,
+    log: opts.verbose ? logger("ivbs") : QUIET,
+  });
+  const inUse = () =>
+    Math.max(0, server.proxies.findIndex((p) => session.proxy === `127.0.0.1:${p.port}`));
+
+  const spans: Span[] = [];
+  const errors: string[] = [];
+  let running = true;
+  const payload = crypto.getRandomValues(new Uint8Array(opts.blockBytes));
+  const blocks = Math.floor(imageBytes / opts.blockBytes);
+  const worker = async (id: number) => {
+    for (let n = 0; running; n++) {
+      const offset = Math.floor(Math.random() * blocks) * opts.blockBytes;
+      const start = performance.now();
+      try {
+        if ((n + id) % 2 === 0) await session.write(offset, payload);
+        else await session.read(offset, opts.blockBytes);
+      } catch (error) {
+        errors.push(String(error));
+      }
+      spans.push({ start, end: performance.now() });
+    }
+  };
+  const workers = Array.from({ length: opts.depth }, (_, i) => worker(i));
+
+  const faults: { kind: string; at: number }[] = [];
+  const kinds: [string, () => Promise<void>][] = [
+    ["stop+restart", async () => {
+      const i = inUse();
+      await server.stopProxy(i);
+      setTimeout(() => server.startProxy(i).catch(() => {}), opts.everyMs / 2);
+    }],
+    ["stall (dead peer)", async () => {
+      const i = inUse();
+      server.stallProxy(i, true);
+      // Stop before resuming so the stalled proxy cannot apply old writes late.
+      await sleep(opts.deadPeerMs + 200);
+      await server.stopProxy(i);
+      server.stallProxy(i, false);
+      await server.startProxy(i);
+    }],
+    ["USE_ANOTHER_PROXY", () => Promise.resolve(server.injectStatus(Status.USE_ANOTHER_PROXY, 1))],
+    ["EXPIRED", () => Promise.resolve(server.injectStatus(Status.EXPIRED, 1))],
+    ["dropped connection", () => Promise.resolve(server.dropConnections(inUse()))],
+  ];
+
+  await sleep(1000); // baseline without faults
+  const baselineEnd = performance.now();
+  const phaseEnd = baselineEnd + opts.seconds * 1000;
+  for (let k = 0; performance.now() < phaseEnd; k++) {
+    const [kind, act] = kinds[k % kinds.length];
+    const at = performance.now();
+    faults.push({ kind, at });
+    if (opts.verbose) {
+      console.error(`${new Date().toISOString()} fault: ${kind} on proxy ${inUse()}`);
+    }
+    await act();
+    const left = opts.everyMs - (performance.now() - at);
+    if (left > 0) await sleep(left);
+  }
+  await sleep(Math.max(opts.deadPeerMs, 500)); // let the last fault settle
+  running = false;
+  await Promise.all(workers);
+  const stats = session.stats;
+  await session.close();
+  await server.close();
+
+  const baseline = spans.filter((s) => s.end <= baselineEnd).map((s) => s.end - s.start);
+  console.log(
+    `workload: depth ${opts.depth}, ${opts.blockBytes / 1024} KiB reads+writes; ` +
+      `deadPeerTimeoutMs ${opts.deadPeerMs}; one fault every ${opts.everyMs} ms for ${opts.seconds} s`,
+  );
+  console.log(
+    `baseline (no fault): ${baseline.length} requests, max latency ${
+      Math.max(...baseline).toFixed(1)
+    } ms`,
+  );
+  const worst = new Map<string, number>();
+  faults.forEach((fault, i) => {
+    const next = faults[i + 1]?.at ?? Infinity;
+    let stall = 0;
+    for (const s of spans) {
+      if (s.end > fault.at && s.start < next) {
+        stall = Math.max(stall, s.end - Math.max(s.start, fault.at));
+      }
+    }
+    worst.set(fault.kind, Math.max(worst.get(fault.kind) ?? 0, stall));
+  });
+  for (const [kind, ms] of worst) {
+    console.log(`  ${kind.padEnd(20)} longest stall ${ms.toFixed(1).padStart(8)} ms`);
+  }
+  console.log(
+    `faults ${faults.length}, requests ${spans.length}, errors ${errors.length}, ` +
+      `failovers ${stats.failovers}, reconnects ${stats.reconnects}, retries ${stats.retries}`,
+  );
+  for (const error of errors.slice(0, 5)) console.log(`  error: ${error}`);
+  return errors.length === 0 ? 0 : 1;
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));
