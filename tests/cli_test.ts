@@ -266,7 +266,7 @@ Deno.test("netdclient asks for missing mount arguments and the password without 
       /mounted demo on \/dev\/nbd2 \(1\.0 GiB, read-write, proxy 127\.0\.0\.1:11417\)/,
     );
     assert.match(text, /DEVICE\s+IMAGE.*\n\/dev\/nbd2\s+demo\s+1\.0 GiB\s+rw\s+mounted/);
-    assert.match(text, /unmounted nbd2\nnetdclient> listm\nNo image mounted\.\n/);
+    assert.match(text, /unmounted \/dev\/nbd2\nnetdclient> listm\nNo image mounted\.\n/);
     assert.equal(daemon.driver.attached.size, 0);
   } finally {
     await daemon.stop();

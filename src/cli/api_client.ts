@@ -152,13 +152,15 @@ export class ApiClient {
     return this.#call<MountInfo>("POST", "/api/mounts", request, this.#mountTimeoutMs);
   }
 
-  async unmount(device: string): Promise<void> {
-    await this.#call(
+  /** Resolves with the device's canonical name ("/dev/nbdN"). */
+  async unmount(device: string): Promise<string> {
+    const reply = await this.#call<{ device: string }>(
       "DELETE",
       `/api/mounts/${encodeURIComponent(device)}`,
       undefined,
       this.#mountTimeoutMs,
     );
+    return reply.device;
   }
 
   async shutdown(): Promise<void> {

@@ -53,8 +53,10 @@ export async function mountCommand(
 }
 
 export async function unmountCommand(client: ApiClient, out: Output, device: string, json = false) {
-  await client.unmount(device);
-  out.print(json ? JSON.stringify({ device, state: "unmounted" }) : `unmounted ${device}`);
+  const canonical = await client.unmount(device);
+  out.print(
+    json ? JSON.stringify({ device: canonical, state: "unmounted" }) : `unmounted ${canonical}`,
+  );
 }
 
 export async function shutdownCommand(client: ApiClient, out: Output, json = false) {

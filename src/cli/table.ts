@@ -55,7 +55,7 @@ export function devicesTable(devices: DeviceInfo[]): string {
       d.device,
       d.state,
       d.image ?? "-",
-      d.inUse ? formatBytes(d.sizeBytes) : "-",
+      d.sizeBytes > 0 ? formatBytes(d.sizeBytes) : "-",
     ]),
     ["left", "left", "left", "right"],
   );
