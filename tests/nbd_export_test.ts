@@ -77,15 +77,23 @@ async function withExports(
   extra: { tcp?: boolean; maxClients?: number; log?: Logger } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
+  const log = extra.log ?? memoryLog();
   const server = await startExportServer({
     socketPath: `${dir}/nbd.sock`,
     tcp: extra.tcp ? { port: 0 } : undefined,
     exports,
     maxClients: extra.maxClients,
-    log: extra.log ?? memoryLog(),
+    log,
   });
   try {
     await body(server, dir);
+  } catch (error) {
+    // The server's side of the story, for diagnosis.
+    if ("lines" in log) {
+      const lines = (log as { lines: string[] }).lines;
+      console.error(lines.filter((line) => /^(warn|error)/.test(line)).join("\n"));
+    }
+    throw error;
   } finally {
     await server.close();
     await Deno.remove(dir, { recursive: true });
