@@ -265,16 +265,17 @@ class HandshakeSession {
   /** Handles one option; returns the result when the handshake ends, else undefined. */
   async #handle(option: number, length: number): Promise<NegotiatedExport | null | undefined> {
     if (length > MAX_OPTION_DATA) {
-      if (option === Opt.EXPORT_NAME || length > MAX_SKIPPED_OPTION) {
+      // EXPORT_NAME cannot be answered with an error, so it is a hard disconnect too.
+      const limit = option === Opt.EXPORT_NAME ? MAX_OPTION_DATA : MAX_SKIPPED_OPTION;
+      if (length > limit) {
         throw new HandshakeError(
           "LIMIT",
-          `NBD option ${optionName(option)} carries ${length} bytes (limit ${MAX_OPTION_DATA})`,
+          `NBD option ${optionName(option)} carries ${length} bytes (limit ${limit})`,
         );
       }
       await this.reader.skip(length, `NBD option ${optionName(option)}`);
-      const known = option === Opt.GO || option === Opt.INFO || option === Opt.LIST ||
-        option === Opt.ABORT;
-      if (option === Opt.ABORT) return await this.#abort();
+      if (option === Opt.ABORT) return await this.#abort(); // its data is to be ignored
+      const known = option === Opt.GO || option === Opt.INFO || option === Opt.LIST;
       await this.#reply(option, known ? Rep.ERR_TOO_BIG : Rep.ERR_UNSUP, `option too long`);
       return undefined;
     }
