@@ -202,6 +202,58 @@ Deno.test("IvbsSession replays every in-flight request exactly once on the next 
   await proxyB.close();
 });
 
+Deno.test("IvbsSession retries a proxy that fails 3 times then succeeds, 4 calls in all", async () => {
+  let reads = 0;
+  const memory = new Uint8Array(1 * MiB).fill(6);
+  const proxy = fakeProxy((peer) =>
+    serveWell(peer, memory, async (request: Packet) => {
+      if (++reads > 3) return false;
+      await peer.reply(request, Status.TEMPORARY_ERROR);
+      return true;
+    })
+  );
+  const session = await IvbsSession.open({
+    proxies: [proxy.address],
+    image: "disk",
+    ...FAKE_USER,
+    log: captureLog(),
+    ...FAST,
+  });
+  assert.deepEqual(await session.read(0, 64), new Uint8Array(64).fill(6));
+  assert.equal(reads, 4);
+  assert.equal(session.stats.retries, 3);
+  assert.equal(proxy.accepted, 1);
+  await session.close();
+  await proxy.close();
+});
+
+Deno.test("IvbsSession fails over when a proxy sends a bad header mid-session", async () => {
+  const memory = new Uint8Array(1 * MiB).fill(8);
+  const garbling = fakeProxy((peer) =>
+    serveWell(peer, memory, async () => {
+      await peer.send(new Uint8Array(48).fill(0xff)); // unknown op, oversized data_len
+      return true;
+    })
+  );
+  const good = fakeProxy((peer) => serveWell(peer, memory));
+  const events: IvbsSessionEvent[] = [];
+  const session = await IvbsSession.open({
+    proxies: [garbling.address, good.address],
+    image: "disk",
+    ...FAKE_USER,
+    log: captureLog(),
+    onEvent: (event) => events.push(event),
+    ...FAST,
+  });
+  assert.deepEqual(await session.read(100, 10), new Uint8Array(10).fill(8));
+  const failover = events.find((e) => e.type === "failover");
+  assert.match(failover?.type === "failover" ? failover.reason : "", /protocol error: unknown op/);
+  assert.equal(session.proxy, `127.0.0.1:${good.address.port}`);
+  await session.close();
+  await garbling.close();
+  await good.close();
+});
+
 Deno.test("IvbsSession stops loudly when the image has another size after a failover", async () => {
   const proxyA = fakeProxy((peer) =>
     serveWell(peer, new Uint8Array(1 * MiB), () => {

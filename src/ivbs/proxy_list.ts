@@ -2,6 +2,16 @@
  * Which proxy to try next: the newest LIST_PROXIES first, then the configured
  * ones, with recently failed proxies moved to the end, and a bounded
  * exponential backoff with jitter between rounds over the whole list.
+ *
+ * @example Listed proxies first, a failed one last
+ * ```ts
+ * import { ProxyList, proxyLabel } from "./proxy_list.ts";
+ * const list = new ProxyList([{ host: "127.0.0.1", port: 11417 }]);
+ * list.updateListed([{ host: "10.0.0.2", port: 11417 }, { host: "10.0.0.3", port: 11417 }]);
+ * list.markFailed({ host: "10.0.0.2", port: 11417 });
+ * const order = list.candidates().map(proxyLabel).join(" ");
+ * if (order !== "10.0.0.3:11417 127.0.0.1:11417 10.0.0.2:11417") throw new Error(order);
+ * ```
  * @module
  */
 import type { ProxyAddress } from "./wire.ts";

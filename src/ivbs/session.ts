@@ -9,14 +9,26 @@
  * A request no proxy could serve within the I/O timeout fails with EIO while
  * the session keeps trying to reconnect.
  *
- * @example Mount an image and read its first block
- * ```ts ignore
- * const session = await IvbsSession.open({
- *   proxies: [{ host: "127.0.0.1", port: 11417 }],
- *   image: "disk0", username: "alice", password: "secret",
+ * @example Mount an image on the IVBS test server, write and read back
+ * ```ts
+ * import { startIvbsServer } from "./server/mod.ts";
+ * import { IvbsSession } from "./session.ts";
+ * const server = await startIvbsServer({
+ *   users: [{ username: "alice", password: "secret" }],
+ *   images: [{ name: "disk0", size: 1 << 20 }],
+ *   listProxiesIntervalMs: 0,
  * });
- * const block = await session.read(0, 4096);
+ * const session = await IvbsSession.open({
+ *   proxies: server.addresses(),
+ *   image: "disk0",
+ *   username: "alice",
+ *   password: "secret",
+ * });
+ * await session.write(0, new Uint8Array(512).fill(7));
+ * const block = await session.read(0, 512);
+ * if (block[511] !== 7 || session.size !== 1 << 20) throw new Error("unexpected data");
  * await session.close();
+ * await server.close();
  * ```
  * @module
  */
