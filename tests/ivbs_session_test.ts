@@ -124,7 +124,25 @@ Deno.test("IvbsSession.open fails with NO_PROXY naming every proxy when none lis
   );
   await assert.rejects(
     IvbsSession.open({ proxies: [], image: "disk", ...USER }),
-    isMountError("NO_PROXY", /no IVBS proxy configured/),
+    isMountError("NO_PROXY", /no usable IVBS proxy configured .*given: none/),
+  );
+});
+
+Deno.test("IvbsSession.open refuses names IVBS cannot carry before contacting a proxy", async () => {
+  await withServer({}, async (server) => {
+    await assert.rejects(
+      IvbsSession.open(sessionOptions(server, { image: "x".repeat(300) })),
+      isMountError("IMAGE_NOT_FOUND", /image name is 300 bytes, longer than 256/),
+    );
+    await assert.rejects(
+      IvbsSession.open(sessionOptions(server, { username: "u".repeat(40) })),
+      isMountError("LOGIN_DENIED", /username is 40 bytes, longer than 32/),
+    );
+    assert.equal(server.stats.connectionsAccepted, 0);
+  });
+  await assert.rejects(
+    IvbsSession.open({ proxies: [{ host: "127.0.0.1", port: 0 }], image: "disk", ...USER }),
+    isMountError("NO_PROXY", /no usable IVBS proxy .*given: 127.0.0.1:0/),
   );
 });
 

@@ -47,6 +47,8 @@ import {
 import {
   type AttachReply,
   decodeAttachReply,
+  encodeAttachRequest,
+  encodeLogin,
   encodeReadRequest,
   encodeWriteRequest,
   hashPassword,
@@ -143,6 +145,28 @@ function isDefinitive(error: unknown): error is IvbsMountError {
       error.code === "ACCESS_DENIED");
 }
 
+/**
+ * Names the protocol cannot carry fail here, with the code a proxy would have
+ * answered, instead of as an encoding error on every proxy. The codec decides
+ * what fits (trial encodings), so no layout is repeated here.
+ */
+function checkNames(options: IvbsSessionOptions): void {
+  const refuse = (code: "IMAGE_NOT_FOUND" | "LOGIN_DENIED", encode: () => void) => {
+    try {
+      encode();
+    } catch (error) {
+      if (!(error instanceof IvbsProtocolError)) throw error;
+      throw new IvbsMountError(code, `cannot send to IVBS: ${error.message}`);
+    }
+  };
+  refuse("IMAGE_NOT_FOUND", () => encodeAttachRequest(NO_SESSION_ID, 0, options.image));
+  refuse(
+    "LOGIN_DENIED",
+    () =>
+      encodeLogin(NO_SESSION_ID, 0, { username: options.username, passwordHash: hashPassword("") }),
+  );
+}
+
 export class IvbsSession implements Backend {
   readonly image: string;
 
@@ -218,10 +242,15 @@ export class IvbsSession implements Backend {
    * proxy), NO_PROXY (none reachable) or PROTOCOL (every proxy sent bad bytes).
    */
   static async open(options: IvbsSessionOptions): Promise<IvbsSession> {
-    if (options.proxies.length === 0) {
-      throw new IvbsMountError("NO_PROXY", `no IVBS proxy configured for image "${options.image}"`);
-    }
+    checkNames(options);
     const session = new IvbsSession(options);
+    if (session.#proxies.candidates().length === 0) {
+      const given = options.proxies.map(proxyLabel).join(", ") || "none";
+      throw new IvbsMountError(
+        "NO_PROXY",
+        `no usable IVBS proxy configured for image "${options.image}" (given: ${given})`,
+      );
+    }
     try {
       await session.#mount();
     } catch (error) {
