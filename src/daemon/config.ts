@@ -2,6 +2,18 @@
  * The daemon's JSON configuration: the current format (validated with zod) and
  * the 2013 format (`{"Mounted":[…],"User":[…]}`), both turned into one
  * `DaemonConfig`. Every problem is reported as one line naming the file and field.
+ *
+ * @example The 2013 format: mounts pair with users by position
+ * ```ts
+ * import { parseConfig } from "./config.ts";
+ * const { config } = parseConfig(
+ *   '{"Mounted":[{"NbdDevice":"/dev/nbd0","ImageName":"vm"}],"User":[{"Username":"u","Password":"p"}]}',
+ *   "old.json",
+ * );
+ * if (config.mounts[0].username !== "u" || config.ivbs.proxies[0].port !== 11417) {
+ *   throw new Error("unexpected");
+ * }
+ * ```
  * @module
  */
 import { z } from "zod";
