@@ -4,10 +4,12 @@ import { ConnectionLostError } from "../src/ivbs/errors.ts";
 import {
   decodeLogin,
   decodeReadRequest,
+  decodeWriteRequest,
   encodeHeader,
   encodeProxyList,
   encodeReadReply,
   encodeReadRequest,
+  encodeWriteRequest,
   hashPassword,
   HEADER_SIZE,
   Op,
@@ -344,6 +346,38 @@ Deno.test("IvbsConnection drops an unsent request whose owner gave up", async ()
   await conn.close();
   await proxy.close();
   assert.deepEqual(ops, [Op.KEEPALIVE]);
+});
+
+Deno.test("IvbsConnection sends a request body after its packet, coalesced with small packets", async () => {
+  const received: { op: number; offset?: number; data?: Uint8Array }[] = [];
+  const proxy = fakeProxy(async (peer) => {
+    await peer.greet();
+    for (let packet = await peer.next(); packet; packet = await peer.next()) {
+      if (packet.header.op === Op.WRITE) {
+        const { offset, data } = decodeWriteRequest(packet.payload);
+        received.push({ op: Op.WRITE, offset, data: data.slice() });
+      } else {
+        received.push({ op: packet.header.op });
+      }
+      await peer.reply(packet);
+    }
+  });
+  const conn = await IvbsConnection.open(proxy.address);
+  const body = new Uint8Array(200_000);
+  for (let i = 0; i < body.length; i++) body[i] = i % 253;
+  const prefix = encodeWriteRequest(NO_ID, 0, 12_345, new Uint8Array(0));
+  encodeHeader({ sessionId: NO_ID, op: Op.WRITE, dataLen: 8 + body.length, sequence: 0 }, prefix);
+  const replies = await Promise.all([
+    conn.keepalive(),
+    conn.request(prefix, { body }),
+    conn.keepalive(),
+  ]);
+  assert.deepEqual(replies.map((r) => r.status), [Status.OK, Status.OK, Status.OK]);
+  assert.deepEqual(received.map((r) => r.op), [Op.KEEPALIVE, Op.WRITE, Op.KEEPALIVE]);
+  assert.equal(received[1].offset, 12_345);
+  assert.deepEqual(received[1].data, body);
+  await conn.close();
+  await proxy.close();
 });
 
 function silentLog() {

@@ -425,7 +425,7 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
       blocks: 512,
       ops: 3_000,
       depth: 32,
-      maxBlocksPerOp: 8,
+      maxBlocksPerOp: 24, // up to 96 KiB: WRITEs both copied and sent from the caller's buffer
       seed: 4242,
       mode: "checksums",
       keepGoing: () => faulting,

@@ -63,6 +63,12 @@ export interface RequestOwner {
 export interface RequestOptions {
   /** READ only: the buffer the data is read into (its length = the requested length). */
   target?: Uint8Array;
+  /**
+   * Bytes sent right after `packet` and counted in its data_len: a large WRITE's
+   * data goes out from the caller's buffer without being copied into the packet.
+   * The caller must not change it until the request settles.
+   */
+  body?: Uint8Array;
   owner?: RequestOwner;
 }
 
@@ -75,6 +81,7 @@ interface Pending {
 
 interface Outgoing {
   packet: Uint8Array;
+  body: Uint8Array | undefined;
   sequence: number;
   owner: RequestOwner | undefined;
 }
@@ -256,7 +263,7 @@ export class IvbsConnection {
       // The dead-peer clock starts when we start waiting, not at the last reply.
       if (this.#pending.size === 0) this.#lastReplyAt = performance.now();
       this.#pending.set(sequence, { op: header.op, target: options.target, resolve, reject });
-      this.#enqueue({ packet, sequence, owner: options.owner });
+      this.#enqueue({ packet, body: options.body, sequence, owner: options.owner });
     });
   }
 
@@ -307,52 +314,60 @@ export class IvbsConnection {
     this.#writerDone = this.#runWriter();
   }
 
-  /** Takes the next packet or a coalesced batch of small ones; null when the queue is empty. */
-  #nextBatch(): Uint8Array | null {
-    const first = this.#takeLive();
-    if (first === null) return null;
-    if (first.length >= COALESCE_LIMIT) return first;
-    const parts = [first];
-    let total = first.length;
+  /**
+   * The next bytes to write, in order: one packet, or small packets coalesced into
+   * one buffer, optionally followed by a request's uncopied body. Requests whose
+   * owner gave up are dropped unsent. Null when the queue is empty.
+   */
+  #takeBatch(): Uint8Array[] | null {
+    const parts: Uint8Array[] = [];
+    let total = 0;
+    let body: Uint8Array | undefined;
     while (this.#queueHead < this.#queue.length) {
-      const next = this.#queue[this.#queueHead].packet;
-      if (total + next.length > COALESCE_LIMIT) break;
-      const packet = this.#takeLive();
-      if (packet === null) break;
-      parts.push(packet);
-      total += packet.length;
+      const item = this.#queue[this.#queueHead];
+      if (item.owner?.done) {
+        this.#queueHead++;
+        const pending = this.#pending.get(item.sequence);
+        this.#pending.delete(item.sequence);
+        pending?.reject(new AbandonedError());
+        continue;
+      }
+      if (parts.length > 0 && total + item.packet.length > COALESCE_LIMIT) break;
+      this.#queueHead++;
+      parts.push(item.packet);
+      total += item.packet.length;
+      if (item.body !== undefined) {
+        body = item.body;
+        break;
+      }
+      if (total >= COALESCE_LIMIT) break;
     }
-    if (parts.length === 1) return first;
-    const batch = new Uint8Array(total);
-    let at = 0;
-    for (const part of parts) {
-      batch.set(part, at);
-      at += part.length;
+    if (this.#queueHead === this.#queue.length) {
+      this.#queue = [];
+      this.#queueHead = 0;
     }
-    return batch;
-  }
-
-  /** Next queued packet whose owner still wants it; abandoned ones are dropped unsent. */
-  #takeLive(): Uint8Array | null {
-    while (this.#queueHead < this.#queue.length) {
-      const item = this.#queue[this.#queueHead++];
-      if (!item.owner?.done) return item.packet;
-      const pending = this.#pending.get(item.sequence);
-      this.#pending.delete(item.sequence);
-      pending?.reject(new AbandonedError());
+    if (parts.length === 0) return null;
+    let head = parts[0];
+    if (parts.length > 1) {
+      head = new Uint8Array(total);
+      let at = 0;
+      for (const part of parts) {
+        head.set(part, at);
+        at += part.length;
+      }
     }
-    this.#queue = [];
-    this.#queueHead = 0;
-    return null;
+    return body === undefined ? [head] : [head, body];
   }
 
   async #runWriter(): Promise<void> {
     try {
       while (this.#endReason === null) {
-        const batch = this.#nextBatch();
+        const batch = this.#takeBatch();
         if (batch === null) break;
-        this.#lastSentAt = performance.now();
-        await writeAll(this.#tcp, batch);
+        for (const bytes of batch) {
+          this.#lastSentAt = performance.now();
+          await writeAll(this.#tcp, bytes);
+        }
         this.#lastSentAt = performance.now();
       }
     } catch (error) {

@@ -48,16 +48,19 @@ import {
   type AttachReply,
   decodeAttachReply,
   encodeAttachRequest,
+  encodeHeader,
   encodeLogin,
   encodeReadRequest,
   encodeWriteRequest,
   hashPassword,
   IvbsProtocolError,
   MAX_IO_LENGTH,
+  Op,
   type ProxyAddress,
   SESSION_ID_SIZE,
   Status,
   statusName,
+  WRITE_PREFIX_SIZE,
 } from "./wire.ts";
 
 export interface IvbsSessionOptions {
@@ -123,6 +126,8 @@ interface Chunk extends RequestOwner {
   packet: Uint8Array;
   /** READ: where the data lands (a view into the caller's result). */
   target: Uint8Array | undefined;
+  /** Large WRITE: the caller's data, sent after `packet` without a copy. */
+  body: Uint8Array | undefined;
   deadline: number;
   attempts: number;
   done: boolean;
@@ -133,6 +138,13 @@ interface Chunk extends RequestOwner {
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
 const DEFAULT_MAX_RETRIES = 20;
 const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
+const EMPTY = new Uint8Array(0);
+/**
+ * WRITEs from this size on go out from the caller's buffer instead of being
+ * copied into the packet (the copy cost a quarter of the CPU at 1 MiB); smaller
+ * ones are copied and coalesced with their neighbours into one socket write.
+ */
+const UNCOPIED_WRITE_MIN = 64 * 1024;
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
@@ -561,9 +573,26 @@ export class IvbsSession implements Backend {
   /** Tracks one piece until it is answered, times out or the session closes. */
   #submit(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
     const length = buffer.length;
-    const packet = kind === "READ"
-      ? encodeReadRequest(NO_SESSION_ID, 0, offset, length)
-      : encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
+    let packet: Uint8Array;
+    let body: Uint8Array | undefined;
+    if (kind === "READ") {
+      packet = encodeReadRequest(NO_SESSION_ID, 0, offset, length);
+    } else if (length < UNCOPIED_WRITE_MIN) {
+      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
+    } else {
+      // Header and offset only, with data_len covering the data sent after it.
+      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, EMPTY);
+      encodeHeader(
+        {
+          sessionId: NO_SESSION_ID,
+          op: Op.WRITE,
+          dataLen: WRITE_PREFIX_SIZE + length,
+          sequence: 0,
+        },
+        packet,
+      );
+      body = buffer;
+    }
     return new Promise<void>((resolve, reject) => {
       const chunk: Chunk = {
         id: this.#nextId++,
@@ -572,6 +601,7 @@ export class IvbsSession implements Backend {
         length,
         packet,
         target: kind === "READ" ? buffer : undefined,
+        body,
         deadline: this.#ioTimeoutMs > 0 ? performance.now() + this.#ioTimeoutMs : Infinity,
         attempts: 0,
         done: false,
@@ -596,7 +626,7 @@ export class IvbsSession implements Backend {
       else this.#startReconnect();
       return;
     }
-    conn.request(chunk.packet, { target: chunk.target, owner: chunk }).then(
+    conn.request(chunk.packet, { target: chunk.target, body: chunk.body, owner: chunk }).then(
       (reply) => this.#onReply(chunk, conn, reply),
       (error) => this.#onRequestError(chunk, conn, error),
     );
