@@ -101,13 +101,13 @@ export function createApp(options: AppOptions): Hono {
   });
   app.notFound((c) => errorBody(c, 404, `no route ${c.req.method} ${c.req.path}`));
 
-  app.use(
-    "*",
-    bodyLimit({
-      maxSize: MAX_BODY_BYTES,
-      onError: (c) => errorBody(c, 413, `request body exceeds ${MAX_BODY_BYTES} bytes`),
-    }),
-  );
+  const limit = bodyLimit({
+    maxSize: MAX_BODY_BYTES,
+    onError: (c) => errorBody(c, 413, `request body exceeds ${MAX_BODY_BYTES} bytes`),
+  });
+  // Only POST carries a body here. Limiting GET/DELETE too would make the
+  // middleware rebuild body-less requests, which trips Deno's request.signal warning.
+  app.use("*", (c, next) => c.req.method === "POST" ? limit(c, next) : next());
   app.use("/api/*", async (c, next) => {
     if (c.req.method !== "GET" && c.req.method !== "HEAD") requireToken(c, token);
     await next();
