@@ -254,6 +254,35 @@ Deno.test("IvbsSession fails over when a proxy sends a bad header mid-session", 
   await good.close();
 });
 
+Deno.test("IvbsSession backs off instead of looping when its only proxy says USE_ANOTHER_PROXY to everything", async () => {
+  const proxy = fakeProxy((peer) =>
+    serveWell(peer, new Uint8Array(1 * MiB), async (request: Packet) => {
+      await peer.reply(request, Status.USE_ANOTHER_PROXY);
+      return true;
+    })
+  );
+  const events: IvbsSessionEvent[] = [];
+  const session = await IvbsSession.open({
+    proxies: [proxy.address],
+    image: "disk",
+    ...FAKE_USER,
+    log: captureLog(),
+    onEvent: (event) => events.push(event),
+    ...FAST,
+    ioTimeoutMs: 600,
+  });
+  await assert.rejects(session.read(0, 512), (error: unknown) => {
+    assert.ok(error instanceof BackendError);
+    assert.equal(error.errno, "EIO");
+    return true;
+  });
+  // A tight loop would reconnect hundreds of times in 600 ms; backoff (10..100 ms) keeps it near ten.
+  assert.ok(proxy.accepted < 40, `reconnected ${proxy.accepted} times`);
+  assert.ok(events.filter((e) => e.type === "failover").length >= 2);
+  await session.close();
+  await proxy.close();
+});
+
 Deno.test("IvbsSession stops loudly when the image has another size after a failover", async () => {
   const proxyA = fakeProxy((peer) =>
     serveWell(peer, new Uint8Array(1 * MiB), () => {

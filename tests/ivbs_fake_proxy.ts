@@ -109,6 +109,7 @@ export function fakeProxy(script: (peer: FakePeer) => Promise<void>): FakeProxy 
   let accepted = 0;
   const acceptLoop = (async () => {
     for await (const conn of listener) {
+      conn.setNoDelay(true); // like a real proxy: small replies must not wait for Nagle
       const peer = new FakePeer(conn, accepted++);
       peers.add(peer);
       tasks.push(

@@ -137,6 +137,8 @@ interface Chunk extends RequestOwner {
 
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
 const DEFAULT_MAX_RETRIES = 20;
+/** A connection lost sooner than this after its attach counts as a quick failure. */
+const QUICK_FAILURE_MS = 1_000;
 const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
 const EMPTY = new Uint8Array(0);
 /**
@@ -202,6 +204,9 @@ export class IvbsSession implements Backend {
   /** Connections being set up or torn down, so close() can wait for them. */
   readonly #settling = new Set<Promise<unknown>>();
   #reconnectActive = false;
+  /** When the connection in use was attached, and how many in a row failed soon after. */
+  #adoptedAt = 0;
+  #quickFailures = 0;
   #reconnectDone: Promise<void> = Promise.resolve();
   readonly #relogins = new WeakMap<IvbsConnection, Promise<void>>();
 
@@ -437,6 +442,7 @@ export class IvbsSession implements Backend {
   /** Makes `conn` the connection in use and replays every waiting request on it, once. */
   #adopt(conn: IvbsConnection, replayed: number): void {
     this.#conn = conn;
+    this.#adoptedAt = performance.now();
     this.#proxies.markHealthy(conn.address);
     this.#log.info("IVBS image attached", {
       image: this.image,
@@ -461,25 +467,34 @@ export class IvbsSession implements Backend {
     if (this.#closed || this.#fatal !== null) return;
     this.#proxies.markFailed(conn.address);
     this.#stats.failovers++;
+    // A proxy that fails us right after every attach (USE_ANOTHER_PROXY on each
+    // request, say) must not make us reconnect in a tight loop.
+    const lived = performance.now() - this.#adoptedAt;
+    this.#quickFailures = lived < QUICK_FAILURE_MS ? this.#quickFailures + 1 : 0;
+    const delayMs = this.#quickFailures >= 2
+      ? Math.round(this.#proxies.backoffMs(this.#quickFailures - 1))
+      : 0;
     this.#log.warn("IVBS connection failed; failing over", {
       image: this.image,
       from: conn.label,
       reason,
       inFlight: this.#outstanding.size,
       candidates: this.#proxies.candidates().map(proxyLabel).join(","),
+      delayMs,
     });
     this.#emit({ type: "failover", from: conn.label, reason });
-    this.#startReconnect();
+    this.#startReconnect(delayMs);
   }
 
-  #startReconnect(): void {
+  #startReconnect(delayMs = 0): void {
     if (this.#reconnectActive || this.#closed || this.#fatal !== null) return;
     this.#reconnectActive = true;
-    this.#reconnectDone = this.#reconnect();
+    this.#reconnectDone = this.#reconnect(delayMs);
   }
 
-  async #reconnect(): Promise<void> {
+  async #reconnect(delayMs: number): Promise<void> {
     try {
+      if (delayMs > 0) await this.#sleep(delayMs);
       for (let round = 1; !this.#closed && this.#fatal === null; round++) {
         const failures: string[] = [];
         for (const address of this.#proxies.candidates()) {
