@@ -1,18 +1,21 @@
 /**
- * A ByteStream over a raw socket fd (our end of the kernel's socketpair),
- * using blocking read / send on Deno's FFI worker threads. Measured here it
- * moves more than twice what node:net over the same fd does.
+ * A ByteStream over a raw socket fd (our end of the kernel's socketpair).
+ * Data moves with synchronous non-blocking recv / send on the main thread; only
+ * when the socket is not ready does a call wait, in poll(2) on a Deno FFI
+ * worker thread. Under load most calls never leave the main thread, which
+ * matters under emulation where each worker hop costs over a millisecond.
  *
- * close() first shuts the socket down, which wakes a read blocked on a worker
- * thread (it returns EOF), and closes the fd only once no call is using it, so
- * a recycled fd number can never receive our writes.
+ * close() first shuts the socket down, which ends a pending poll, and closes
+ * the fd only once no poll uses it, so a recycled fd number is never polled.
  * @module
  */
 import {
   close,
-  LibcError,
-  readOnWorker,
-  sendOnWorker,
+  POLLIN,
+  pollOnWorker,
+  POLLOUT,
+  recvNow,
+  sendNow,
   SHUT_RDWR,
   shutdown,
 } from "../../ffi/libc.ts";
@@ -31,8 +34,10 @@ export class FdStream implements ByteStream {
   readonly fd: number;
   #closed = false;
   #fdClosed = false;
-  /** Calls currently running on worker threads with this fd. */
+  /** polls currently waiting on worker threads with this fd. */
   #busy = 0;
+  /** Times a read / write had to wait in poll (a worker-thread hop each). */
+  readonly waits = { read: 0, write: 0 };
 
   /** Takes ownership of `fd`: close() closes it. */
   constructor(fd: number) {
@@ -44,32 +49,38 @@ export class FdStream implements ByteStream {
   }
 
   async read(target: Uint8Array): Promise<number | null> {
-    if (this.#closed) throw new StreamClosedError(this.fd);
     if (target.length === 0) return 0;
-    this.#busy++;
-    try {
-      const n = await readOnWorker(this.fd, target);
-      return n === 0 ? null : n;
-    } catch (error) {
-      // After close() a failed read is just the end of the stream.
-      if (this.#closed && error instanceof LibcError) return null;
-      throw error;
-    } finally {
-      this.#idle();
+    for (;;) {
+      // After close() whatever is left is just the end of the stream.
+      if (this.#closed) return null;
+      const n = recvNow(this.fd, target);
+      if (n !== null) return n === 0 ? null : n;
+      this.waits.read++;
+      await this.#wait(POLLIN);
     }
   }
 
   async write(data: Uint8Array): Promise<number> {
-    if (this.#closed) throw new StreamClosedError(this.fd);
+    if (data.length === 0) return 0;
+    for (;;) {
+      if (this.#closed) throw new StreamClosedError(this.fd);
+      const n = sendNow(this.fd, data);
+      if (n !== null) return n;
+      this.waits.write++;
+      await this.#wait(POLLOUT);
+    }
+  }
+
+  async #wait(events: number): Promise<void> {
     this.#busy++;
     try {
-      return await sendOnWorker(this.fd, data);
+      await pollOnWorker(this.fd, events);
     } finally {
       this.#idle();
     }
   }
 
-  /** Shuts the socket down now (waking blocked calls) and closes the fd once they return. */
+  /** Shuts the socket down now (ending pending polls) and closes the fd once they return. */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;

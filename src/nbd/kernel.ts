@@ -367,6 +367,9 @@ class KernelAttachment implements AttachedDevice {
     this.#log.info("NBD device detached", {
       device: this.device,
       requested: this.#disconnectSent,
+      readWaits: this.#stream.waits.read,
+      writeWaits: this.#stream.waits.write,
+      requests: this.stats.latencyCount,
     });
   }
 }
