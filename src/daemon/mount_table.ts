@@ -7,6 +7,7 @@
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
 import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
+import { RateSampler, type Throughput } from "./rate.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -82,7 +83,7 @@ export interface MountInfo {
   retries: number;
   mountedAt: string;
   /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
-  throughput: { readBytesPerSec: number; writeBytesPerSec: number };
+  throughput: Throughput;
 }
 
 /** A device as `lista` shows it: the kernel's view joined with the table's. */
@@ -116,8 +117,7 @@ interface Entry {
   attachment: DeviceAttachment | null;
   /** Settles when the mount attempt has finished either way. */
   settled: Promise<unknown>;
-  sample: { at: number; bytesRead: number; bytesWritten: number };
-  rate: { readBytesPerSec: number; writeBytesPerSec: number };
+  rate: RateSampler;
 }
 
 export interface MountTableOptions {
@@ -127,8 +127,6 @@ export interface MountTableOptions {
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
 }
-
-const RATE_WINDOW_MS = 1000;
 
 function errorCode(error: unknown): string | undefined {
   if (typeof error === "object" && error !== null && "code" in error) {
@@ -220,8 +218,7 @@ export class MountTable {
       backend: null,
       attachment: null,
       settled: new Promise<void>((resolve) => finish = resolve),
-      sample: { at: this.#now(), bytesRead: 0, bytesWritten: 0 },
-      rate: { readBytesPerSec: 0, writeBytesPerSec: 0 },
+      rate: new RateSampler(this.#now),
     };
     this.#entries.set(device, entry);
     this.#log.info("mounting", { device, image: request.image, user: request.username });
@@ -429,7 +426,7 @@ export class MountTable {
     const session = entry.backend?.stats;
     const bytesRead = io?.bytesRead ?? session?.bytesRead ?? 0;
     const bytesWritten = io?.bytesWritten ?? session?.bytesWritten ?? 0;
-    this.#updateRate(entry, bytesRead, bytesWritten);
+    const throughput = entry.rate.update(bytesRead, bytesWritten);
     return {
       device: entry.device,
       image: entry.image,
@@ -448,20 +445,7 @@ export class MountTable {
       reconnects: session?.reconnects ?? 0,
       retries: session?.retries ?? 0,
       mountedAt: entry.mountedAt.toISOString(),
-      throughput: { ...entry.rate },
+      throughput,
     };
-  }
-
-  /** Lazy sampling: no timer, the rate is refreshed when someone looks, at most once a second. */
-  #updateRate(entry: Entry, bytesRead: number, bytesWritten: number): void {
-    const now = this.#now();
-    const elapsed = now - entry.sample.at;
-    if (elapsed < RATE_WINDOW_MS) return;
-    const perSec = (delta: number) => Math.max(0, Math.round((delta * 1000) / elapsed));
-    entry.rate = {
-      readBytesPerSec: perSec(bytesRead - entry.sample.bytesRead),
-      writeBytesPerSec: perSec(bytesWritten - entry.sample.bytesWritten),
-    };
-    entry.sample = { at: now, bytesRead, bytesWritten };
   }
 }
