@@ -62,6 +62,24 @@ export interface NbdSettings {
   maxInFlight: number;
 }
 
+/** An NBD export to serve from start, with its user's credentials already looked up. */
+export interface ConfiguredExport {
+  /** The NBD export name clients ask for (nbd+unix:///NAME?socket=…). */
+  name: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly: boolean;
+}
+
+export interface ExportSettings {
+  /** Unix socket the exports listen on (mode 0600); default `<stateDir>/nbd.sock`. */
+  socket: string;
+  /** Optional TCP listener, loopback only (NBD has no authentication without TLS). */
+  tcp?: ListenAddress;
+  items: ConfiguredExport[];
+}
+
 export interface DaemonConfig {
   /** Which format the file was in. */
   format: "current" | "2013";
@@ -69,6 +87,9 @@ export interface DaemonConfig {
   ivbs: IvbsSettings;
   nbd: NbdSettings;
   mounts: ConfiguredMount[];
+  /** Directory for runtime files such as the export socket; created with mode 0700. */
+  stateDir: string;
+  exports: ExportSettings;
 }
 
 export interface LoadedConfig {
@@ -96,6 +117,49 @@ export function parseListenAddress(text: string): ListenAddress | null {
   return { host, port };
 }
 
+/**
+ * Where runtime files go when the config does not say: /run/ivbsnetd for root,
+ * else $XDG_RUNTIME_DIR/ivbsnetd, else /tmp/ivbsnetd-UID.
+ */
+export function defaultStateDir(uid: number | null, runtimeDir: string | undefined): string {
+  if (uid === 0) return "/run/ivbsnetd";
+  if (runtimeDir && runtimeDir.startsWith("/")) return `${runtimeDir.replace(/\/+$/, "")}/ivbsnetd`;
+  return `/tmp/ivbsnetd-${uid ?? "user"}`;
+}
+
+/** defaultStateDir for this process; without sys/env permission it falls back to /tmp. */
+function processStateDir(): string {
+  let uid: number | null = null;
+  let runtimeDir: string | undefined;
+  try {
+    uid = Deno.uid();
+  } catch {
+    // No sys permission: not root as far as we know.
+  }
+  try {
+    runtimeDir = Deno.env.get("XDG_RUNTIME_DIR");
+  } catch {
+    // No env permission.
+  }
+  return defaultStateDir(uid, runtimeDir);
+}
+
+/**
+ * Export names the daemon accepts: they appear unescaped in URIs, URL paths,
+ * metrics labels and tables, so letters, digits and . _ - only (NBD itself allows more).
+ */
+export const EXPORT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+export const EXPORT_NAME_RULE =
+  "must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit";
+
+/** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
+const MAX_SOCKET_PATH = 107;
+
+/** True for 127.0.0.0/8, ::1 and localhost: where an unauthenticated NBD port may listen. */
+export function isLoopbackHost(host: string): boolean {
+  return host === "::1" || host === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
+}
+
 const positiveMs = (name: string) =>
   z.number({ error: `${name} must be a number of milliseconds` }).int().positive();
 
@@ -120,6 +184,25 @@ const DeviceSchema = z.string().transform((text, ctx) => {
   }
   return name.device;
 });
+
+const AbsolutePathSchema = (name: string) =>
+  z.string({ error: `${name} must be a string` }).refine((path) => path.startsWith("/"), {
+    message: `${name} must be an absolute path`,
+  }).refine((path) => !path.includes("\0"), { message: `${name} must not contain NUL` });
+
+const SocketPathSchema = AbsolutePathSchema("socket").refine(
+  (path) => new TextEncoder().encode(path).length <= MAX_SOCKET_PATH,
+  { message: `socket path must be at most ${MAX_SOCKET_PATH} bytes (a unix socket limit)` },
+);
+
+const ExportTcpSchema = ListenSchema.refine((address) => isLoopbackHost(address.host), {
+  message: "exports listen on TCP on loopback only (127.0.0.1, ::1): NBD has no authentication",
+});
+
+export const ExportNameSchema = z.string({ error: "name must be a string" }).regex(
+  EXPORT_NAME_PATTERN,
+  `name ${EXPORT_NAME_RULE}`,
+);
 
 const CurrentSchema = z.strictObject({
   http: z.strictObject({
@@ -161,6 +244,19 @@ const CurrentSchema = z.strictObject({
     user: z.string().min(1),
     readOnly: z.boolean().default(false),
   })).default([]),
+  stateDir: AbsolutePathSchema("stateDir").optional(),
+  exports: z.strictObject({
+    listen: z.strictObject({
+      socket: SocketPathSchema.optional(),
+      tcp: ExportTcpSchema.optional(),
+    }).prefault({}),
+    items: z.array(z.strictObject({
+      name: ExportNameSchema,
+      image: z.string().min(1, "image must not be empty").max(255),
+      user: z.string().min(1),
+      readOnly: z.boolean().default(false),
+    })).default([]),
+  }).prefault({}),
 }).superRefine((config, ctx) => {
   const users = new Set<string>();
   config.users.forEach((user, i) => {
@@ -201,6 +297,25 @@ const CurrentSchema = z.strictObject({
       });
     }
   });
+  const names = new Set<string>();
+  config.exports.items.forEach((item, i) => {
+    if (!users.has(item.user)) {
+      const known = [...users].join(", ") || "none";
+      ctx.addIssue({
+        code: "custom",
+        path: ["exports", "items", i, "user"],
+        message: `unknown user "${item.user}" (users: ${known})`,
+      });
+    }
+    if (names.has(item.name)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["exports", "items", i, "name"],
+        message: `duplicate export name "${item.name}"`,
+      });
+    }
+    names.add(item.name);
+  });
 });
 
 /** The 2013 daemon's file. Unknown keys are tolerated (and warned about). */
@@ -233,7 +348,20 @@ function isLegacy(value: unknown): boolean {
 
 function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
   const passwords = new Map(data.users.map((u) => [u.username, u.password]));
+  const stateDir = (data.stateDir ?? processStateDir()).replace(/(.)\/+$/, "$1");
   return {
+    stateDir,
+    exports: {
+      socket: data.exports.listen.socket ?? `${stateDir === "/" ? "" : stateDir}/nbd.sock`,
+      tcp: data.exports.listen.tcp,
+      items: data.exports.items.map((item) => ({
+        name: item.name,
+        image: item.image,
+        username: item.user,
+        password: passwords.get(item.user) ?? "",
+        readOnly: item.readOnly,
+      })),
+    },
     format: "current",
     http: data.http,
     ivbs: data.ivbs,
@@ -308,7 +436,8 @@ export function parseConfig(text: string, source: string): LoadedConfig {
 
 /** True when the config carries any password (so its file mode matters). */
 function holdsPasswords(config: DaemonConfig, text: string): boolean {
-  return config.mounts.length > 0 || /"(password|Password)"\s*:/.test(text) ||
+  return config.mounts.length > 0 || config.exports.items.length > 0 ||
+    /"(password|Password)"\s*:/.test(text) ||
     config.http.token !== undefined;
 }
 
