@@ -3,8 +3,8 @@
  * IvbsSession against the IVBS test server (3 proxies), with a fault every
  * `--every-ms` on the proxy in use: stop (then restart), stall (dead-peer
  * detection, then restart), USE_ANOTHER_PROXY, EXPIRED, dropped connections.
- * For each fault it reports the stall: the longest time any request in flight
- * at the fault (or issued before the next one) waited after the fault.
+ * For each kind of fault it reports the stall: the longest time a request waited
+ * between that fault and the next one.
  *
  *   deno run -A bench/ivbs_failover_stall.ts --seconds 10 --dead-peer-ms 1000
  *
@@ -167,12 +167,14 @@ async function main(args: string[]): Promise<number> {
   );
   const worst = new Map<string, number>();
   faults.forEach((fault, i) => {
+    // Every request waiting during this fault's window (in flight when it hit, or
+    // issued before the next fault), counted from the later of the fault and its
+    // start, up to the next fault so one fault's stall is not charged to another.
     const next = faults[i + 1]?.at ?? Infinity;
     let stall = 0;
     for (const s of spans) {
-      if (s.end > fault.at && s.start < next) {
-        stall = Math.max(stall, s.end - Math.max(s.start, fault.at));
-      }
+      if (s.end <= fault.at || s.start >= next) continue;
+      stall = Math.max(stall, Math.min(s.end, next) - Math.max(s.start, fault.at));
     }
     worst.set(fault.kind, Math.max(worst.get(fault.kind) ?? 0, stall));
   });

@@ -137,8 +137,6 @@ interface Chunk extends RequestOwner {
 
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
 const DEFAULT_MAX_RETRIES = 20;
-/** A connection lost sooner than this after its attach counts as a quick failure. */
-const QUICK_FAILURE_MS = 1_000;
 const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
 const EMPTY = new Uint8Array(0);
 /**
@@ -204,8 +202,8 @@ export class IvbsSession implements Backend {
   /** Connections being set up or torn down, so close() can wait for them. */
   readonly #settling = new Set<Promise<unknown>>();
   #reconnectActive = false;
-  /** When the connection in use was attached, and how many in a row failed soon after. */
-  #adoptedAt = 0;
+  /** Whether the connection in use answered a request OK; connections lost in a row without. */
+  #connServed = false;
   #quickFailures = 0;
   #reconnectDone: Promise<void> = Promise.resolve();
   readonly #relogins = new WeakMap<IvbsConnection, Promise<void>>();
@@ -442,7 +440,7 @@ export class IvbsSession implements Backend {
   /** Makes `conn` the connection in use and replays every waiting request on it, once. */
   #adopt(conn: IvbsConnection, replayed: number): void {
     this.#conn = conn;
-    this.#adoptedAt = performance.now();
+    this.#connServed = false;
     this.#proxies.markHealthy(conn.address);
     this.#log.info("IVBS image attached", {
       image: this.image,
@@ -467,10 +465,9 @@ export class IvbsSession implements Backend {
     if (this.#closed || this.#fatal !== null) return;
     this.#proxies.markFailed(conn.address);
     this.#stats.failovers++;
-    // A proxy that fails us right after every attach (USE_ANOTHER_PROXY on each
+    // A proxy that fails us before serving anything (USE_ANOTHER_PROXY to every
     // request, say) must not make us reconnect in a tight loop.
-    const lived = performance.now() - this.#adoptedAt;
-    this.#quickFailures = lived < QUICK_FAILURE_MS ? this.#quickFailures + 1 : 0;
+    this.#quickFailures = this.#connServed ? 0 : this.#quickFailures + 1;
     const delayMs = this.#quickFailures >= 2
       ? Math.round(this.#proxies.backoffMs(this.#quickFailures - 1))
       : 0;
@@ -651,6 +648,7 @@ export class IvbsSession implements Backend {
     if (chunk.done) return;
     switch (statusAction(reply.status)) {
       case "ok":
+        if (conn === this.#conn) this.#connServed = true;
         return this.#finish(chunk);
       case "relogin":
         if (!this.#countRetry(chunk, conn, reply.status)) return;
