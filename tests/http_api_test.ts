@@ -1,13 +1,17 @@
 import assert from "node:assert/strict";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { MountTable } from "../src/daemon/mount_table.ts";
+import { ExportTable } from "../src/daemon/export_table.ts";
 import { createApp, MAX_BODY_BYTES } from "../src/http/app.ts";
 import { logger } from "../src/log.ts";
 
 const TOKEN = "s3cret-token-for-tests";
 const PASSWORD = "pw-alice-42";
 
-function setup(options: { token?: string; devices?: number } = {}) {
+/** Where export sockets would go; nothing is created there unless a test adds an export. */
+const UNUSED_STATE_DIR = "/nonexistent/ivbsnetd-http-test";
+
+function setup(options: { token?: string; devices?: number; stateDir?: string } = {}) {
   const driver = new FakeMountDriver({
     devices: options.devices ?? 4,
     images: {
@@ -18,9 +22,16 @@ function setup(options: { token?: string; devices?: number } = {}) {
     users: { alice: PASSWORD },
   });
   const table = new MountTable(driver, { deviceCount: 8, log: quietLog });
+  const stateDir = options.stateDir ?? UNUSED_STATE_DIR;
+  const exports = new ExportTable(driver, {
+    settings: { socket: `${stateDir}/nbd.sock`, items: [] },
+    stateDir,
+    log: quietLog,
+  });
   const shutdowns: string[] = [];
   const app = createApp({
     table,
+    exports,
     token: options.token,
     requestShutdown: (reason) => shutdowns.push(reason),
     startedAt: Date.now(),
@@ -42,13 +53,14 @@ function setup(options: { token?: string; devices?: number } = {}) {
     }
     return { status: response.status, text, json, headers: response.headers };
   };
-  return { driver, table, app, shutdowns, call };
+  return { driver, table, exports, app, shutdowns, call };
 }
 
 /** Logs of code under test go nowhere unless a test wants to look at them. */
 const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 const MOUNT = { image: "disk", username: "alice", password: PASSWORD };
+const EXPORT = { image: "disk", username: "alice", password: PASSWORD };
 
 Deno.test("GET /api/health answers ok with version and counts", async () => {
   const { call } = setup();
@@ -242,6 +254,8 @@ Deno.test("a configured token is required on mutating calls only", async () => {
       ["POST", "/", { Command: "mount", Image: "disk", User: "alice", Pass: PASSWORD }],
       ["POST", "/", { Command: "unmount", Device: "nbd0" }],
       ["POST", "/", { Command: "disc" }],
+      ["POST", "/api/exports", { ...EXPORT, name: "vm1" }],
+      ["DELETE", "/api/exports/vm1", undefined],
     ] as const
   ) {
     const missing = await call(method, path, body);
@@ -253,6 +267,7 @@ Deno.test("a configured token is required on mutating calls only", async () => {
   assert.equal(shutdowns.length, 0);
   assert.equal((await call("GET", "/api/mounts")).status, 200);
   assert.equal((await call("GET", "/api/devices")).status, 200);
+  assert.equal((await call("GET", "/api/exports")).status, 200);
   assert.equal((await call("GET", "/metrics")).status, 200);
   assert.equal((await call("POST", "/", { Command: "listm" })).status, 200);
   assert.equal((await call("POST", "/api/mounts", MOUNT, auth)).status, 201);
@@ -411,7 +426,12 @@ Deno.test("an unexpected failure answers a plain 500 and logs the cause", async 
   const logged: unknown[] = [];
   const log = { ...quietLog, error: (_m: string, f?: object) => logged.push(f) };
   const table = new MountTable(driver, { deviceCount: 2, log: quietLog });
-  const app = createApp({ table, requestShutdown() {}, startedAt: Date.now(), log });
+  const exports = new ExportTable(driver, {
+    settings: { socket: `${UNUSED_STATE_DIR}/nbd.sock`, items: [] },
+    stateDir: UNUSED_STATE_DIR,
+    log: quietLog,
+  });
+  const app = createApp({ table, exports, requestShutdown() {}, startedAt: Date.now(), log });
   const response = await app.request("/api/devices");
   assert.equal(response.status, 500);
   assert.deepEqual(await response.json(), { error: "internal error" });

@@ -1,13 +1,15 @@
 /**
- * The daemon's lifecycle: mount what the config lists (a failing mount is logged
- * and does not stop the others), run until asked to stop, then stop the
- * front-ends first (no new requests) and detach every device. Front-ends such as
- * the HTTP server register themselves with `onStop`.
+ * The daemon's lifecycle: mount and export what the config lists (a failing
+ * mount or export is logged and does not stop the others), run until asked to
+ * stop, then stop the front-ends first (no new requests), detach every device
+ * and close the NBD exports. Front-ends such as the HTTP server register
+ * themselves with `onStop`.
  * @module
  */
 import { type Logger, logger } from "../log.ts";
 import type { ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
+import { type ExportOutcome, ExportTable } from "./export_table.ts";
 import { type MountInfo, MountTable } from "./mount_table.ts";
 
 export interface MountOutcome {
@@ -25,6 +27,7 @@ export interface DaemonOptions {
 export class Daemon {
   readonly config: DaemonConfig;
   readonly table: MountTable;
+  readonly exports: ExportTable;
   readonly startedAt = Date.now();
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
@@ -38,6 +41,11 @@ export class Daemon {
     this.#log = options.log ?? logger("daemon");
     this.table = new MountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
+      log: this.#log,
+    });
+    this.exports = new ExportTable(options.driver, {
+      settings: options.config.exports,
+      stateDir: options.config.stateDir,
       log: this.#log,
     });
     this.done = new Promise<void>((resolve) => this.#finish = resolve);
@@ -55,6 +63,11 @@ export class Daemon {
   /** Mounts every configured image concurrently; never throws (outcomes say what failed). */
   async mountConfigured(): Promise<MountOutcome[]> {
     return await Promise.all(this.config.mounts.map((mount) => this.#mountOne(mount)));
+  }
+
+  /** Starts serving every configured export; never throws (outcomes say what failed). */
+  async exportConfigured(): Promise<ExportOutcome[]> {
+    return await this.exports.addConfigured(this.config.exports.items);
   }
 
   async #mountOne(mount: ConfiguredMount): Promise<MountOutcome> {
@@ -81,7 +94,11 @@ export class Daemon {
    */
   shutdown(reason: string): Promise<void> {
     if (this.#stopping) return this.#stopping;
-    this.#log.info("shutting down", { reason, mounts: this.table.size });
+    this.#log.info("shutting down", {
+      reason,
+      mounts: this.table.size,
+      exports: this.exports.size,
+    });
     this.#stopping = (async () => {
       for (const hook of this.#stopHooks) {
         try {
@@ -90,8 +107,8 @@ export class Daemon {
           this.#log.warn("stopping a front-end failed", { error });
         }
       }
-      await this.table.closeAll();
-      this.#log.info("stopped; every device detached");
+      await Promise.all([this.table.closeAll(), this.exports.closeAll()]);
+      this.#log.info("stopped; every device detached, every export closed");
       this.#finish();
     })();
     return this.#stopping;

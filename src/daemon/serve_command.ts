@@ -1,8 +1,8 @@
 /**
  * `ivbsnetd serve --config FILE`: load the config (a broken one is one line on
- * stderr and exit code 2), start the HTTP API, mount the configured images, and
- * run until SIGINT/SIGTERM or `POST /api/shutdown`; then stop taking requests,
- * detach every device and exit 0.
+ * stderr and exit code 2), start the HTTP API, mount and export the configured
+ * images, and run until SIGINT/SIGTERM or `POST /api/shutdown`; then stop
+ * taking requests, detach every device, close the NBD exports and exit 0.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -31,8 +31,10 @@ export const EXIT_CONFIG = 2;
 export const SERVE_HELP = [
   "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT]",
   "",
-  "Runs the daemon: the HTTP API and status page, and the mounts FILE lists.",
-  "Stops on SIGINT/SIGTERM or POST /api/shutdown, detaching every device first.",
+  "Runs the daemon: the HTTP API and status page, and the mounts and NBD exports",
+  "FILE lists (exports listen on exports.listen.socket, default <stateDir>/nbd.sock).",
+  "Stops on SIGINT/SIGTERM or POST /api/shutdown, detaching every device and",
+  "closing every export first.",
   "",
   "options:",
   "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
@@ -64,6 +66,7 @@ export function startServing(
   const daemon = new Daemon({ config, driver, log });
   const app = createApp({
     table: daemon.table,
+    exports: daemon.exports,
     token: config.http.token,
     requestShutdown: (reason) => void daemon.shutdown(reason),
     startedAt: daemon.startedAt,
@@ -167,12 +170,24 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   const { daemon, url } = serving;
   const removeSignals = stopOnSignals(daemon, log);
   console.log(`ivbsnetd: listening on ${url}`);
-  log.info("daemon started", { url, mounts: config.mounts.length, devices: config.nbd.devices });
+  log.info("daemon started", {
+    url,
+    mounts: config.mounts.length,
+    exports: config.exports.items.length,
+    devices: config.nbd.devices,
+  });
 
-  const outcomes = await daemon.mountConfigured();
+  const [outcomes, exported] = await Promise.all([
+    daemon.mountConfigured(),
+    daemon.exportConfigured(),
+  ]);
   if (outcomes.length > 0) {
     const up = outcomes.filter((o) => o.mount).length;
     log.info("configured mounts done", { mounted: up, failed: outcomes.length - up });
+  }
+  if (exported.length > 0) {
+    const up = exported.filter((o) => o.export).length;
+    log.info("configured exports done", { ready: up, failed: exported.length - up });
   }
   await daemon.done;
   removeSignals();

@@ -1,9 +1,11 @@
 /**
- * The HTTP control API (Hono): a thin view of the daemon's mount table. Every
- * body and parameter is validated with zod; errors are `{"error": "…"}` with
- * 400 (validation), 401 (token), 404 (unknown device / image), 409 (wrong
- * state), 413 (body too large), 502/503 (IVBS or kernel unavailable) and a plain
- * 500 for anything unexpected (logged).
+ * The HTTP control API (Hono): a thin view of the daemon's mount and export
+ * tables. Every body and parameter is validated with zod; errors are
+ * `{"error": "…"}` with 400 (validation), 401 (token), 404 (unknown device,
+ * export or image), 409 (wrong state, duplicate export name), 413 (body too
+ * large), 502/503 (IVBS or kernel unavailable) and a plain 500 for anything
+ * unexpected (logged). `GET /api/mounts` carries the exports too, in a
+ * separate `exports` array, so one call shows everything served.
  * @module
  */
 import { Hono } from "hono";
@@ -15,6 +17,8 @@ import { z } from "zod";
 import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
+import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
+import { ExportNameSchema } from "../daemon/config.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
@@ -28,6 +32,8 @@ import {
 
 export interface AppOptions {
   table: MountTable;
+  /** NBD exports (`/api/exports`). */
+  exports: ExportTable;
   /** When set, POST/DELETE calls need `Authorization: Bearer <token>`. */
   token?: string;
   /** Starts the daemon's shutdown; must not wait for it (the reply goes out first). */
@@ -63,6 +69,31 @@ export const MOUNT_ERROR_STATUS: Record<MountErrorCode, ContentfulStatusCode> = 
   MOUNT_FAILED: 500,
 };
 
+/** HTTP status for each export table refusal. */
+export const EXPORT_ERROR_STATUS: Record<ExportErrorCode, ContentfulStatusCode> = {
+  INVALID_NAME: 400,
+  DUPLICATE: 409,
+  UNKNOWN_EXPORT: 404,
+  BUSY: 409,
+  SHUTTING_DOWN: 503,
+  LISTEN_FAILED: 503,
+  LOGIN_DENIED: 403,
+  IMAGE_NOT_FOUND: 404,
+  ACCESS_DENIED: 403,
+  NO_PROXY: 502,
+  PROTOCOL: 502,
+  OPEN_FAILED: 500,
+};
+
+export const ExportBodySchema = z.strictObject({
+  name: ExportNameSchema,
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
+    .max(32),
+  password: z.string({ error: "password must be a string" }).max(1024),
+  readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+});
+
 export const MountBodySchema = z.strictObject({
   device: DeviceOrAutoSchema.optional(),
   image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
@@ -79,7 +110,7 @@ function errorBody(c: Context, status: ContentfulStatusCode, message: string) {
 }
 
 export function createApp(options: AppOptions): Hono {
-  const { table, token } = options;
+  const { table, exports, token } = options;
   const log = options.log ?? logger("http");
   const app = new Hono();
 
@@ -90,6 +121,9 @@ export function createApp(options: AppOptions): Hono {
     if (error instanceof MountError) {
       // `code` is an extension of {"error"}: stable, for scripts.
       return c.json({ error: error.message, code: error.code }, MOUNT_ERROR_STATUS[error.code]);
+    }
+    if (error instanceof ExportError) {
+      return c.json({ error: error.message, code: error.code }, EXPORT_ERROR_STATUS[error.code]);
     }
     log.error("unexpected error answering a request", {
       method: c.req.method,
@@ -119,13 +153,15 @@ export function createApp(options: AppOptions): Hono {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - options.startedAt) / 1000),
       mounts: table.size,
+      exports: exports.size,
       devices: table.deviceCount,
       tokenRequired: token !== undefined,
     }));
 
   app.get("/api/devices", async (c) => c.json({ devices: await table.devices() }));
 
-  app.get("/api/mounts", (c) => c.json({ mounts: table.list() }));
+  // Exports ride along so one call shows everything served (listm + liste).
+  app.get("/api/mounts", (c) => c.json({ mounts: table.list(), exports: exports.list() }));
 
   app.post("/api/mounts", async (c) => {
     const body = await readJson(c, MountBodySchema);
@@ -140,19 +176,34 @@ export function createApp(options: AppOptions): Hono {
     return c.json({ device, state: "unmounted" });
   });
 
+  app.get("/api/exports", (c) => c.json({ ...exports.listenInfo(), exports: exports.list() }));
+
+  app.post("/api/exports", async (c) => {
+    const body = await readJson(c, ExportBodySchema);
+    const info = await exports.add(body);
+    c.header("Location", `/api/exports/${info.name}`);
+    return c.json(info, 201);
+  });
+
+  app.delete("/api/exports/:name", async (c) => {
+    const name = validate(ExportNameSchema, c.req.param("name"), "export name");
+    await exports.remove(name);
+    return c.json({ name, state: "removed" });
+  });
+
   app.post("/api/shutdown", async (c) => {
     const value = await readJsonValue(c);
     const body = value === undefined ? {} : validate(ShutdownBodySchema, value);
     const reason = body.reason ? `POST /api/shutdown: ${body.reason}` : "POST /api/shutdown";
     options.requestShutdown(reason);
-    return c.json({ status: "shutting down", mounts: table.size }, 202);
+    return c.json({ status: "shutting down", mounts: table.size, exports: exports.size }, 202);
   });
 
   app.get("/metrics", (c) => {
     const text = renderMetrics(table.snapshots(), {
       uptimeSeconds: (Date.now() - options.startedAt) / 1000,
       managedDevices: table.deviceCount,
-    });
+    }, exports.snapshots());
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE });
   });
 
@@ -160,6 +211,7 @@ export function createApp(options: AppOptions): Hono {
     const html = renderStatusPage({
       mounts: table.list(),
       devices: await table.devices(),
+      exports: exports.list(),
       version: VERSION,
       generatedAt: new Date(),
     });

@@ -1,17 +1,20 @@
 /**
  * The status page at `GET /`: mounted devices (device, image, size, state,
- * proxy, throughput) and free devices. Rendered on the server so it works
- * without JavaScript (a meta refresh then), and refreshed in place by a small
- * inline script polling /api/mounts and /api/devices. Every value is escaped
- * (server side) or set with textContent (client side).
+ * proxy, throughput), NBD exports (name, image, URI, clients, throughput) and
+ * free devices. Rendered on the server so it works without JavaScript (a meta
+ * refresh then), and refreshed in place by a small inline script polling
+ * /api/mounts (which carries the exports too) and /api/devices. Every value is
+ * escaped (server side) or set with textContent (client side).
  * @module
  */
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import type { ExportInfo } from "../daemon/export_table.ts";
 import { formatBytes } from "../daemon/units.ts";
 
 export interface StatusPageData {
   mounts: readonly MountInfo[];
   devices: readonly DeviceInfo[];
+  exports: readonly ExportInfo[];
   version: string;
   generatedAt: Date;
 }
@@ -62,6 +65,51 @@ function mountCells(m: MountInfo, fmt: (n: number) => string): string[] {
   ];
 }
 
+const EXPORT_COLUMNS = [
+  "Export",
+  "Image",
+  "Size",
+  "State",
+  "URI",
+  "Clients",
+  "Read/s",
+  "Write/s",
+  "Read",
+  "Written",
+] as const;
+
+/** One export row; serialized to the browser like mountCells. */
+function exportCells(e: ExportInfo, fmt: (n: number) => string): string[] {
+  return [
+    e.name,
+    e.image + (e.readOnly ? " (ro)" : ""),
+    fmt(e.sizeBytes),
+    e.state,
+    e.uri,
+    String(e.clients),
+    fmt(e.throughput.readBytesPerSec) + "/s",
+    fmt(e.throughput.writeBytesPerSec) + "/s",
+    fmt(e.bytesRead),
+    fmt(e.bytesWritten),
+  ];
+}
+
+function exportRows(exports: readonly ExportInfo[]): string {
+  if (exports.length === 0) {
+    return `<tr><td colspan="${EXPORT_COLUMNS.length}" class="empty">No NBD export.</td></tr>`;
+  }
+  return exports.map((e) => {
+    const cells = exportCells(e, formatBytes).map((cell, i) =>
+      i === 3
+        ? `<td><span class="state ${escapeHtml(e.state)}">${escapeHtml(cell)}</span></td>`
+        : i === 4
+        ? `<td><code>${escapeHtml(cell)}</code></td>`
+        : `<td>${escapeHtml(cell)}</td>`
+    );
+    return `<tr>${cells.join("")}</tr>`;
+  }).join("\n");
+}
+
 function mountRows(mounts: readonly MountInfo[]): string {
   if (mounts.length === 0) {
     return `<tr><td colspan="${MOUNT_COLUMNS.length}" class="empty">No image mounted.</td></tr>`;
@@ -100,9 +148,10 @@ th, td { text-align: left; padding: 7px 10px; border-bottom: 1px solid #e4e7ec; 
 th { background: #eef1f5; font-weight: 600; }
 td.empty, p.empty { color: #5b6475; font-style: italic; }
 .state { padding: 1px 8px; border-radius: 10px; background: #e4e7ec; }
-.state.mounted { background: #d3f2dc; color: #135c2b; }
-.state.reconnecting, .state.mounting { background: #fdf0c4; color: #6b4e00; }
-.state.unmounting { background: #f8d7d7; color: #7a1c1c; }
+.state.mounted, .state.ready { background: #d3f2dc; color: #135c2b; }
+.state.reconnecting, .state.mounting, .state.adding { background: #fdf0c4; color: #6b4e00; }
+.state.unmounting, .state.removing { background: #f8d7d7; color: #7a1c1c; }
+code { font-size: 12px; }
 ul.chips { list-style: none; padding: 0; margin: 0; display: flex; flex-wrap: wrap; gap: 6px; }
 ul.chips li { background: #fff; border: 1px solid #cfd5de; border-radius: 12px; padding: 2px 10px; }
 .note { color: #5b6475; } #error { color: #9b1c1c; font-weight: 600; }
@@ -113,12 +162,13 @@ const SCRIPT = `
 (() => {
   const fmt = ${formatBytes.toString()};
   const cells = ${mountCells.toString()};
+  const exportCells = ${exportCells.toString()};
   const td = (text, cls) => { const el = document.createElement("td"); el.textContent = text; if (cls) el.className = cls; return el; };
   async function refresh() {
     try {
       const [m, d] = await Promise.all([fetch("/api/mounts"), fetch("/api/devices")]);
       if (!m.ok || !d.ok) throw new Error("HTTP " + m.status + "/" + d.status);
-      const { mounts } = await m.json();
+      const { mounts, exports } = await m.json();
       const { devices } = await d.json();
       const body = document.getElementById("mounts");
       body.replaceChildren();
@@ -142,6 +192,36 @@ const SCRIPT = `
         });
         body.append(row);
       }
+      const exportBody = document.getElementById("exports");
+      exportBody.replaceChildren();
+      if (exports.length === 0) {
+        const row = document.createElement("tr");
+        const cell = td("No NBD export.", "empty");
+        cell.colSpan = ${EXPORT_COLUMNS.length};
+        row.append(cell);
+        exportBody.append(row);
+      }
+      for (const exp of exports) {
+        const row = document.createElement("tr");
+        exportCells(exp, fmt).forEach((text, i) => {
+          if (i === 4) {
+            const cell = td("");
+            const code = document.createElement("code");
+            code.textContent = text;
+            cell.append(code);
+            row.append(cell);
+            return;
+          }
+          if (i !== 3) { row.append(td(text)); return; }
+          const cell = td("");
+          const badge = document.createElement("span");
+          badge.className = "state " + exp.state;
+          badge.textContent = text;
+          cell.append(badge);
+          row.append(cell);
+        });
+        exportBody.append(row);
+      }
       const free = devices.filter((x) => x.state === "free");
       const list = document.getElementById("free");
       list.replaceChildren();
@@ -163,6 +243,7 @@ const SCRIPT = `
 
 export function renderStatusPage(data: StatusPageData): string {
   const header = MOUNT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+  const exportHeader = EXPORT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -174,7 +255,9 @@ export function renderStatusPage(data: StatusPageData): string {
 </head>
 <body>
 <h1>ivbsnetd</h1>
-<p class="sub">IVBS images on NBD devices · version ${escapeHtml(data.version)} · updated
+<p class="sub">IVBS images on NBD devices and NBD exports · version ${
+    escapeHtml(data.version)
+  } · updated
 <span id="updated">${escapeHtml(data.generatedAt.toLocaleTimeString("en-GB"))}</span>
 <span id="error"></span></p>
 <h2>Mounted devices</h2>
@@ -184,10 +267,17 @@ export function renderStatusPage(data: StatusPageData): string {
 ${mountRows(data.mounts)}
 </tbody>
 </table>
+<h2>NBD exports</h2>
+<table>
+<thead><tr>${exportHeader}</tr></thead>
+<tbody id="exports">
+${exportRows(data.exports)}
+</tbody>
+</table>
 <h2>Free devices</h2>
 <div id="free">${freeList(data.devices)}</div>
 ${foreignNote(data.devices)}
-<p class="note">API: <a href="/api/mounts">/api/mounts</a> · <a href="/api/devices">/api/devices</a> ·
+<p class="note">API: <a href="/api/mounts">/api/mounts</a> · <a href="/api/exports">/api/exports</a> · <a href="/api/devices">/api/devices</a> ·
 <a href="/metrics">/metrics</a> · <a href="/status/json">/status/json</a></p>
 <script>${SCRIPT}</script>
 </body>

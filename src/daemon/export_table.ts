@@ -1,0 +1,538 @@
+/**
+ * THE export table: which IVBS image is served under which NBD export name,
+ * beside the mount table and in the same style (one owner, thin views). It
+ * owns the NBD export server, started with the first export and closed at
+ * shutdown (clients disconnected, their sessions closed, the socket removed).
+ * Each client of an export gets its own IVBS session from the driver, so
+ * failover is per client; the table only keeps the credentials to open them.
+ * @module
+ */
+import { type Logger, logger } from "../log.ts";
+import type { Backend } from "../nbd/backend.ts";
+import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
+import {
+  type ConfiguredExport,
+  EXPORT_NAME_PATTERN,
+  EXPORT_NAME_RULE,
+  type ExportSettings,
+} from "./config.ts";
+import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
+import { RateSampler, type Throughput } from "./rate.ts";
+
+/** Why an export was refused; `code` is stable (the HTTP layer maps it to a status). */
+export type ExportErrorCode =
+  | "INVALID_NAME"
+  | "DUPLICATE"
+  | "UNKNOWN_EXPORT"
+  | "BUSY" // being added or removed
+  | "SHUTTING_DOWN"
+  | "LISTEN_FAILED" // the export socket or port cannot be opened
+  // Passed through from IvbsSession.open (IvbsMountError):
+  | "LOGIN_DENIED"
+  | "IMAGE_NOT_FOUND"
+  | "ACCESS_DENIED"
+  | "NO_PROXY"
+  | "PROTOCOL"
+  | "OPEN_FAILED"; // anything else
+
+const PASSTHROUGH_CODES = new Set<string>([
+  "LOGIN_DENIED",
+  "IMAGE_NOT_FOUND",
+  "ACCESS_DENIED",
+  "NO_PROXY",
+  "PROTOCOL",
+]);
+
+export class ExportError extends Error {
+  constructor(message: string, readonly code: ExportErrorCode) {
+    super(message);
+    this.name = "ExportError";
+  }
+}
+
+export interface ExportRequest {
+  name: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+}
+
+export type ExportState = "adding" | "ready" | "removing";
+
+/** What views show of an export. Never carries the password. */
+export interface ExportInfo {
+  name: string;
+  image: string;
+  username: string;
+  state: ExportState;
+  sizeBytes: number;
+  readOnly: boolean;
+  /** The unix socket clients connect to. */
+  socket: string;
+  /** `nbd+unix:///NAME?socket=PATH`, for qemu-img, nbdinfo, fio… */
+  uri: string;
+  /** `nbd://127.0.0.1:PORT/NAME` when exports also listen on TCP. */
+  tcpUri: string | null;
+  /** Clients in the transmission phase now (each with its own IVBS session). */
+  clients: number;
+  inFlight: number;
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+  /** Over every client session so far, open or closed. */
+  failovers: number;
+  reconnects: number;
+  createdAt: string;
+  throughput: Throughput;
+}
+
+/** Everything metrics need about one export (live counters, read at scrape time). */
+export interface ExportSnapshot {
+  info: ExportInfo;
+  stats: DeviceIoStats | null;
+}
+
+/** Where the export server listens (or will listen, before the first export). */
+export interface ExportListenInfo {
+  listening: boolean;
+  socket: string;
+  tcp: string | null;
+}
+
+export interface ExportOutcome {
+  request: { name: string; image: string };
+  export?: ExportInfo;
+  error?: Error;
+}
+
+export interface ExportTableOptions {
+  settings: ExportSettings;
+  /** Created with mode 0700 before the socket is opened in it. */
+  stateDir: string;
+  log?: Logger;
+  /** Clock for throughput sampling (tests pass a fake one). */
+  now?: () => number;
+}
+
+interface Entry {
+  name: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly: boolean;
+  state: ExportState;
+  sizeBytes: number;
+  createdAt: Date;
+  /** Settles when the add attempt has finished either way. */
+  settled: Promise<unknown>;
+  /** Client sessions open now, and the counters of the ones already closed. */
+  sessions: Set<MountBackend>;
+  closed: { failovers: number; reconnects: number };
+  rate: RateSampler;
+}
+
+function errorCode(error: unknown): string | undefined {
+  if (typeof error === "object" && error !== null && "code" in error) {
+    const code = (error as { code: unknown }).code;
+    if (typeof code === "string") return code;
+  }
+  return undefined;
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** "[::1]" for IPv6 literals in URIs. */
+function uriHost(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+export class ExportTable {
+  readonly #driver: MountDriver;
+  readonly #settings: ExportSettings;
+  readonly #stateDir: string;
+  readonly #log: Logger;
+  readonly #now: () => number;
+  readonly #entries = new Map<string, Entry>();
+  #server: ExportServer | null = null;
+  #starting: Promise<ExportServer> | null = null;
+  #closing = false;
+
+  constructor(driver: MountDriver, options: ExportTableOptions) {
+    this.#driver = driver;
+    this.#settings = options.settings;
+    this.#stateDir = options.stateDir;
+    this.#log = options.log ?? logger("exports");
+    this.#now = options.now ?? (() => performance.now());
+  }
+
+  get size(): number {
+    return this.#entries.size;
+  }
+
+  get closing(): boolean {
+    return this.#closing;
+  }
+
+  /** Where clients connect; `listening` is false until the first export. */
+  listenInfo(): ExportListenInfo {
+    return {
+      listening: this.#server !== null,
+      socket: this.#settings.socket,
+      tcp: this.#tcpAddress(),
+    };
+  }
+
+  #tcpAddress(): string | null {
+    const running = this.#server?.tcpAddress;
+    if (running) return `${uriHost(running.hostname)}:${running.port}`;
+    const wanted = this.#settings.tcp;
+    return wanted ? `${uriHost(wanted.host)}:${wanted.port}` : null;
+  }
+
+  /**
+   * Serves `request.image` as export `request.name`. The image and credentials
+   * are checked once now (one IVBS session, closed again) so a wrong password
+   * fails here and not at the first client.
+   */
+  async add(request: ExportRequest): Promise<ExportInfo> {
+    if (this.#closing) throw new ExportError("the daemon is shutting down", "SHUTTING_DOWN");
+    if (!EXPORT_NAME_PATTERN.test(request.name)) {
+      throw new ExportError(
+        `export name ${JSON.stringify(request.name.slice(0, 140))} ${EXPORT_NAME_RULE}`,
+        "INVALID_NAME",
+      );
+    }
+    const existing = this.#entries.get(request.name);
+    if (existing) {
+      throw new ExportError(
+        `export "${request.name}" already exists (${existing.state}, image ${existing.image})`,
+        "DUPLICATE",
+      );
+    }
+    // From here to the reservation nothing awaits, so two requests cannot take the same name.
+    let finish!: () => void;
+    const entry: Entry = {
+      name: request.name,
+      image: request.image,
+      username: request.username,
+      password: request.password,
+      readOnly: request.readOnly ?? false,
+      state: "adding",
+      sizeBytes: 0,
+      createdAt: new Date(),
+      settled: new Promise<void>((resolve) => finish = resolve),
+      sessions: new Set(),
+      closed: { failovers: 0, reconnects: 0 },
+      rate: new RateSampler(this.#now),
+    };
+    this.#entries.set(entry.name, entry);
+    this.#log.info("adding export", {
+      export: entry.name,
+      image: entry.image,
+      user: entry.username,
+    });
+    try {
+      const server = await this.#ensureServer();
+      await this.#probe(entry);
+      if (this.#closing) throw new ExportError("the daemon is shutting down", "SHUTTING_DOWN");
+      server.addExport({
+        name: entry.name,
+        description: `IVBS image ${entry.image}`,
+        open: () => this.#openClient(entry),
+      });
+      entry.state = "ready";
+    } catch (error) {
+      this.#entries.delete(entry.name);
+      throw this.#wrap(error, `Cannot export ${entry.image} as ${entry.name}`);
+    } finally {
+      finish();
+    }
+    this.#log.info("export ready", {
+      export: entry.name,
+      image: entry.image,
+      size: entry.sizeBytes,
+      uri: this.#uri(entry.name),
+    });
+    return this.#info(entry, this.#liveStats());
+  }
+
+  async #probe(entry: Entry): Promise<void> {
+    const backend = await this.#driver.openBackend({
+      image: entry.image,
+      username: entry.username,
+      password: entry.password,
+      readOnly: entry.readOnly,
+    });
+    entry.sizeBytes = backend.size;
+    entry.readOnly = backend.readOnly;
+    try {
+      await backend.close();
+    } catch (error) {
+      this.#log.warn("closing the probe session failed", { export: entry.name, error });
+    }
+  }
+
+  /** One client's own session; its counters join the export's totals when it closes. */
+  async #openClient(entry: Entry): Promise<Backend> {
+    const backend = await this.#driver.openBackend({
+      image: entry.image,
+      username: entry.username,
+      password: entry.password,
+      readOnly: entry.readOnly,
+    });
+    entry.sessions.add(backend);
+    return trackClose(backend, () => {
+      entry.sessions.delete(backend);
+      entry.closed.failovers += backend.stats?.failovers ?? 0;
+      entry.closed.reconnects += backend.stats?.reconnects ?? 0;
+    });
+  }
+
+  #ensureServer(): Promise<ExportServer> {
+    if (this.#starting) return this.#starting;
+    const starting = this.#startServer();
+    this.#starting = starting;
+    // A failed start (socket in use…) is retried by the next add.
+    starting.catch(() => {
+      if (this.#starting === starting) this.#starting = null;
+    });
+    return starting;
+  }
+
+  async #startServer(): Promise<ExportServer> {
+    const { socket, tcp } = this.#settings;
+    try {
+      if (parentDir(socket) === this.#stateDir) await prepareStateDir(this.#stateDir, this.#log);
+      const server = await startExportServer({
+        socketPath: socket,
+        tcp: tcp ? { hostname: tcp.host, port: tcp.port } : undefined,
+        log: logger("export"),
+      });
+      if (this.#closing) {
+        await server.close();
+        throw new ExportError("the daemon is shutting down", "SHUTTING_DOWN");
+      }
+      this.#server = server;
+      return server;
+    } catch (error) {
+      if (error instanceof ExportError) throw error;
+      const where = tcp ? `${socket} and ${uriHost(tcp.host)}:${tcp.port}` : socket;
+      throw new ExportError(
+        `Cannot listen for NBD clients on ${where}: ${errorMessage(error)}`,
+        "LISTEN_FAILED",
+      );
+    }
+  }
+
+  #wrap(error: unknown, what: string): ExportError {
+    if (error instanceof ExportError) return error;
+    if (error instanceof ExportServerError) {
+      const code = error.code === "INVALID_NAME" || error.code === "DUPLICATE"
+        ? error.code
+        : "LISTEN_FAILED";
+      return new ExportError(`${what}: ${error.message}`, code);
+    }
+    const code = errorCode(error);
+    const message = `${what}: ${errorMessage(error)}`;
+    if (code !== undefined && PASSTHROUGH_CODES.has(code)) {
+      return new ExportError(message, code as ExportErrorCode);
+    }
+    this.#log.error("export failed for an unexpected reason", { error, code });
+    return new ExportError(message, "OPEN_FAILED");
+  }
+
+  /** Stops serving `name`: no new client can choose it, current clients are disconnected. */
+  async remove(name: string): Promise<void> {
+    const entry = this.#entries.get(name);
+    if (!entry) {
+      const known = [...this.#entries.keys()].join(", ") || "none";
+      throw new ExportError(
+        `no export named ${JSON.stringify(name.slice(0, 140))} (exports: ${known})`,
+        "UNKNOWN_EXPORT",
+      );
+    }
+    if (entry.state !== "ready") {
+      throw new ExportError(`export "${name}" is ${entry.state}; try again`, "BUSY");
+    }
+    entry.state = "removing";
+    this.#log.info("removing export", { export: name, image: entry.image });
+    await this.#server?.removeExport(name);
+    this.#entries.delete(name);
+    this.#log.info("export removed", { export: name, image: entry.image });
+  }
+
+  /** Exports the config lists; a failing one is logged and does not stop the others. */
+  async addConfigured(items: readonly ConfiguredExport[]): Promise<ExportOutcome[]> {
+    return await Promise.all(items.map(async (item): Promise<ExportOutcome> => {
+      const request = { name: item.name, image: item.image };
+      try {
+        return { request, export: await this.add(item) };
+      } catch (error) {
+        const err = error instanceof Error ? error : new Error(String(error));
+        this.#log.error("configured export failed", {
+          export: item.name,
+          image: item.image,
+          user: item.username,
+          code: errorCode(err),
+          error: err.message,
+        });
+        return { request, error: err };
+      }
+    }));
+  }
+
+  /**
+   * Refuses new exports, waits for adds in progress, then closes the export
+   * server: every client is disconnected, its session closed, the socket
+   * removed. Never throws (this runs on the way out).
+   */
+  async closeAll(): Promise<void> {
+    this.#closing = true;
+    await Promise.allSettled([...this.#entries.values()].map((e) => e.settled));
+    const server = this.#server ?? await this.#starting?.catch(() => null) ?? null;
+    if (server) {
+      try {
+        await server.close();
+      } catch (error) {
+        this.#log.error("closing the NBD export server failed", { error });
+      }
+    }
+    this.#server = null;
+    this.#entries.clear();
+  }
+
+  /** Exports, ordered by name. */
+  list(): ExportInfo[] {
+    const live = this.#liveStats();
+    return this.#sorted().map((entry) => this.#info(entry, live));
+  }
+
+  /** Exports with their live counters, for metrics. */
+  snapshots(): ExportSnapshot[] {
+    const live = this.#liveStats();
+    return this.#sorted().map((entry) => ({
+      info: this.#info(entry, live),
+      stats: live.get(entry.name)?.stats ?? null,
+    }));
+  }
+
+  #sorted(): Entry[] {
+    return [...this.#entries.values()].sort((a, b) => a.name < b.name ? -1 : 1);
+  }
+
+  #liveStats(): Map<string, { clients: number; stats: DeviceIoStats }> {
+    const exports = this.#server?.exports() ?? [];
+    return new Map(exports.map((e) => [e.name, { clients: e.clients, stats: e.stats }]));
+  }
+
+  #uri(name: string): string {
+    return `nbd+unix:///${name}?socket=${this.#settings.socket}`;
+  }
+
+  #info(entry: Entry, live: Map<string, { clients: number; stats: DeviceIoStats }>): ExportInfo {
+    const served = live.get(entry.name);
+    const io = served?.stats;
+    const bytesRead = io?.bytesRead ?? 0;
+    const bytesWritten = io?.bytesWritten ?? 0;
+    let failovers = entry.closed.failovers;
+    let reconnects = entry.closed.reconnects;
+    for (const session of entry.sessions) {
+      failovers += session.stats?.failovers ?? 0;
+      reconnects += session.stats?.reconnects ?? 0;
+    }
+    const tcp = this.#tcpAddress();
+    return {
+      name: entry.name,
+      image: entry.image,
+      username: entry.username,
+      state: entry.state,
+      sizeBytes: entry.sizeBytes,
+      readOnly: entry.readOnly,
+      socket: this.#settings.socket,
+      uri: this.#uri(entry.name),
+      tcpUri: tcp === null ? null : `nbd://${tcp}/${entry.name}`,
+      clients: served?.clients ?? 0,
+      inFlight: io?.inFlight ?? 0,
+      reads: io?.reads ?? 0,
+      writes: io?.writes ?? 0,
+      bytesRead,
+      bytesWritten,
+      errors: io?.errors ?? 0,
+      failovers,
+      reconnects,
+      createdAt: entry.createdAt.toISOString(),
+      throughput: entry.rate.update(bytesRead, bytesWritten),
+    };
+  }
+}
+
+/**
+ * The same backend with a hook after close(). Optional capabilities are passed
+ * on only when present, so the NBD side advertises exactly what the session has.
+ */
+function trackClose(backend: MountBackend, onClose: () => void): Backend {
+  const view: Backend = {
+    get size() {
+      return backend.size;
+    },
+    get readOnly() {
+      return backend.readOnly;
+    },
+    read: (offset, length) => backend.read(offset, length),
+    write: (offset, data) => backend.write(offset, data),
+    close: async () => {
+      try {
+        await backend.close();
+      } finally {
+        onClose();
+      }
+    },
+  };
+  if (backend.flush) view.flush = () => backend.flush!();
+  if (backend.trim) view.trim = (offset, length) => backend.trim!(offset, length);
+  if (backend.writeZeroes) {
+    view.writeZeroes = (offset, length) => backend.writeZeroes!(offset, length);
+  }
+  return view;
+}
+
+function parentDir(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash <= 0 ? "/" : path.slice(0, slash);
+}
+
+/**
+ * Creates the state directory with mode 0700, or checks an existing one: it
+ * must be a real directory (not a symlink) owned by us; one others can enter is
+ * tightened to 0700. In /tmp someone else could have made it first.
+ */
+export async function prepareStateDir(dir: string, log: Logger): Promise<void> {
+  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
+  const info = await Deno.lstat(dir);
+  if (!info.isDirectory) {
+    throw new Error(
+      `state directory ${dir} is ${info.isSymlink ? "a symlink" : "not a directory"}`,
+    );
+  }
+  let uid: number | null = null;
+  try {
+    uid = Deno.uid();
+  } catch {
+    // No sys permission: the owner cannot be compared.
+  }
+  if (uid !== null && info.uid !== null && info.uid !== uid) {
+    throw new Error(`state directory ${dir} belongs to uid ${info.uid}, not to us (uid ${uid})`);
+  }
+  if (info.mode !== null && (info.mode & 0o077) !== 0) {
+    log.warn("state directory was open to others; setting mode 0700", {
+      dir,
+      mode: (info.mode & 0o777).toString(8),
+    });
+    await Deno.chmod(dir, 0o700);
+  }
+}
