@@ -27,6 +27,7 @@ function setup(options: { token?: string; devices?: number; stateDir?: string } 
     settings: { socket: `${stateDir}/nbd.sock`, items: [] },
     stateDir,
     log: quietLog,
+    serverLog: quietLog,
   });
   const shutdowns: string[] = [];
   const app = createApp({
@@ -459,4 +460,195 @@ Deno.test("a refused mount logs no password", async () => {
   assert.ok(lines.length > 0, "the attempt was logged");
   assert.ok(lines.every((line) => !line.includes(PASSWORD)));
   assert.equal(table.size, 0);
+});
+
+/** Runs `body` with an API whose exports listen in a fresh temp dir; closes everything after. */
+async function withExportApi(
+  body: (t: ReturnType<typeof setup> & { dir: string }) => Promise<void>,
+  options: { token?: string } = {},
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-http-exports-" });
+  const t = setup({ ...options, stateDir: dir });
+  try {
+    await body({ ...t, dir });
+  } finally {
+    await t.exports.closeAll();
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+async function hasNbdinfo(): Promise<boolean> {
+  try {
+    const out = await new Deno.Command("nbdinfo", { args: ["--version"], stdout: "null" }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("POST /api/exports serves the image on the socket and answers 201 with its URI", async () => {
+  await withExportApi(async ({ call, dir, driver }) => {
+    const { status, json, text, headers } = await call("POST", "/api/exports", {
+      ...EXPORT,
+      name: "vm1",
+    });
+    assert.equal(status, 201, text);
+    assert.equal(json?.name, "vm1");
+    assert.equal(json?.image, "disk");
+    assert.equal(json?.sizeBytes, 1 << 20);
+    assert.equal(json?.state, "ready");
+    assert.equal(json?.clients, 0);
+    assert.equal(json?.socket, `${dir}/nbd.sock`);
+    assert.equal(json?.uri, `nbd+unix:///vm1?socket=${dir}/nbd.sock`);
+    assert.equal(json?.tcpUri, null);
+    assert.equal(headers.get("location"), "/api/exports/vm1");
+    assert.ok(!text.includes(PASSWORD), "the password is never echoed");
+    assert.equal((await Deno.stat(`${dir}/nbd.sock`)).mode! & 0o777, 0o600);
+    assert.equal(driver.backends.length, 1, "one probe session");
+    assert.ok(driver.backends[0].closed, "the probe session is closed again");
+
+    const list = await call("GET", "/api/exports");
+    assert.equal(list.json?.listening, true);
+    assert.equal(list.json?.socket, `${dir}/nbd.sock`);
+    assert.deepEqual((list.json?.exports as { name: string }[]).map((e) => e.name), ["vm1"]);
+    const mounts = await call("GET", "/api/mounts");
+    assert.deepEqual(mounts.json?.mounts, []);
+    assert.deepEqual((mounts.json?.exports as { uri: string }[]).map((e) => e.uri), [
+      `nbd+unix:///vm1?socket=${dir}/nbd.sock`,
+    ]);
+    assert.equal((await call("GET", "/api/health")).json?.exports, 1);
+
+    if (!(await hasNbdinfo())) {
+      console.warn("nbdinfo is not installed; skipping the client part of this test");
+      return;
+    }
+    const info = await new Deno.Command("nbdinfo", {
+      args: ["--size", String(json?.uri)],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(info.code, 0, new TextDecoder().decode(info.stderr));
+    assert.equal(new TextDecoder().decode(info.stdout).trim(), String(1 << 20));
+    assert.ok(driver.backends.length >= 2, "the client got a session of its own");
+  });
+});
+
+Deno.test("POST /api/exports rejects bad bodies and names with 400 naming the field", async () => {
+  const { call, driver } = setup();
+  const cases: [unknown, RegExp][] = [
+    ["", /body is empty/],
+    [{ ...EXPORT }, /name/],
+    [{ ...EXPORT, name: "" }, /name: name must be 1-128 characters/],
+    [{ ...EXPORT, name: "a/b" }, /name: name must be/],
+    [{ ...EXPORT, name: "../etc" }, /name: name must be/],
+    [{ ...EXPORT, name: "with space" }, /name: name must be/],
+    [{ ...EXPORT, name: "x".repeat(129) }, /name: name must be/],
+    [{ ...EXPORT, name: 5 }, /name: name must be a string/],
+    [{ ...EXPORT, name: "vm", image: "" }, /image: image must not be empty/],
+    [{ ...EXPORT, name: "vm", password: 1 }, /password: password must be a string/],
+    [{ ...EXPORT, name: "vm", readOnly: "no" }, /readOnly/],
+    [{ ...EXPORT, name: "vm", device: "nbd0" }, /unknown field "device"/],
+  ];
+  for (const [body, pattern] of cases) {
+    const { status, json } = await call("POST", "/api/exports", body);
+    assert.equal(status, 400, `status for ${JSON.stringify(body)}`);
+    assert.match(String(json?.error), pattern, `message for ${JSON.stringify(body)}`);
+    assert.ok(!String(json?.error).includes(PASSWORD));
+  }
+  assert.equal(driver.openCalls, 0, "nothing reached the driver");
+});
+
+Deno.test("POST /api/exports answers 409 for a name in use, also when two race for it", async () => {
+  await withExportApi(async ({ call, driver }) => {
+    const held = Promise.withResolvers<void>();
+    driver.openGate = held.promise;
+    const first = call("POST", "/api/exports", { ...EXPORT, name: "vm1" });
+    const second = call("POST", "/api/exports", { ...EXPORT, name: "vm1", image: "ro" });
+    const losing = await second;
+    assert.equal(losing.status, 409);
+    assert.match(String(losing.json?.error), /export "vm1" already exists \(adding, image disk\)/);
+    assert.equal(losing.json?.code, "DUPLICATE");
+    assert.equal((await call("DELETE", "/api/exports/vm1")).status, 409, "busy while adding");
+    driver.openGate = null;
+    held.resolve();
+    assert.equal((await first).status, 201);
+    const again = await call("POST", "/api/exports", { ...EXPORT, name: "vm1" });
+    assert.equal(again.status, 409);
+  });
+});
+
+Deno.test("POST /api/exports maps IVBS refusals to 403 and 404 and keeps nothing", async () => {
+  await withExportApi(async ({ call }) => {
+    const wrong = await call("POST", "/api/exports", { ...EXPORT, name: "a", password: "nope" });
+    assert.equal(wrong.status, 403);
+    assert.match(String(wrong.json?.error), /Cannot export disk as a: login as alice refused/);
+    assert.equal(wrong.json?.code, "LOGIN_DENIED");
+    const missing = await call("POST", "/api/exports", { ...EXPORT, name: "a", image: "gone" });
+    assert.equal(missing.status, 404);
+    assert.equal(missing.json?.code, "IMAGE_NOT_FOUND");
+    assert.deepEqual((await call("GET", "/api/exports")).json?.exports, []);
+    const ro = await call("POST", "/api/exports", { ...EXPORT, name: "a", image: "ro" });
+    assert.equal(ro.status, 201, "the name is free again after failures");
+    assert.equal(ro.json?.readOnly, true, "an image read-only on the IVBS side exports read-only");
+  });
+});
+
+Deno.test("POST /api/exports answers 503 LISTEN_FAILED when the socket path is taken by a file", async () => {
+  await withExportApi(async ({ call, dir }) => {
+    await Deno.writeTextFile(`${dir}/nbd.sock`, "not a socket");
+    const refused = await call("POST", "/api/exports", { ...EXPORT, name: "vm1" });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.json?.code, "LISTEN_FAILED");
+    assert.match(String(refused.json?.error), /nbd\.sock exists and is not a socket/);
+    await Deno.remove(`${dir}/nbd.sock`);
+    assert.equal((await call("POST", "/api/exports", { ...EXPORT, name: "vm1" })).status, 201);
+  });
+});
+
+Deno.test("DELETE /api/exports/:name removes it and answers 400 and 404 for bad and unknown names", async () => {
+  await withExportApi(async ({ call, driver }) => {
+    assert.equal((await call("POST", "/api/exports", { ...EXPORT, name: "vm1" })).status, 201);
+    assert.equal((await call("POST", "/api/exports", { ...EXPORT, name: "vm2" })).status, 201);
+    const bad = await call("DELETE", "/api/exports/a%2Fb");
+    assert.equal(bad.status, 400);
+    assert.match(String(bad.json?.error), /invalid export name: name must be/);
+    const unknown = await call("DELETE", "/api/exports/vm3");
+    assert.equal(unknown.status, 404);
+    assert.match(String(unknown.json?.error), /no export named "vm3" \(exports: vm1, vm2\)/);
+    assert.equal(unknown.json?.code, "UNKNOWN_EXPORT");
+    const removed = await call("DELETE", "/api/exports/vm1");
+    assert.equal(removed.status, 200);
+    assert.deepEqual(removed.json, { name: "vm1", state: "removed" });
+    const left = (await call("GET", "/api/exports")).json?.exports as { name: string }[];
+    assert.deepEqual(left.map((e) => e.name), ["vm2"]);
+    assert.equal((await call("DELETE", "/api/exports/vm1")).status, 404);
+    assert.ok(driver.backends.every((b) => b.closed), "no session left open");
+  });
+});
+
+Deno.test("GET /metrics and the status page show exports", async () => {
+  await withExportApi(async ({ call, dir }) => {
+    await call("POST", "/api/exports", { ...EXPORT, name: "vm1" });
+    const metrics = await call("GET", "/metrics");
+    const id = 'export="vm1",image="disk"';
+    for (
+      const line of [
+        `ivbsnetd_exports{state="ready"} 1`,
+        `ivbsnetd_export_clients{${id}} 0`,
+        `ivbsnetd_export_size_bytes{${id}} ${1 << 20}`,
+        `ivbsnetd_export_io_bytes_total{${id},direction="read"} 0`,
+        `ivbsnetd_export_io_operations_total{${id},op="write"} 0`,
+        `ivbsnetd_export_io_latency_seconds_count{${id}} 0`,
+        `ivbsnetd_export_ivbs_failovers_total{${id}} 0`,
+        "# TYPE ivbsnetd_export_io_latency_seconds histogram",
+      ]
+    ) {
+      assert.ok(metrics.text.split("\n").includes(line), `missing line: ${line}`);
+    }
+    const page = await call("GET", "/");
+    assert.ok(page.text.includes("<td>vm1</td>"));
+    assert.ok(page.text.includes(`<code>nbd+unix:///vm1?socket=${dir}/nbd.sock</code>`));
+  });
+  const { call } = setup();
+  assert.match((await call("GET", "/")).text, /No NBD export\./);
 });

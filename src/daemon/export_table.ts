@@ -113,6 +113,8 @@ export interface ExportTableOptions {
   /** Created with mode 0700 before the socket is opened in it. */
   stateDir: string;
   log?: Logger;
+  /** For the NBD export server's own lines (clients, handshakes); default component "export". */
+  serverLog?: Logger;
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
 }
@@ -156,6 +158,7 @@ export class ExportTable {
   readonly #settings: ExportSettings;
   readonly #stateDir: string;
   readonly #log: Logger;
+  readonly #serverLog: Logger;
   readonly #now: () => number;
   readonly #entries = new Map<string, Entry>();
   #server: ExportServer | null = null;
@@ -167,6 +170,7 @@ export class ExportTable {
     this.#settings = options.settings;
     this.#stateDir = options.stateDir;
     this.#log = options.log ?? logger("exports");
+    this.#serverLog = options.serverLog ?? logger("export");
     this.#now = options.now ?? (() => performance.now());
   }
 
@@ -311,7 +315,7 @@ export class ExportTable {
       const server = await startExportServer({
         socketPath: socket,
         tcp: tcp ? { hostname: tcp.host, port: tcp.port } : undefined,
-        log: logger("export"),
+        log: this.#serverLog,
       });
       if (this.#closing) {
         await server.close();
