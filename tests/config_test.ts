@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import { ConfigError, loadConfig, parseConfig, parseListenAddress } from "../src/daemon/config.ts";
+import {
+  ConfigError,
+  defaultStateDir,
+  loadConfig,
+  parseConfig,
+  parseListenAddress,
+} from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { runServe } from "../src/daemon/serve_command.ts";
 
@@ -180,6 +186,110 @@ Deno.test("parseConfig rejects broken configs with one line naming the file and 
   }
 });
 
+const USERS = [{ username: "alice", password: "pw-a" }, { username: "bob", password: "pw-b" }];
+
+Deno.test("parseConfig reads the exports section and the state directory", () => {
+  const { config } = parseConfig(
+    JSON.stringify({
+      stateDir: "/var/run/ivbs/",
+      users: USERS,
+      exports: {
+        listen: { tcp: "127.0.0.1:10809" },
+        items: [
+          { name: "vm1", image: "disk-1", user: "alice" },
+          { name: "logs.ro", image: "logs", user: "bob", readOnly: true },
+        ],
+      },
+    }),
+    "f.json",
+  );
+  assert.equal(config.stateDir, "/var/run/ivbs");
+  assert.deepEqual(config.exports, {
+    socket: "/var/run/ivbs/nbd.sock",
+    tcp: { host: "127.0.0.1", port: 10809 },
+    items: [
+      { name: "vm1", image: "disk-1", username: "alice", password: "pw-a", readOnly: false },
+      { name: "logs.ro", image: "logs", username: "bob", password: "pw-b", readOnly: true },
+    ],
+  });
+  const custom = parseConfig(
+    JSON.stringify({ exports: { listen: { socket: "/srv/nbd/exports.sock", tcp: "[::1]:0" } } }),
+    "f.json",
+  ).config.exports;
+  assert.equal(custom.socket, "/srv/nbd/exports.sock");
+  assert.deepEqual(custom.tcp, { host: "::1", port: 0 });
+});
+
+Deno.test("without a stateDir the socket goes under the default state directory", () => {
+  const { config } = parseConfig("{}", "f.json");
+  assert.equal(config.exports.socket, `${config.stateDir}/nbd.sock`);
+  assert.deepEqual(config.exports.items, []);
+  assert.equal(config.exports.tcp, undefined);
+  assert.equal(defaultStateDir(0, "/run/user/0"), "/run/ivbsnetd");
+  assert.equal(defaultStateDir(1000, "/run/user/1000/"), "/run/user/1000/ivbsnetd");
+  assert.equal(defaultStateDir(1000, undefined), "/tmp/ivbsnetd-1000");
+  assert.equal(defaultStateDir(1000, "relative"), "/tmp/ivbsnetd-1000");
+  const legacy = parseConfig(
+    JSON.stringify({ Mounted: [], User: [] }),
+    "old.json",
+  ).config;
+  assert.deepEqual(legacy.exports.items, [], "the 2013 format has no exports");
+});
+
+Deno.test("parseConfig rejects broken exports sections with one line naming the field", () => {
+  const cases: [unknown, RegExp][] = [
+    [{ stateDir: "run/ivbsnetd" }, /stateDir: stateDir must be an absolute path/],
+    [{ exports: { listen: { socket: "nbd.sock" } } }, /exports\.listen\.socket: socket must be/],
+    [
+      { exports: { listen: { socket: "/" + "s".repeat(120) } } },
+      /exports\.listen\.socket: socket path must be at most 107 bytes/,
+    ],
+    [
+      { exports: { listen: { tcp: "0.0.0.0:10809" } } },
+      /exports\.listen\.tcp: exports listen on TCP on loopback only/,
+    ],
+    [{ exports: { listen: { tcp: ":10809" } } }, /exports\.listen\.tcp: .*loopback only/],
+    [{ exports: { listen: { tcp: "10809" } } }, /exports\.listen\.tcp: "10809" is not host:port/],
+    [{ exports: { listen: { unix: "/x" } } }, /exports\.listen: unknown field "unix"/],
+    [{ exports: { items: {} } }, /exports\.items/],
+    [
+      { users: USERS, exports: { items: [{ name: "a/b", image: "i", user: "alice" }] } },
+      /exports\.items\[0\]\.name: name must be 1-128 characters/,
+    ],
+    [
+      { users: USERS, exports: { items: [{ image: "i", user: "alice" }] } },
+      /exports\.items\[0\]\.name: name must be a string/,
+    ],
+    [
+      { users: USERS, exports: { items: [{ name: "a", image: "", user: "alice" }] } },
+      /exports\.items\[0\]\.image: image must not be empty/,
+    ],
+    [
+      { users: USERS, exports: { items: [{ name: "a", image: "i", user: "carol" }] } },
+      /exports\.items\[0\]\.user: unknown user "carol" \(users: alice, bob\)/,
+    ],
+    [
+      {
+        users: USERS,
+        exports: {
+          items: [{ name: "a", image: "i", user: "alice" }, { name: "a", image: "j", user: "bob" }],
+        },
+      },
+      /exports\.items\[1\]\.name: duplicate export name "a"/,
+    ],
+    [
+      { users: USERS, exports: { items: [{ name: "a", image: "i", user: "bob", ro: true }] } },
+      /exports\.items\[0\]: unknown field "ro"/,
+    ],
+  ];
+  for (const [value, pattern] of cases) {
+    const message = problem(value);
+    assert.match(message, /^config \/etc\/ivbsnetd\.json: /, message);
+    assert.match(message, pattern, message);
+    assert.ok(!message.includes("pw-a") && !message.includes("pw-b"), "no password in the message");
+  }
+});
+
 Deno.test("config errors never contain a password", () => {
   const message = problem({
     users: [{ username: "a", password: "hunter2-secret" }],
@@ -214,6 +324,8 @@ Deno.test("loadConfig warns when a file with passwords is readable by others", a
     await Deno.writeTextFile(path, "{}");
     await Deno.chmod(path, 0o644);
     assert.deepEqual((await loadConfig(path)).warnings, [], "no secrets, no warning");
+    await Deno.writeTextFile(path, JSON.stringify({ exports: { listen: { tcp: "127.0.0.1:1" } } }));
+    assert.deepEqual((await loadConfig(path)).warnings, [], "an export listener is no secret");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -250,6 +362,10 @@ Deno.test("serve exits 2 with one clear line for each kind of broken config", as
       "user.json": [
         JSON.stringify({ mounts: [{ image: "x", user: "nobody" }] }),
         /mounts\[0\]\.user/,
+      ],
+      "export.json": [
+        JSON.stringify({ exports: { items: [{ name: "vm", image: "x", user: "nobody" }] } }),
+        /exports\.items\[0\]\.user: unknown user "nobody"/,
       ],
       "legacy.json": [
         JSON.stringify({ Mounted: [{ NbdDevice: "/dev/nbd0", ImageName: "x" }] }),
