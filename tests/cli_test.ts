@@ -15,9 +15,13 @@ const PASSWORD = "pw-demo-7";
 const TOKEN = "token-for-cli-tests";
 
 /** A daemon on 127.0.0.1:0 with a fake driver; `stop` shuts it down. */
-function startDaemon(options: { token?: string } = {}) {
+function startDaemon(options: { token?: string; stateDir?: string } = {}) {
   const { config } = parseConfig(
-    JSON.stringify({ http: { listen: "127.0.0.1:0", token: options.token }, nbd: { devices: 4 } }),
+    JSON.stringify({
+      http: { listen: "127.0.0.1:0", token: options.token },
+      nbd: { devices: 4 },
+      stateDir: options.stateDir,
+    }),
     "test",
   );
   const driver = new FakeMountDriver({
@@ -331,4 +335,158 @@ Deno.test("readRawSecret handles backspace over UTF-8 and cancels on Ctrl-C", as
   assert.equal(await readRawSecret(cancelled), null);
   const eof = new ByteSource(streamOf([0x04]));
   assert.equal(await readRawSecret(eof), null);
+});
+
+/** A daemon whose NBD exports listen in a fresh temp dir; `stop` also removes the dir. */
+async function startExportingDaemon(options: { token?: string } = {}) {
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-cli-test-" });
+  const daemon = startDaemon({ ...options, stateDir });
+  return {
+    ...daemon,
+    stateDir,
+    stop: async () => {
+      await daemon.stop();
+      await Deno.remove(stateDir, { recursive: true });
+    },
+  };
+}
+
+Deno.test("one-shot export-add, export-list and export-remove drive the daemon's exports", async () => {
+  const daemon = await startExportingDaemon();
+  try {
+    const server = ["--server", daemon.url];
+    const uri = `nbd+unix:///vm1?socket=${daemon.stateDir}/nbd.sock`;
+    const add = capture({}, PASSWORD);
+    assert.equal(
+      await runOneShot(
+        "export-add",
+        [...server, "--password-stdin", "vm1", "demo", "demo"],
+        add.io,
+      ),
+      0,
+      add.err.join("\n"),
+    );
+    assert.equal(add.out[0], `exported demo as vm1 (1.0 GiB, read-write): ${uri}`);
+
+    const ro = capture();
+    assert.equal(
+      await runOneShot(
+        "export-add",
+        [...server, "--read-only", "--json", "vm2", "demo", "demo", PASSWORD],
+        ro.io,
+      ),
+      0,
+    );
+    assert.equal(JSON.parse(ro.out[0]).readOnly, true);
+
+    const list = capture();
+    assert.equal(await runOneShot("export-list", server, list.io), 0);
+    const lines = list.out[0].split("\n");
+    assert.match(lines[0], /^NAME\s+IMAGE\s+SIZE\s+MODE\s+STATE\s+CLIENTS\s+READ\s+WRITTEN\s+URI$/);
+    assert.match(lines[1], /^vm1\s+demo\s+1\.0 GiB\s+rw\s+ready\s+0\s+0 B\s+0 B\s+nbd\+unix:/);
+    assert.match(lines[2], /^vm2\s+demo\s+1\.0 GiB\s+ro\s+ready/);
+
+    const check = capture();
+    assert.equal(await runOneShot("check", server, check.io), 0);
+    assert.match(check.out[0], /0 mounts, 2 exports/);
+
+    const remove = capture();
+    assert.equal(await runOneShot("export-remove", [...server, "vm1"], remove.io), 0);
+    assert.equal(remove.out[0], "removed export vm1 (its clients were disconnected)");
+    const json = capture();
+    assert.equal(await runOneShot("export-list", [...server, "--json"], json.io), 0);
+    assert.deepEqual(JSON.parse(json.out[0]).map((e: { name: string }) => e.name), ["vm2"]);
+  } finally {
+    await daemon.stop();
+  }
+});
+
+Deno.test("one-shot export commands exit 1 on refusals, 2 on usage errors and 3 without a daemon", async () => {
+  const daemon = await startExportingDaemon({ token: TOKEN });
+  try {
+    const server = ["--server", daemon.url, "--token", TOKEN];
+    assert.equal(
+      await runOneShot("export-add", [...server, "vm1", "demo", "demo", PASSWORD], capture().io),
+      0,
+    );
+    const refusals: [Parameters<typeof runOneShot>[0], string[], RegExp][] = [
+      [
+        "export-add",
+        ["vm1", "demo", "demo", PASSWORD],
+        /export "vm1" already exists.*\[DUPLICATE\]$/,
+      ],
+      ["export-add", ["vm3", "demo", "demo", "wrong"], /login as demo refused \[LOGIN_DENIED\]$/],
+      ["export-add", ["a/b", "demo", "demo", PASSWORD], /invalid body: name: name must be/],
+      ["export-remove", ["vm9"], /no export named "vm9" \(exports: vm1\) \[UNKNOWN_EXPORT\]$/],
+    ];
+    for (const [name, args, pattern] of refusals) {
+      const run = capture();
+      assert.equal(await runOneShot(name, [...server, ...args], run.io), 1, args.join(" "));
+      assert.match(run.err[0], pattern);
+      assert.ok(!run.err[0].includes(PASSWORD));
+    }
+    const noToken = capture();
+    assert.equal(
+      await runOneShot("export-remove", ["--server", daemon.url, "vm1"], noToken.io),
+      1,
+    );
+    assert.match(noToken.err[0], /bearer token \(pass --token or set IVBSNETD_TOKEN\)/);
+  } finally {
+    await daemon.stop();
+  }
+  const usage: [Parameters<typeof runOneShot>[0], string[], RegExp][] = [
+    ["export-add", ["vm1", "demo"], /usage: ivbsnetd export-add \[options\] NAME IMAGE USER/],
+    ["export-remove", [], /usage: ivbsnetd export-remove/],
+    ["export-list", ["extra"], /usage: ivbsnetd export-list/],
+    ["export-list", ["--all"], /--all applies to list only/],
+    ["export-remove", ["--read-only", "vm1"], /--read-only applies to mount and export-add only/],
+    ["export-add", ["vm1", "demo", "demo"], /no password/],
+  ];
+  for (const [name, args, pattern] of usage) {
+    const run = capture();
+    assert.equal(await runOneShot(name, args, run.io), 2, `${name} ${args.join(" ")}`);
+    assert.match(run.err.join("\n"), pattern);
+  }
+  const gone = capture();
+  assert.equal(
+    await runOneShot("export-list", ["--server", `127.0.0.1:${deadPort()}`], gone.io),
+    3,
+  );
+  assert.match(gone.err[0], /is not reachable: connection refused/);
+});
+
+Deno.test("netdclient export asks for what is missing, liste lists and unexport removes", async () => {
+  const daemon = await startExportingDaemon();
+  try {
+    const session = scripted([
+      "export vm1",
+      "demo",
+      "demo",
+      PASSWORD,
+      "liste",
+      "export vm1 demo demo",
+      PASSWORD,
+      "unexport vm1",
+      "liste",
+      "unexport",
+      "vm1",
+      "export a b c d e",
+      "exit",
+    ]);
+    await runInteractive(new ApiClient({ server: daemon.url }), session.terminal);
+    const text = session.text();
+    const uri = `nbd+unix:///vm1?socket=${daemon.stateDir}/nbd.sock`;
+    assert.deepEqual(session.secretPrompts, ["Password: ", "Password: "]);
+    assert.ok(!text.includes(PASSWORD), "the password is never shown");
+    assert.match(text, /netdclient> export vm1\nImage: demo\nUser: demo\nPassword: \n/);
+    assert.ok(text.includes(`exported demo as vm1 (1.0 GiB, read-write): ${uri}\n`));
+    assert.match(text, /NAME\s+IMAGE.*\nvm1\s+demo\s+1\.0 GiB\s+rw\s+ready/);
+    assert.match(text, /error: export "vm1" already exists/);
+    assert.match(text, /removed export vm1.*\nnetdclient> liste\nNo NBD export\.\n/);
+    assert.match(text, /netdclient> unexport\nExport name: vm1\nerror: no export named "vm1"/);
+    assert.match(text, /usage: export <name> <image> <user> <pass>/);
+    assert.ok(HELP.includes("unexport <name>") && HELP.includes("liste"));
+  } finally {
+    await daemon.stop();
+  }
 });

@@ -5,8 +5,9 @@
  * @module
  */
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import type { ExportInfo } from "../daemon/export_table.ts";
 
-export type { DeviceInfo, MountInfo };
+export type { DeviceInfo, ExportInfo, MountInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -15,12 +16,22 @@ export interface Health {
   version: string;
   uptimeSeconds: number;
   mounts: number;
+  /** Absent from daemons older than NBD exports. */
+  exports?: number;
   devices: number;
   tokenRequired: boolean;
 }
 
 export interface MountRequestBody {
   device?: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+}
+
+export interface ExportRequestBody {
+  name: string;
   image: string;
   username: string;
   password: string;
@@ -161,6 +172,26 @@ export class ApiClient {
       this.#mountTimeoutMs,
     );
     return reply.device;
+  }
+
+  async exports(): Promise<ExportInfo[]> {
+    return (await this.#call<{ exports: ExportInfo[] }>("GET", "/api/exports")).exports;
+  }
+
+  /** Adding logs in to IVBS once to check the image, so it gets the mount timeout. */
+  addExport(request: ExportRequestBody): Promise<ExportInfo> {
+    return this.#call<ExportInfo>("POST", "/api/exports", request, this.#mountTimeoutMs);
+  }
+
+  /** Resolves with the removed export's name. */
+  async removeExport(name: string): Promise<string> {
+    const reply = await this.#call<{ name: string }>(
+      "DELETE",
+      `/api/exports/${encodeURIComponent(name)}`,
+      undefined,
+      this.#mountTimeoutMs,
+    );
+    return reply.name;
   }
 
   async shutdown(): Promise<void> {

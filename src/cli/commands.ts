@@ -1,11 +1,18 @@
 /**
  * What each client command does against the API and what it prints; shared by
- * the interactive netdclient and the one-shot `ivbsnetd mount|unmount|list|check|shutdown`.
+ * the interactive netdclient and the one-shot `ivbsnetd mount|unmount|list|check|shutdown`
+ * and `ivbsnetd export-add|export-remove|export-list`.
  * @module
  */
 import { formatBytes } from "../daemon/units.ts";
-import type { ApiClient, MountInfo, MountRequestBody } from "./api_client.ts";
-import { devicesTable, mountsTable } from "./table.ts";
+import type {
+  ApiClient,
+  ExportInfo,
+  ExportRequestBody,
+  MountInfo,
+  MountRequestBody,
+} from "./api_client.ts";
+import { devicesTable, exportsTable, mountsTable } from "./table.ts";
 
 export interface Output {
   /** One or more lines; a newline is added. */
@@ -18,7 +25,10 @@ export async function checkCommand(client: ApiClient, out: Output, json = false)
     out.print(JSON.stringify(health));
     return;
   }
-  const mounts = `${health.mounts} mount${health.mounts === 1 ? "" : "s"}`;
+  let mounts = `${health.mounts} mount${health.mounts === 1 ? "" : "s"}`;
+  if (health.exports !== undefined) {
+    mounts += `, ${health.exports} export${health.exports === 1 ? "" : "s"}`;
+  }
   out.print(
     `server ${client.server} is ${
       health.status === "ok" ? "up" : health.status
@@ -56,6 +66,42 @@ export async function unmountCommand(client: ApiClient, out: Output, device: str
   const canonical = await client.unmount(device);
   out.print(
     json ? JSON.stringify({ device: canonical, state: "unmounted" }) : `unmounted ${canonical}`,
+  );
+}
+
+export async function listExportsCommand(client: ApiClient, out: Output, json = false) {
+  const exports = await client.exports();
+  out.print(json ? JSON.stringify(exports) : exportsTable(exports));
+}
+
+export function describeExport(e: ExportInfo): string {
+  const tcp = e.tcpUri === null ? "" : ` or ${e.tcpUri}`;
+  return `exported ${e.image} as ${e.name} (${formatBytes(e.sizeBytes)}, ${
+    e.readOnly ? "read-only" : "read-write"
+  }): ${e.uri}${tcp}`;
+}
+
+export async function addExportCommand(
+  client: ApiClient,
+  out: Output,
+  request: ExportRequestBody,
+  json = false,
+): Promise<void> {
+  const info = await client.addExport(request);
+  out.print(json ? JSON.stringify(info) : describeExport(info));
+}
+
+export async function removeExportCommand(
+  client: ApiClient,
+  out: Output,
+  name: string,
+  json = false,
+) {
+  const removed = await client.removeExport(name);
+  out.print(
+    json
+      ? JSON.stringify({ name: removed, state: "removed" })
+      : `removed export ${removed} (its clients were disconnected)`,
   );
 }
 

@@ -1,18 +1,23 @@
 /**
  * netdclient: the 2013 interactive client, `ivbsnetd client [--server URL] [--token T]`.
  * Commands: check, disc, exit, help, lista, listm, mount <device> <image> <user> <pass>
- * (asks for what is missing, the password without echo), unmount <device>. The
- * server is checked before each command, so a dead daemon is reported at once.
+ * (asks for what is missing, the password without echo), unmount <device>; and
+ * for NBD exports, mirroring mount/unmount/listm: export <name> <image> <user> <pass>,
+ * unexport <name>, liste. The server is checked before each command, so a dead
+ * daemon is reported at once.
  * @module
  */
 import { parseArgs } from "node:util";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
 import {
+  addExportCommand,
   checkCommand,
   listAllCommand,
+  listExportsCommand,
   listMountedCommand,
   mountCommand,
   type Output,
+  removeExportCommand,
   shutdownCommand,
   unmountCommand,
 } from "./commands.ts";
@@ -30,12 +35,26 @@ export const HELP = [
   "                                        missing arguments are asked for, the password",
   "                                        without echo",
   "  unmount <device>                      detach a device",
+  "  liste                                 NBD exports, with their nbd+unix:// URIs",
+  "  export <name> <image> <user> <pass>   serve an image as NBD export <name> (for qemu,",
+  "                                        nbdinfo, fio); asks for what is missing like mount",
+  "  unexport <name>                       stop an export (its clients are disconnected)",
   "  disc                                  shut the daemon down (detaches every device)",
   "  help                                  this list",
   "  exit                                  leave netdclient (also quit, Ctrl-D)",
 ].join("\n");
 
-const SERVER_COMMANDS = new Set(["check", "disc", "lista", "listm", "mount", "unmount"]);
+const SERVER_COMMANDS = new Set([
+  "check",
+  "disc",
+  "lista",
+  "listm",
+  "mount",
+  "unmount",
+  "liste",
+  "export",
+  "unexport",
+]);
 
 /** Runs the prompt loop until exit or end of input. */
 export async function runInteractive(client: ApiClient, terminal: Terminal): Promise<void> {
@@ -122,6 +141,38 @@ async function runCommand(
       await mountCommand(client, out, { device, image, username, password });
       return true;
     }
+    case "liste":
+      await listExportsCommand(client, out);
+      return true;
+    case "unexport": {
+      if (args.length > 1) {
+        out.print("usage: unexport <name>");
+        return true;
+      }
+      const name = args[0] ?? await ask(terminal, "Export name: ");
+      if (name === null) return false;
+      await removeExportCommand(client, out, name);
+      return true;
+    }
+    case "export": {
+      if (args.length > 4) {
+        out.print("usage: export <name> <image> <user> <pass>");
+        return true;
+      }
+      const name = args[0] ?? await ask(terminal, "Export name: ");
+      if (name === null) return false;
+      const image = args[1] ?? await ask(terminal, "Image: ");
+      if (image === null) return false;
+      const username = args[2] ?? await ask(terminal, "User: ");
+      if (username === null) return false;
+      const password = args[3] ?? await terminal.readSecret("Password: ");
+      if (password === null) {
+        out.print("export cancelled");
+        return true;
+      }
+      await addExportCommand(client, out, { name, image, username, password });
+      return true;
+    }
   }
   return true;
 }
@@ -144,7 +195,8 @@ export const CLIENT_HELP = [
   "",
   "options:",
   `  --server URL     daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
-  "  --token TOKEN    bearer token for mount/unmount/disc (default $IVBSNETD_TOKEN)",
+  "  --token TOKEN    bearer token for mount/unmount/export/unexport/disc",
+  "                   (default $IVBSNETD_TOKEN)",
   "  -h, --help       this help",
   "",
   HELP,

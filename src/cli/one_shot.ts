@@ -1,17 +1,22 @@
 /**
- * One-shot client commands for scripts: `ivbsnetd mount|unmount|list|check|shutdown`.
- * Exit codes: 0 done, 1 the server refused or failed the operation, 2 usage
- * error, 3 the server is not reachable.
+ * One-shot client commands for scripts: `ivbsnetd mount|unmount|list|check|shutdown`
+ * and, for NBD exports of a running daemon, `ivbsnetd export-add|export-remove|export-list`
+ * (named apart from `ivbsnetd export`, which serves exports in the foreground
+ * without a daemon). Exit codes: 0 done, 1 the server refused or failed the
+ * operation, 2 usage error, 3 the server is not reachable.
  * @module
  */
 import { parseArgs } from "node:util";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
 import {
+  addExportCommand,
   checkCommand,
   listAllCommand,
+  listExportsCommand,
   listMountedCommand,
   mountCommand,
   type Output,
+  removeExportCommand,
   shutdownCommand,
   unmountCommand,
 } from "./commands.ts";
@@ -22,7 +27,15 @@ export const EXIT_FAILED = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_UNREACHABLE = 3;
 
-export type OneShotName = "mount" | "unmount" | "list" | "check" | "shutdown";
+export type OneShotName =
+  | "mount"
+  | "unmount"
+  | "list"
+  | "check"
+  | "shutdown"
+  | "export-add"
+  | "export-remove"
+  | "export-list";
 
 const USAGE: Record<OneShotName, string> = {
   mount: "mount [options] DEVICE|auto IMAGE USER [PASSWORD]",
@@ -30,6 +43,9 @@ const USAGE: Record<OneShotName, string> = {
   list: "list [options] [--all]",
   check: "check [options]",
   shutdown: "shutdown [options]",
+  "export-add": "export-add [options] NAME IMAGE USER [PASSWORD]",
+  "export-remove": "export-remove [options] NAME",
+  "export-list": "export-list [options]",
 };
 
 const SUMMARY: Record<OneShotName, string> = {
@@ -38,12 +54,23 @@ const SUMMARY: Record<OneShotName, string> = {
   list: "Lists mounted images (listm); --all lists every NBD device, free or used (lista).",
   check: "Checks that the daemon answers.",
   shutdown: "Asks the daemon to detach every device and exit (disc).",
+  "export-add": "Makes the daemon serve IMAGE (as USER) as NBD export NAME, for QEMU, qemu-img,\n" +
+    "nbdinfo or fio: it prints the nbd+unix:///NAME?socket=PATH URI to use. Each client\n" +
+    "gets its own IVBS session. (`ivbsnetd export` instead serves exports in the\n" +
+    "foreground without a daemon.)",
+  "export-remove": "Stops serving export NAME; its clients are disconnected (liste/unexport).",
+  "export-list": "Lists the daemon's NBD exports with their URIs and clients (liste).",
 };
 
+/** Commands that take a password and --read-only. */
+const WITH_PASSWORD = new Set<OneShotName>(["mount", "export-add"]);
+
 export function helpText(name: OneShotName): string {
-  const extra = name === "mount"
+  const extra = WITH_PASSWORD.has(name)
     ? [
-      "  --read-only          mount read-only even if the image is writable",
+      `  --read-only          ${
+        name === "mount" ? "mount" : "export"
+      } read-only even if the image is writable`,
       "  --password-stdin     read the password from the first line of stdin",
       "  PASSWORD may also come from IVBSNETD_PASSWORD; without either, it is asked",
       "  for (without echo) when stdin is a terminal. Avoid PASSWORD on the command",
@@ -154,12 +181,14 @@ export async function runOneShot(
       values.server ?? io.env("IVBSNETD_SERVER"),
       values.token ?? io.env("IVBSNETD_TOKEN"),
     );
-    const onlyFor = (flag: boolean, option: string, command: OneShotName) => {
-      if (flag && name !== command) throw new UsageError(`--${option} applies to ${command} only`);
+    const onlyFor = (flag: boolean, option: string, commands: OneShotName[]) => {
+      if (flag && !commands.includes(name)) {
+        throw new UsageError(`--${option} applies to ${commands.join(" and ")} only`);
+      }
     };
-    onlyFor(values.all, "all", "list");
-    onlyFor(values["read-only"], "read-only", "mount");
-    onlyFor(values["password-stdin"], "password-stdin", "mount");
+    onlyFor(values.all, "all", ["list"]);
+    onlyFor(values["read-only"], "read-only", ["mount", "export-add"]);
+    onlyFor(values["password-stdin"], "password-stdin", ["mount", "export-add"]);
     const expect = (min: number, max: number) => {
       if (positionals.length < min || positionals.length > max) {
         throw new UsageError(`expected ${USAGE[name]}`);
@@ -188,6 +217,27 @@ export async function runOneShot(
         const password = await findPassword(given, values["password-stdin"], io);
         await mountCommand(client, io.out, {
           device,
+          image,
+          username,
+          password,
+          readOnly: values["read-only"] || undefined,
+        }, json);
+        break;
+      }
+      case "export-list":
+        expect(0, 0);
+        await listExportsCommand(client, io.out, json);
+        break;
+      case "export-remove":
+        expect(1, 1);
+        await removeExportCommand(client, io.out, positionals[0], json);
+        break;
+      case "export-add": {
+        expect(3, 4);
+        const [exportName, image, username, given] = positionals;
+        const password = await findPassword(given, values["password-stdin"], io);
+        await addExportCommand(client, io.out, {
+          name: exportName,
           image,
           username,
           password,

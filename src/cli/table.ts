@@ -2,7 +2,7 @@
  * Aligned plain-text tables and the rows netdclient and `ivbsnetd list` print.
  * @module
  */
-import type { DeviceInfo, MountInfo } from "./api_client.ts";
+import type { DeviceInfo, ExportInfo, MountInfo } from "./api_client.ts";
 import { formatBytes } from "../daemon/units.ts";
 
 export type Align = "left" | "right";
@@ -44,6 +44,25 @@ export function mountsTable(mounts: MountInfo[]): string {
       String(m.failovers),
     ]),
     ["left", "left", "right", "left", "left", "left", "right", "right", "right", "right"],
+  );
+}
+
+export function exportsTable(exports: ExportInfo[]): string {
+  if (exports.length === 0) return "No NBD export.";
+  return formatTable(
+    ["NAME", "IMAGE", "SIZE", "MODE", "STATE", "CLIENTS", "READ", "WRITTEN", "URI"],
+    exports.map((e) => [
+      e.name,
+      e.image,
+      formatBytes(e.sizeBytes),
+      e.readOnly ? "ro" : "rw",
+      e.state,
+      String(e.clients),
+      formatBytes(e.bytesRead),
+      formatBytes(e.bytesWritten),
+      e.uri,
+    ]),
+    ["left", "left", "right", "left", "left", "right", "right", "right", "left"],
   );
 }
 
