@@ -34,6 +34,12 @@ const COMMANDS: Record<string, Command> = {
   list: oneShot("list", "list mounted images (--all: every NBD device)"),
   check: oneShot("check", "check that the daemon answers"),
   shutdown: oneShot("shutdown", "stop the daemon (detaches every device)"),
+  "export-add": oneShot(
+    "export-add",
+    "serve an image as an NBD export of the running daemon (prints its nbd+unix:// URI)",
+  ),
+  "export-remove": oneShot("export-remove", "stop an NBD export of the daemon"),
+  "export-list": oneShot("export-list", "list the daemon's NBD exports"),
   "ivbs-server": {
     summary: "run the IVBS test server (several proxies over one image store)",
     run: async (args) => (await import("./src/ivbs/server/cli.ts")).run(args),
@@ -43,7 +49,8 @@ const COMMANDS: Record<string, Command> = {
     run: async (args) => (await import("./src/attach_command.ts")).run(args),
   },
   export: {
-    summary: "serve IVBS images (or memory disks) as NBD exports for QEMU, qemu-img, nbdinfo, fio",
+    summary:
+      "serve IVBS images (or memory disks) as NBD exports in the foreground, without a daemon",
     run: async (args) => (await import("./src/export_command.ts")).run(args),
   },
 };
