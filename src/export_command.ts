@@ -23,6 +23,8 @@ export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT]
 Serves NBD exports until SIGINT or SIGTERM. Clients connect with URIs like
 nbd+unix:///NAME?socket=PATH or nbd://127.0.0.1:PORT/NAME. Each client of an
 IVBS export gets its own IVBS session, so proxy failover is per client.
+This runs without a daemon; to add exports to a running daemon (ivbsnetd
+serve) use ivbsnetd export-add, export-remove and export-list instead.
 
 listeners:
   --socket PATH          unix socket (mode 0600; a stale one is replaced)
