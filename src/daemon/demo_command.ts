@@ -1,9 +1,11 @@
 /**
  * `ivbsnetd demo` (`deno task demo`): everything on one machine. Starts the
  * embedded IVBS test server (memory image "demo", user demo / password demo),
- * the daemon with its HTTP API on 127.0.0.1:8080, and mounts the image on the
- * first free /dev/nbdX when the kernel has nbd and we are root; otherwise says
- * exactly why and keeps the daemon and status page up. Runs until Ctrl-C.
+ * the daemon with its HTTP API on 127.0.0.1:8080, serves the image as the NBD
+ * export "demo" on a unix socket (this works anywhere: no root, no kernel nbd)
+ * and prints the nbdinfo / qemu-img / qemu-io / fio command lines to use it.
+ * When the kernel has nbd and we are root it also mounts the image on the first
+ * free /dev/nbdX; otherwise it says exactly why. Runs until Ctrl-C.
  * @module
  */
 import { parseArgs } from "node:util";
@@ -15,16 +17,29 @@ import { type ServeDependencies, startServing, stopOnSignals } from "./serve_com
 const GIB = 1024 * 1024 * 1024;
 
 export const DEMO_HELP = [
-  "usage: ivbsnetd demo [--listen HOST:PORT] [--size-gib N]",
+  "usage: ivbsnetd demo [--listen HOST:PORT] [--size-gib N] [--socket PATH]",
   "",
   "Starts an IVBS test server (image demo, user demo, password demo), the daemon",
-  "and its status page, and mounts the image when this machine can (nbd + root).",
+  "and its status page, serves the image as NBD export demo (for qemu-img, qemu-io,",
+  "nbdinfo, fio) and mounts it too when this machine can (nbd module + root).",
   "",
   "options:",
   "  --listen HOST:PORT  HTTP address (default 127.0.0.1:8080)",
   "  --size-gib N        size of the demo image in GiB (default 1; memory, sparse)",
+  "  --socket PATH       NBD export socket (default: nbd.sock in a new temp directory)",
   "  -h, --help          this help",
 ].join("\n");
+
+/** Command lines that use an NBD export, for people to paste (the URI is single-quoted). */
+export function exportUsage(uri: string): string[] {
+  const quoted = `'${uri.replaceAll("'", "'\\''")}'`;
+  return [
+    `nbdinfo ${quoted}`,
+    `qemu-img info ${quoted}`,
+    `qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'read -P 0xa5 0 1M' ${quoted}`,
+    `fio --name=demo --ioengine=nbd --uri=${quoted} --rw=randrw --bs=64k --iodepth=16 --size=256M --runtime=10 --time_based`,
+  ];
+}
 
 /** Why a real mount cannot happen here, or null when it can. */
 export function mountBlocker(deviceCount: number, uid: number | null): string | null {
@@ -45,6 +60,7 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
       options: {
         listen: { type: "string", default: "127.0.0.1:8080" },
         "size-gib": { type: "string", default: "1" },
+        socket: { type: "string" },
         help: { type: "boolean", short: "h", default: false },
       },
     }));
@@ -62,21 +78,33 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     console.error(`ivbsnetd demo: bad --listen or --size-gib\n\n${DEMO_HELP}`);
     return 2;
   }
+  if (values.socket !== undefined && !values.socket.startsWith("/")) {
+    console.error(`ivbsnetd demo: --socket ${values.socket} must be an absolute path`);
+    return 2;
+  }
 
   const ivbs = await startIvbsServer({
     users: [{ username: "demo", password: "demo" }],
     images: [{ name: "demo", size: Math.round(sizeGib * GIB) }],
   });
+  // A directory of our own (mode 0700) so the demo never meets a real daemon's socket.
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-demo-" });
   const config: DaemonConfig = parseConfig("{}", "(demo)").config;
   config.http.listen = listen;
   config.ivbs.proxies = ivbs.addresses();
+  config.stateDir = stateDir;
+  config.exports.socket = values.socket ?? `${stateDir}/nbd.sock`;
   const driver = await deps.createDriver(config);
+  const cleanup = async () => {
+    await ivbs.close();
+    await Deno.remove(stateDir, { recursive: true }).catch(() => {});
+  };
 
   let serving;
   try {
     serving = startServing(config, driver);
   } catch (error) {
-    await ivbs.close();
+    await cleanup();
     const why = error instanceof Deno.errors.AddrInUse ? "address in use" : String(error);
     console.error(
       `ivbsnetd demo: cannot listen on ${values.listen}: ${why} (try --listen 127.0.0.1:0)`,
@@ -86,6 +114,25 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
   const { daemon, url } = serving;
   const removeSignals = stopOnSignals(daemon, log);
   const proxies = ivbs.addresses().map((a) => `${a.host}:${a.port}`).join(", ");
+
+  // The export is the part that works on any machine, so it comes first.
+  let exported: string[];
+  try {
+    const info = await daemon.exports.add({
+      name: "demo",
+      image: "demo",
+      username: "demo",
+      password: "demo",
+    });
+    const [first, ...rest] = exportUsage(info.uri);
+    exported = [
+      `  NBD export:   ${info.uri}`,
+      `  try:          ${first}`,
+      ...rest.map((line) => `                ${line}`),
+    ];
+  } catch (error) {
+    exported = [`  NBD export:   failed: ${(error as Error).message}`];
+  }
 
   const devices = await driver.listDevices();
   const uid = Deno.uid();
@@ -105,25 +152,29 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     }
   } else {
     mounted = `not mounting a device: ${blocker}.\n` +
-      "                The daemon, its API and the status page stay up; mounts will answer the same reason.";
+      "                The NBD export above, the daemon, its API and the status page work anyway;\n" +
+      "                mounts will answer the same reason.";
   }
   const cli = "deno run -A main.ts";
   console.log([
     "",
     "ivbsnetd demo is running",
     `  IVBS proxies: ${proxies} (image demo, ${sizeGib} GiB in memory; user demo, password demo)`,
+    ...exported,
     `  device:       ${mounted}`,
     `  status page:  ${url}/`,
-    `  API:          curl ${url}/api/mounts    curl ${url}/api/devices    curl ${url}/metrics`,
-    `  netdclient:   ${cli} client --server ${url}   then: help, lista, listm, mount auto demo demo`,
-    `  one-shot:     ${cli} list --all --server ${url}`,
+    `  API:          curl ${url}/api/mounts    curl ${url}/api/exports    curl ${url}/metrics`,
+    `  netdclient:   ${cli} client --server ${url}`,
+    "                then: help, liste, export demo2 demo demo, lista, listm, mount auto demo demo",
+    `  one-shot:     ${cli} export-list --server ${url}`,
+    `                ${cli} list --all --server ${url}`,
     `                ${cli} mount auto demo demo --password-stdin --server ${url} <<< demo`,
-    "Ctrl-C stops everything (every device is detached first).",
+    "Ctrl-C stops everything (every device is detached and every export closed first).",
     "",
   ].join("\n"));
 
   await daemon.done;
   removeSignals();
-  await ivbs.close();
+  await cleanup();
   return 0;
 }
