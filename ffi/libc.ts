@@ -42,6 +42,13 @@ export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
+/** setsockopt(2) level and options (asm-generic/socket.h). */
+export const SOL_SOCKET = 1;
+export const SO_SNDBUF = 7;
+export const SO_RCVBUF = 8;
+/** Like SO_SNDBUF / SO_RCVBUF but above net.core.[wr]mem_max; needs CAP_NET_ADMIN. */
+export const SO_SNDBUFFORCE = 32;
+export const SO_RCVBUFFORCE = 33;
 /** recv/send flag: fail with EAGAIN instead of blocking. */
 const MSG_DONTWAIT = 0x40;
 /** send(2) flag: EPIPE instead of SIGPIPE when the peer is gone. */
@@ -92,6 +99,7 @@ const SYMBOLS = {
   close: { parameters: ["i32"], result: "i32" },
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
+  setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   // ioctl is variadic; every NBD ioctl takes one integer argument, passed as
   // an unsigned long like the kernel reads it.
   ioctl: { parameters: ["i32", "u64", "u64"], result: "i32" },
@@ -149,6 +157,12 @@ export function socketpair(domain: number, type: number, protocol = 0): [number,
 
 export function shutdown(fd: number, how: number): void {
   check(lib().shutdown(fd, how), `shutdown(${fd})`);
+}
+
+/** setsockopt(2) with an int value. */
+export function setsockoptInt(fd: number, level: number, option: number, value: number): void {
+  const bytes = new Int32Array([value]);
+  check(lib().setsockopt(fd, level, option, bytes, 4), `setsockopt(${fd}, ${option})`);
 }
 
 /** ioctl(2) with one integer argument, on the calling thread. */

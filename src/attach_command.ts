@@ -29,6 +29,7 @@ options:
   --timeout S            kernel request timeout in seconds (default 0 = none;
                          the IVBS layer has its own I/O timeout)
   --max-in-flight N      requests in flight to the backend (default 128)
+  --max-request-kb N     largest request the kernel sends, KiB (default 1024)
   -h, --help             show this help
 
 Prints "attached DEVICE SIZE" on stdout once the device is live.
@@ -58,6 +59,7 @@ export interface AttachArgs {
   blockSize: number;
   timeoutS: number;
   maxInFlight: number;
+  maxRequestKb: number;
 }
 
 const SIZE_UNITS: Record<string, number> = {
@@ -116,6 +118,7 @@ export function parseAttachArgs(args: string[]): AttachArgs | null {
         "block-size": { type: "string" },
         timeout: { type: "string" },
         "max-in-flight": { type: "string" },
+        "max-request-kb": { type: "string" },
         help: { type: "boolean", short: "h" },
       },
     }));
@@ -149,6 +152,7 @@ export function parseAttachArgs(args: string[]): AttachArgs | null {
     blockSize: parseWhole(values["block-size"], "block-size", 4096, 512),
     timeoutS: parseWhole(values.timeout, "timeout", 0, 0),
     maxInFlight: parseWhole(values["max-in-flight"], "max-in-flight", 128, 1),
+    maxRequestKb: parseWhole(values["max-request-kb"], "max-request-kb", 1024, 4),
   };
 }
 
@@ -195,6 +199,7 @@ export async function run(argv: string[]): Promise<number> {
       blockSize: args.blockSize,
       timeoutS: args.timeoutS,
       maxInFlight: args.maxInFlight,
+      maxRequestKb: args.maxRequestKb,
     });
   } catch (error) {
     log.error("cannot attach", { error, code: codeOf(error) });

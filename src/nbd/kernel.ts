@@ -29,9 +29,13 @@ import {
   O_CLOEXEC,
   O_RDWR,
   open,
+  setsockoptInt,
+  SO_SNDBUF,
+  SO_SNDBUFFORCE,
   SOCK_CLOEXEC,
   SOCK_STREAM,
   socketpair,
+  SOL_SOCKET,
 } from "../../ffi/libc.ts";
 import { FdStream } from "../io/fd_stream.ts";
 import { type Logger, logger } from "../log.ts";
@@ -48,6 +52,13 @@ export interface AttachOptions {
   timeoutS?: number;
   /** Requests in flight between the kernel and the backend; default 128. */
   maxInFlight?: number;
+  /**
+   * Largest request the kernel sends, in KiB (sysfs queue/max_sectors_kb);
+   * default 1024. The kernel's own default for nbd is 128: eight requests per
+   * MiB, each paying the per-request cost of the serve loop. Capped by the
+   * driver at 32 MiB, the IVBS request limit too.
+   */
+  maxRequestKb?: number;
   stats?: IoStats;
   log?: Logger;
   /**
@@ -78,6 +89,13 @@ export class NbdAttachError extends Error {
 
 const DEFAULT_BLOCK_SIZE = 4096;
 const DEFAULT_DETACH_TIMEOUT_MS = 60_000;
+const DEFAULT_MAX_REQUEST_KB = 1024;
+/**
+ * Send buffer of each socketpair end. A unix stream socket queues at most the
+ * SENDER's buffer, 208 KiB by default: a 1 MiB WRITE would reach us in pieces
+ * with a worker-thread wait between them.
+ */
+const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How long attach waits for the kernel to show the device running (its `pid` file). */
 const STARTUP_WAIT_MS = 10_000;
 
@@ -151,6 +169,7 @@ export async function attachDevice(
     fds.push(devFd);
     const [kernelEnd, ourEnd] = socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
     fds.push(kernelEnd, ourEnd);
+    for (const fd of [kernelEnd, ourEnd]) growSendBuffer(fd, log);
     const flags = transmissionFlags(backend);
     // Synchronous, on this thread: the kernel ties SET_SOCK to the setup task.
     configure(device, () => {
@@ -179,11 +198,42 @@ export async function attachDevice(
     );
     fds.length = 0; // the attachment owns them now
     await attachment.started(index);
+    await setMaxRequestKb(index, options.maxRequestKb ?? DEFAULT_MAX_REQUEST_KB, log);
     return attachment;
   } catch (error) {
     if (socketSet) tryIoctl(fds[0], NbdIoctl.CLEAR_SOCK);
     for (const fd of fds) tryClose(fd);
     throw error;
+  }
+}
+
+/** Best effort: beyond net.core.wmem_max as root (FORCE), else up to it. */
+function growSendBuffer(fd: number, log: Logger): void {
+  try {
+    setsockoptInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES);
+  } catch {
+    try {
+      setsockoptInt(fd, SOL_SOCKET, SO_SNDBUF, SOCKET_BUFFER_BYTES);
+    } catch (error) {
+      log.debug("cannot grow the socket send buffer", { fd, error });
+    }
+  }
+}
+
+/** Best effort: the device works with the kernel's default, only slower. */
+async function setMaxRequestKb(index: number, kb: number, log: Logger): Promise<void> {
+  const path = `/sys/block/nbd${index}/queue/max_sectors_kb`;
+  try {
+    const hardLimit = Number(
+      (await Deno.readTextFile(`/sys/block/nbd${index}/queue/max_hw_sectors_kb`)).trim(),
+    );
+    await Deno.writeTextFile(path, String(Math.min(kb, hardLimit || kb)));
+  } catch (error) {
+    log.warn("cannot set the largest NBD request size; keeping the kernel's", {
+      path,
+      kb,
+      error,
+    });
   }
 }
 
