@@ -11,6 +11,7 @@ import {
   DaemonProcess,
   ivbsnetd,
   kernelSkipReason,
+  type RunResult,
   startIvbs,
   USER,
   writeConfig,
@@ -132,5 +133,177 @@ Deno.test("serve exits 2 with one line for a broken config file", async () => {
     );
   } finally {
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** True when `tool --version` runs (Debian's libnbd-bin / qemu-utils). */
+async function hasTool(tool: string): Promise<boolean> {
+  try {
+    const out = await new Deno.Command(tool, {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return out.success;
+  } catch {
+    return false;
+  }
+}
+
+async function runTool(tool: string, args: string[]): Promise<RunResult> {
+  const out = await new Deno.Command(tool, { args, stdout: "piped", stderr: "piped" }).output();
+  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
+  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test("serve exports an IVBS image to nbdinfo and qemu-io, takes exports from the one-shot client and removes its socket on SIGTERM", async () => {
+  const tools = { nbdinfo: await hasTool("nbdinfo"), qemuIo: await hasTool("qemu-io") };
+  for (const [tool, present] of Object.entries(tools)) {
+    if (!present) {
+      console.warn(`daemon_process_test: ${tool} is not installed; its steps are skipped`);
+    }
+  }
+  const ivbs = await startIvbs([{ name: "disk", size: 64 * MIB }, {
+    name: "small",
+    size: 8 * MIB,
+  }]);
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-export-test-" });
+  const stateDir = `${base}/state`;
+  const socket = `${stateDir}/nbd.sock`;
+  const uri = (name: string) => `nbd+unix:///${name}?socket=${socket}`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0", token: TOKEN },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+    exports: {
+      items: [
+        { name: "vm1", image: "disk", user: USER.username },
+        { name: "broken", image: "no-such-image", user: USER.username },
+      ],
+    },
+  });
+  const daemon = await DaemonProcess.start(path);
+  let stopped = false;
+  try {
+    const server = ["--server", daemon.url];
+    const auth = [...server, "--token", TOKEN];
+    // Configured exports are added right after the HTTP server starts; wait for them to settle.
+    let names: string[] = [];
+    for (let i = 0; i < 100; i++) {
+      const list = await ivbsnetd(["export-list", ...server, "--json"]);
+      assert.equal(list.code, 0, list.stderr);
+      const exports = JSON.parse(list.stdout) as { name: string; state: string }[];
+      names = exports.filter((e) => e.state === "ready").map((e) => e.name);
+      if (names.length > 0 && exports.every((e) => e.state === "ready")) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.deepEqual(names, ["vm1"], "the export of a missing image failed alone");
+    assert.equal((await Deno.stat(stateDir)).mode! & 0o777, 0o700, "state dir is 0700");
+    assert.equal((await Deno.stat(socket)).mode! & 0o777, 0o600, "socket is 0600");
+
+    const added = await ivbsnetd(
+      ["export-add", ...auth, "--password-stdin", "vm2", "small", USER.username],
+      USER.password + "\n",
+    );
+    assert.equal(added.code, 0, added.stderr);
+    assert.equal(added.stdout.trim(), `exported small as vm2 (8.0 MiB, read-write): ${uri("vm2")}`);
+
+    if (tools.nbdinfo) {
+      const size = await runTool("nbdinfo", ["--size", uri("vm1")]);
+      assert.equal(size.code, 0, size.stderr);
+      assert.equal(size.stdout.trim(), String(64 * MIB));
+      const listed = await runTool("nbdinfo", ["--list", `nbd+unix:///?socket=${socket}`]);
+      assert.equal(listed.code, 0, listed.stderr);
+      assert.match(listed.stdout, /export="vm1"/);
+      assert.match(listed.stdout, /export="vm2"/);
+      const unknown = await runTool("nbdinfo", ["--size", uri("nope")]);
+      assert.notEqual(unknown.code, 0, "an unknown export name is refused");
+      assert.match(unknown.stderr, /nope|unknown|not found/i);
+    }
+    if (tools.qemuIo) {
+      const write = await runTool("qemu-io", [
+        "-f",
+        "raw",
+        "-c",
+        "write -P 0x5a 1M 2M",
+        "-c",
+        "aio_write -P 0x3c 8M 512k",
+        "-c",
+        "aio_write -P 0x3d 9M 512k",
+        "-c",
+        "aio_flush",
+        uri("vm1"),
+      ]);
+      assert.equal(write.code, 0, write.stderr);
+      assert.match(write.stdout, /wrote 2097152\/2097152 bytes at offset 1048576/);
+      // A second client gets its own IVBS session: the data it sees comes back from IVBS.
+      const read = await runTool("qemu-io", [
+        "-f",
+        "raw",
+        "-c",
+        "read -P 0x5a 1M 2M",
+        "-c",
+        "read -P 0x3c 8M 512k",
+        "-c",
+        "read -P 0x3d 9M 512k",
+        "-c",
+        "read -P 0 0 1M",
+        uri("vm1"),
+      ]);
+      assert.equal(read.code, 0, read.stderr);
+      assert.doesNotMatch(read.stdout, /Pattern verification failed/);
+      assert.equal(read.stdout.match(/^read \d+\/\d+ bytes/gm)?.length, 4, read.stdout);
+    }
+
+    const metrics = await (await fetch(`${daemon.url}/metrics`)).text();
+    assert.match(metrics, /^ivbsnetd_export_clients\{export="vm1",image="disk"\} 0$/m);
+    if (tools.qemuIo) {
+      assert.match(
+        metrics,
+        /^ivbsnetd_export_io_bytes_total\{export="vm1",image="disk",direction="write"\} 3145728$/m,
+      );
+    }
+
+    const removed = await ivbsnetd(["export-remove", ...auth, "vm2"]);
+    assert.equal(removed.code, 0, removed.stderr);
+    const again = await ivbsnetd(["export-remove", ...auth, "vm2"]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /no export named "vm2" \(exports: vm1\) \[UNKNOWN_EXPORT\]/);
+    if (tools.nbdinfo) {
+      const gone = await runTool("nbdinfo", ["--size", uri("vm2")]);
+      assert.notEqual(gone.code, 0, "a removed export is refused");
+      const still = await runTool("nbdinfo", ["--size", uri("vm1")]);
+      assert.equal(still.code, 0, "the other export keeps serving");
+    }
+
+    const result = await daemon.stop("SIGTERM");
+    stopped = true;
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(
+      result.stderr,
+      /configured export failed export=broken image=no-such-image .*code=IMAGE_NOT_FOUND/,
+    );
+    assert.match(result.stderr, /stopped; every device detached, every export closed/);
+    assert.ok(!(await exists(socket)), "the socket is removed at shutdown");
+    assert.ok(
+      !result.stderr.includes(USER.password) && !result.stdout.includes(USER.password),
+      "no password in output",
+    );
+    assert.ok(!result.stderr.includes(TOKEN), "no token in output");
+  } finally {
+    if (!stopped) await daemon.stop();
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
   }
 });
