@@ -1,0 +1,189 @@
+/**
+ * The daemon's export table over the fake driver and a real export server on a
+ * unix socket in a temp dir: per-client sessions, disconnects, totals, the
+ * state directory.
+ */
+import assert from "node:assert/strict";
+import { ExportTable, prepareStateDir } from "../src/daemon/export_table.ts";
+import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import { IHAVEOPT, Opt } from "../src/nbd/handshake.ts";
+
+const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
+const REQUEST = { image: "disk", username: "u", password: "p" };
+
+async function fixture() {
+  const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-export-table-" });
+  const stateDir = `${dir}/state`;
+  const driver = new FakeMountDriver({
+    devices: 0,
+    images: { disk: { size: 1 << 20 } },
+    users: { u: "p" },
+  });
+  const table = new ExportTable(driver, {
+    settings: { socket: `${stateDir}/nbd.sock`, items: [] },
+    stateDir,
+    log: quietLog,
+    serverLog: quietLog,
+  });
+  return {
+    dir,
+    stateDir,
+    driver,
+    table,
+    cleanup: async () => {
+      await table.closeAll();
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/**
+ * The least an NBD client does to reach transmission: fixed newstyle with
+ * NO_ZEROES, then NBD_OPT_EXPORT_NAME. Returns the connection and the export size.
+ */
+async function connectClient(socket: string, name: string) {
+  const conn = await Deno.connect({ transport: "unix", path: socket });
+  const greeting = new Uint8Array(18);
+  await readExactly(conn, greeting);
+  const nameBytes = new TextEncoder().encode(name);
+  const hello = new Uint8Array(4 + 16 + nameBytes.length);
+  const view = new DataView(hello.buffer);
+  view.setUint32(0, 0b11); // FIXED_NEWSTYLE | NO_ZEROES
+  view.setBigUint64(4, IHAVEOPT);
+  view.setUint32(12, Opt.EXPORT_NAME);
+  view.setUint32(16, nameBytes.length);
+  hello.set(nameBytes, 20);
+  await conn.write(hello);
+  const reply = new Uint8Array(10); // size u64 + transmission flags u16
+  await readExactly(conn, reply);
+  return { conn, size: Number(new DataView(reply.buffer).getBigUint64(0)) };
+}
+
+async function readExactly(conn: Deno.Conn, into: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < into.length) {
+    const n = await conn.read(into.subarray(done));
+    if (n === null) throw new Error(`EOF after ${done} of ${into.length} bytes`);
+    done += n;
+  }
+}
+
+/** Polls until the server has seen the clients (they connect from this same process). */
+async function eventually(what: string, condition: () => boolean): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    if (condition()) return;
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.fail(`not reached: ${what}`);
+}
+
+Deno.test("each client of an export gets its own session; closeAll disconnects them and removes the socket", async () => {
+  const { stateDir, driver, table, cleanup } = await fixture();
+  try {
+    const info = await table.add({ ...REQUEST, name: "vm1" });
+    assert.equal(driver.openCalls, 1, "one probe session at add");
+    assert.equal((await Deno.stat(stateDir)).mode! & 0o777, 0o700);
+    const a = await connectClient(info.socket, "vm1");
+    const b = await connectClient(info.socket, "vm1");
+    assert.equal(a.size, 1 << 20);
+    await eventually("two clients", () => table.list()[0].clients === 2);
+    assert.equal(driver.openCalls, 3, "a session per client");
+    const [, first, second] = driver.backends;
+    assert.ok(!first.closed && !second.closed);
+    first.stats.failovers = 2;
+    second.stats.reconnects = 1;
+    assert.equal(table.list()[0].failovers, 2, "open sessions count");
+    assert.equal(table.list()[0].reconnects, 1);
+
+    b.conn.close();
+    await eventually("one client left", () => table.list()[0].clients === 1 && second.closed);
+    assert.equal(table.list()[0].reconnects, 1, "a closed session's counters stay in the totals");
+
+    await table.closeAll();
+    assert.ok(first.closed, "closeAll closes the client's session");
+    assert.equal(await a.conn.read(new Uint8Array(1)), null, "the client sees EOF");
+    a.conn.close();
+    await assert.rejects(Deno.lstat(info.socket), Deno.errors.NotFound);
+    assert.deepEqual(table.list(), []);
+    await assert.rejects(table.add({ ...REQUEST, name: "vm2" }), { code: "SHUTTING_DOWN" });
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("remove disconnects that export's clients and keeps the others serving", async () => {
+  const { driver, table, cleanup } = await fixture();
+  try {
+    const vm1 = await table.add({ ...REQUEST, name: "vm1" });
+    await table.add({ ...REQUEST, name: "vm2" });
+    const one = await connectClient(vm1.socket, "vm1");
+    const two = await connectClient(vm1.socket, "vm2");
+    await eventually("clients", () => table.list().every((e) => e.clients === 1));
+    await table.remove("vm1");
+    assert.equal(await one.conn.read(new Uint8Array(1)), null, "vm1's client is cut off");
+    one.conn.close();
+    assert.deepEqual(table.list().map((e) => [e.name, e.clients]), [["vm2", 1]]);
+    await assert.rejects(table.remove("vm1"), { code: "UNKNOWN_EXPORT" });
+    two.conn.close();
+    await eventually("sessions closed", () => driver.backends.every((b) => b.closed));
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("closeAll waits for an add in progress, then nothing is left listening", async () => {
+  const { driver, table, stateDir, cleanup } = await fixture();
+  try {
+    const held = Promise.withResolvers<void>();
+    driver.openGate = held.promise;
+    const adding = table.add({ ...REQUEST, name: "vm1" });
+    await eventually("probe started", () => driver.openCalls === 1);
+    assert.equal(table.list()[0].state, "adding");
+    const closing = table.closeAll();
+    held.resolve();
+    await assert.rejects(adding, { code: "SHUTTING_DOWN" });
+    await closing;
+    assert.ok(driver.backends.every((b) => b.closed), "the probe session is closed");
+    await assert.rejects(Deno.lstat(`${stateDir}/nbd.sock`), Deno.errors.NotFound);
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("configured exports fail one by one with their IVBS code", async () => {
+  const { table, cleanup } = await fixture();
+  try {
+    const outcomes = await table.addConfigured([
+      { ...REQUEST, name: "good", readOnly: false },
+      { ...REQUEST, name: "bad-login", password: "wrong", readOnly: false },
+      { ...REQUEST, name: "no-image", image: "gone", readOnly: false },
+    ]);
+    assert.deepEqual(
+      outcomes.map((
+        o,
+      ) => [o.request.name, o.export?.state ?? (o.error as Error & { code?: string }).code]),
+      [["good", "ready"], ["bad-login", "LOGIN_DENIED"], ["no-image", "IMAGE_NOT_FOUND"]],
+    );
+    assert.deepEqual(table.list().map((e) => e.name), ["good"]);
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("prepareStateDir tightens an open directory to 0700 and refuses a symlink", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.mkdir(`${dir}/open`);
+    await Deno.chmod(`${dir}/open`, 0o755);
+    const warned: string[] = [];
+    await prepareStateDir(`${dir}/open`, { ...quietLog, warn: (m) => warned.push(m) });
+    assert.equal((await Deno.stat(`${dir}/open`)).mode! & 0o777, 0o700);
+    assert.match(warned[0], /open to others; setting mode 0700/);
+    await Deno.symlink(`${dir}/open`, `${dir}/link`);
+    await assert.rejects(prepareStateDir(`${dir}/link`, quietLog), /link is a symlink/);
+    await Deno.writeTextFile(`${dir}/file`, "");
+    await assert.rejects(prepareStateDir(`${dir}/file`, quietLog), /exists|not a directory/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
