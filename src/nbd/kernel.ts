@@ -310,7 +310,8 @@ class KernelAttachment implements AttachedDevice {
   readonly #serving: Promise<void>;
   readonly #doIt: Promise<number>;
   #doItReturned = false;
-  #disconnectSent = false;
+  /** The NBD_DISCONNECT call, once detach() made it. */
+  #disconnecting: Promise<void> | null = null;
 
   constructor(
     device: string,
@@ -366,20 +367,21 @@ class KernelAttachment implements AttachedDevice {
   }
 
   async detach(): Promise<void> {
-    if (!this.#disconnectSent && !this.#doItReturned) {
-      this.#disconnectSent = true;
+    if (this.#disconnecting === null && !this.#doItReturned) {
       this.#log.info("detaching NBD device", { device: this.device });
-      try {
-        // The kernel answers by sending NBD_CMD_DISC; the serve loop ends on it.
-        ioctl(this.#devFd, NbdIoctl.DISCONNECT);
-      } catch (error) {
-        this.#log.warn("NBD_DISCONNECT failed; closing the socket instead", {
-          device: this.device,
-          error,
-        });
-        this.#stream.close();
-      }
       this.#closeAfter(this.#detachTimeoutMs);
+      // The kernel answers by sending NBD_CMD_DISC; the serve loop ends on it.
+      // On a worker thread: the kernel sends DISC under the socket's send lock,
+      // which a request blocked on a full socket may hold until our reader, on
+      // this thread, makes room.
+      this.#disconnecting = ioctlOnWorker(this.#devFd, NbdIoctl.DISCONNECT).then((result) => {
+        if (result < 0) {
+          this.#log.warn("NBD_DISCONNECT failed; closing the socket instead", {
+            device: this.device,
+          });
+          this.#stream.close();
+        }
+      });
     }
     await this.done;
   }
@@ -403,20 +405,22 @@ class KernelAttachment implements AttachedDevice {
     // 2. Close our end BEFORE waiting for DO_IT: DO_IT returns only after that.
     this.#stream.close();
     const result = await this.#doIt;
-    if (result !== 0 && !this.#disconnectSent) {
+    if (result !== 0 && this.#disconnecting === null) {
       this.#log.warn("NBD_DO_IT returned an error (kernel timeout or external disconnect?)", {
         device: this.device,
         result,
       });
     }
     // 3. Release the kernel's socket reference and our fds; the kernel then
-    //    drops the configuration (pid file gone, size 0).
+    //    drops the configuration (pid file gone, size 0). Not before a pending
+    //    NBD_DISCONNECT has used the device fd.
+    await this.#disconnecting;
     tryIoctl(this.#devFd, NbdIoctl.CLEAR_SOCK);
     tryClose(this.#kernelEnd);
     tryClose(this.#devFd);
     this.#log.info("NBD device detached", {
       device: this.device,
-      requested: this.#disconnectSent,
+      requested: this.#disconnecting !== null,
       readWaits: this.#stream.waits.read,
       writeWaits: this.#stream.waits.write,
       requests: this.stats.latencyCount,

@@ -315,7 +315,7 @@ Deno.test({
   },
 });
 
-/** A memory backend whose reads take `delayMs`, so requests are in flight at detach. */
+/** A memory backend whose calls take `delayMs`, so requests are in flight at detach. */
 class SlowBackend implements Backend {
   readonly #inner: MemoryBackend;
   readonly readOnly = false;
@@ -333,7 +333,10 @@ class SlowBackend implements Backend {
     this.finished++;
     return this.#inner.read(offset, length);
   }
-  write(offset: number, data: Uint8Array): Promise<void> {
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.calls++;
+    await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    this.finished++;
     return this.#inner.write(offset, data);
   }
   close(): Promise<void> {
@@ -359,6 +362,36 @@ Deno.test({
     assert.equal(backend.finished, backend.calls, "a backend call was still running");
     assert.equal(device.stats.inFlight, 0, "a request was left unanswered");
     assert.equal(device.stats.errors, 0, "an in-flight request was answered with an error");
+    await assertReleased();
+  },
+});
+
+Deno.test({
+  name: "detach completes while the kernel is blocked sending into a full socket",
+  ignore,
+  async fn() {
+    // Two requests admitted at a time, 4 MiB each, slow writes: the serve loop
+    // stops reading and the kernel blocks in send holding the socket's lock,
+    // the lock NBD_DISCONNECT needs to send DISC. With NBD_DISCONNECT called on
+    // the main thread this deadlocks the event loop itself (seen: the VM run
+    // hit nbd-vm --timeout), so a regression shows as run.sh timing out.
+    const backend = new SlowBackend(256 * MiB, 200);
+    const device = await attachDevice(DEVICE, backend, {
+      log: quiet,
+      maxInFlight: 2,
+      maxRequestKb: 4096,
+    });
+    const writer = new Deno.Command("dd", {
+      args: ["if=/dev/zero", `of=${DEVICE}`, "bs=16M", "count=16", "oflag=direct"],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    while (device.stats.inFlight < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    await within(DETACH_LIMIT_MS, "detach", device.detach());
+    await writer.status;
+    assert.equal(backend.finished, backend.calls, "a backend call was still running");
+    assert.equal(device.stats.inFlight, 0, "a request was left unanswered");
+    assert.equal(device.stats.errors, 0);
     await assertReleased();
   },
 });
