@@ -1,0 +1,91 @@
+import assert from "node:assert/strict";
+import { AttachUsageError, parseAttachArgs, parseSize, run } from "../src/attach_command.ts";
+
+Deno.test("parseSize reads bytes and K/M/G/T suffixes", () => {
+  assert.equal(parseSize("4096"), 4096);
+  assert.equal(parseSize("512M"), 512 * 2 ** 20);
+  assert.equal(parseSize("2G"), 2 * 2 ** 30);
+  assert.equal(parseSize("1GiB"), 2 ** 30);
+  assert.throws(() => parseSize("12X"), AttachUsageError);
+  assert.throws(() => parseSize("0"), /out of range/);
+});
+
+Deno.test("parseAttachArgs reads a memory disk with defaults", () => {
+  assert.deepEqual(parseAttachArgs(["--device", "/dev/nbd3", "--memory", "64M"]), {
+    device: "/dev/nbd3",
+    source: { kind: "memory", size: 64 * 2 ** 20 },
+    readOnly: false,
+    blockSize: 4096,
+    timeoutS: 0,
+    maxInFlight: 128,
+    maxRequestKb: 1024,
+  });
+});
+
+Deno.test("parseAttachArgs reads an IVBS image with several proxies", () => {
+  const args = parseAttachArgs([
+    "--device=/dev/nbd0",
+    "--image=disk0",
+    "--user=alice",
+    "--password-file=/etc/pass",
+    "--proxy=10.0.0.1:11417",
+    "--proxy=[::1]:11418",
+    "--read-only",
+    "--block-size=512",
+    "--timeout=30",
+  ]);
+  assert.deepEqual(args?.source, {
+    kind: "ivbs",
+    image: "disk0",
+    username: "alice",
+    passwordFile: "/etc/pass",
+    proxies: [{ host: "10.0.0.1", port: 11417 }, { host: "::1", port: 11418 }],
+  });
+  assert.equal(args?.readOnly, true);
+  assert.equal(args?.blockSize, 512);
+  assert.equal(args?.timeoutS, 30);
+});
+
+Deno.test("parseAttachArgs rejects incomplete or contradictory command lines", () => {
+  const bad: [string[], RegExp][] = [
+    [["--memory", "1M"], /--device/],
+    [["--device", "/dev/nbd0"], /exactly one/],
+    [["--device", "/dev/nbd0", "--memory", "1M", "--image", "x"], /exactly one/],
+    [["--device", "/dev/nbd0", "--image", "x", "--user", "u", "--proxy", "h:1"], /password-file/],
+    [["--device", "/dev/nbd0", "--image", "x", "--user", "u", "--password-file", "f"], /proxy/],
+    [["--device", "/dev/nbd0", "--memory", "1M", "--timeout", "-1"], /--timeout/],
+    [["--device", "/dev/nbd0", "--memory", "1M", "--bogus"], /bogus/],
+    [[
+      "--device",
+      "/dev/nbd0",
+      "--image",
+      "x",
+      "--user",
+      "u",
+      "--password-file",
+      "f",
+      "--proxy",
+      "nohost",
+    ], /HOST:PORT/],
+  ];
+  for (const [args, message] of bad) {
+    assert.throws(() => parseAttachArgs(args), (e: unknown) => {
+      assert.ok(e instanceof AttachUsageError, `${args.join(" ")}: ${e}`);
+      assert.match(e.message, message);
+      return true;
+    });
+  }
+  assert.equal(parseAttachArgs(["--help"]), null);
+});
+
+Deno.test("attach exits 2 on a usage error, without touching any device", async () => {
+  const errors: string[] = [];
+  const original = console.error;
+  console.error = (line: string) => errors.push(line);
+  try {
+    assert.equal(await run(["--device", "/dev/nbd0"]), 2);
+  } finally {
+    console.error = original;
+  }
+  assert.match(errors.join("\n"), /exactly one of --memory SIZE or --image IMG/);
+});
