@@ -110,8 +110,15 @@ class Transmission {
   readonly #stats: IoStats;
   readonly #admission: Admission;
   readonly #writer: ReplyWriter;
-  /** Requests received and not yet answered, by handle. */
-  readonly #inFlight = new Map<bigint, Promise<void>>();
+  /** Requests received and not yet fully answered, by an id of ours. */
+  readonly #inFlight = new Map<number, Promise<void>>();
+  #nextId = 0;
+  /**
+   * Client handles whose reply is not queued yet. A handle leaves this set when
+   * its reply is queued, not when the write settles: a client may reuse it as
+   * soon as it reads the reply, which can be before our writer resumes.
+   */
+  readonly #handles = new Set<bigint>();
   readonly #header = new Uint8Array(REQUEST_SIZE);
 
   constructor(stream: ByteStream, backend: Backend, options: ServeOptions) {
@@ -177,7 +184,7 @@ class Transmission {
   /** Validates, reads the payload, and dispatches; holds one request slot on entry. */
   async #accept(request: NbdRequest): Promise<void> {
     const started = performance.now();
-    if (this.#inFlight.has(request.handle)) {
+    if (this.#handles.has(request.handle)) {
       this.#admission.release(1, 0);
       throw new NbdProtocolError(`duplicate NBD handle ${request.handle} while in flight`);
     }
@@ -265,12 +272,14 @@ class Transmission {
     started: number,
   ): void {
     this.#stats.inFlight++;
+    const id = this.#nextId++;
+    this.#handles.add(request.handle);
     const done = this.#answer(request, rejected, payload, started).finally(() => {
-      this.#inFlight.delete(request.handle);
+      this.#inFlight.delete(id);
       this.#stats.inFlight--;
       this.#admission.release(1, reserved);
     });
-    this.#inFlight.set(request.handle, done);
+    this.#inFlight.set(id, done);
   }
 
   /** Runs the request (unless rejected) and queues its reply. Never rejects. */
@@ -291,6 +300,7 @@ class Transmission {
     }
     const kind = kindOf(request.type);
     this.#stats.observe(kind, request.length, performance.now() - started, error === NbdError.OK);
+    this.#handles.delete(request.handle);
     await this.#writer.reply(request.handle, error, error === NbdError.OK ? data : null);
   }
 
