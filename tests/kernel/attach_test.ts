@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { MemoryBackend } from "../../src/nbd/backend.ts";
 import type { Backend } from "../../src/nbd/backend.ts";
 import { attachDevice, NbdAttachError } from "../../src/nbd/kernel.ts";
-import { listNbdDevices } from "../../src/nbd/devices.ts";
+import { findFreeDevice, listNbdDevices } from "../../src/nbd/devices.ts";
 import {
   assertReleased,
   ddRate,
@@ -409,6 +409,9 @@ Deno.test({
       const listed = (await listNbdDevices()).find((d) => d.device === DEVICE);
       assert.equal(listed?.inUse, true);
       assert.equal(listed?.sizeBytes, 8 * MiB);
+      const free = await findFreeDevice();
+      assert.ok(free !== null && free !== DEVICE, `findFreeDevice chose ${free}`);
+      assert.equal(await findFreeDevice(new Set([free])) === free, false);
       await assert.rejects(
         () => attachDevice("/dev/nbd999", new MemoryBackend(8 * MiB), { log: quiet }),
         (e: unknown) => e instanceof NbdAttachError && e.code === "NO_DEVICE",
