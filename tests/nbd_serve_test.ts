@@ -262,6 +262,30 @@ Deno.test("serveTransmission writes and reads back 32 MiB requests byte for byte
   await finish();
 });
 
+Deno.test("serveTransmission reuses read buffers without mixing up pipelined replies", async () => {
+  const backend = new MemoryBackend(16 * MiB);
+  const content = pattern(16 * MiB, 21);
+  await backend.write(0, content);
+  const { peer, finish } = await start(backend);
+  const offsets = new Map<bigint, number>();
+  for (let round = 0; round < 3; round++) {
+    // Pooled sizes (>= 64 KiB), several size classes, all in flight at once.
+    for (let i = 0; i < 48; i++) {
+      const length = [64, 128, 192, 1024][i % 4] * 1024;
+      const offset = ((i * 7 + round * 13) % 64) * 128 * 1024;
+      offsets.set(await peer.send(Command.READ, offset, length), offset);
+    }
+    for (let i = 0; i < 48; i++) {
+      const reply = await peer.reply();
+      const offset = offsets.get(reply.handle)!;
+      const expected = content.subarray(offset, offset + reply.data!.length);
+      assert.ok(sameBytes(reply.data!, expected), `round ${round}: wrong bytes at ${offset}`);
+    }
+  }
+  await peer.send(Command.DISC, 0, 0);
+  await finish();
+});
+
 Deno.test("serveTransmission answers every request in flight after DISC, then resolves", async () => {
   const backend = new GatedBackend(1 * MiB);
   const { peer, finish, state, serving } = await start(backend);

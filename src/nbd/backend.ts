@@ -30,6 +30,12 @@ export interface Backend {
   readonly readOnly: boolean;
   /** Reads `length` bytes at `offset`; resolves with exactly `length` bytes. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional: reads `target.length` bytes at `offset` into `target`, so the
+   * serve loop can reuse its buffers (a fresh 1 MiB buffer costs ~40x the copy
+   * into it). Must not touch `target` once settled.
+   */
+  readInto?(offset: number, target: Uint8Array): Promise<void>;
   /** Writes `data` at `offset`; resolves once durable (IVBS acknowledges only stored data). */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Optional: makes earlier writes durable. Absent when writes are durable on reply. */
@@ -60,6 +66,13 @@ export class MemoryBackend implements Backend {
     const error = this.#check(offset, length);
     if (error) return Promise.reject(error);
     return Promise.resolve(this.#data.slice(offset, offset + length));
+  }
+
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    const error = this.#check(offset, target.length);
+    if (error) return Promise.reject(error);
+    target.set(this.#data.subarray(offset, offset + target.length));
+    return Promise.resolve();
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {

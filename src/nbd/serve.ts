@@ -23,6 +23,10 @@
  *   the others the kernel sees a device without a volatile cache and sends
  *   neither, which is the honest description.
  * - TRIM / WRITE_ZEROES are advertised and served only when the backend has them.
+ * - WRITE payload buffers come from a pool and go back to it once the
+ *   backend's write() has resolved: a backend must not keep `data` past that
+ *   (MemoryBackend copies; IvbsSession is done with it once IVBS answered).
+ *   With a backend that has `readInto`, READ replies use pooled buffers too.
  * - The caller owns the stream: this function never closes it. Close it when
  *   the returned promise settles (the kernel's NBD_DO_IT returns only then).
  * @module
@@ -33,6 +37,7 @@ import { FrameReader } from "../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../io/stream.ts";
 import { type Logger, logger } from "../log.ts";
 import { type IoKind, IoStats } from "./stats.ts";
+import { BufferPool } from "./buffer_pool.ts";
 import {
   Command,
   CommandFlag,
@@ -60,6 +65,8 @@ export const DEFAULT_MAX_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
  * replies go out as header then data, back to back, with no copy.
  */
 const COALESCE_BYTES = 256 * 1024;
+/** WRITE payload buffers kept for reuse between requests. */
+const POOLED_BYTES = 32 * 1024 * 1024;
 
 export interface ServeOptions {
   /** Bound on requests in flight; default 128. */
@@ -120,6 +127,7 @@ class Transmission {
    */
   readonly #handles = new Set<bigint>();
   readonly #header = new Uint8Array(REQUEST_SIZE);
+  readonly #pool = new BufferPool(POOLED_BYTES);
 
   constructor(stream: ByteStream, backend: Backend, options: ServeOptions) {
     this.#backend = backend;
@@ -202,7 +210,7 @@ class Transmission {
         await this.#reader.skip(request.length, "rejected NBD WRITE payload");
       } else {
         reserved = await this.#admission.acquire(0, request.length);
-        payload = new Uint8Array(request.length);
+        payload = this.#pool.take(request.length);
         try {
           await this.#reader.readFull(payload, "NBD WRITE payload");
         } catch (error) {
@@ -302,6 +310,9 @@ class Transmission {
     this.#stats.observe(kind, request.length, performance.now() - started, error === NbdError.OK);
     this.#handles.delete(request.handle);
     await this.#writer.reply(request.handle, error, error === NbdError.OK ? data : null);
+    if (data !== null && request.type === Command.READ && this.#backend.readInto) {
+      this.#pool.give(data);
+    }
   }
 
   async #execute(request: NbdRequest, payload: Uint8Array | null): Promise<Uint8Array | null> {
@@ -311,6 +322,11 @@ class Transmission {
     switch (request.type) {
       case Command.READ: {
         if (length === 0) return EMPTY;
+        if (backend.readInto) {
+          const target = this.#pool.take(length);
+          await backend.readInto(offset, target);
+          return target; // back to the pool once the reply is written
+        }
         const data = await backend.read(offset, length);
         if (data.length !== length) {
           throw new Error(`backend returned ${data.length} bytes for a ${length}-byte read`);
@@ -318,7 +334,11 @@ class Transmission {
         return data;
       }
       case Command.WRITE:
-        if (length > 0) await backend.write(offset, payload ?? EMPTY);
+        if (length > 0 && payload) {
+          await backend.write(offset, payload);
+          // Only after success: a failed write may still be queued somewhere.
+          this.#pool.give(payload);
+        }
         break;
       case Command.TRIM:
         if (length > 0) await backend.trim!(offset, length);
