@@ -82,7 +82,7 @@ const ERRNO_NAMES: Record<number, string> = {
   110: "ETIMEDOUT",
 };
 
-/** A failed libc call. `errno` is null when the call ran on a worker thread. */
+/** A failed libc call. `errno` is null when it is unknown (a call on a worker thread). */
 export class LibcError extends Error {
   readonly code = "LIBC";
   readonly errnoName: string;

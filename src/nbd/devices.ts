@@ -14,7 +14,10 @@ export interface NbdDeviceInfo {
   index: number;
   inUse: boolean;
   sizeBytes: number;
-  /** The serving process (the one in NBD_DO_IT), or null. */
+  /**
+   * The kernel's `pid` file: the id of the task in NBD_DO_IT, which for a
+   * threaded server like ours is that thread's id (a TID); null when unused.
+   */
   pid: number | null;
 }
 
