@@ -36,7 +36,10 @@ export interface Backend {
    * into it). Must not touch `target` once settled.
    */
   readInto?(offset: number, target: Uint8Array): Promise<void>;
-  /** Writes `data` at `offset`; resolves once durable (IVBS acknowledges only stored data). */
+  /**
+   * Writes `data` at `offset`; resolves once durable (IVBS acknowledges only
+   * stored data). The serve loop reuses `data` once this resolves: do not keep it.
+   */
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Optional: makes earlier writes durable. Absent when writes are durable on reply. */
   flush?(): Promise<void>;
