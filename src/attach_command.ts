@@ -5,10 +5,18 @@
  * kernel attachment, so it lives outside both layers (like export_command.ts).
  * @module
  */
-import { parseArgs } from "node:util";
-import { logger } from "./log.ts";
+import {
+  parseFlags,
+  parseHostPort,
+  parseSize,
+  parseWholeNumber,
+  readPasswordFile,
+  UsageError,
+} from "./args.ts";
+import { type Logger, logger } from "./log.ts";
 import { type Backend, MemoryBackend } from "./nbd/backend.ts";
 import { IvbsSession } from "./ivbs/session.ts";
+import { onStopSignal } from "./signals.ts";
 
 export const HELP = `usage: ivbsnetd attach --device /dev/nbdN SOURCE [options]
 
@@ -35,15 +43,6 @@ options:
 Prints "attached DEVICE SIZE" on stdout once the device is live.
 `;
 
-/** A bad command line: printed as one line, exit code 2. */
-export class AttachUsageError extends Error {
-  readonly code = "USAGE";
-  constructor(message: string) {
-    super(message);
-    this.name = "AttachUsageError";
-  }
-}
-
 export interface AttachArgs {
   device: string;
   source:
@@ -62,87 +61,44 @@ export interface AttachArgs {
   maxRequestKb: number;
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  K: 2 ** 10,
-  M: 2 ** 20,
-  G: 2 ** 30,
-  T: 2 ** 40,
-};
-
-/** "512M" → 536870912. */
-export function parseSize(text: string): number {
-  const match = /^(\d+)([KMGT]?)i?B?$/i.exec(text.trim());
-  if (!match) throw new AttachUsageError(`bad size "${text}" (examples: 1048576, 512M, 2G)`);
-  const size = Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()];
-  if (!Number.isSafeInteger(size) || size <= 0) {
-    throw new AttachUsageError(`size "${text}" is out of range`);
-  }
-  return size;
-}
-
-function parseProxy(text: string): { host: string; port: number } {
-  const match = /^(.+):(\d+)$/.exec(text);
-  const port = match ? Number(match[2]) : NaN;
-  if (!match || port < 1 || port > 65535) {
-    throw new AttachUsageError(`bad --proxy "${text}" (expected HOST:PORT)`);
-  }
-  return { host: match[1].replace(/^\[(.*)\]$/, "$1"), port };
-}
-
 function parseWhole(text: string | undefined, name: string, fallback: number, min: number) {
-  if (text === undefined) return fallback;
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || value < min) {
-    throw new AttachUsageError(`bad --${name} "${text}" (a whole number >= ${min})`);
-  }
-  return value;
+  return text === undefined ? fallback : parseWholeNumber(text, `--${name}`, min);
 }
 
 /** Parses the command line; returns null for --help. */
 export function parseAttachArgs(args: string[]): AttachArgs | null {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        device: { type: "string" },
-        memory: { type: "string" },
-        image: { type: "string" },
-        user: { type: "string" },
-        "password-file": { type: "string" },
-        proxy: { type: "string", multiple: true },
-        "read-only": { type: "boolean" },
-        "block-size": { type: "string" },
-        timeout: { type: "string" },
-        "max-in-flight": { type: "string" },
-        "max-request-kb": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    throw new AttachUsageError(error instanceof Error ? error.message : String(error));
-  }
+  const { values } = parseFlags(args, {
+    device: { type: "string" },
+    memory: { type: "string" },
+    image: { type: "string" },
+    user: { type: "string" },
+    "password-file": { type: "string" },
+    proxy: { type: "string", multiple: true },
+    "read-only": { type: "boolean" },
+    "block-size": { type: "string" },
+    timeout: { type: "string" },
+    "max-in-flight": { type: "string" },
+    "max-request-kb": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
   if (values.help) return null;
-  if (!values.device) throw new AttachUsageError("--device /dev/nbdN is required");
+  if (!values.device) throw new UsageError("--device /dev/nbdN is required");
   if ((values.memory === undefined) === (values.image === undefined)) {
-    throw new AttachUsageError("give exactly one of --memory SIZE or --image IMG");
+    throw new UsageError("give exactly one of --memory SIZE or --image IMG");
   }
   let source: AttachArgs["source"];
   if (values.memory !== undefined) {
     source = { kind: "memory", size: parseSize(values.memory) };
   } else {
-    if (!values.user) throw new AttachUsageError("--image needs --user");
-    if (!values["password-file"]) throw new AttachUsageError("--image needs --password-file");
-    if (!values.proxy?.length) throw new AttachUsageError("--image needs at least one --proxy");
+    if (!values.user) throw new UsageError("--image needs --user");
+    if (!values["password-file"]) throw new UsageError("--image needs --password-file");
+    if (!values.proxy?.length) throw new UsageError("--image needs at least one --proxy");
     source = {
       kind: "ivbs",
       image: values.image!,
       username: values.user,
       passwordFile: values["password-file"],
-      proxies: values.proxy.map(parseProxy),
+      proxies: values.proxy.map((text) => parseHostPort(text, "--proxy")),
     };
   }
   return {
@@ -156,10 +112,10 @@ export function parseAttachArgs(args: string[]): AttachArgs | null {
   };
 }
 
-async function openBackend(args: AttachArgs): Promise<Backend> {
+async function openBackend(args: AttachArgs, log: Logger): Promise<Backend> {
   const source = args.source;
   if (source.kind === "memory") return new MemoryBackend(source.size, { readOnly: args.readOnly });
-  const password = (await Deno.readTextFile(source.passwordFile)).replace(/\r?\n$/, "");
+  const password = await readPasswordFile(source.passwordFile, log);
   return await IvbsSession.open({
     proxies: source.proxies,
     image: source.image,
@@ -175,7 +131,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     args = parseAttachArgs(argv);
   } catch (error) {
-    if (!(error instanceof AttachUsageError)) throw error;
+    if (!(error instanceof UsageError)) throw error;
     console.error(`ivbsnetd attach: ${error.message} (see --help)`);
     return 2;
   }
@@ -187,7 +143,7 @@ export async function run(argv: string[]): Promise<number> {
   const { attachDevice } = await import("./nbd/kernel.ts");
   let backend: Backend;
   try {
-    backend = await openBackend(args);
+    backend = await openBackend(args, log);
   } catch (error) {
     log.error("cannot open the backend", { error, code: codeOf(error) });
     return 1;
@@ -206,19 +162,17 @@ export async function run(argv: string[]): Promise<number> {
     await backend.close();
     return 1;
   }
-  const onSignal = () => {
+  const stopListening = onStopSignal((signal) => {
     if (signalled) return;
     signalled = true;
-    log.info("signal received; detaching", { device: args.device });
+    log.info("signal received; detaching", { signal, device: args.device });
     device.detach();
-  };
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  for (const signal of signals) Deno.addSignalListener(signal, onSignal);
+  });
   console.log(`attached ${args.device} ${backend.size}`);
   try {
     await device.done;
   } finally {
-    for (const signal of signals) Deno.removeSignalListener(signal, onSignal);
+    stopListening();
     await backend.close();
   }
   if (!signalled) {

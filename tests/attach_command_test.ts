@@ -1,14 +1,6 @@
 import assert from "node:assert/strict";
-import { AttachUsageError, parseAttachArgs, parseSize, run } from "../src/attach_command.ts";
-
-Deno.test("parseSize reads bytes and K/M/G/T suffixes", () => {
-  assert.equal(parseSize("4096"), 4096);
-  assert.equal(parseSize("512M"), 512 * 2 ** 20);
-  assert.equal(parseSize("2G"), 2 * 2 ** 30);
-  assert.equal(parseSize("1GiB"), 2 ** 30);
-  assert.throws(() => parseSize("12X"), AttachUsageError);
-  assert.throws(() => parseSize("0"), /out of range/);
-});
+import { UsageError } from "../src/args.ts";
+import { parseAttachArgs, run } from "../src/attach_command.ts";
 
 Deno.test("parseAttachArgs reads a memory disk with defaults", () => {
   assert.deepEqual(parseAttachArgs(["--device", "/dev/nbd3", "--memory", "64M"]), {
@@ -70,7 +62,7 @@ Deno.test("parseAttachArgs rejects incomplete or contradictory command lines", (
   ];
   for (const [args, message] of bad) {
     assert.throws(() => parseAttachArgs(args), (e: unknown) => {
-      assert.ok(e instanceof AttachUsageError, `${args.join(" ")}: ${e}`);
+      assert.ok(e instanceof UsageError, `${args.join(" ")}: ${e}`);
       assert.match(e.message, message);
       return true;
     });
