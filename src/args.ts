@@ -82,6 +82,17 @@ export function parseWholeNumber(text: string, flag: string, min: number): numbe
   return value;
 }
 
+/** Seconds as a decimal ("2.5"); zero only where `allowZero` (it means "never"). */
+export function parseSeconds(text: string, flag: string, { allowZero = false } = {}): number {
+  const seconds = Number(text);
+  if (text.trim() === "" || !Number.isFinite(seconds) || seconds < 0 || (!allowZero && !seconds)) {
+    throw new UsageError(
+      `${flag} "${text}" must be a ${allowZero ? "" : "positive "}number of seconds`,
+    );
+  }
+  return seconds;
+}
+
 /** A TCP port, 0..65535 (0 = any free port, for listeners). */
 export function parsePort(text: string, flag: string): number {
   const port = Number(text);

@@ -6,7 +6,15 @@
  * can check it without sockets.
  * @module
  */
-import { parseArgs } from "node:util";
+import {
+  parseFlags,
+  parseHostPort,
+  parseSeconds,
+  parseSize,
+  parseWholeNumber,
+  readPasswordFile,
+  UsageError,
+} from "./args.ts";
 import { logger } from "./log.ts";
 import { type Backend, MemoryBackend } from "./nbd/backend.ts";
 import {
@@ -17,6 +25,7 @@ import {
 } from "./nbd/export_server.ts";
 import { IvbsMountError } from "./ivbs/errors.ts";
 import { IvbsSession, type IvbsSessionOptions } from "./ivbs/session.ts";
+import { untilStopSignal } from "./signals.ts";
 
 export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT] [options] SOURCE
 
@@ -49,18 +58,9 @@ options:
 
 example:
   ivbsnetd export --socket /run/ivbsnetd/nbd.sock --image disk0 --user alice \\
-    --password-file /etc/ivbsnetd/alice.pass --proxy 10.0.0.1:11417 --proxy 10.0.0.2:11417
+    --password-file /etc/ivbsnetd/alice.pass --proxy 127.0.0.1:11417 --proxy 127.0.0.1:11418
   qemu-img info 'nbd+unix:///disk0?socket=/run/ivbsnetd/nbd.sock'
 `;
-
-/** A bad command line: printed as one line, exit code 2. */
-export class UsageError extends Error {
-  readonly code = "USAGE";
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
 
 export type ExportSource =
   | { kind: "memory"; size: number }
@@ -86,30 +86,20 @@ export interface ExportCommand {
 
 /** Parses the command line; throws UsageError naming the flag and value. */
 export function parseExportArgs(args: string[]): ExportCommand {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        socket: { type: "string" },
-        tcp: { type: "string" },
-        name: { type: "string", multiple: true },
-        memory: { type: "string" },
-        image: { type: "string", multiple: true },
-        user: { type: "string" },
-        "password-file": { type: "string" },
-        proxy: { type: "string", multiple: true },
-        "read-only": { type: "boolean" },
-        "max-clients": { type: "string" },
-        "handshake-timeout": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message : String(error));
-  }
+  const { values } = parseFlags(args, {
+    socket: { type: "string" },
+    tcp: { type: "string" },
+    name: { type: "string", multiple: true },
+    memory: { type: "string" },
+    image: { type: "string", multiple: true },
+    user: { type: "string" },
+    "password-file": { type: "string" },
+    proxy: { type: "string", multiple: true },
+    "read-only": { type: "boolean" },
+    "max-clients": { type: "string" },
+    "handshake-timeout": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
   const command: ExportCommand = {
     help: values.help ?? false,
     names: values.name ?? [],
@@ -120,19 +110,14 @@ export function parseExportArgs(args: string[]): ExportCommand {
   if (!values.socket && !values.tcp) throw new UsageError("give --socket PATH and/or --tcp");
   command.socketPath = values.socket;
   if (values.tcp) {
-    const { host, port } = parseHostPort(values.tcp, "--tcp");
+    const { host, port } = parseHostPort(values.tcp, "--tcp", { anyPort: true });
     command.tcp = { hostname: host, port };
   }
   if (values["max-clients"] !== undefined) {
-    command.maxClients = parsePositiveInteger(values["max-clients"], "--max-clients");
+    command.maxClients = parseWholeNumber(values["max-clients"], "--max-clients", 1);
   }
   if (values["handshake-timeout"] !== undefined) {
-    const seconds = Number(values["handshake-timeout"]);
-    if (!(seconds > 0) || !Number.isFinite(seconds)) {
-      throw new UsageError(
-        `--handshake-timeout "${values["handshake-timeout"]}" must be a positive number of seconds`,
-      );
-    }
+    const seconds = parseSeconds(values["handshake-timeout"], "--handshake-timeout");
     command.handshakeTimeoutMs = seconds * 1000;
   }
 
@@ -170,53 +155,6 @@ export function parseExportArgs(args: string[]): ExportCommand {
   return command;
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  K: 2 ** 10,
-  M: 2 ** 20,
-  G: 2 ** 30,
-  T: 2 ** 40,
-};
-
-/** "256M" → 268435456; binary units, a bare number is bytes. */
-export function parseSize(text: string): number {
-  const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  if (!match) throw new UsageError(`size "${text}" must be a number with an optional K/M/G/T`);
-  const size = Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()];
-  if (!Number.isSafeInteger(size) || size === 0) {
-    throw new UsageError(`size "${text}" must be between 1 byte and 8 PiB`);
-  }
-  return size;
-}
-
-/** "host:port" or "[v6]:port". */
-function parseHostPort(text: string, flag: string): { host: string; port: number } {
-  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text);
-  const port = match ? Number(match[3]) : NaN;
-  if (!match || port > 65535) throw new UsageError(`${flag} "${text}" is not HOST:PORT`);
-  return { host: match[1] ?? match[2], port };
-}
-
-function parsePositiveInteger(text: string, flag: string): number {
-  const value = Number(text);
-  if (!/^\d+$/.test(text) || value < 1) {
-    throw new UsageError(`${flag} "${text}" must be a positive integer`);
-  }
-  return value;
-}
-
-/** Reads a password file: the first line, without its newline. */
-async function readPassword(path: string): Promise<string> {
-  const log = logger("export");
-  const info = await Deno.stat(path);
-  if (info.mode !== null && (info.mode & 0o077) !== 0) {
-    log.warn("password file is readable by group or others; chmod 600 it", { file: path });
-  }
-  const password = (await Deno.readTextFile(path)).split(/\r?\n/)[0];
-  if (!password) throw new UsageError(`password file ${path} is empty`);
-  return password;
-}
-
 /** Exports for the command, plus what to release at exit. */
 async function buildExports(
   command: ExportCommand,
@@ -238,7 +176,7 @@ async function buildExports(
       },
     };
   }
-  const password = await readPassword(source.passwordFile);
+  const password = await readPasswordFile(source.passwordFile, log);
   const exports: ExportDefinition[] = [];
   for (const [i, name] of command.names.entries()) {
     const options: IvbsSessionOptions = {
@@ -266,21 +204,6 @@ async function buildExports(
     });
   }
   return { exports, release: () => Promise.resolve() };
-}
-
-/** Resolves on the first SIGINT or SIGTERM. */
-function untilSignal(): Promise<string> {
-  return new Promise((resolve) => {
-    const signals = ["SIGINT", "SIGTERM"] as const;
-    const handlers = signals.map((signal) => {
-      const handler = () => {
-        signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
-        resolve(signal);
-      };
-      return handler;
-    });
-    signals.forEach((signal, i) => Deno.addSignalListener(signal, handlers[i]));
-  });
 }
 
 export async function run(args: string[]): Promise<number> {
@@ -329,7 +252,7 @@ export async function run(args: string[]): Promise<number> {
     }
     throw error;
   }
-  const signal = await untilSignal();
+  const signal = await untilStopSignal();
   log.info("stopping NBD exports", { signal, clients: server.clients().length });
   await server.close();
   await built.release();

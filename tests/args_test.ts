@@ -4,6 +4,7 @@ import {
   parseFlagsAndPositionals,
   parseHostPort,
   parsePort,
+  parseSeconds,
   parseSize,
   parseWholeNumber,
   readPasswordFile,
@@ -65,6 +66,18 @@ Deno.test("parsePort and parseWholeNumber name the flag and the value", () => {
   );
   assert.match(usageMessage(() => parseWholeNumber("-1", "--timeout", 0)), /--timeout "-1"/);
   assert.match(usageMessage(() => parseWholeNumber("1.5", "--timeout", 0)), /--timeout "1.5"/);
+});
+
+Deno.test("parseSeconds takes decimals and zero only where it means never", () => {
+  assert.equal(parseSeconds("2.5", "--idle-timeout"), 2.5);
+  assert.equal(parseSeconds("0", "--list-interval", { allowZero: true }), 0);
+  assert.match(
+    usageMessage(() => parseSeconds("0", "--idle-timeout")),
+    /--idle-timeout "0" must be a positive number of seconds/,
+  );
+  for (const bad of ["", "-1", "soon", "Infinity"]) {
+    assert.match(usageMessage(() => parseSeconds(bad, "--x", { allowZero: true })), /--x ".*"/);
+  }
 });
 
 Deno.test("parseFlags turns parseArgs errors into a one-line UsageError", () => {

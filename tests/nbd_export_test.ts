@@ -18,7 +18,8 @@ import { Command, decodeReply, encodeRequest, NbdError, REPLY_SIZE } from "../sr
 import { IvbsSession } from "../src/ivbs/session.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
-import { parseExportArgs, UsageError } from "../src/export_command.ts";
+import { UsageError } from "../src/args.ts";
+import { parseExportArgs } from "../src/export_command.ts";
 
 const MiB = 1024 * 1024;
 
