@@ -25,13 +25,8 @@ import {
   statusName,
 } from "../src/ivbs/wire.ts";
 import { createAdminApp } from "../src/ivbs/server/admin.ts";
-import {
-  loadUsersFile,
-  parseServerArgs,
-  parseSize,
-  run,
-  UsageError,
-} from "../src/ivbs/server/cli.ts";
+import { UsageError } from "../src/args.ts";
+import { loadUsersFile, parseServerArgs, run } from "../src/ivbs/server/cli.ts";
 import {
   type IvbsServerOptions,
   type IvbsTestServer,
@@ -923,8 +918,9 @@ Deno.test("parseServerArgs reads every flag", () => {
     },
   });
   assert.deepEqual(parseServerArgs([]).options.ports, [11417]);
-  assert.equal(parseSize("4k"), 4096);
-  assert.equal(parseSize("2T"), 2 * 2 ** 40);
+  assert.deepEqual(parseServerArgs(["--create", "empty:0"]).options.images, [
+    { name: "empty", size: 0, readOnly: false },
+  ]);
 });
 
 Deno.test("parseServerArgs rejects bad flags with a UsageError that never shows a password", () => {

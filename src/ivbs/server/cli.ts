@@ -3,9 +3,17 @@
  * Flag parsing is separate from running so tests can check it without sockets.
  * @module
  */
-import { parseArgs } from "node:util";
 import { z } from "zod";
+import {
+  parseFlags,
+  parsePort,
+  parseSeconds,
+  parseSize,
+  SIZE_UNITS,
+  UsageError,
+} from "../../args.ts";
 import { logger } from "../../log.ts";
+import { untilStopSignal } from "../../signals.ts";
 import { DEFAULT_PORT } from "../wire.ts";
 import { type AdminServer, serveAdmin } from "./admin.ts";
 import {
@@ -48,15 +56,6 @@ example:
     --create golden:64M:ro --data-dir /var/tmp/ivbs --admin-port 11500
 `;
 
-/** A bad command line: printed as one line, exit code 2. */
-export class UsageError extends Error {
-  readonly code = "USAGE";
-  constructor(message: string) {
-    super(message);
-    this.name = "UsageError";
-  }
-}
-
 export interface ServerCommand {
   help: boolean;
   options: IvbsServerOptions;
@@ -64,47 +63,12 @@ export interface ServerCommand {
   adminPort?: number;
 }
 
-const SIZE_UNITS: Record<string, number> = {
-  "": 1,
-  K: 2 ** 10,
-  M: 2 ** 20,
-  G: 2 ** 30,
-  T: 2 ** 40,
-};
-
-/** "64M" → 67108864. Binary units; a bare number is bytes. */
-export function parseSize(text: string): number {
-  const match = /^(\d+)([KMGT]?)(?:i?B)?$/i.exec(text.trim());
-  if (!match) throw new UsageError(`size "${text}" must be a number with an optional K/M/G/T`);
-  const size = Number(match[1]) * SIZE_UNITS[match[2].toUpperCase()];
-  if (!Number.isSafeInteger(size)) throw new UsageError(`size "${text}" is too large`);
-  return size;
-}
-
-function parsePort(text: string, flag: string): number {
-  const port = Number(text);
-  if (!/^\d+$/.test(text) || port > 65535) {
-    throw new UsageError(`${flag} "${text}" must be a port number 0..65535`);
-  }
-  return port;
-}
-
-function parseSeconds(text: string, flag: string, allowZero: boolean): number {
-  const seconds = Number(text);
-  if (text.trim() === "" || !Number.isFinite(seconds) || seconds < 0 || (!allowZero && !seconds)) {
-    throw new UsageError(
-      `${flag} "${text}" must be a ${allowZero ? "" : "positive "}number of seconds`,
-    );
-  }
-  return seconds;
-}
-
 function parseImage(text: string): ServerImage {
   const parts = text.split(":");
   if (parts.length < 2 || parts.length > 3 || (parts.length === 3 && parts[2] !== "ro")) {
     throw new UsageError(`--create "${text}" must be NAME:SIZE or NAME:SIZE:ro`);
   }
-  return { name: parts[0], size: parseSize(parts[1]), readOnly: parts[2] === "ro" };
+  return { name: parts[0], size: parseSize(parts[1], 0), readOnly: parts[2] === "ro" };
 }
 
 function parseUser(text: string): ServerUser {
@@ -126,31 +90,21 @@ function parseDelay(text: string): { min: number; max: number } {
 
 /** Parses the flags (not the users file, which is read by `run`). Throws UsageError. */
 export function parseServerArgs(args: string[]): ServerCommand {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      allowPositionals: false,
-      options: {
-        host: { type: "string" },
-        port: { type: "string", multiple: true },
-        proxies: { type: "string" },
-        "data-dir": { type: "string" },
-        create: { type: "string", multiple: true },
-        user: { type: "string", multiple: true },
-        "users-file": { type: "string" },
-        "idle-timeout": { type: "string" },
-        "list-interval": { type: "string" },
-        "reply-delay": { type: "string" },
-        "admin-port": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    // parseArgs messages name the flag, never a value of another flag.
-    throw new UsageError(error instanceof Error ? error.message.split("\n")[0] : String(error));
-  }
+  // parseFlags keeps parseArgs' first line, which names the flag, never a value of another flag.
+  const { values } = parseFlags(args, {
+    host: { type: "string" },
+    port: { type: "string", multiple: true },
+    proxies: { type: "string" },
+    "data-dir": { type: "string" },
+    create: { type: "string", multiple: true },
+    user: { type: "string", multiple: true },
+    "users-file": { type: "string" },
+    "idle-timeout": { type: "string" },
+    "list-interval": { type: "string" },
+    "reply-delay": { type: "string" },
+    "admin-port": { type: "string" },
+    help: { type: "boolean", short: "h" },
+  });
   if (values.help) return { help: true, options: { users: [] } };
 
   let ports = (values.port ?? []).map((p) => parsePort(p, "--port"));
@@ -176,11 +130,11 @@ export function parseServerArgs(args: string[]): ServerCommand {
     images: (values.create ?? []).map(parseImage),
   };
   if (values["idle-timeout"] !== undefined) {
-    options.idleTimeoutMs = parseSeconds(values["idle-timeout"], "--idle-timeout", false) * 1000;
+    options.idleTimeoutMs = parseSeconds(values["idle-timeout"], "--idle-timeout") * 1000;
   }
   if (values["list-interval"] !== undefined) {
-    options.listProxiesIntervalMs = parseSeconds(values["list-interval"], "--list-interval", true) *
-      1000;
+    const seconds = parseSeconds(values["list-interval"], "--list-interval", { allowZero: true });
+    options.listProxiesIntervalMs = seconds * 1000;
   }
   if (values["reply-delay"] !== undefined) options.replyDelayMs = parseDelay(values["reply-delay"]);
   return {
@@ -222,20 +176,6 @@ export async function loadUsersFile(path: string): Promise<ServerUser[]> {
   return parsed.data;
 }
 
-function waitForSignal(): Promise<Deno.Signal> {
-  return new Promise((resolve) => {
-    const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-    const handlers = signals.map((signal) => {
-      const handler = () => {
-        signals.forEach((s, i) => Deno.removeSignalListener(s, handlers[i]));
-        resolve(signal);
-      };
-      Deno.addSignalListener(signal, handler);
-      return handler;
-    });
-  });
-}
-
 function formatSize(bytes: number): string {
   for (const unit of ["T", "G", "M", "K"]) {
     const scale = SIZE_UNITS[unit];
@@ -273,7 +213,7 @@ export async function run(args: string[]): Promise<number> {
     console.error(`ivbs-server: ${error instanceof Error ? error.message : error}`);
     return 2;
   }
-  const signal = waitForSignal();
+  const signal = untilStopSignal();
   let admin: AdminServer | undefined;
   if (command.adminPort !== undefined) {
     try {
