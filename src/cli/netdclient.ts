@@ -7,7 +7,7 @@
  * daemon is reported at once.
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, UsageError } from "../args.ts";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
 import {
   addExportCommand,
@@ -91,6 +91,14 @@ export async function runInteractive(client: ApiClient, terminal: Terminal): Pro
   }
 }
 
+/** The commands that take arguments, as `help` shows them; more arguments print this. */
+const USAGE: Record<string, string> = {
+  unmount: "unmount <device>",
+  mount: "mount <device> <image> <user> <pass>",
+  unexport: "unexport <name>",
+  export: "export <name> <image> <user> <pass>",
+};
+
 /** One server command; false when input ended while asking for arguments. */
 async function runCommand(
   client: ApiClient,
@@ -99,6 +107,11 @@ async function runCommand(
   name: string,
   args: string[],
 ): Promise<boolean> {
+  const usage = USAGE[name];
+  if (usage !== undefined && args.length > usage.split(" ").length - 1) {
+    out.print(`usage: ${usage}`);
+    return true;
+  }
   switch (name) {
     case "check":
       await checkCommand(client, out);
@@ -113,68 +126,56 @@ async function runCommand(
       await shutdownCommand(client, out);
       return true;
     case "unmount": {
-      if (args.length > 1) {
-        out.print("usage: unmount <device>");
-        return true;
-      }
       const device = args[0] ?? await ask(terminal, "Device: ");
       if (device === null) return false;
       await unmountCommand(client, out, device);
       return true;
     }
     case "mount": {
-      if (args.length > 4) {
-        out.print("usage: mount <device> <image> <user> <pass>");
-        return true;
-      }
       const device = args[0] ?? await ask(terminal, "Device [auto]: ", "auto");
       if (device === null) return false;
-      const image = args[1] ?? await ask(terminal, "Image: ");
-      if (image === null) return false;
-      const username = args[2] ?? await ask(terminal, "User: ");
-      if (username === null) return false;
-      const password = args[3] ?? await terminal.readSecret("Password: ");
-      if (password === null) {
-        out.print("mount cancelled");
-        return true;
-      }
-      await mountCommand(client, out, { device, image, username, password });
+      const request = await askImageRequest(terminal, args);
+      if (request === null) return false;
+      if (request.password === null) out.print("mount cancelled");
+      else await mountCommand(client, out, { device, ...request, password: request.password });
       return true;
     }
     case "liste":
       await listExportsCommand(client, out);
       return true;
     case "unexport": {
-      if (args.length > 1) {
-        out.print("usage: unexport <name>");
-        return true;
-      }
       const name = args[0] ?? await ask(terminal, "Export name: ");
       if (name === null) return false;
       await removeExportCommand(client, out, name);
       return true;
     }
     case "export": {
-      if (args.length > 4) {
-        out.print("usage: export <name> <image> <user> <pass>");
-        return true;
-      }
       const name = args[0] ?? await ask(terminal, "Export name: ");
       if (name === null) return false;
-      const image = args[1] ?? await ask(terminal, "Image: ");
-      if (image === null) return false;
-      const username = args[2] ?? await ask(terminal, "User: ");
-      if (username === null) return false;
-      const password = args[3] ?? await terminal.readSecret("Password: ");
-      if (password === null) {
-        out.print("export cancelled");
-        return true;
-      }
-      await addExportCommand(client, out, { name, image, username, password });
+      const request = await askImageRequest(terminal, args);
+      if (request === null) return false;
+      if (request.password === null) out.print("export cancelled");
+      else await addExportCommand(client, out, { name, ...request, password: request.password });
       return true;
     }
   }
   return true;
+}
+
+/**
+ * `<image> <user> <pass>` after the target of mount and export, asking for
+ * what is missing (the password without echo). Null when input ended; a null
+ * password when the password prompt was cancelled.
+ */
+async function askImageRequest(
+  terminal: Terminal,
+  args: string[],
+): Promise<{ image: string; username: string; password: string | null } | null> {
+  const image = args[1] ?? await ask(terminal, "Image: ");
+  if (image === null) return null;
+  const username = args[2] ?? await ask(terminal, "User: ");
+  if (username === null) return null;
+  return { image, username, password: args[3] ?? await terminal.readSecret("Password: ") };
 }
 
 /** Asks until the answer is not empty (or `fallback` is given); null at end of input. */
@@ -206,17 +207,14 @@ export const CLIENT_HELP = [
 export async function run(args: string[]): Promise<number> {
   let values;
   try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        server: { type: "string" },
-        token: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
+    ({ values } = parseFlags(args, {
+      server: { type: "string" },
+      token: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     }));
   } catch (error) {
-    console.error(`ivbsnetd client: ${(error as Error).message}\n\n${CLIENT_HELP}`);
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`ivbsnetd client: ${error.message}\n\n${CLIENT_HELP}`);
     return EXIT_USAGE;
   }
   if (values.help) {

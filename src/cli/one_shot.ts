@@ -6,7 +6,7 @@
  * operation, 2 usage error, 3 the server is not reachable.
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlagsAndPositionals, UsageError } from "../args.ts";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
 import {
   addExportCommand,
@@ -106,9 +106,6 @@ export interface OneShotIo {
   askSecret(prompt: string): Promise<string | null>;
 }
 
-/** Bad command line; exit code 2. */
-export class UsageError extends Error {}
-
 export function processIo(): OneShotIo {
   const env = (name: string) => {
     try {
@@ -150,33 +147,21 @@ export async function runOneShot(
   args: string[],
   io: OneShotIo = processIo(),
 ): Promise<number> {
-  let values;
-  let positionals: string[];
   try {
-    ({ values, positionals } = parseArgs({
-      args,
-      allowPositionals: true,
-      strict: true,
-      options: {
-        server: { type: "string" },
-        token: { type: "string" },
-        json: { type: "boolean", default: false },
-        all: { type: "boolean", default: false },
-        "read-only": { type: "boolean", default: false },
-        "password-stdin": { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    }));
-  } catch (error) {
-    io.err.print(`ivbsnetd ${name}: ${(error as Error).message}\nusage: ivbsnetd ${USAGE[name]}`);
-    return EXIT_USAGE;
-  }
-  if (values.help) {
-    io.out.print(helpText(name));
-    return EXIT_OK;
-  }
-  const json = values.json;
-  try {
+    const { values, positionals } = parseFlagsAndPositionals(args, {
+      server: { type: "string" },
+      token: { type: "string" },
+      json: { type: "boolean", default: false },
+      all: { type: "boolean", default: false },
+      "read-only": { type: "boolean", default: false },
+      "password-stdin": { type: "boolean", default: false },
+      help: { type: "boolean", short: "h", default: false },
+    });
+    if (values.help) {
+      io.out.print(helpText(name));
+      return EXIT_OK;
+    }
+    const json = values.json;
     const client = makeClient(
       values.server ?? io.env("IVBSNETD_SERVER"),
       values.token ?? io.env("IVBSNETD_TOKEN"),
@@ -193,6 +178,13 @@ export async function runOneShot(
       if (positionals.length < min || positionals.length > max) {
         throw new UsageError(`expected ${USAGE[name]}`);
       }
+    };
+    /** IMAGE USER [PASSWORD] after the target, as mount and export-add take them. */
+    const imageRequest = async () => {
+      expect(3, 4);
+      const [, image, username, given] = positionals;
+      const password = await findPassword(given, values["password-stdin"], io);
+      return { image, username, password, readOnly: values["read-only"] || undefined };
     };
     switch (name) {
       case "check":
@@ -212,16 +204,8 @@ export async function runOneShot(
         await unmountCommand(client, io.out, positionals[0], json);
         break;
       case "mount": {
-        expect(3, 4);
-        const [device, image, username, given] = positionals;
-        const password = await findPassword(given, values["password-stdin"], io);
-        await mountCommand(client, io.out, {
-          device,
-          image,
-          username,
-          password,
-          readOnly: values["read-only"] || undefined,
-        }, json);
+        const request = { device: positionals[0], ...await imageRequest() };
+        await mountCommand(client, io.out, request, json);
         break;
       }
       case "export-list":
@@ -233,16 +217,8 @@ export async function runOneShot(
         await removeExportCommand(client, io.out, positionals[0], json);
         break;
       case "export-add": {
-        expect(3, 4);
-        const [exportName, image, username, given] = positionals;
-        const password = await findPassword(given, values["password-stdin"], io);
-        await addExportCommand(client, io.out, {
-          name: exportName,
-          image,
-          username,
-          password,
-          readOnly: values["read-only"] || undefined,
-        }, json);
+        const request = { name: positionals[0], ...await imageRequest() };
+        await addExportCommand(client, io.out, request, json);
         break;
       }
     }
