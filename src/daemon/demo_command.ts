@@ -8,7 +8,7 @@
  * free /dev/nbdX; otherwise it says exactly why. Runs until Ctrl-C.
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, UsageError } from "../args.ts";
 import { startIvbsServer } from "../ivbs/server/mod.ts";
 import { logger } from "../log.ts";
 import { type DaemonConfig, parseConfig, parseListenAddress } from "./config.ts";
@@ -54,18 +54,15 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
   const log = logger("demo");
   let values;
   try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        listen: { type: "string", default: "127.0.0.1:8080" },
-        "size-gib": { type: "string", default: "1" },
-        socket: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
+    ({ values } = parseFlags(args, {
+      listen: { type: "string", default: "127.0.0.1:8080" },
+      "size-gib": { type: "string", default: "1" },
+      socket: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     }));
   } catch (error) {
-    console.error(`ivbsnetd demo: ${(error as Error).message}\n\n${DEMO_HELP}`);
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`ivbsnetd demo: ${error.message}\n\n${DEMO_HELP}`);
     return 2;
   }
   if (values.help) {

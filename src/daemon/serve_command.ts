@@ -5,9 +5,10 @@
  * taking requests, detach every device, close the NBD exports and exit 0.
  * @module
  */
-import { parseArgs } from "node:util";
+import { parseFlags, UsageError } from "../args.ts";
 import { createApp } from "../http/app.ts";
 import { type Logger, logger } from "../log.ts";
+import { onStopSignal } from "../signals.ts";
 import {
   ConfigError,
   type DaemonConfig,
@@ -84,21 +85,13 @@ export function startServing(
 
 /** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
 export function stopOnSignals(daemon: Daemon, log: Logger): () => void {
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM"];
-  const handlers = signals.map((signal) => {
-    const handler = () => {
-      if (daemon.stopping) {
-        log.warn(`${signal} again: still detaching devices, please wait`);
-        return;
-      }
-      void daemon.shutdown(signal);
-    };
-    Deno.addSignalListener(signal, handler);
-    return [signal, handler] as const;
+  return onStopSignal((signal) => {
+    if (daemon.stopping) {
+      log.warn(`${signal} again: still detaching devices, please wait`);
+      return;
+    }
+    void daemon.shutdown(signal);
   });
-  return () => {
-    for (const [signal, handler] of handlers) Deno.removeSignalListener(signal, handler);
-  };
 }
 
 /** Loads the config named by the arguments, or explains in one line why not. */
@@ -113,17 +106,14 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   const log = logger("daemon");
   let values;
   try {
-    ({ values } = parseArgs({
-      args,
-      strict: true,
-      options: {
-        config: { type: "string", short: "c" },
-        listen: { type: "string" },
-        help: { type: "boolean", short: "h", default: false },
-      },
+    ({ values } = parseFlags(args, {
+      config: { type: "string", short: "c" },
+      listen: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
     }));
   } catch (error) {
-    console.error(`ivbsnetd serve: ${(error as Error).message} (see ivbsnetd serve --help)`);
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`ivbsnetd serve: ${error.message} (see ivbsnetd serve --help)`);
     return EXIT_CONFIG;
   }
   if (values.help) {
