@@ -7,6 +7,7 @@
  * @module
  */
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
+import { errorMessage } from "./error_info.ts";
 import type { Logger } from "./log.ts";
 
 /** A bad command line: printed as one line, exit code 2. */
@@ -45,7 +46,7 @@ function parseCommandLine<T extends ParseArgsOptionsConfig>(
   try {
     return parseArgs({ args, options, strict: true, allowPositionals });
   } catch (error) {
-    throw new UsageError(error instanceof Error ? error.message.split("\n")[0] : String(error));
+    throw new UsageError(errorMessage(error).split("\n")[0]);
   }
 }
 

@@ -13,6 +13,7 @@ import {
   readPasswordFile,
   UsageError,
 } from "./args.ts";
+import { errorCode } from "./error_info.ts";
 import { type Logger, logger } from "./log.ts";
 import { type Backend, MemoryBackend } from "./nbd/backend.ts";
 import { IvbsSession } from "./ivbs/session.ts";
@@ -145,7 +146,7 @@ export async function run(argv: string[]): Promise<number> {
   try {
     backend = await openBackend(args, log);
   } catch (error) {
-    log.error("cannot open the backend", { error, code: codeOf(error) });
+    log.error("cannot open the backend", { error, code: errorCode(error) });
     return 1;
   }
   let signalled = false;
@@ -158,7 +159,7 @@ export async function run(argv: string[]): Promise<number> {
       maxRequestKb: args.maxRequestKb,
     });
   } catch (error) {
-    log.error("cannot attach", { error, code: codeOf(error) });
+    log.error("cannot attach", { error, code: errorCode(error) });
     await backend.close();
     return 1;
   }
@@ -180,12 +181,4 @@ export async function run(argv: string[]): Promise<number> {
     return 1;
   }
   return 0;
-}
-
-function codeOf(error: unknown): string | undefined {
-  if (typeof error === "object" && error !== null && "code" in error) {
-    const code = (error as { code: unknown }).code;
-    if (typeof code === "string") return code;
-  }
-  return undefined;
 }

@@ -5,6 +5,7 @@
  * @module
  */
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import { errorMessage } from "../error_info.ts";
 import type { ExportInfo } from "../daemon/export_table.ts";
 
 export type { DeviceInfo, ExportInfo, MountInfo };
@@ -77,7 +78,7 @@ export function normalizeServer(server: string): string {
 
 function reasonOf(error: unknown): string {
   if (error instanceof DOMException && error.name === "AbortError") return "timed out";
-  const message = error instanceof Error ? error.message : String(error);
+  const message = errorMessage(error);
   // fetch says "fetch failed"; the socket-level reason is in `cause`.
   const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : "";
   const detail = `${message} ${cause}`;

@@ -17,6 +17,7 @@
  * @module
  */
 import { z } from "zod";
+import { errorMessage } from "../error_info.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
 
@@ -402,8 +403,7 @@ export function parseConfig(text: string, source: string): LoadedConfig {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    const why = error instanceof Error ? error.message : String(error);
-    throw new ConfigError(`config ${source}: not valid JSON: ${why}`);
+    throw new ConfigError(`config ${source}: not valid JSON: ${errorMessage(error)}`);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ConfigError(`config ${source}: expected a JSON object at the top level`);

@@ -7,6 +7,7 @@
  * failover is per client; the table only keeps the credentials to open them.
  * @module
  */
+import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../nbd/backend.ts";
 import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
@@ -134,18 +135,6 @@ interface Entry {
   sessions: Set<MountBackend>;
   closed: { failovers: number; reconnects: number };
   rate: RateSampler;
-}
-
-function errorCode(error: unknown): string | undefined {
-  if (typeof error === "object" && error !== null && "code" in error) {
-    const code = (error as { code: unknown }).code;
-    if (typeof code === "string") return code;
-  }
-  return undefined;
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /** "[::1]" for IPv6 literals in URIs. */

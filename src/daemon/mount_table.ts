@@ -4,6 +4,7 @@
  * the config loader and the CLI are thin views of this one table.
  * @module
  */
+import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
 import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
@@ -126,18 +127,6 @@ export interface MountTableOptions {
   log?: Logger;
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
-}
-
-function errorCode(error: unknown): string | undefined {
-  if (typeof error === "object" && error !== null && "code" in error) {
-    const code = (error as { code: unknown }).code;
-    if (typeof code === "string") return code;
-  }
-  return undefined;
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 export class MountTable {

@@ -12,13 +12,10 @@
 import { Hono } from "hono";
 import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
+import { errorMessage } from "../../error_info.ts";
 import type { Logger } from "../../log.ts";
 import { Op, Status } from "../wire.ts";
 import type { IvbsTestServer } from "./mod.ts";
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
 
 /** A code given as a number or by its name in `table` ("TEMPORARY_ERROR", "read"). */
 function codeOf(table: Record<string, number>, what: string) {
@@ -103,7 +100,7 @@ export function createAdminApp(server: IvbsTestServer, log?: Logger): Hono {
         try {
           await server.startProxy(index);
         } catch (error) {
-          throw new HTTPException(409, { message: describe(error) });
+          throw new HTTPException(409, { message: errorMessage(error) });
         }
         break;
       case "stall":
@@ -132,7 +129,7 @@ export function createAdminApp(server: IvbsTestServer, log?: Logger): Hono {
     try {
       await server.createImage(body);
     } catch (error) {
-      throw new HTTPException(400, { message: describe(error) });
+      throw new HTTPException(400, { message: errorMessage(error) });
     }
     return c.json(body, 201);
   });
@@ -145,7 +142,7 @@ export function createAdminApp(server: IvbsTestServer, log?: Logger): Hono {
     if (error instanceof HTTPException) {
       return c.json({ error: error.message }, error.status);
     }
-    log?.error("admin request failed", { path: c.req.path, reason: describe(error) });
+    log?.error("admin request failed", { path: c.req.path, reason: errorMessage(error) });
     return c.json({ error: "internal error" }, 500);
   });
 

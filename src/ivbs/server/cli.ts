@@ -12,6 +12,7 @@ import {
   SIZE_UNITS,
   UsageError,
 } from "../../args.ts";
+import { errorMessage } from "../../error_info.ts";
 import { logger } from "../../log.ts";
 import { untilStopSignal } from "../../signals.ts";
 import { DEFAULT_PORT } from "../wire.ts";
@@ -156,7 +157,7 @@ export async function loadUsersFile(path: string): Promise<ServerUser[]> {
     text = await Deno.readTextFile(path);
   } catch (error) {
     throw new UsageError(
-      `cannot read --users-file ${path}: ${error instanceof Error ? error.message : error}`,
+      `cannot read --users-file ${path}: ${errorMessage(error)}`,
     );
   }
   let json: unknown;
@@ -210,7 +211,7 @@ export async function run(args: string[]): Promise<number> {
     server = await startIvbsServer(command.options);
   } catch (error) {
     // Bad images or users, a port in use: one clear line.
-    console.error(`ivbs-server: ${error instanceof Error ? error.message : error}`);
+    console.error(`ivbs-server: ${errorMessage(error)}`);
     return 2;
   }
   const signal = untilStopSignal();
@@ -222,7 +223,7 @@ export async function run(args: string[]): Promise<number> {
       await server.close();
       console.error(
         `ivbs-server: cannot serve the admin API on 127.0.0.1:${command.adminPort}: ${
-          error instanceof Error ? error.message : error
+          errorMessage(error)
         }`,
       );
       return 2;
