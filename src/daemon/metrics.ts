@@ -61,6 +61,42 @@ function histogram(out: Exposition, name: string, labels: Labels, io: DeviceIoSt
   out.sample(`${name}_count`, labels, cumulative);
 }
 
+/** One sample per state, zeros included, so every state has a series from the start. */
+function stateSamples(
+  out: Exposition,
+  name: string,
+  states: readonly string[],
+  items: readonly { info: { state: string } }[],
+): void {
+  const counts = new Map<string, number>();
+  for (const { info } of items) counts.set(info.state, (counts.get(info.state) ?? 0) + 1);
+  for (const state of states) out.sample(name, { state }, counts.get(state) ?? 0);
+}
+
+/** Bytes read and written, as the two directions of one family. */
+function byteSamples(
+  out: Exposition,
+  name: string,
+  labels: Labels,
+  info: { bytesRead: number; bytesWritten: number },
+): void {
+  out.sample(name, { ...labels, direction: "read" }, info.bytesRead);
+  out.sample(name, { ...labels, direction: "write" }, info.bytesWritten);
+}
+
+/** Requests by NBD op; zeros while there are no stats yet (before attach or the first client). */
+function operationSamples(
+  out: Exposition,
+  name: string,
+  labels: Labels,
+  io: DeviceIoStats | null | undefined,
+): void {
+  out.sample(name, { ...labels, op: "read" }, io?.reads ?? 0);
+  out.sample(name, { ...labels, op: "write" }, io?.writes ?? 0);
+  out.sample(name, { ...labels, op: "flush" }, io?.flushes ?? 0);
+  out.sample(name, { ...labels, op: "trim" }, io?.trims ?? 0);
+}
+
 export interface DaemonGauges {
   uptimeSeconds: number;
   managedDevices: number;
@@ -78,11 +114,8 @@ export function renderMetrics(
   out.family("ivbsnetd_nbd_devices_managed", "gauge", "NBD devices the daemon may use.");
   out.sample("ivbsnetd_nbd_devices_managed", {}, gauges.managedDevices);
   out.family("ivbsnetd_mounts", "gauge", "Images mounted (or being mounted) by state.");
-  const states = new Map<string, number>();
-  for (const { info } of mounts) states.set(info.state, (states.get(info.state) ?? 0) + 1);
-  for (const state of ["mounting", "mounted", "reconnecting", "unmounting"]) {
-    out.sample("ivbsnetd_mounts", { state }, states.get(state) ?? 0);
-  }
+  const mountStates = ["mounting", "mounted", "reconnecting", "unmounting"];
+  stateSamples(out, "ivbsnetd_mounts", mountStates, mounts);
 
   const ids = mounts.map(({ info }) => ({ device: info.device, image: info.image }));
 
@@ -90,24 +123,12 @@ export function renderMetrics(
   mounts.forEach((m, i) => out.sample("ivbsnetd_device_size_bytes", ids[i], m.info.sizeBytes));
 
   out.family("ivbsnetd_io_bytes_total", "counter", "Bytes transferred for the kernel.");
-  mounts.forEach((m, i) => {
-    out.sample("ivbsnetd_io_bytes_total", { ...ids[i], direction: "read" }, m.info.bytesRead);
-    out.sample("ivbsnetd_io_bytes_total", { ...ids[i], direction: "write" }, m.info.bytesWritten);
-  });
+  mounts.forEach((m, i) => byteSamples(out, "ivbsnetd_io_bytes_total", ids[i], m.info));
 
   out.family("ivbsnetd_io_operations_total", "counter", "Kernel requests served, by op.");
-  mounts.forEach((m, i) => {
-    const io = m.attachment?.stats;
-    const ops: [string, number][] = [
-      ["read", io?.reads ?? 0],
-      ["write", io?.writes ?? 0],
-      ["flush", io?.flushes ?? 0],
-      ["trim", io?.trims ?? 0],
-    ];
-    for (const [op, count] of ops) {
-      out.sample("ivbsnetd_io_operations_total", { ...ids[i], op }, count);
-    }
-  });
+  mounts.forEach((m, i) =>
+    operationSamples(out, "ivbsnetd_io_operations_total", ids[i], m.attachment?.stats)
+  );
 
   out.family("ivbsnetd_io_errors_total", "counter", "Kernel requests answered with an error.");
   mounts.forEach((m, i) => out.sample("ivbsnetd_io_errors_total", ids[i], m.info.errors));
@@ -160,11 +181,7 @@ export function renderMetrics(
 function renderExports(out: Exposition, exports: readonly ExportSnapshot[]): void {
   const ids = exports.map(({ info }) => ({ export: info.name, image: info.image }));
   out.family("ivbsnetd_exports", "gauge", "NBD exports served (or being added) by state.");
-  const states = new Map<string, number>();
-  for (const { info } of exports) states.set(info.state, (states.get(info.state) ?? 0) + 1);
-  for (const state of ["adding", "ready", "removing"]) {
-    out.sample("ivbsnetd_exports", { state }, states.get(state) ?? 0);
-  }
+  stateSamples(out, "ivbsnetd_exports", ["adding", "ready", "removing"], exports);
 
   out.family("ivbsnetd_export_clients", "gauge", "NBD clients connected to the export.");
   exports.forEach((e, i) => out.sample("ivbsnetd_export_clients", ids[i], e.info.clients));
@@ -173,25 +190,12 @@ function renderExports(out: Exposition, exports: readonly ExportSnapshot[]): voi
   exports.forEach((e, i) => out.sample("ivbsnetd_export_size_bytes", ids[i], e.info.sizeBytes));
 
   out.family("ivbsnetd_export_io_bytes_total", "counter", "Bytes transferred for NBD clients.");
-  exports.forEach((e, i) => {
-    const read = { ...ids[i], direction: "read" };
-    out.sample("ivbsnetd_export_io_bytes_total", read, e.info.bytesRead);
-    const write = { ...ids[i], direction: "write" };
-    out.sample("ivbsnetd_export_io_bytes_total", write, e.info.bytesWritten);
-  });
+  exports.forEach((e, i) => byteSamples(out, "ivbsnetd_export_io_bytes_total", ids[i], e.info));
 
   out.family("ivbsnetd_export_io_operations_total", "counter", "NBD client requests, by op.");
-  exports.forEach((e, i) => {
-    const ops: [string, number][] = [
-      ["read", e.stats?.reads ?? 0],
-      ["write", e.stats?.writes ?? 0],
-      ["flush", e.stats?.flushes ?? 0],
-      ["trim", e.stats?.trims ?? 0],
-    ];
-    for (const [op, count] of ops) {
-      out.sample("ivbsnetd_export_io_operations_total", { ...ids[i], op }, count);
-    }
-  });
+  exports.forEach((e, i) =>
+    operationSamples(out, "ivbsnetd_export_io_operations_total", ids[i], e.stats)
+  );
 
   out.family(
     "ivbsnetd_export_io_errors_total",
