@@ -11,11 +11,11 @@
  * A measurement script, not a test: it asserts nothing, but it counts errors.
  * @module
  */
-import { parseArgs } from "node:util";
-import { type Logger, logger } from "../src/log.ts";
-import { startIvbsServer } from "../src/ivbs/server/mod.ts";
-import { IvbsSession } from "../src/ivbs/session.ts";
+import { parseFlags } from "../src/args.ts";
+import { errorMessage } from "../src/error_info.ts";
+import { logger } from "../src/log.ts";
 import { Status } from "../src/ivbs/wire.ts";
+import { openBenchImage, positive, QUIET } from "./ivbs_loopback.ts";
 
 const USAGE = `usage: deno run -A bench/ivbs_failover_stall.ts [options]
   --seconds N        faults phase length (default 10)
@@ -25,7 +25,6 @@ const USAGE = `usage: deno run -A bench/ivbs_failover_stall.ts [options]
   --block-kib N      request size (default 64)
   --verbose          print the session's log (failovers, retries) on stderr`;
 
-const QUIET: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface Span {
@@ -33,29 +32,17 @@ interface Span {
   end: number;
 }
 
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) {
-    throw new Error(`--${name} must be a positive integer, got "${value}"`);
-  }
-  return n;
-}
-
 async function main(args: string[]): Promise<number> {
   let opts;
   try {
-    const { values } = parseArgs({
-      args,
-      options: {
-        seconds: { type: "string" },
-        "every-ms": { type: "string" },
-        "dead-peer-ms": { type: "string" },
-        depth: { type: "string" },
-        "block-kib": { type: "string" },
-        verbose: { type: "boolean" },
-        help: { type: "boolean", short: "h" },
-      },
+    const { values } = parseFlags(args, {
+      seconds: { type: "string" },
+      "every-ms": { type: "string" },
+      "dead-peer-ms": { type: "string" },
+      depth: { type: "string" },
+      "block-kib": { type: "string" },
+      verbose: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
     });
     if (values.help) {
       console.log(USAGE);
@@ -70,26 +57,19 @@ async function main(args: string[]): Promise<number> {
       verbose: values.verbose ?? false,
     };
   } catch (error) {
-    console.error(`${(error as Error).message}\n${USAGE}`);
+    console.error(`${errorMessage(error)}\n${USAGE}`);
     return 2;
   }
   const imageBytes = 256 * 1024 * 1024;
-  const server = await startIvbsServer({
-    ports: [0, 0, 0],
-    users: [{ username: "bench", password: "bench" }],
-    images: [{ name: "bench", size: imageBytes }],
-    listProxiesIntervalMs: 1000,
-    log: QUIET,
-  });
-  const session = await IvbsSession.open({
-    proxies: server.addresses(),
-    image: "bench",
-    username: "bench",
-    password: "bench",
-    deadPeerTimeoutMs: opts.deadPeerMs,
-    connectTimeoutMs: 1000,
-    log: opts.verbose ? logger("ivbs") : QUIET,
-  });
+  const { server, session } = await openBenchImage(
+    imageBytes,
+    { ports: [0, 0, 0], listProxiesIntervalMs: 1000 },
+    {
+      deadPeerTimeoutMs: opts.deadPeerMs,
+      connectTimeoutMs: 1000,
+      log: opts.verbose ? logger("ivbs") : QUIET,
+    },
+  );
   const inUse = () =>
     Math.max(0, server.proxies.findIndex((p) => session.proxy === `127.0.0.1:${p.port}`));
 

@@ -9,10 +9,9 @@
  * a lower bound for the client alone. A script, not a test: it asserts nothing.
  * @module
  */
-import { parseArgs } from "node:util";
-import type { Logger } from "../src/log.ts";
-import { startIvbsServer } from "../src/ivbs/server/mod.ts";
-import { IvbsSession } from "../src/ivbs/session.ts";
+import { parseFlags } from "../src/args.ts";
+import { errorMessage } from "../src/error_info.ts";
+import { openBenchImage, positive, QUIET } from "./ivbs_loopback.ts";
 
 const USAGE =
   `usage: deno run -A bench/ivbs_throughput.ts [--seconds N] [--depth N] [--block-kib N] [--image-mib N]
@@ -20,17 +19,6 @@ const USAGE =
   --depth      requests in flight (default 16)
   --block-kib  request size in KiB (default 1024)
   --image-mib  image size in MiB (default 1024; memory, sparse)`;
-
-const QUIET: Logger = { debug() {}, info() {}, warn() {}, error() {} };
-
-function positive(name: string, value: string | undefined, fallback: number): number {
-  if (value === undefined) return fallback;
-  const n = Number(value);
-  if (!Number.isInteger(n) || n <= 0) {
-    throw new Error(`--${name} must be a positive integer, got "${value}"`);
-  }
-  return n;
-}
 
 /** Keeps `depth` requests in flight at random aligned offsets until `seconds` pass. */
 async function phase(
@@ -71,48 +59,29 @@ function report(
 }
 
 async function main(args: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args,
-      options: {
-        seconds: { type: "string" },
-        depth: { type: "string" },
-        "block-kib": { type: "string" },
-        "image-mib": { type: "string" },
-        help: { type: "boolean", short: "h" },
-      },
-    }));
-  } catch (error) {
-    console.error(`${(error as Error).message}\n${USAGE}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
   let seconds, depth, blockBytes, imageBytes;
   try {
+    const { values } = parseFlags(args, {
+      seconds: { type: "string" },
+      depth: { type: "string" },
+      "block-kib": { type: "string" },
+      "image-mib": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      return 0;
+    }
     seconds = positive("seconds", values.seconds, 5);
     depth = positive("depth", values.depth, 16);
     blockBytes = positive("block-kib", values["block-kib"], 1024) * 1024;
     imageBytes = positive("image-mib", values["image-mib"], 1024) * 1024 * 1024;
   } catch (error) {
-    console.error(`${(error as Error).message}\n${USAGE}`);
+    console.error(`${errorMessage(error)}\n${USAGE}`);
     return 2;
   }
   const blocks = Math.floor(imageBytes / blockBytes);
-  const server = await startIvbsServer({
-    users: [{ username: "bench", password: "bench" }],
-    images: [{ name: "bench", size: imageBytes }],
-    listProxiesIntervalMs: 0,
-    log: QUIET,
-  });
-  const session = await IvbsSession.open({
-    proxies: server.addresses(),
-    image: "bench",
-    username: "bench",
-    password: "bench",
+  const { server, session } = await openBenchImage(imageBytes, { listProxiesIntervalMs: 0 }, {
     log: QUIET,
   });
   try {
