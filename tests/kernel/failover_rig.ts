@@ -244,6 +244,43 @@ export async function startServerProcess(options: {
   };
 }
 
+/** The faults a run injects, in the order it cycles through them. */
+export const FAULTS = ["stop", "use-another-proxy", "expired", "drop"] as const;
+export type Fault = typeof FAULTS[number];
+
+/**
+ * Applies one fault to the proxy the client uses (stop: restarted after
+ * `downMs`; drop: its connections closed) or to the next requests
+ * (USE_ANOTHER_PROXY / EXPIRED, 3 of them). `turn` picks a proxy when none is
+ * connected (between a failover and the next connection). Returns whether the
+ * proxy hit was the serving one.
+ */
+export async function applyFault(
+  server: ServerProcess,
+  fault: Fault,
+  turn: number,
+  downMs = 1_500,
+): Promise<{ proxy: number | null; wasServing: boolean }> {
+  const serving = await server.serving();
+  const target = serving ?? turn % server.proxies.length;
+  switch (fault) {
+    case "stop":
+      await server.proxyAction(target, "stop");
+      await sleep(downMs);
+      await server.proxyAction(target, "start");
+      return { proxy: target, wasServing: serving !== null };
+    case "drop":
+      await server.proxyAction(target, "drop");
+      return { proxy: target, wasServing: serving !== null };
+    case "use-another-proxy":
+      await server.inject("USE_ANOTHER_PROXY", 3);
+      return { proxy: null, wasServing: false };
+    case "expired":
+      await server.inject("EXPIRED", 3);
+      return { proxy: null, wasServing: false };
+  }
+}
+
 /** Lines the attach process logs once per failover (src/ivbs/session.ts). */
 export const FAILOVER_LINE = /IVBS connection failed; failing over/;
 export const RETRY_LINE = /IVBS request retried/;

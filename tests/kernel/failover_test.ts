@@ -10,9 +10,12 @@ import assert from "node:assert/strict";
 import { findFreeDevice } from "../../src/nbd/devices.ts";
 import { MiB, record, run, sh, sha256, skipReason, within } from "./helpers.ts";
 import {
+  applyFault,
   deviceErrors,
   devicePidPresent,
   FAILOVER_LINE,
+  type Fault,
+  FAULTS,
   type LineChild,
   markKernelLog,
   RETRY_LINE,
@@ -33,9 +36,6 @@ const DOWN_MS = 1_500;
 /** Bounds that turn a hang into a failure (the VM emulates: generous). */
 const COPY_LIMIT_MS = 240_000;
 const DETACH_LIMIT_MS = 120_000;
-
-type Fault = "stop" | "use-another-proxy" | "expired" | "drop";
-const FAULTS: readonly Fault[] = ["stop", "use-another-proxy", "expired", "drop"];
 
 /**
  * Faults the server in turn until `running()` turns false; returns what it did.
@@ -61,27 +61,8 @@ async function faultWhile(
   }
   for (let i = 0; running(); i++) {
     const fault = FAULTS[i % FAULTS.length];
-    const serving = await server.serving();
-    // Between a failover and the next connection no proxy has one: take them in turn.
-    const target = serving ?? i % server.proxies.length;
-    switch (fault) {
-      case "stop":
-        await server.proxyAction(target, "stop");
-        if (serving !== null) done.servingStops++;
-        // Restarted even after the copy ended, so the next step starts from a full server.
-        await sleep(DOWN_MS);
-        await server.proxyAction(target, "start");
-        break;
-      case "drop":
-        await server.proxyAction(target, "drop");
-        break;
-      case "use-another-proxy":
-        await server.inject("USE_ANOTHER_PROXY", 3);
-        break;
-      case "expired":
-        await server.inject("EXPIRED", 3);
-        break;
-    }
+    const hit = await applyFault(server, fault, i, DOWN_MS);
+    if (fault === "stop" && hit.wasServing) done.servingStops++;
     done[fault]++;
     await pause(FAULT_GAP_MS);
   }
@@ -177,7 +158,13 @@ Deno.test({
       await run("umount", mnt);
       mounted = false;
 
-      const errors = deviceErrors(await kernelLog.since(), device);
+      const logged = await kernelLog.since();
+      // The mount logs a line naming the device: proof the filter sees this run's lines.
+      assert.ok(
+        logged.some((line) => line.includes(device.replace("/dev/", ""))),
+        `dmesg shows no line about ${device} since the start:\n${logged.slice(-20).join("\n")}`,
+      );
+      const errors = deviceErrors(logged, device);
       const failovers = attach.count(FAILOVER_LINE);
       const stats = await server.stats();
       await record(
