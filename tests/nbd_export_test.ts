@@ -65,6 +65,11 @@ async function run(
   return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
 }
 
+/** qemu-img arguments copying raw `from` to raw `to` (-n: `to` exists, do not create it). */
+function rawCopy(from: string, to: string, ...flags: string[]): string[] {
+  return ["convert", ...flags, "-f", "raw", "-O", "raw", from, to];
+}
+
 async function runOk(command: string, args: string[]): Promise<string> {
   const result = await run(command, args);
   assert.equal(result.code, 0, `${command} ${args.join(" ")} failed:\n${result.stderr}`);
@@ -260,25 +265,8 @@ Deno.test({
   fn: () =>
     withExports([memoryExport("disk", 256 * MiB)], async (server, dir) => {
       await writeRandomFile(`${dir}/in.img`, 256 * MiB);
-      await runOk("qemu-img", [
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        `${dir}/in.img`,
-        uri(dir, "disk"),
-      ]);
-      await runOk("qemu-img", [
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        uri(dir, "disk"),
-        `${dir}/out.img`,
-      ]);
+      await runOk("qemu-img", rawCopy(`${dir}/in.img`, uri(dir, "disk"), "-n"));
+      await runOk("qemu-img", rawCopy(uri(dir, "disk"), `${dir}/out.img`));
       assert.equal(await sha256(`${dir}/out.img`), await sha256(`${dir}/in.img`));
       const [disk] = server.exports();
       assert.equal(disk.stats.bytesWritten, 256 * MiB);
@@ -578,7 +566,7 @@ Deno.test({
       await withExports([exportDef], async (_, dir) => {
         await writeRandomFile(`${dir}/in.img`, IMAGE.size);
         const convert = new Deno.Command("qemu-img", {
-          args: ["convert", "-n", "-f", "raw", "-O", "raw", `${dir}/in.img`, uri(dir, "vm")],
+          args: rawCopy(`${dir}/in.img`, uri(dir, "vm"), "-n"),
           stdout: "null",
           stderr: "piped",
         }).spawn();
@@ -596,15 +584,7 @@ Deno.test({
         assert.ok(session.stats.failovers >= 1, "the session failed over");
         assert.notEqual(session.proxy, inUse);
 
-        await runOk("qemu-img", [
-          "convert",
-          "-f",
-          "raw",
-          "-O",
-          "raw",
-          uri(dir, "vm"),
-          `${dir}/out.img`,
-        ]);
+        await runOk("qemu-img", rawCopy(uri(dir, "vm"), `${dir}/out.img`));
         assert.equal(await sha256(`${dir}/out.img`), await sha256(`${dir}/in.img`));
       });
     } finally {
