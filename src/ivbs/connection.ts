@@ -75,6 +75,7 @@ export interface RequestOptions {
 interface Pending {
   op: OpCode;
   target: Uint8Array | undefined;
+  owner: RequestOwner | undefined;
   resolve: (reply: Reply) => void;
   reject: (error: Error) => void;
 }
@@ -262,7 +263,13 @@ export class IvbsConnection {
     return new Promise<Reply>((resolve, reject) => {
       // The dead-peer clock starts when we start waiting, not at the last reply.
       if (this.#pending.size === 0) this.#lastReplyAt = performance.now();
-      this.#pending.set(sequence, { op: header.op, target: options.target, resolve, reject });
+      this.#pending.set(sequence, {
+        op: header.op,
+        target: options.target,
+        owner: options.owner,
+        resolve,
+        reject,
+      });
       this.#enqueue({ packet, body: options.body, sequence, owner: options.owner });
     });
   }
@@ -426,8 +433,14 @@ export class IvbsConnection {
           `READ reply carries ${header.dataLen} bytes, ${pending.target.length} were asked for`,
         );
       }
-      await this.#reader.readFull(pending.target, "READ data");
-      payload = pending.target;
+      if (pending.owner?.done) {
+        // The owner gave up (timeout) and may reuse the target: drop the late data.
+        await this.#reader.skip(header.dataLen, "late READ data");
+        payload = EMPTY;
+      } else {
+        await this.#reader.readFull(pending.target, "READ data");
+        payload = pending.target;
+      }
     } else if (header.status !== Status.OK && header.op === Op.READ) {
       await this.#reader.skip(header.dataLen, "READ error payload");
       payload = EMPTY;

@@ -302,18 +302,34 @@ export class IvbsSession implements Backend {
     return { ...this.#stats, inFlight: this.#outstanding.size };
   }
 
+  /** Reads `length` bytes at `offset` into a new buffer. */
   async read(offset: number, length: number): Promise<Uint8Array> {
+    let result = new Uint8Array(0);
+    // Budget first, buffer second: waiting reads hold no memory.
+    await this.#read(offset, length, () => result = new Uint8Array(length));
+    return result;
+  }
+
+  /**
+   * Reads `target.length` bytes at `offset` straight into `target` (the serve
+   * loop's pooled buffer): the data is copied from the socket once and the
+   * session allocates none. Pieces of a read over 32 MiB and requests replayed
+   * after a failover land in the same target. Once this settles the session no
+   * longer writes to `target`, even if a late reply arrives.
+   */
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    return this.#read(offset, target.length, () => target);
+  }
+
+  async #read(offset: number, length: number, target: () => Uint8Array): Promise<void> {
     this.#checkUsable();
     this.#checkRange("read", offset, length);
-    if (length === 0) return new Uint8Array(0);
-    // Budget first, buffer second: waiting reads hold no memory.
+    if (length === 0) return;
     if (!this.#budget.tryTake(this.#budgetFor(length))) await this.#waitBudget(length);
     try {
-      const result = new Uint8Array(length);
-      await this.#runPieces("READ", offset, result);
+      await this.#runPieces("READ", offset, target());
       this.#stats.reads++;
       this.#stats.bytesRead += length;
-      return result;
     } finally {
       this.#budget.release(this.#budgetFor(length));
     }
