@@ -11,11 +11,11 @@ import {
   DaemonProcess,
   ivbsnetd,
   kernelSkipReason,
-  type RunResult,
   startIvbs,
   USER,
   writeConfig,
 } from "./daemon_harness.ts";
+import { hasTool, runTool } from "./tools.ts";
 
 const TOKEN = "process-test-token-1";
 const MIB = 1024 * 1024;
@@ -135,26 +135,6 @@ Deno.test("serve exits 2 with one line for a broken config file", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-/** True when `tool --version` runs (Debian's libnbd-bin / qemu-utils). */
-async function hasTool(tool: string): Promise<boolean> {
-  try {
-    const out = await new Deno.Command(tool, {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    return out.success;
-  } catch {
-    return false;
-  }
-}
-
-async function runTool(tool: string, args: string[]): Promise<RunResult> {
-  const out = await new Deno.Command(tool, { args, stdout: "piped", stderr: "piped" }).output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
 
 async function exists(path: string): Promise<boolean> {
   try {

@@ -20,22 +20,9 @@ import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
 import { UsageError } from "../src/args.ts";
 import { parseExportArgs } from "../src/export_command.ts";
+import { hasTool, runTool } from "./tools.ts";
 
 const MiB = 1024 * 1024;
-
-async function hasTool(tool: string): Promise<boolean> {
-  try {
-    const out = await new Deno.Command(tool, {
-      args: ["--version"],
-      stdout: "null",
-      stderr: "null",
-    })
-      .output();
-    return out.code !== 127;
-  } catch {
-    return false;
-  }
-}
 
 const TOOLS = {
   nbdinfo: await hasTool("nbdinfo"),
@@ -56,22 +43,13 @@ function memoryLog(lines: string[] = []): Logger & { lines: string[] } {
   return { lines, debug: put("debug"), info: put("info"), warn: put("warn"), error: put("error") };
 }
 
-async function run(
-  command: string,
-  args: string[],
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(command, { args, stdout: "piped", stderr: "piped" }).output();
-  const decoder = new TextDecoder();
-  return { code: out.code, stdout: decoder.decode(out.stdout), stderr: decoder.decode(out.stderr) };
-}
-
 /** qemu-img arguments copying raw `from` to raw `to` (-n: `to` exists, do not create it). */
 function rawCopy(from: string, to: string, ...flags: string[]): string[] {
   return ["convert", ...flags, "-f", "raw", "-O", "raw", from, to];
 }
 
 async function runOk(command: string, args: string[]): Promise<string> {
-  const result = await run(command, args);
+  const result = await runTool(command, args);
   assert.equal(result.code, 0, `${command} ${args.join(" ")} failed:\n${result.stderr}`);
   return result.stdout;
 }
@@ -299,7 +277,7 @@ Deno.test({
   ignore: !TOOLS.qemuIo,
   fn: () =>
     withExports([memoryExport("ro", MiB, true)], async (_, dir) => {
-      const result = await run("qemu-io", ["-f", "raw", "-c", "write 0 4k", uri(dir, "ro")]);
+      const result = await runTool("qemu-io", ["-f", "raw", "-c", "write 0 4k", uri(dir, "ro")]);
       assert.notEqual(result.code, 0);
       // qemu sees NBD_FLAG_READ_ONLY and will not open the export for writing.
       assert.match(result.stdout + result.stderr, /Permission denied|read-only/i);
@@ -342,7 +320,7 @@ Deno.test({
       const busy = await RawClient.connect(dir);
       try {
         assert.equal(await busy.go("disk"), Rep.ACK);
-        const failed = await run("nbdinfo", [uri(dir, "nope")]);
+        const failed = await runTool("nbdinfo", [uri(dir, "nope")]);
         assert.notEqual(failed.code, 0);
         // libnbd reports NBD_REP_ERR_UNKNOWN as ENOENT.
         assert.match(failed.stderr, /No such file or directory for export: nope|no export named/);
