@@ -20,7 +20,7 @@ Deno.test("parseAttachArgs reads an IVBS image with several proxies", () => {
     "--image=disk0",
     "--user=alice",
     "--password-file=/etc/pass",
-    "--proxy=10.0.0.1:11417",
+    "--proxy=127.0.0.1:11417",
     "--proxy=[::1]:11418",
     "--read-only",
     "--block-size=512",
@@ -31,7 +31,7 @@ Deno.test("parseAttachArgs reads an IVBS image with several proxies", () => {
     image: "disk0",
     username: "alice",
     passwordFile: "/etc/pass",
-    proxies: [{ host: "10.0.0.1", port: 11417 }, { host: "::1", port: 11418 }],
+    proxies: [{ host: "127.0.0.1", port: 11417 }, { host: "::1", port: 11418 }],
   });
   assert.equal(args?.readOnly, true);
   assert.equal(args?.blockSize, 512);

@@ -12,7 +12,7 @@ import { runServe } from "../src/daemon/serve_command.ts";
 const FULL = {
   http: { listen: "127.0.0.1:9090", token: "0123456789abcdef" },
   ivbs: {
-    proxies: [{ host: "10.0.0.1", port: 11417 }, { host: "ivbs-b.example" }],
+    proxies: [{ host: "127.0.0.1", port: 11417 }, { host: "ivbs-b.example" }],
     deadPeerTimeoutMs: 10_000,
     ioTimeoutMs: 60_000,
     connectTimeoutMs: 2_000,
@@ -49,7 +49,7 @@ Deno.test("parseConfig reads every field of the current format", () => {
     token: FULL.http.token,
   });
   assert.deepEqual(config.ivbs.proxies, [
-    { host: "10.0.0.1", port: 11417 },
+    { host: "127.0.0.1", port: 11417 },
     { host: "ivbs-b.example", port: 11417 },
   ]);
   assert.equal(config.ivbs.deadPeerTimeoutMs, 10_000);
