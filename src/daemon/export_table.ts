@@ -254,13 +254,18 @@ export class ExportTable {
     return this.#info(entry, this.#liveStats());
   }
 
-  async #probe(entry: Entry): Promise<void> {
-    const backend = await this.#driver.openBackend({
+  /** An IVBS session on the export's image, as its credentials and mode say. */
+  #openSession(entry: Entry): Promise<MountBackend> {
+    return this.#driver.openBackend({
       image: entry.image,
       username: entry.username,
       password: entry.password,
       readOnly: entry.readOnly,
     });
+  }
+
+  async #probe(entry: Entry): Promise<void> {
+    const backend = await this.#openSession(entry);
     entry.sizeBytes = backend.size;
     entry.readOnly = backend.readOnly;
     try {
@@ -272,12 +277,7 @@ export class ExportTable {
 
   /** One client's own session; its counters join the export's totals when it closes. */
   async #openClient(entry: Entry): Promise<Backend> {
-    const backend = await this.#driver.openBackend({
-      image: entry.image,
-      username: entry.username,
-      password: entry.password,
-      readOnly: entry.readOnly,
-    });
+    const backend = await this.#openSession(entry);
     entry.sessions.add(backend);
     return trackClose(backend, () => {
       entry.sessions.delete(backend);
