@@ -408,6 +408,20 @@ export function encodeEmpty(
   return packet({ sessionId, op, sequence, status }, 0);
 }
 
+/**
+ * The 48-byte header of a successful READ reply carrying `length` bytes, for a
+ * sender that writes the data from where it already lies (no copy into a packet).
+ */
+export function encodeReadReplyHeader(
+  sessionId: Uint8Array,
+  sequence: number,
+  length: number,
+  target: Uint8Array = new Uint8Array(HEADER_SIZE),
+): Uint8Array {
+  checkIoLength(length);
+  return encodeHeader({ sessionId, op: Op.READ, sequence, dataLen: length }, target);
+}
+
 /** A READ reply with its data in one buffer. */
 export function encodeReadReply(
   sessionId: Uint8Array,

@@ -5,6 +5,7 @@
  * one way: greeted → logged in → attached → closed.
  * @module
  */
+import { BufferPool } from "../../io/buffer_pool.ts";
 import { FrameReader } from "../../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../../io/stream.ts";
 import type { Logger } from "../../log.ts";
@@ -17,8 +18,8 @@ import {
   encodeAttachReply,
   encodeEmpty,
   encodeGreeting,
-  encodeHeader,
   encodeProxyList,
+  encodeReadReplyHeader,
   HEADER_SIZE,
   type IoRange,
   Op,
@@ -74,8 +75,18 @@ export interface ConnectionContext {
   whenUnstalled(): Promise<void>;
 }
 
-interface Queued {
+/** A reply: its packet, then optionally data written from where it lies (not copied). */
+interface Outgoing {
   packet: Uint8Array;
+  /** Sent right after `packet`, counted in its data_len. */
+  data?: readonly Uint8Array[];
+  /** Called once the reply is written or dropped (gives pooled buffers back). */
+  dispose?: () => void;
+}
+
+interface Queued extends Outgoing {
+  /** Bytes on the wire: packet plus data. */
+  size: number;
   /** Budget held for the request this replies to; 0 for packets the proxy sends on its own. */
   cost: number;
   /** A LIST_PROXIES push (at most one waits at a time). */
@@ -86,6 +97,8 @@ const EMPTY = new Uint8Array(0);
 // Replies smaller than this are gathered into one socket write with their neighbours.
 const SMALL_REPLY = 64 * 1024;
 const GATHER_LIMIT = 256 * 1024;
+/** Payload and reply buffers a connection keeps for reuse (fresh 1 MiB buffers fault in page by page). */
+const POOLED_BYTES = 16 * 1024 * 1024;
 
 function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < SESSION_ID_SIZE; i++) if (a[i] !== b[i]) return false;
@@ -128,6 +141,7 @@ export class ServerConnection {
   #pushQueued = false;
   #writing = false;
   #drainWaiter: (() => void) | null = null;
+  readonly #pool = new BufferPool(POOLED_BYTES);
 
   // Idle timeout: time of the last packet from the client; the check re-arms itself.
   #lastActivity = performance.now();
@@ -137,6 +151,8 @@ export class ServerConnection {
   constructor(conn: Deno.Conn, ctx: ConnectionContext) {
     this.#conn = conn;
     this.#ctx = ctx;
+    // Replies are written whole: a tail segment must not wait for the client's delayed ACK.
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     const addr = conn.remoteAddr as Deno.NetAddr;
     this.peer = `${addr.hostname}:${addr.port}`;
     this.done = this.#run();
@@ -171,7 +187,8 @@ export class ServerConnection {
   pushProxyList(proxies: readonly ProxyAddress[]): void {
     if (this.#closed || this.#pushQueued) return;
     this.#pushQueued = true;
-    this.#queue.push({ packet: encodeProxyList(this.sessionId, 0, proxies), cost: 0, push: true });
+    const packet = encodeProxyList(this.sessionId, 0, proxies);
+    this.#queue.push({ packet, size: packet.length, cost: 0, push: true });
     this.#writerWake?.();
   }
 
@@ -234,7 +251,7 @@ export class ServerConnection {
       const { op, dataLen, sequence } = header;
       const sessionOk = sameSessionId(header.sessionId, this.sessionId);
 
-      let payload = EMPTY;
+      let payload: Uint8Array = EMPTY;
       let range: IoRange | null = null;
       let cost = HEADER_SIZE + dataLen;
       if (op === Op.READ && dataLen === READ_REQUEST_SIZE) {
@@ -251,7 +268,8 @@ export class ServerConnection {
       } else {
         await this.#admit(cost);
         if (dataLen > 0) {
-          payload = new Uint8Array(dataLen);
+          // WRITE payloads go back to the pool once stored (see #dispatch).
+          payload = op === Op.WRITE ? this.#pool.take(dataLen) : new Uint8Array(dataLen);
           await reader.readFull(payload, `${opName(op)} payload`);
         }
       }
@@ -279,7 +297,7 @@ export class ServerConnection {
         ctx.stats.injected++;
         ctx.log.debug("injected status", { op: name, status: statusName(injected) });
         const packet = encodeEmpty(this.sessionId, op, sequence, injected);
-        this.#spawn(op, sequence, cost, () => Promise.resolve(packet));
+        this.#spawn(op, sequence, cost, () => Promise.resolve({ packet }));
         continue;
       }
       const inline = this.#dispatch(op, sequence, payload, range, cost);
@@ -317,14 +335,14 @@ export class ServerConnection {
           op,
           sequence,
           cost,
-          () => Promise.resolve(encodeEmpty(sid, op, sequence)),
+          () => Promise.resolve({ packet: encodeEmpty(sid, op, sequence) }),
         );
       case Op.LIST_PROXIES:
         return this.#spawn(
           op,
           sequence,
           cost,
-          () => Promise.resolve(encodeProxyList(sid, sequence, this.listProxies())),
+          () => Promise.resolve({ packet: encodeProxyList(sid, sequence, this.listProxies()) }),
         );
       case Op.READ: {
         const image = this.#image;
@@ -356,8 +374,13 @@ export class ServerConnection {
         }
         if (image.readOnly) return fail(Status.READ_ONLY, `image ${image.name} is read-only`);
         return this.#spawn(op, sequence, cost, async () => {
-          await image.write(write.offset, write.data);
-          return encodeEmpty(sid, op, sequence);
+          try {
+            await image.write(write.offset, write.data);
+          } finally {
+            // Stored (copied or written out): the buffer can take the next payload.
+            this.#pool.give(payload);
+          }
+          return { packet: encodeEmpty(sid, op, sequence) };
         });
       }
       default:
@@ -428,20 +451,26 @@ export class ServerConnection {
     });
   }
 
-  /** One allocation for header and data; the store copies straight into it. */
+  /**
+   * A READ reply without a fresh buffer: the header, then the data straight from
+   * a memory store's chunks, or read into a pooled buffer given back once written.
+   */
   async #read(
     image: StoredImage,
     sequence: number,
     offset: number,
     length: number,
-  ): Promise<Uint8Array> {
-    const packet = new Uint8Array(HEADER_SIZE + length);
-    encodeHeader(
-      { sessionId: this.sessionId, op: Op.READ, status: Status.OK, dataLen: length, sequence },
-      packet,
-    );
-    await image.readInto(offset, packet.subarray(HEADER_SIZE));
-    return packet;
+  ): Promise<Outgoing> {
+    const packet = encodeReadReplyHeader(this.sessionId, sequence, length);
+    if (image.views) return { packet, data: image.views(offset, length) };
+    const data = this.#pool.take(length);
+    try {
+      await image.readInto(offset, data);
+    } catch (error) {
+      this.#pool.give(data);
+      throw error;
+    }
+    return { packet, data: [data], dispose: () => this.#pool.give(data) };
   }
 
   /** Set by the proxy: the running proxies, for LIST_PROXIES. */
@@ -450,7 +479,7 @@ export class ServerConnection {
   // ---- handlers ----
 
   /** Runs a handler concurrently; its reply (after the optional delay) goes to the writer. */
-  #spawn(op: OpCode, sequence: number, cost: number, work: () => Promise<Uint8Array>): void {
+  #spawn(op: OpCode, sequence: number, cost: number, work: () => Promise<Outgoing>): void {
     this.#handlers++;
     this.#handle(op, sequence, cost, work).finally(() => {
       if (--this.#handlers === 0) this.#handlersIdle?.();
@@ -461,11 +490,11 @@ export class ServerConnection {
     op: OpCode,
     sequence: number,
     cost: number,
-    work: () => Promise<Uint8Array>,
+    work: () => Promise<Outgoing>,
   ): Promise<void> {
-    let packet: Uint8Array;
+    let reply: Outgoing;
     try {
-      packet = await work();
+      reply = await work();
     } catch (error) {
       // A store failure (disk full, I/O error) fails this request, not the connection.
       this.#ctx.log.error("request failed in the store", {
@@ -473,13 +502,13 @@ export class ServerConnection {
         op: opName(op),
         reason: describe(error),
       });
-      packet = encodeEmpty(this.sessionId, op, sequence, Status.PERMANENT_ERROR);
+      reply = { packet: encodeEmpty(this.sessionId, op, sequence, Status.PERMANENT_ERROR) };
     }
     const delay = this.#ctx.replyDelayMs;
     if (delay && delay.max > 0 && !this.#closed) {
       await this.#sleep(delay.min + Math.random() * (delay.max - delay.min));
     }
-    this.#enqueue(packet, cost);
+    this.#enqueue(reply, cost);
   }
 
   #sleep(ms: number): Promise<void> {
@@ -546,12 +575,16 @@ export class ServerConnection {
   // ---- writer ----
 
   /** `cost` > 0: a reply to an admitted request; 0: a packet the proxy sends on its own. */
-  #enqueue(packet: Uint8Array, cost: number): void {
+  #enqueue(reply: Uint8Array | Outgoing, cost: number): void {
+    const item: Outgoing = reply instanceof Uint8Array ? { packet: reply } : reply;
     if (this.#closed) {
+      item.dispose?.();
       if (cost > 0) this.#release(cost);
       return;
     }
-    this.#queue.push({ packet, cost });
+    let size = item.packet.length;
+    for (const part of item.data ?? []) size += part.length;
+    this.#queue.push({ ...item, size, cost });
     this.#writerWake?.();
   }
 
@@ -572,7 +605,8 @@ export class ServerConnection {
         const batch = this.#takeBatch();
         this.#writing = true;
         try {
-          await writeAll(this.#conn, batch.bytes);
+          // One writer: nothing can come between a header and its data.
+          for (const bytes of batch.writes) await writeAll(this.#conn, bytes);
         } catch (error) {
           if (!this.#closed) {
             ctx.log.debug("write failed", { peer: this.peer, reason: describe(error) });
@@ -592,40 +626,51 @@ export class ServerConnection {
     }
   }
 
-  /** The next packet, or several small ones gathered into one buffer (one syscall). */
   #signalDrained(): void {
     const waiter = this.#drainWaiter;
     this.#drainWaiter = null;
     waiter?.();
   }
 
-  #takeBatch(): { bytes: Uint8Array; items: Queued[] } {
-    const first = this.#queue.shift()!;
-    if (first.packet.length >= SMALL_REPLY || this.#queue.length === 0) {
-      return { bytes: first.packet, items: [first] };
+  /**
+   * The next socket writes: small replies gathered into one buffer (one syscall),
+   * ending with at most one large reply whose header joins that buffer and whose
+   * data follows uncopied.
+   */
+  #takeBatch(): { writes: Uint8Array[]; items: Queued[] } {
+    const items: Queued[] = [];
+    let gathered = 0; // bytes copied into the gather buffer
+    while (this.#queue.length > 0) {
+      const next = this.#queue[0];
+      const small = next.size < SMALL_REPLY;
+      const adds = small ? next.size : next.packet.length;
+      if (items.length > 0 && gathered + adds > GATHER_LIMIT) break;
+      items.push(this.#queue.shift()!);
+      gathered += adds;
+      if (!small) break;
     }
-    const items = [first];
-    let total = first.packet.length;
-    while (
-      this.#queue.length > 0 && this.#queue[0].packet.length < SMALL_REPLY &&
-      total + this.#queue[0].packet.length <= GATHER_LIMIT
-    ) {
-      const next = this.#queue.shift()!;
-      items.push(next);
-      total += next.packet.length;
+    const last = items[items.length - 1];
+    const tail = last.size < SMALL_REPLY ? [] : last.data ?? [];
+    if (items.length === 1 && (last.data === undefined || last.data.length === 0)) {
+      return { writes: [last.packet], items };
     }
-    if (items.length === 1) return { bytes: first.packet, items };
-    const bytes = new Uint8Array(total);
+    const head = new Uint8Array(gathered);
     let at = 0;
     for (const item of items) {
-      bytes.set(item.packet, at);
+      head.set(item.packet, at);
       at += item.packet.length;
+      if (item.size >= SMALL_REPLY) continue;
+      for (const part of item.data ?? []) {
+        head.set(part, at);
+        at += part.length;
+      }
     }
-    return { bytes, items };
+    return { writes: [head, ...tail], items };
   }
 
   #releaseAll(items: Queued[]): void {
     for (const item of items) {
+      item.dispose?.();
       if (item.cost > 0) this.#release(item.cost);
       if (item.push) this.#pushQueued = false;
     }

@@ -27,6 +27,12 @@ export interface StoredImage {
   readonly users: ReadonlySet<string> | undefined;
   /** Fills `target` with the bytes at `offset` (zeroes where never written). */
   readInto(offset: number, target: Uint8Array): Promise<void>;
+  /**
+   * Optional, for stores held in memory: the bytes at `offset`, in order, as views
+   * of the stored data (no copy). Callers only read them, and only until their
+   * reply is written: a later write to the range changes what they show.
+   */
+  views?(offset: number, length: number): Uint8Array[];
   /** Stores `data` at `offset`; resolves once stored. */
   write(offset: number, data: Uint8Array): Promise<void>;
 }
@@ -98,6 +104,13 @@ function byName(a: ImageInfo, b: ImageInfo): number {
 /** Allocation unit of the sparse memory store. */
 export const MEMORY_CHUNK_SIZE = 1024 * 1024;
 
+let sharedZeroes: Uint8Array | null = null;
+
+/** One chunk of zeroes shared by every unwritten range; only ever read. */
+function zeroes(): Uint8Array {
+  return sharedZeroes ??= new Uint8Array(MEMORY_CHUNK_SIZE);
+}
+
 class MemoryImage implements StoredImage {
   readonly #chunks = new Map<number, Uint8Array>();
   readOnly: boolean;
@@ -121,6 +134,21 @@ class MemoryImage implements StoredImage {
       done += take;
     }
     return Promise.resolve();
+  }
+
+  views(offset: number, length: number): Uint8Array[] {
+    const parts: Uint8Array[] = [];
+    let done = 0;
+    while (done < length) {
+      const at = offset + done;
+      const index = Math.floor(at / MEMORY_CHUNK_SIZE);
+      const within = at - index * MEMORY_CHUNK_SIZE;
+      const take = Math.min(MEMORY_CHUNK_SIZE - within, length - done);
+      const chunk = this.#chunks.get(index);
+      parts.push(chunk ? chunk.subarray(within, within + take) : zeroes().subarray(0, take));
+      done += take;
+    }
+    return parts;
   }
 
   write(offset: number, data: Uint8Array): Promise<void> {
