@@ -97,6 +97,11 @@ const EMPTY = new Uint8Array(0);
 // Replies smaller than this are gathered into one socket write with their neighbours.
 const SMALL_REPLY = 64 * 1024;
 const GATHER_LIMIT = 256 * 1024;
+/**
+ * Data bytes of a large reply copied in with its header: a header written alone
+ * leaves as its own segment (noDelay) and costs the client a wake-up of its own.
+ */
+const HEAD_DATA = 64 * 1024;
 /** Payload and reply buffers a connection keeps for reuse (fresh 1 MiB buffers fault in page by page). */
 const POOLED_BYTES = 16 * 1024 * 1024;
 
@@ -142,6 +147,8 @@ export class ServerConnection {
   #writing = false;
   #drainWaiter: (() => void) | null = null;
   readonly #pool = new BufferPool(POOLED_BYTES);
+  /** Reused for every gathered write: the writer waits for each write before the next. */
+  #gather: Uint8Array | null = null;
 
   // Idle timeout: time of the last packet from the client; the check re-arms itself.
   #lastActivity = performance.now();
@@ -634,8 +641,8 @@ export class ServerConnection {
 
   /**
    * The next socket writes: small replies gathered into one buffer (one syscall),
-   * ending with at most one large reply whose header joins that buffer and whose
-   * data follows uncopied.
+   * ending with at most one large reply whose header and first HEAD_DATA bytes
+   * join that buffer and whose other data follows uncopied.
    */
   #takeBatch(): { writes: Uint8Array[]; items: Queued[] } {
     const items: Queued[] = [];
@@ -643,26 +650,28 @@ export class ServerConnection {
     while (this.#queue.length > 0) {
       const next = this.#queue[0];
       const small = next.size < SMALL_REPLY;
-      const adds = small ? next.size : next.packet.length;
+      const adds = small ? next.size : Math.min(next.size, next.packet.length + HEAD_DATA);
       if (items.length > 0 && gathered + adds > GATHER_LIMIT) break;
       items.push(this.#queue.shift()!);
       gathered += adds;
       if (!small) break;
     }
     const last = items[items.length - 1];
-    const tail = last.size < SMALL_REPLY ? [] : last.data ?? [];
     if (items.length === 1 && (last.data === undefined || last.data.length === 0)) {
       return { writes: [last.packet], items };
     }
-    const head = new Uint8Array(gathered);
+    this.#gather ??= new Uint8Array(GATHER_LIMIT + HEADER_SIZE + HEAD_DATA);
+    const head = this.#gather.subarray(0, gathered);
     let at = 0;
+    const tail: Uint8Array[] = [];
     for (const item of items) {
       head.set(item.packet, at);
       at += item.packet.length;
-      if (item.size >= SMALL_REPLY) continue;
       for (const part of item.data ?? []) {
-        head.set(part, at);
-        at += part.length;
+        const take = Math.min(part.length, gathered - at);
+        head.set(take === part.length ? part : part.subarray(0, take), at);
+        at += take;
+        if (take < part.length) tail.push(part.subarray(take));
       }
     }
     return { writes: [head, ...tail], items };
