@@ -9,7 +9,7 @@
  */
 import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
-import type { Backend } from "../nbd/backend.ts";
+import { type Backend, backendWithClose } from "../nbd/backend.ts";
 import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
 import {
   type ConfiguredExport,
@@ -469,29 +469,13 @@ export class ExportTable {
  * on only when present, so the NBD side advertises exactly what the session has.
  */
 function trackClose(backend: MountBackend, onClose: () => void): Backend {
-  const view: Backend = {
-    get size() {
-      return backend.size;
-    },
-    get readOnly() {
-      return backend.readOnly;
-    },
-    read: (offset, length) => backend.read(offset, length),
-    write: (offset, data) => backend.write(offset, data),
-    close: async () => {
-      try {
-        await backend.close();
-      } finally {
-        onClose();
-      }
-    },
-  };
-  if (backend.flush) view.flush = () => backend.flush!();
-  if (backend.trim) view.trim = (offset, length) => backend.trim!(offset, length);
-  if (backend.writeZeroes) {
-    view.writeZeroes = (offset, length) => backend.writeZeroes!(offset, length);
-  }
-  return view;
+  return backendWithClose(backend, async () => {
+    try {
+      await backend.close();
+    } finally {
+      onClose();
+    }
+  });
 }
 
 function parentDir(path: string): string {

@@ -108,3 +108,30 @@ export class MemoryBackend implements Backend {
     return undefined;
   }
 }
+
+/**
+ * A view of `backend` that forwards every call and optional capability but
+ * closes with `close` instead: for wrappers that share a backend or watch its
+ * close. Forwarding is written once here so a new capability (like readInto)
+ * cannot be lost by one wrapper.
+ */
+export function backendWithClose(backend: Backend, close: () => Promise<void>): Backend {
+  const view: Backend = {
+    get size() {
+      return backend.size;
+    },
+    get readOnly() {
+      return backend.readOnly;
+    },
+    read: (offset, length) => backend.read(offset, length),
+    write: (offset, data) => backend.write(offset, data),
+    close,
+  };
+  if (backend.readInto) view.readInto = (offset, target) => backend.readInto!(offset, target);
+  if (backend.flush) view.flush = () => backend.flush!();
+  if (backend.trim) view.trim = (offset, length) => backend.trim!(offset, length);
+  if (backend.writeZeroes) {
+    view.writeZeroes = (offset, length) => backend.writeZeroes!(offset, length);
+  }
+  return view;
+}

@@ -8,7 +8,7 @@
  * socket's file mode, and TCP listens on loopback addresses only.
  * @module
  */
-import type { Backend } from "./backend.ts";
+import { type Backend, backendWithClose } from "./backend.ts";
 import { type ExportEntry, HandshakeError, negotiate, type NegotiatedExport } from "./handshake.ts";
 import { MAX_STRING } from "./handshake.ts";
 import { type ServeOptions, serveTransmission } from "./serve.ts";
@@ -349,22 +349,7 @@ export class ExportServer {
  * exports, whose data must outlive any one client.
  */
 export function shareBackend(backend: Backend): () => Promise<Backend> {
-  const view: Backend = {
-    get size() {
-      return backend.size;
-    },
-    get readOnly() {
-      return backend.readOnly;
-    },
-    read: (offset, length) => backend.read(offset, length),
-    write: (offset, data) => backend.write(offset, data),
-    close: () => Promise.resolve(),
-  };
-  if (backend.flush) view.flush = () => backend.flush!();
-  if (backend.trim) view.trim = (offset, length) => backend.trim!(offset, length);
-  if (backend.writeZeroes) {
-    view.writeZeroes = (offset, length) => backend.writeZeroes!(offset, length);
-  }
+  const view = backendWithClose(backend, () => Promise.resolve());
   return () => Promise.resolve(view);
 }
 
