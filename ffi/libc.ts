@@ -1,6 +1,6 @@
 /**
  * The few libc calls ivbsnetd needs, through Deno FFI: open, close,
- * socketpair, shutdown, ioctl, recv / send, and poll on a worker thread. Each
+ * socket, connect, socketpair, shutdown, ioctl, recv / send, and poll on a worker thread. Each
  * wrapper throws a LibcError naming the call and errno on failure. No NBD or
  * IVBS semantics here; the NBD ioctl numbers are only numbers.
  *
@@ -98,6 +98,8 @@ const SYMBOLS = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
   socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   shutdown: { parameters: ["i32", "i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   // ioctl is variadic; every NBD ioctl takes one integer argument, passed as
@@ -153,6 +155,30 @@ export function socketpair(domain: number, type: number, protocol = 0): [number,
   const fds = new Int32Array(2);
   check(lib().socketpair(domain, type, protocol, fds), "socketpair");
   return [fds[0], fds[1]];
+}
+
+/** socket(2); returns the fd. */
+export function socket(domain: number, type: number, protocol = 0): number {
+  return check(lib().socket(domain, type, protocol), "socket");
+}
+
+/** Longest path a sockaddr_un holds, less its terminating NUL. */
+const UNIX_PATH_MAX = 107;
+
+/**
+ * connect(2) of a unix stream socket to `path`. Returns once the listener has
+ * queued the connection, before it is accepted.
+ */
+export function connectUnix(fd: number, path: string): void {
+  const bytes = encoder.encode(path);
+  if (bytes.length > UNIX_PATH_MAX) {
+    throw new RangeError(`unix socket path of ${bytes.length} bytes is too long: ${path}`);
+  }
+  // struct sockaddr_un { sa_family_t sun_family; char sun_path[108]; }
+  const address = new Uint8Array(2 + UNIX_PATH_MAX + 1);
+  new DataView(address.buffer).setUint16(0, AF_UNIX, true);
+  address.set(bytes, 2);
+  check(lib().connect(fd, address, address.length), `connect(${fd}, ${path})`);
 }
 
 export function shutdown(fd: number, how: number): void {

@@ -5,6 +5,8 @@
 import assert from "node:assert/strict";
 import {
   AF_UNIX,
+  close,
+  connectUnix,
   ioctl,
   LibcError,
   NbdIoctl,
@@ -12,9 +14,10 @@ import {
   open,
   SOCK_CLOEXEC,
   SOCK_STREAM,
+  socket,
   socketpair,
 } from "../ffi/libc.ts";
-import { FdStream, StreamClosedError } from "../src/io/fd_stream.ts";
+import { ConnStream, FdStream, StreamClosedError } from "../src/io/fd_stream.ts";
 import { FrameReader } from "../src/io/frame_reader.ts";
 import { writeAll } from "../src/io/stream.ts";
 import { MemoryBackend } from "../src/nbd/backend.ts";
@@ -145,4 +148,60 @@ Deno.test("serveTransmission over an FdStream socketpair serves pipelined 32 MiB
   await serving;
   served.close();
   kernel.close();
+});
+
+/** A raw-fd socket connected to a Deno unix listener, as kernel.ts pairs them. */
+async function rawToConn(): Promise<{ raw: FdStream; conn: ConnStream; dir: string }> {
+  const dir = await Deno.makeTempDir();
+  const listener = Deno.listen({ transport: "unix", path: `${dir}/socket` });
+  try {
+    const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+    connectUnix(fd, `${dir}/socket`);
+    return { raw: new FdStream(fd), conn: new ConnStream(await listener.accept(), "test"), dir };
+  } finally {
+    listener.close();
+  }
+}
+
+Deno.test("connectUnix links a raw fd to a Deno listener; bytes cross both ways", async () => {
+  const { raw, conn, dir } = await rawToConn();
+  try {
+    const data = pattern(3 * MiB, 7);
+    const received = new Uint8Array(data.length);
+    const reading = new FrameReader(conn).readFull(received, "test data");
+    await writeAll(raw, data);
+    await reading;
+    assert.deepEqual(received, data);
+    await writeAll(conn, pattern(100, 1));
+    const back = new Uint8Array(100);
+    await new FrameReader(raw).readFull(back, "reply");
+    assert.deepEqual(back, pattern(100, 1));
+  } finally {
+    raw.close();
+    conn.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("connectUnix names a path too long for sockaddr_un", () => {
+  const fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
+  try {
+    assert.throws(() => connectUnix(fd, "/tmp/" + "x".repeat(200)), RangeError);
+  } finally {
+    close(fd);
+  }
+});
+
+Deno.test("ConnStream close ends its own pending read and refuses later writes", async () => {
+  const { raw, conn, dir } = await rawToConn();
+  const pending = conn.read(new Uint8Array(16));
+  conn.close();
+  assert.equal(await pending, null);
+  await assert.rejects(() => conn.write(new Uint8Array(1)), StreamClosedError);
+  assert.equal(await conn.read(new Uint8Array(1)), null);
+  conn.close(); // idempotent
+  // The raw end sees the close as end of stream.
+  assert.equal(await raw.read(new Uint8Array(1)), null);
+  raw.close();
+  await Deno.remove(dir, { recursive: true });
 });
