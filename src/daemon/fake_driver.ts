@@ -5,9 +5,9 @@
  * @module
  */
 import { BackendError } from "../nbd/backend.ts";
+import { IoStats } from "../nbd/stats.ts";
 import type {
   DeviceAttachment,
-  DeviceIoStats,
   MountBackend,
   MountDriver,
   NbdDevice,
@@ -34,36 +34,6 @@ export interface FakeDriverOptions {
   images: Record<string, FakeImage>;
   /** username → password. */
   users: Record<string, string>;
-}
-
-/** Latency bucket bounds in ms, like src/nbd/stats.ts. */
-const BUCKETS_MS = [0.1, 0.5, 1, 5, 10, 50, 100, 500, 1000] as const;
-
-export class FakeIoStats implements DeviceIoStats {
-  reads = 0;
-  writes = 0;
-  flushes = 0;
-  trims = 0;
-  bytesRead = 0;
-  bytesWritten = 0;
-  errors = 0;
-  inFlight = 0;
-  readonly latencyBucketsMs: readonly number[] = BUCKETS_MS;
-  latencyCounts: number[] = new Array(BUCKETS_MS.length + 1).fill(0);
-  latencySumMs = 0;
-
-  observe(kind: "read" | "write", bytes: number, latencyMs: number): void {
-    if (kind === "read") {
-      this.reads++;
-      this.bytesRead += bytes;
-    } else {
-      this.writes++;
-      this.bytesWritten += bytes;
-    }
-    const bucket = BUCKETS_MS.findIndex((bound) => latencyMs <= bound);
-    this.latencyCounts[bucket === -1 ? BUCKETS_MS.length : bucket]++;
-    this.latencySumMs += latencyMs;
-  }
 }
 
 /** A sparse image: reads return zeroes, writes are counted and dropped. */
@@ -108,7 +78,7 @@ export class FakeBackend implements MountBackend {
 }
 
 export class FakeAttachment implements DeviceAttachment {
-  readonly stats = new FakeIoStats();
+  readonly stats = new IoStats();
   detachCalls = 0;
   /** Set to make the next detach() fail once. */
   failDetach: string | null = null;

@@ -73,7 +73,7 @@ export class IoStats {
   latencySumMs = 0;
 
   /** Records one answered request: from its header being read to its reply being queued. */
-  observe(kind: IoKind, bytes: number, latencyMs: number, ok: boolean): void {
+  observe(kind: IoKind, bytes: number, latencyMs: number, ok = true): void {
     switch (kind) {
       case "read":
         this.reads++;
