@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { BackendError } from "../src/nbd/backend.ts";
-import { startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
 import {
   decodeReadRequest,
@@ -30,20 +30,36 @@ function pattern(length: number, seed: number): Uint8Array {
   return bytes;
 }
 
-Deno.test("IvbsSession.readInto fills the caller's buffer in place and leaves the bytes around it", async () => {
+/** A test server with one image of `size` bytes and a session on it, closed after `fn`. */
+async function withTestServerSession(
+  size: number,
+  fn: (session: IvbsSession, server: IvbsTestServer) => Promise<void>,
+): Promise<void> {
   const server = await startIvbsServer({
     users: [USER],
-    images: [{ name: "disk", size: 4 * MiB }],
+    images: [{ name: "disk", size }],
     listProxiesIntervalMs: 0,
     log: captureLog(),
   });
-  const session = await IvbsSession.open({
-    proxies: server.addresses(),
-    image: "disk",
-    ...USER,
-    log: captureLog(),
-  });
   try {
+    const session = await IvbsSession.open({
+      proxies: server.addresses(),
+      image: "disk",
+      ...USER,
+      log: captureLog(),
+    });
+    try {
+      await fn(session, server);
+    } finally {
+      await session.close();
+    }
+  } finally {
+    await server.close();
+  }
+}
+
+Deno.test("IvbsSession.readInto fills the caller's buffer in place and leaves the bytes around it", () =>
+  withTestServerSession(4 * MiB, async (session, server) => {
     const data = pattern(MiB + 3, 1);
     await session.write(12_345, data);
     const outer = new Uint8Array(data.length + 20).fill(0xee);
@@ -57,26 +73,10 @@ Deno.test("IvbsSession.readInto fills the caller's buffer in place and leaves th
     // A zero-length target sends nothing and is no error.
     await session.readInto(0, new Uint8Array(0));
     assert.equal(server.stats.requests.READ, 1);
-  } finally {
-    await session.close();
-    await server.close();
-  }
-});
+  }));
 
-Deno.test("IvbsSession.readInto rejects a range outside the image with EINVAL and leaves the target", async () => {
-  const server = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "disk", size: 1 * MiB }],
-    listProxiesIntervalMs: 0,
-    log: captureLog(),
-  });
-  const session = await IvbsSession.open({
-    proxies: server.addresses(),
-    image: "disk",
-    ...USER,
-    log: captureLog(),
-  });
-  try {
+Deno.test("IvbsSession.readInto rejects a range outside the image with EINVAL and leaves the target", () =>
+  withTestServerSession(1 * MiB, async (session, server) => {
     const target = new Uint8Array(4096).fill(9);
     await assert.rejects(
       session.readInto(MiB - 100, target),
@@ -84,27 +84,10 @@ Deno.test("IvbsSession.readInto rejects a range outside the image with EINVAL an
     );
     assert.ok(target.every((b) => b === 9));
     assert.equal(server.stats.requests.READ ?? 0, 0);
-  } finally {
-    await session.close();
-    await server.close();
-  }
-});
+  }));
 
-Deno.test("IvbsSession.readInto over 32 MiB sends two READs that fill one target", async () => {
-  const size = 40 * MiB;
-  const server = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "big", size }],
-    listProxiesIntervalMs: 0,
-    log: captureLog(),
-  });
-  const session = await IvbsSession.open({
-    proxies: server.addresses(),
-    image: "big",
-    ...USER,
-    log: captureLog(),
-  });
-  try {
+Deno.test("IvbsSession.readInto over 32 MiB sends two READs that fill one target", () =>
+  withTestServerSession(40 * MiB, async (session, server) => {
     const offset = 4097;
     const data = pattern(MAX_IO_LENGTH + 12_345, 3);
     await session.write(offset, data);
@@ -112,11 +95,7 @@ Deno.test("IvbsSession.readInto over 32 MiB sends two READs that fill one target
     await session.readInto(offset, target);
     assert.equal(server.stats.requests.READ, 2, "one READ of 32 MiB and one of the rest");
     assert.ok(target.every((byte, i) => byte === data[i]), "both pieces landed in place");
-  } finally {
-    await session.close();
-    await server.close();
-  }
-});
+  }));
 
 Deno.test("IvbsSession.readInto replays a READ cut mid-data on the next proxy into the same target", async () => {
   const memoryB = pattern(1 * MiB, 5);
