@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import { BackendError } from "../src/nbd/backend.ts";
 import { IvbsMountError } from "../src/ivbs/errors.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
-import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
+import {
+  IvbsSession,
+  type IvbsSessionEvent,
+  type IvbsSessionOptions,
+} from "../src/ivbs/session.ts";
 import { encodeHeader, MAX_IO_LENGTH, Op, Status } from "../src/ivbs/wire.ts";
 import { captureLog, closedPort, fakeProxy } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload } from "./ivbs_workload.ts";
@@ -59,7 +63,7 @@ function isMountError(code: string, message?: RegExp) {
 
 Deno.test("IvbsSession.open attaches an image and reports its size, mode and proxy", async () => {
   await withServer({}, async (server) => {
-    const events: unknown[] = [];
+    const events: IvbsSessionEvent[] = [];
     const session = await IvbsSession.open(
       sessionOptions(server, { onEvent: (e) => events.push(e) }),
     );
@@ -68,7 +72,9 @@ Deno.test("IvbsSession.open attaches an image and reports its size, mode and pro
     assert.equal(session.image, "disk");
     const first = server.addresses()[0];
     assert.equal(session.proxy, `${first.host}:${first.port}`);
-    assert.deepEqual(events, [{ type: "connected", proxy: session.proxy, proxyName: "proxy-0" }]);
+    assert.deepEqual(events.filter((e) => e.type !== "proxies-listed"), [
+      { type: "connected", proxy: session.proxy, proxyName: "proxy-0", replayed: 0 },
+    ]);
     await session.close();
     assert.equal(session.proxy, null);
   });

@@ -11,6 +11,15 @@ import type { ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
 import { type ExportOutcome, ExportTable } from "./export_table.ts";
 import { type MountInfo, MountTable } from "./mount_table.ts";
+import { EventLog, type EventLogOptions } from "./events.ts";
+import {
+  exportKey,
+  History,
+  type HistoryOptions,
+  type HistorySource,
+  mountKey,
+} from "./history.ts";
+import { ProxyRegistry, type SessionOwner, type SessionWatch } from "./proxy_registry.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -22,6 +31,12 @@ export interface DaemonOptions {
   config: DaemonConfig;
   driver: MountDriver;
   log?: Logger;
+  /** Loggers of the other components (IVBS sessions, export server…); default `logger`. */
+  logFor?: (component: string) => Logger;
+  /** The recent events ring (capacity; clock for tests). */
+  events?: EventLogOptions;
+  /** The graphs' sampling (interval, points kept). */
+  history?: HistoryOptions;
 }
 
 export class Daemon {
@@ -29,6 +44,13 @@ export class Daemon {
   readonly table: MountTable;
   readonly exports: ExportTable;
   readonly startedAt = Date.now();
+  /** Recent events: every info/warn/error line of the tables, sessions and export server. */
+  readonly events: EventLog;
+  /** Every IVBS proxy known, with its health. */
+  readonly proxies: ProxyRegistry;
+  /** The last minutes of throughput and latency per mount and export. */
+  readonly history: History;
+  readonly #stopHistory: () => void;
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
   readonly #log: Logger;
@@ -38,17 +60,56 @@ export class Daemon {
 
   constructor(options: DaemonOptions) {
     this.config = options.config;
-    this.#log = options.log ?? logger("daemon");
+    this.events = new EventLog(options.events);
+    const logFor = options.logFor ?? logger;
+    // The log feeds the events ring: one source for both.
+    this.#log = this.events.wrap(options.log ?? logger("daemon"), "daemon");
+    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, {
+      log: this.events.wrap(logFor("proxies"), "proxies"),
+    });
+    const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
     this.table = new MountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
       log: this.#log,
+      watchSession,
     });
     this.exports = new ExportTable(options.driver, {
       settings: options.config.exports,
       stateDir: options.config.stateDir,
       log: this.#log,
+      serverLog: this.events.wrap(logFor("export"), "export"),
+      watchSession,
     });
+    this.history = new History(options.history);
+    this.#stopHistory = this.history.start(() => this.historySources());
     this.done = new Promise<void>((resolve) => this.#finish = resolve);
+  }
+
+  /** A session's watch: its log lines name the mount or export, its events reach the registry. */
+  #watch(owner: SessionOwner, base: Logger): SessionWatch {
+    const context = owner.device !== undefined
+      ? { device: owner.device, image: owner.image }
+      : { export: owner.export, image: owner.image };
+    const log = this.events.wrap(base, "ivbs", context);
+    const observer = this.proxies.observe(owner, log);
+    return { onEvent: observer.onEvent, log, closed: () => observer.closed() };
+  }
+
+  /** What the graphs sample: every mount's and export's counters, by history key. */
+  historySources(): Map<string, HistorySource> {
+    const sources = new Map<string, HistorySource>();
+    for (const m of this.table.snapshots()) {
+      sources.set(mountKey(m.info.device), { ...m.info, stats: m.attachment?.stats });
+    }
+    for (const e of this.exports.snapshots()) {
+      sources.set(exportKey(e.info.name), { ...e.info, stats: e.stats });
+    }
+    return sources;
+  }
+
+  /** Records a problem found in the config (it is also a log line). */
+  configProblem(message: string): void {
+    this.events.wrap(logger("config"), "config").warn(message);
   }
 
   get stopping(): boolean {
@@ -100,6 +161,7 @@ export class Daemon {
       exports: this.exports.size,
     });
     this.#stopping = (async () => {
+      this.#stopHistory();
       for (const hook of this.#stopHooks) {
         try {
           await hook();

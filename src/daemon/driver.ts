@@ -7,6 +7,8 @@
  * @module
  */
 import type { Backend } from "../nbd/backend.ts";
+import type { IvbsSessionEvent } from "../ivbs/session.ts";
+import type { Logger } from "../log.ts";
 
 /** Counters an IVBS session exposes (a subset of `IvbsSession.stats`). */
 export interface SessionStats {
@@ -67,6 +69,10 @@ export interface OpenBackendRequest {
   username: string;
   password: string;
   readOnly: boolean;
+  /** The session's events (connected, failover…), for the proxy registry. */
+  onEvent?: (event: IvbsSessionEvent) => void;
+  /** Where the session logs (a logger that names the mount or export). */
+  log?: Logger;
 }
 
 /**

@@ -18,6 +18,7 @@ import {
   type ExportSettings,
 } from "./config.ts";
 import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
+import type { WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
 
 /** Why an export was refused; `code` is stable (the HTTP layer maps it to a status). */
@@ -118,6 +119,8 @@ export interface ExportTableOptions {
   serverLog?: Logger;
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
+  /** Follows each client's (and the probe's) IVBS session. */
+  watchSession?: WatchSession;
 }
 
 interface Entry {
@@ -149,6 +152,7 @@ export class ExportTable {
   readonly #log: Logger;
   readonly #serverLog: Logger;
   readonly #now: () => number;
+  readonly #watchSession: WatchSession | undefined;
   readonly #entries = new Map<string, Entry>();
   #server: ExportServer | null = null;
   #starting: Promise<ExportServer> | null = null;
@@ -161,6 +165,7 @@ export class ExportTable {
     this.#log = options.log ?? logger("exports");
     this.#serverLog = options.serverLog ?? logger("export");
     this.#now = options.now ?? (() => performance.now());
+    this.#watchSession = options.watchSession;
   }
 
   get size(): number {
@@ -254,18 +259,34 @@ export class ExportTable {
     return this.#info(entry, this.#liveStats());
   }
 
-  /** An IVBS session on the export's image, as its credentials and mode say. */
-  #openSession(entry: Entry): Promise<MountBackend> {
-    return this.#driver.openBackend({
-      image: entry.image,
-      username: entry.username,
-      password: entry.password,
-      readOnly: entry.readOnly,
-    });
+  /**
+   * An IVBS session on the export's image, as its credentials and mode say,
+   * and the end of its watch (to call once it is closed).
+   */
+  async #openSession(
+    entry: Entry,
+    check = false,
+  ): Promise<{ backend: MountBackend; unwatch: () => void }> {
+    const watch = this.#watchSession?.({ export: entry.name, image: entry.image, check });
+    const unwatch = () => watch?.closed();
+    try {
+      const backend = await this.#driver.openBackend({
+        image: entry.image,
+        username: entry.username,
+        password: entry.password,
+        readOnly: entry.readOnly,
+        onEvent: watch?.onEvent,
+        log: watch?.log,
+      });
+      return { backend, unwatch };
+    } catch (error) {
+      unwatch();
+      throw error;
+    }
   }
 
   async #probe(entry: Entry): Promise<void> {
-    const backend = await this.#openSession(entry);
+    const { backend, unwatch } = await this.#openSession(entry, true);
     entry.sizeBytes = backend.size;
     entry.readOnly = backend.readOnly;
     try {
@@ -273,13 +294,15 @@ export class ExportTable {
     } catch (error) {
       this.#log.warn("closing the probe session failed", { export: entry.name, error });
     }
+    unwatch();
   }
 
   /** One client's own session; its counters join the export's totals when it closes. */
   async #openClient(entry: Entry): Promise<Backend> {
-    const backend = await this.#openSession(entry);
+    const { backend, unwatch } = await this.#openSession(entry);
     entry.sessions.add(backend);
     return trackClose(backend, () => {
+      unwatch();
       entry.sessions.delete(backend);
       entry.closed.failovers += backend.stats?.failovers ?? 0;
       entry.closed.reconnects += backend.stats?.reconnects ?? 0;

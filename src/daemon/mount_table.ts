@@ -8,6 +8,7 @@ import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
 import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
+import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
@@ -119,6 +120,8 @@ interface Entry {
   /** Settles when the mount attempt has finished either way. */
   settled: Promise<unknown>;
   rate: RateSampler;
+  /** The proxy registry's view of this mount's session. */
+  watch?: SessionWatch;
 }
 
 export interface MountTableOptions {
@@ -127,6 +130,8 @@ export interface MountTableOptions {
   log?: Logger;
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
+  /** Follows each mount's IVBS session (proxy registry, session log lines). */
+  watchSession?: WatchSession;
 }
 
 export class MountTable {
@@ -134,10 +139,12 @@ export class MountTable {
   readonly #deviceCount: number;
   readonly #log: Logger;
   readonly #now: () => number;
+  readonly #watchSession: WatchSession | undefined;
   readonly #entries = new Map<string, Entry>();
   #closing = false;
 
   constructor(driver: MountDriver, options: MountTableOptions) {
+    this.#watchSession = options.watchSession;
     this.#driver = driver;
     this.#deviceCount = options.deviceCount;
     this.#log = options.log ?? logger("mounts");
@@ -252,14 +259,18 @@ export class MountTable {
 
   async #connect(entry: Entry, request: MountRequest): Promise<void> {
     const { device } = entry;
+    entry.watch = this.#watchSession?.({ device, image: request.image });
     try {
       entry.backend = await this.#driver.openBackend({
         image: request.image,
         username: request.username,
         password: request.password,
         readOnly: entry.readOnly,
+        onEvent: entry.watch?.onEvent,
+        log: entry.watch?.log,
       });
     } catch (error) {
+      entry.watch?.closed();
       throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
     }
     try {
@@ -309,6 +320,7 @@ export class MountTable {
     } catch (error) {
       this.#log.warn("closing the IVBS session failed", { device: entry.device, error });
     }
+    entry.watch?.closed();
   }
 
   /** Detaches `device` and closes its session. */

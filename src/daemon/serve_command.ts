@@ -72,6 +72,9 @@ export function startServing(
     requestShutdown: (reason) => void daemon.shutdown(reason),
     startedAt: daemon.startedAt,
     log: logger("http"),
+    events: daemon.events,
+    proxies: daemon.proxies,
+    history: daemon.history,
   });
   const server = Deno.serve({
     hostname: config.http.listen.host,
@@ -121,10 +124,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     return EXIT_OK;
   }
   let config: DaemonConfig;
+  let warnings: string[];
   try {
     const loaded = await loadServeConfig(values.config);
     config = loaded.config;
-    for (const warning of loaded.warnings) log.warn(warning);
+    warnings = loaded.warnings;
   } catch (error) {
     if (!(error instanceof ConfigError)) throw error;
     console.error(`ivbsnetd serve: ${error.message}`);
@@ -158,6 +162,8 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     throw error;
   }
   const { daemon, url } = serving;
+  // Config problems are logged as events, so the status page and /api/events show them.
+  for (const warning of warnings) daemon.configProblem(warning);
   const removeSignals = stopOnSignals(daemon, log);
   console.log(`ivbsnetd: listening on ${url}`);
   log.info("daemon started", {

@@ -39,11 +39,8 @@ export function createSystemDriver(
         connectTimeoutMs: ivbs.connectTimeoutMs,
         backoff: ivbs.backoff,
         maxInFlightBytes: ivbs.maxInFlightBytes,
-        onEvent: (event) => {
-          if (event.type === "failover" || event.type === "failed") {
-            log?.warn(`IVBS session ${event.type}`, { image: request.image, ...event });
-          }
-        },
+        onEvent: request.onEvent,
+        log: request.log ?? log,
       }),
     attach: (device, backend) =>
       kernel.attachDevice(device, backend, {

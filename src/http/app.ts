@@ -20,7 +20,12 @@ import { MountError, type MountErrorCode, type MountTable } from "../daemon/moun
 import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
 import { ExportNameSchema } from "../daemon/config.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
-import { renderStatusPage } from "./status_page.ts";
+import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
+import { registerOperatorRoutes } from "./operator_routes.ts";
+import type { EventLog } from "../daemon/events.ts";
+import type { History } from "../daemon/history.ts";
+import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
+import { renderProxyMetrics } from "../daemon/proxy_metrics.ts";
 import {
   DeviceNameSchema,
   DeviceOrAutoSchema,
@@ -41,6 +46,12 @@ export interface AppOptions {
   /** Daemon start time (ms since epoch), for health and metrics. */
   startedAt: number;
   log?: Logger;
+  /** Recent events (`/api/events`, the status page). */
+  events?: EventLog;
+  /** IVBS proxies and their health (`/api/proxies`, the status page, /metrics). */
+  proxies?: ProxyRegistry;
+  /** Graph points per mount and export (the status page). */
+  history?: History;
 }
 
 export const VERSION = "0.1.0";
@@ -203,19 +214,31 @@ export function createApp(options: AppOptions): Hono {
     const text = renderMetrics(table.snapshots(), {
       uptimeSeconds: (Date.now() - options.startedAt) / 1000,
       managedDevices: table.deviceCount,
-    }, exports.snapshots());
+    }, exports.snapshots()) + renderProxyMetrics(options.proxies?.list() ?? []);
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE });
   });
 
-  app.get("/", async (c) => {
-    const html = renderStatusPage({
+  const pageData = async (): Promise<StatusPageData> => {
+    const history = options.history;
+    return {
       mounts: table.list(),
       devices: await table.devices(),
       exports: exports.list(),
       version: VERSION,
       generatedAt: new Date(),
-    });
-    return c.html(html);
+      proxies: options.proxies?.list(),
+      events: options.events?.newest(PAGE_EVENTS),
+      history: history && ((key) => history.points(key)),
+      historyWindowMs: history && history.intervalMs * history.capacity,
+    };
+  };
+
+  app.get("/", async (c) => c.html(renderStatusPage(await pageData())));
+
+  registerOperatorRoutes(app, {
+    events: options.events,
+    proxies: options.proxies,
+    renderLive: async () => renderLive(await pageData()),
   });
 
   registerLegacyRoutes(app, { table, token, requestShutdown: options.requestShutdown });

@@ -1,15 +1,21 @@
 /**
  * The status page at `GET /`: mounted devices (device, image, size, state,
- * proxy, throughput), NBD exports (name, image, URI, clients, throughput) and
- * free devices. Rendered on the server so it works without JavaScript (a meta
- * refresh then), and refreshed in place by a small inline script polling
- * /api/mounts (which carries the exports too) and /api/devices. Every value is
- * escaped (server side) or set with textContent (client side).
+ * proxy, throughput), NBD exports (name, image, URI, clients, throughput),
+ * graphs of the last minutes of throughput and latency per mount and export
+ * (inline SVG), the IVBS proxies and their health, the newest events, and the
+ * free devices. Everything is rendered on the server, so the page works
+ * without JavaScript (a meta refresh then) and offline; with JavaScript a small
+ * inline script fetches the live part alone (`GET /status/live`, the same
+ * renderer) and swaps it in. Every value is escaped once, here.
  * @module
  */
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
 import type { ExportInfo } from "../daemon/export_table.ts";
+import type { DaemonEvent } from "../daemon/events.ts";
+import { exportKey, type HistoryPoint, mountKey } from "../daemon/history.ts";
+import type { ProxyInfo } from "../daemon/proxy_registry.ts";
 import { formatBytes } from "../daemon/units.ts";
+import { sparkline } from "./sparkline.ts";
 
 export interface StatusPageData {
   mounts: readonly MountInfo[];
@@ -17,7 +23,18 @@ export interface StatusPageData {
   exports: readonly ExportInfo[];
   version: string;
   generatedAt: Date;
+  /** Every IVBS proxy known (absent: the section is left out). */
+  proxies?: readonly ProxyInfo[];
+  /** The newest events, newest first. */
+  events?: readonly DaemonEvent[];
+  /** The graph points of a mount or export, by history key (absent: no graphs). */
+  history?: (key: string) => readonly HistoryPoint[];
+  /** The span the graphs cover. */
+  historyWindowMs?: number;
 }
+
+/** Events the page shows. */
+export const PAGE_EVENTS = 25;
 
 /** How often the page refreshes itself. */
 export const REFRESH_MS = 2000;
@@ -155,83 +172,218 @@ code { font-size: 12px; }
 ul.chips { list-style: none; padding: 0; margin: 0; display: flex; flex-wrap: wrap; gap: 6px; }
 ul.chips li { background: #fff; border: 1px solid #cfd5de; border-radius: 12px; padding: 2px 10px; }
 .note { color: #5b6475; } #error { color: #9b1c1c; font-weight: 600; }
+.state.connected { background: #d3f2dc; color: #135c2b; }
+.state.backoff { background: #f8d7d7; color: #7a1c1c; }
+.state.idle { background: #e4e7ec; color: #3b4353; }
+.level { padding: 0 6px; border-radius: 8px; font-size: 12px; }
+.level.warn { background: #fdf0c4; color: #6b4e00; } .level.error { background: #f8d7d7; color: #7a1c1c; }
+.level.info { background: #e4e7ec; color: #3b4353; }
+td.details { white-space: normal; color: #3b4353; font-size: 12px; max-width: 640px; }
+.graphs { display: grid; grid-template-columns: repeat(auto-fill, minmax(270px, 1fr)); gap: 10px; }
+.graph { background: #fff; box-shadow: 0 1px 2px #0002; padding: 8px 10px; }
+.graph .gname { font-weight: 600; } .graph .gname span { font-weight: 400; color: #5b6475; }
+.legend { font-size: 12px; color: #3b4353; margin-top: 4px; }
+.legend i { display: inline-block; width: 10px; height: 3px; margin: 0 4px 3px 8px; }
+.legend i:first-child { margin-left: 0; }
+svg.spark { display: block; } svg.spark .axis { stroke: #cfd5de; }
+svg.spark text { font: 10px system-ui, sans-serif; fill: #5b6475; }
 `;
 
-/** Browser side: refetch and redraw with textContent only (no HTML from data). */
+const COLORS = { read: "#2563eb", write: "#d97706", p50: "#16a34a", p99: "#dc2626" } as const;
+
+/** 0.42 ms, 3.1 ms, 48 ms, 2.5 s. */
+export function formatMs(ms: number): string {
+  if (ms >= 1000) return `${(ms / 1000).toFixed(ms >= 10_000 ? 0 : 1)} s`;
+  return `${ms.toFixed(ms < 1 ? 2 : ms < 10 ? 1 : 0)} ms`;
+}
+
+function clock(iso: string | Date): string {
+  return (typeof iso === "string" ? new Date(iso) : iso).toLocaleTimeString("en-GB");
+}
+
+function legend(items: [color: string, text: string][]): string {
+  return `<div class="legend">${
+    items.map(([color, text]) => `<i style="background:${color}"></i>${escapeHtml(text)}`).join("")
+  }</div>`;
+}
+
+/** Two charts for one mount or export: throughput, then latency. */
+function graphCard(
+  title: string,
+  image: string,
+  points: readonly HistoryPoint[],
+  windowMs: number,
+): string {
+  const last = points.at(-1);
+  const rate = (n: number | undefined) => `${formatBytes(n ?? 0)}/s`;
+  const ms = (n: number | null | undefined) => n === null || n === undefined ? "–" : formatMs(n);
+  const throughput = sparkline({
+    label: `${title}: read and write throughput`,
+    windowMs,
+    format: (n) => `${formatBytes(n)}/s`,
+    series: [
+      { name: "read", color: COLORS.read, values: points.map((p) => [p.at, p.readBytesPerSec]) },
+      { name: "write", color: COLORS.write, values: points.map((p) => [p.at, p.writeBytesPerSec]) },
+    ],
+  });
+  const latency = sparkline({
+    label: `${title}: request latency p50 and p99`,
+    windowMs,
+    format: formatMs,
+    series: [
+      { name: "p50", color: COLORS.p50, values: points.map((p) => [p.at, p.p50Ms]) },
+      { name: "p99", color: COLORS.p99, values: points.map((p) => [p.at, p.p99Ms]) },
+    ],
+  });
+  return `<div class="graph"><div class="gname">${escapeHtml(title)} <span>${
+    escapeHtml(image)
+  }</span></div>
+${
+    legend([[COLORS.read, `read ${rate(last?.readBytesPerSec)}`], [
+      COLORS.write,
+      `write ${rate(last?.writeBytesPerSec)}`,
+    ]])
+  }${throughput}
+${
+    legend([[COLORS.p50, `p50 ${ms(last?.p50Ms)}`], [COLORS.p99, `p99 ${ms(last?.p99Ms)}`]])
+  }${latency}
+</div>`;
+}
+
+function graphsSection(data: StatusPageData): string {
+  const history = data.history;
+  if (!history) return "";
+  const windowMs = data.historyWindowMs ?? 6 * 60_000;
+  const cards = [
+    ...data.mounts.map((m) => graphCard(m.device, m.image, history(mountKey(m.device)), windowMs)),
+    ...data.exports.map((e) =>
+      graphCard(`export ${e.name}`, e.image, history(exportKey(e.name)), windowMs)
+    ),
+  ];
+  const minutes = Math.round(windowMs / 60_000);
+  const body = cards.length === 0
+    ? `<p class="empty">Nothing mounted or exported.</p>`
+    : `<div class="graphs">${cards.join("\n")}</div>`;
+  return `<h2>Throughput and latency, last ${minutes} min</h2>\n${body}`;
+}
+
+const PROXY_COLUMNS = [
+  "Proxy",
+  "Name",
+  "Origin",
+  "State",
+  "Used by",
+  "Last error",
+  "Failures",
+  "Failovers out/in",
+] as const;
+
+function proxyState(p: ProxyInfo): string {
+  const text = p.state === "backoff" && p.backoffUntil !== null
+    ? `backoff until ${clock(p.backoffUntil)}`
+    : p.state;
+  return `<span class="state ${escapeHtml(p.state)}">${escapeHtml(text)}</span>`;
+}
+
+function proxiesSection(proxies: readonly ProxyInfo[] | undefined): string {
+  if (!proxies) return "";
+  const header = PROXY_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+  const rows = proxies.length === 0
+    ? `<tr><td colspan="${PROXY_COLUMNS.length}" class="empty">No IVBS proxy known.</td></tr>`
+    : proxies.map((p) => {
+      const error = p.lastError === null
+        ? "—"
+        : `${clock(p.lastErrorAt ?? "")} ${p.lastError.slice(0, 90)}`;
+      const cells = [
+        `<td><code>${escapeHtml(p.address)}</code></td>`,
+        `<td>${escapeHtml(p.name ?? "—")}</td>`,
+        `<td>${escapeHtml(p.origins.join(", "))}</td>`,
+        `<td>${proxyState(p)}</td>`,
+        `<td>${escapeHtml(p.usedBy.join(", ") || "—")}</td>`,
+        `<td title="${escapeHtml(p.lastError ?? "")}">${escapeHtml(error)}</td>`,
+        `<td>${p.failures}</td>`,
+        `<td>${p.failoversFrom} / ${p.failoversTo}</td>`,
+      ];
+      return `<tr data-proxy="${escapeHtml(p.address)}">${cells.join("")}</tr>`;
+    }).join("\n");
+  return `<h2>IVBS proxies</h2>
+<table id="proxies"><thead><tr>${header}</tr></thead>
+<tbody>
+${rows}
+</tbody></table>`;
+}
+
+/** "from=… to=… cause=…", short enough for one table cell. */
+function details(fields: Record<string, unknown>): string {
+  const text = Object.entries(fields)
+    .map(([k, v]) => `${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+    .join(" ");
+  return text.length > 300 ? `${text.slice(0, 299)}…` : text;
+}
+
+function eventsSection(events: readonly DaemonEvent[] | undefined): string {
+  if (!events) return "";
+  const rows = events.length === 0
+    ? `<tr><td colspan="5" class="empty">Nothing happened yet.</td></tr>`
+    : events.map((e) => {
+      const where = e.device ?? (e.export !== undefined ? `export ${e.export}` : e.component);
+      return `<tr><td>${escapeHtml(clock(e.time))}</td><td><span class="level ${e.level}">${
+        escapeHtml(e.level)
+      }</span></td><td>${escapeHtml(where)}</td><td>${escapeHtml(e.message)}</td>` +
+        `<td class="details">${escapeHtml(details(e.fields))}</td></tr>`;
+    }).join("\n");
+  return `<h2>Recent events</h2>
+<table id="events"><thead><tr><th>Time</th><th>Level</th><th>Where</th><th>Event</th><th>Details</th></tr></thead>
+<tbody>
+${rows}
+</tbody></table>
+<p class="note">Newest first; all of them (and a cursor to follow) at <a href="/api/events">/api/events</a>.</p>`;
+}
+
+/**
+ * The part of the page that changes: every table, graph and list. `GET /`
+ * wraps it; `GET /status/live` serves it alone for the page's refresh.
+ */
+export function renderLive(data: StatusPageData): string {
+  const header = MOUNT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+  const exportHeader = EXPORT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
+  return `<h2>Mounted devices</h2>
+<table>
+<thead><tr>${header}</tr></thead>
+<tbody id="mounts">
+${mountRows(data.mounts)}
+</tbody>
+</table>
+<h2>NBD exports</h2>
+<table>
+<thead><tr>${exportHeader}</tr></thead>
+<tbody id="exports">
+${exportRows(data.exports)}
+</tbody>
+</table>
+${graphsSection(data)}
+${proxiesSection(data.proxies)}
+${eventsSection(data.events)}
+<h2>Free devices</h2>
+<div id="free">${freeList(data.devices)}</div>
+${foreignNote(data.devices)}
+<span id="generated" hidden>${escapeHtml(clock(data.generatedAt))}</span>`;
+}
+
+/**
+ * Browser side: fetch the live part and swap it in. The HTML comes from the
+ * same server-side renderer as the page itself, every value already escaped.
+ */
 const SCRIPT = `
 (() => {
-  const fmt = ${formatBytes.toString()};
-  const cells = ${mountCells.toString()};
-  const exportCells = ${exportCells.toString()};
-  const td = (text, cls) => { const el = document.createElement("td"); el.textContent = text; if (cls) el.className = cls; return el; };
+  const live = document.getElementById("live");
   async function refresh() {
     try {
-      const [m, d] = await Promise.all([fetch("/api/mounts"), fetch("/api/devices")]);
-      if (!m.ok || !d.ok) throw new Error("HTTP " + m.status + "/" + d.status);
-      const { mounts, exports } = await m.json();
-      const { devices } = await d.json();
-      const body = document.getElementById("mounts");
-      body.replaceChildren();
-      if (mounts.length === 0) {
-        const row = document.createElement("tr");
-        const cell = td("No image mounted.", "empty");
-        cell.colSpan = ${MOUNT_COLUMNS.length};
-        row.append(cell);
-        body.append(row);
-      }
-      for (const mount of mounts) {
-        const row = document.createElement("tr");
-        cells(mount, fmt).forEach((text, i) => {
-          if (i !== 3) { row.append(td(text)); return; }
-          const cell = td("");
-          const badge = document.createElement("span");
-          badge.className = "state " + mount.state;
-          badge.textContent = text;
-          cell.append(badge);
-          row.append(cell);
-        });
-        body.append(row);
-      }
-      const exportBody = document.getElementById("exports");
-      exportBody.replaceChildren();
-      if (exports.length === 0) {
-        const row = document.createElement("tr");
-        const cell = td("No NBD export.", "empty");
-        cell.colSpan = ${EXPORT_COLUMNS.length};
-        row.append(cell);
-        exportBody.append(row);
-      }
-      for (const exp of exports) {
-        const row = document.createElement("tr");
-        exportCells(exp, fmt).forEach((text, i) => {
-          if (i === 4) {
-            const cell = td("");
-            const code = document.createElement("code");
-            code.textContent = text;
-            cell.append(code);
-            row.append(cell);
-            return;
-          }
-          if (i !== 3) { row.append(td(text)); return; }
-          const cell = td("");
-          const badge = document.createElement("span");
-          badge.className = "state " + exp.state;
-          badge.textContent = text;
-          cell.append(badge);
-          row.append(cell);
-        });
-        exportBody.append(row);
-      }
-      const free = devices.filter((x) => x.state === "free");
-      const list = document.getElementById("free");
-      list.replaceChildren();
-      const p = document.createElement(free.length ? "ul" : "p");
-      p.className = free.length ? "chips" : "empty";
-      if (devices.length === 0) p.textContent = "No NBD devices: the nbd kernel module is not loaded.";
-      else if (free.length === 0) p.textContent = "Every device is in use.";
-      for (const dev of free) { const li = document.createElement("li"); li.textContent = dev.device; p.append(li); }
-      list.append(p);
-      document.getElementById("updated").textContent = new Date().toLocaleTimeString();
+      const response = await fetch("/status/live", { cache: "no-store" });
+      if (!response.ok) throw new Error("HTTP " + response.status);
+      live.innerHTML = await response.text();
+      const stamp = document.getElementById("generated");
+      document.getElementById("updated").textContent = stamp ? stamp.textContent : "";
       document.getElementById("error").textContent = "";
     } catch (e) {
       document.getElementById("error").textContent = "Daemon unreachable (" + e.message + "); retrying.";
@@ -242,8 +394,6 @@ const SCRIPT = `
 `;
 
 export function renderStatusPage(data: StatusPageData): string {
-  const header = MOUNT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
-  const exportHeader = EXPORT_COLUMNS.map((c) => `<th>${escapeHtml(c)}</th>`).join("");
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -258,26 +408,13 @@ export function renderStatusPage(data: StatusPageData): string {
 <p class="sub">IVBS images on NBD devices and NBD exports · version ${
     escapeHtml(data.version)
   } · updated
-<span id="updated">${escapeHtml(data.generatedAt.toLocaleTimeString("en-GB"))}</span>
+<span id="updated">${escapeHtml(clock(data.generatedAt))}</span>
 <span id="error"></span></p>
-<h2>Mounted devices</h2>
-<table>
-<thead><tr>${header}</tr></thead>
-<tbody id="mounts">
-${mountRows(data.mounts)}
-</tbody>
-</table>
-<h2>NBD exports</h2>
-<table>
-<thead><tr>${exportHeader}</tr></thead>
-<tbody id="exports">
-${exportRows(data.exports)}
-</tbody>
-</table>
-<h2>Free devices</h2>
-<div id="free">${freeList(data.devices)}</div>
-${foreignNote(data.devices)}
+<div id="live">
+${renderLive(data)}
+</div>
 <p class="note">API: <a href="/api/mounts">/api/mounts</a> · <a href="/api/exports">/api/exports</a> · <a href="/api/devices">/api/devices</a> ·
+<a href="/api/proxies">/api/proxies</a> · <a href="/api/events">/api/events</a> ·
 <a href="/metrics">/metrics</a> · <a href="/status/json">/status/json</a></p>
 <script>${SCRIPT}</script>
 </body>

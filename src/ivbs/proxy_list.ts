@@ -23,6 +23,9 @@ export interface Backoff {
 
 export const DEFAULT_BACKOFF: Backoff = { initialMs: 100, maxMs: 5_000 };
 
+/** How long a failed proxy stays at the back of the list by default. */
+export const DEFAULT_FAILURE_MEMORY_MS = 30_000;
+
 export interface ProxyListOptions {
   backoff?: Backoff;
   /** How long a failed proxy goes to the back of the list (default 30 s). */
@@ -68,7 +71,7 @@ export class ProxyList {
   constructor(configured: readonly ProxyAddress[], options: ProxyListOptions = {}) {
     this.#configured = configured.filter(isUsable).map((p) => ({ host: p.host, port: p.port }));
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
-    this.#failureMemoryMs = options.failureMemoryMs ?? 30_000;
+    this.#failureMemoryMs = options.failureMemoryMs ?? DEFAULT_FAILURE_MEMORY_MS;
     this.#random = options.random ?? Math.random;
     this.#now = options.now ?? (() => performance.now());
   }

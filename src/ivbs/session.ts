@@ -90,8 +90,14 @@ export interface IvbsSessionOptions {
 }
 
 export type IvbsSessionEvent =
-  | { type: "connected"; proxy: string; proxyName: string }
-  | { type: "failover"; from: string; reason: string }
+  /** `replayed`: requests re-sent on this connection (waiting since the previous one failed). */
+  | { type: "connected"; proxy: string; proxyName: string; replayed: number }
+  /** `cause`, where given, classifies `reason` (e.g. "closed", "error", "status", "dead-peer"). */
+  | { type: "failover"; from: string; reason: string; cause?: string }
+  /** Connecting, logging in or attaching on `proxy` failed (it goes to the back of the list). */
+  | { type: "proxy-failed"; proxy: string; reason: string }
+  /** A LIST_PROXIES arrived ("host:port" each). */
+  | { type: "proxies-listed"; proxies: string[] }
   | { type: "retry"; op: string; status: string; attempt: number }
   | { type: "io-timeout"; op: string }
   /** The session stopped for good (e.g. the image changed size); every request fails with EIO. */
@@ -373,6 +379,7 @@ export class IvbsSession implements Backend {
       } catch (error) {
         if (isDefinitive(error)) throw error;
         this.#proxies.markFailed(address);
+        this.#emit({ type: "proxy-failed", proxy: proxyLabel(address), reason: describe(error) });
         const protocol = error instanceof IvbsProtocolError ||
           (error instanceof ConnectionLostError && error.protocol);
         if (!protocol) protocolOnly = false;
@@ -391,7 +398,10 @@ export class IvbsSession implements Backend {
     const conn = await IvbsConnection.open(address, {
       connectTimeoutMs: this.#connectTimeoutMs,
       deadPeerTimeoutMs: this.#deadPeerMs,
-      onProxyList: (proxies) => this.#proxies.updateListed(proxies),
+      onProxyList: (proxies) => {
+        this.#proxies.updateListed(proxies);
+        this.#emit({ type: "proxies-listed", proxies: proxies.map(proxyLabel) });
+      },
       onKeepalive: () => this.#stats.keepalivesSent++,
       signal: this.#abort.signal,
       log: this.#log,
@@ -466,7 +476,7 @@ export class IvbsSession implements Backend {
       readOnly: this.#readOnly,
       replayed,
     });
-    this.#emit({ type: "connected", proxy: conn.label, proxyName: conn.proxyName });
+    this.#emit({ type: "connected", proxy: conn.label, proxyName: conn.proxyName, replayed });
     conn.ended.then((reason) => this.#connectionLost(conn, reason));
     const waiting = [...this.#waiting];
     this.#waiting.clear();
@@ -531,6 +541,11 @@ export class IvbsSession implements Backend {
             return;
           } catch (error) {
             this.#proxies.markFailed(address);
+            this.#emit({
+              type: "proxy-failed",
+              proxy: proxyLabel(address),
+              reason: describe(error),
+            });
             failures.push(`${proxyLabel(address)}: ${describe(error)}`);
           }
         }
