@@ -40,6 +40,8 @@ const COMMANDS: Record<string, Command> = {
   ),
   "export-remove": oneShot("export-remove", "stop an NBD export of the daemon"),
   "export-list": oneShot("export-list", "list the daemon's NBD exports"),
+  proxies: oneShot("proxies", "list the IVBS proxies the daemon knows and their health"),
+  events: oneShot("events", "print the daemon's recent events (--follow: keep printing)"),
   "ivbs-server": {
     summary: "run the IVBS test server (several proxies over one image store)",
     run: async (args) => (await import("./src/ivbs/server/cli.ts")).run(args),

@@ -7,8 +7,10 @@
 import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
 import { errorMessage } from "../error_info.ts";
 import type { ExportInfo } from "../daemon/export_table.ts";
+import type { DaemonEvent, EventPage } from "../daemon/events.ts";
+import type { ProxyInfo } from "../daemon/proxy_registry.ts";
 
-export type { DeviceInfo, ExportInfo, MountInfo };
+export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -193,6 +195,15 @@ export class ApiClient {
       this.#mountTimeoutMs,
     );
     return reply.name;
+  }
+
+  async proxies(): Promise<ProxyInfo[]> {
+    return (await this.#call<{ proxies: ProxyInfo[] }>("GET", "/api/proxies")).proxies;
+  }
+
+  /** Events after `since` (a previous page's `next`), oldest first. */
+  events(since = 0): Promise<EventPage> {
+    return this.#call<EventPage>("GET", `/api/events?since=${since}`);
   }
 
   async shutdown(): Promise<void> {

@@ -4,6 +4,7 @@
  * and `ivbsnetd export-add|export-remove|export-list`.
  * @module
  */
+import { MAX_EVENT_PAGE } from "../daemon/events.ts";
 import { formatBytes } from "../daemon/units.ts";
 import type {
   ApiClient,
@@ -12,7 +13,7 @@ import type {
   MountInfo,
   MountRequestBody,
 } from "./api_client.ts";
-import { devicesTable, exportsTable, mountsTable } from "./table.ts";
+import { devicesTable, eventLine, exportsTable, mountsTable, proxiesTable } from "./table.ts";
 
 export interface Output {
   /** One or more lines; a newline is added. */
@@ -112,4 +113,56 @@ export async function shutdownCommand(client: ApiClient, out: Output, json = fal
       ? JSON.stringify({ status: "shutting down" })
       : `server ${client.server} is shutting down (detaching every device)`,
   );
+}
+
+export async function proxiesCommand(client: ApiClient, out: Output, json = false) {
+  const proxies = await client.proxies();
+  out.print(json ? JSON.stringify(proxies) : proxiesTable(proxies));
+}
+
+export interface EventsOptions {
+  json?: boolean;
+  /** Keep polling for new events until `signal` aborts. */
+  follow?: boolean;
+  /** Only events after this sequence number. */
+  since?: number;
+  /** Between polls when following (default 1 000 ms). */
+  intervalMs?: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Prints the daemon's recent events (one per line, or JSON lines), and with
+ * `follow` keeps printing new ones, polling with the `since` cursor.
+ */
+export async function eventsCommand(
+  client: ApiClient,
+  out: Output,
+  options: EventsOptions = {},
+): Promise<void> {
+  let since = options.since ?? 0;
+  for (;;) {
+    const page = await client.events(since);
+    if (page.missed > 0 && since > 0) out.print(`(${page.missed} older events were dropped)`);
+    for (const event of page.events) {
+      out.print(options.json ? JSON.stringify(event) : eventLine(event));
+    }
+    since = page.next;
+    if (!options.follow || options.signal?.aborted) return;
+    if (page.events.length >= MAX_EVENT_PAGE) continue; // more are waiting
+    await pause(options.intervalMs ?? 1000, options.signal);
+    if (options.signal?.aborted) return;
+  }
+}
+
+function pause(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done);
+  });
 }

@@ -12,11 +12,13 @@ import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./a
 import {
   addExportCommand,
   checkCommand,
+  eventsCommand,
   listAllCommand,
   listExportsCommand,
   listMountedCommand,
   mountCommand,
   type Output,
+  proxiesCommand,
   removeExportCommand,
   shutdownCommand,
   unmountCommand,
@@ -39,6 +41,8 @@ export const HELP = [
   "  export <name> <image> <user> <pass>   serve an image as NBD export <name> (for qemu,",
   "                                        nbdinfo, fio); asks for what is missing like mount",
   "  unexport <name>                       stop an export (its clients are disconnected)",
+  "  proxies                               IVBS proxies known, their state and failures",
+  "  events                                recent events (failovers, mounts, errors…)",
   "  disc                                  shut the daemon down (detaches every device)",
   "  help                                  this list",
   "  exit                                  leave netdclient (also quit, Ctrl-D)",
@@ -54,6 +58,8 @@ const SERVER_COMMANDS = new Set([
   "liste",
   "export",
   "unexport",
+  "proxies",
+  "events",
 ]);
 
 /** Runs the prompt loop until exit or end of input. */
@@ -142,6 +148,12 @@ async function runCommand(
     }
     case "liste":
       await listExportsCommand(client, out);
+      return true;
+    case "proxies":
+      await proxiesCommand(client, out);
+      return true;
+    case "events":
+      await eventsCommand(client, out);
       return true;
     case "unexport": {
       const name = args[0] ?? await ask(terminal, "Export name: ");

@@ -11,11 +11,13 @@ import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./a
 import {
   addExportCommand,
   checkCommand,
+  eventsCommand,
   listAllCommand,
   listExportsCommand,
   listMountedCommand,
   mountCommand,
   type Output,
+  proxiesCommand,
   removeExportCommand,
   shutdownCommand,
   unmountCommand,
@@ -35,7 +37,9 @@ export type OneShotName =
   | "shutdown"
   | "export-add"
   | "export-remove"
-  | "export-list";
+  | "export-list"
+  | "proxies"
+  | "events";
 
 const USAGE: Record<OneShotName, string> = {
   mount: "mount [options] DEVICE|auto IMAGE USER [PASSWORD]",
@@ -46,6 +50,8 @@ const USAGE: Record<OneShotName, string> = {
   "export-add": "export-add [options] NAME IMAGE USER [PASSWORD]",
   "export-remove": "export-remove [options] NAME",
   "export-list": "export-list [options]",
+  proxies: "proxies [options]",
+  events: "events [options] [--follow] [--since SEQ]",
 };
 
 const SUMMARY: Record<OneShotName, string> = {
@@ -60,6 +66,12 @@ const SUMMARY: Record<OneShotName, string> = {
     "foreground without a daemon.)",
   "export-remove": "Stops serving export NAME; its clients are disconnected (liste/unexport).",
   "export-list": "Lists the daemon's NBD exports with their URIs and clients (liste).",
+  proxies: "Lists every IVBS proxy the daemon knows (configured and learned from\n" +
+    "LIST_PROXIES): name, state (connected by which mounts and exports, backoff until\n" +
+    "when, idle), failures, failovers away from and to it, and the last error.",
+  events: "Prints the daemon's recent events (mounts, failovers, retries, I/O errors,\n" +
+    "export clients, config problems), oldest first; --follow keeps printing new\n" +
+    "ones until interrupted.",
 };
 
 /** Commands that take a password and --read-only. */
@@ -78,6 +90,11 @@ export function helpText(name: OneShotName): string {
     ]
     : name === "list"
     ? ["  --all                every NBD device, free or used"]
+    : name === "events"
+    ? [
+      "  --follow             keep printing new events (polls every second)",
+      "  --since SEQ          only events after sequence number SEQ",
+    ]
     : [];
   return [
     `usage: ivbsnetd ${USAGE[name]}`,
@@ -104,6 +121,8 @@ export interface OneShotIo {
   readStdinLine(): Promise<string | null>;
   /** A password typed without echo; null when stdin is not a terminal or input was cancelled. */
   askSecret(prompt: string): Promise<string | null>;
+  /** Stops `events --follow` (tests); the process otherwise ends it with Ctrl-C. */
+  signal?: AbortSignal;
 }
 
 export function processIo(): OneShotIo {
@@ -155,6 +174,8 @@ export async function runOneShot(
       all: { type: "boolean", default: false },
       "read-only": { type: "boolean", default: false },
       "password-stdin": { type: "boolean", default: false },
+      follow: { type: "boolean", default: false },
+      since: { type: "string" },
       help: { type: "boolean", short: "h", default: false },
     });
     if (values.help) {
@@ -174,6 +195,8 @@ export async function runOneShot(
     onlyFor(values.all, "all", ["list"]);
     onlyFor(values["read-only"], "read-only", ["mount", "export-add"]);
     onlyFor(values["password-stdin"], "password-stdin", ["mount", "export-add"]);
+    onlyFor(values.follow, "follow", ["events"]);
+    onlyFor(values.since !== undefined, "since", ["events"]);
     const expect = (min: number, max: number) => {
       if (positionals.length < min || positionals.length > max) {
         throw new UsageError(`expected ${USAGE[name]}`);
@@ -216,6 +239,24 @@ export async function runOneShot(
         expect(1, 1);
         await removeExportCommand(client, io.out, positionals[0], json);
         break;
+      case "proxies":
+        expect(0, 0);
+        await proxiesCommand(client, io.out, json);
+        break;
+      case "events": {
+        expect(0, 0);
+        const since = values.since === undefined ? 0 : Number(values.since);
+        if (!/^\d+$/.test(values.since ?? "0") || !Number.isSafeInteger(since)) {
+          throw new UsageError("--since must be a whole number");
+        }
+        await eventsCommand(client, io.out, {
+          json,
+          follow: values.follow,
+          since,
+          signal: io.signal,
+        });
+        break;
+      }
       case "export-add": {
         const request = { name: positionals[0], ...await imageRequest() };
         await addExportCommand(client, io.out, request, json);

@@ -2,7 +2,7 @@
  * Aligned plain-text tables and the rows netdclient and `ivbsnetd list` print.
  * @module
  */
-import type { DeviceInfo, ExportInfo, MountInfo } from "./api_client.ts";
+import type { DaemonEvent, DeviceInfo, ExportInfo, MountInfo, ProxyInfo } from "./api_client.ts";
 import { formatBytes } from "../daemon/units.ts";
 
 export type Align = "left" | "right";
@@ -78,4 +78,38 @@ export function devicesTable(devices: DeviceInfo[]): string {
     ]),
     ["left", "left", "left", "right"],
   );
+}
+
+/** "11:42:03" (UTC) from an ISO time. */
+function timeOfDay(iso: string | null): string {
+  return iso === null ? "-" : iso.slice(11, 19);
+}
+
+export function proxiesTable(proxies: ProxyInfo[]): string {
+  if (proxies.length === 0) return "No IVBS proxy known.";
+  return formatTable(
+    ["PROXY", "NAME", "ORIGIN", "STATE", "USED BY", "FAILURES", "FAILOVERS OUT/IN", "LAST ERROR"],
+    proxies.map((p) => [
+      p.address,
+      p.name ?? "-",
+      p.origins.join(","),
+      p.state === "backoff" ? `backoff until ${timeOfDay(p.backoffUntil)}` : p.state,
+      p.usedBy.join(", ") || "-",
+      String(p.failures),
+      `${p.failoversFrom}/${p.failoversTo}`,
+      p.lastError === null ? "-" : `${timeOfDay(p.lastErrorAt)} ${p.lastError}`,
+    ]),
+    ["left", "left", "left", "left", "left", "right", "right", "left"],
+  );
+}
+
+/** One event as a log-like line: time, level, where, message, fields. */
+export function eventLine(e: DaemonEvent): string {
+  const where = e.device ?? (e.export !== undefined ? `export ${e.export}` : e.component);
+  const fields = Object.entries(e.fields)
+    .map(([k, v]) =>
+      ` ${k}=${typeof v === "string" && /^[\w./:@-]*$/.test(v) ? v : JSON.stringify(v)}`
+    )
+    .join("");
+  return `${e.time} ${e.level.toUpperCase().padEnd(5)} [${where}] ${e.message}${fields}`;
 }
