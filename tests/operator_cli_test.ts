@@ -72,7 +72,7 @@ Deno.test("ivbsnetd events prints past events, and --follow prints new ones as t
     await daemon.table.mount({ device: "nbd1", image: "demo", username: "demo", password: "pw" });
     const past = capture();
     assert.equal(await runOneShot("events", ["--server", url], past.io), 0);
-    assert.match(past.out.join("\n"), /INFO  \[\/dev\/nbd1\] mounted image=demo/);
+    assert.match(past.out.join("\n"), /INFO {2}\[\/dev\/nbd1\] mounted image=demo/);
 
     const follow = capture(abort.signal);
     const following = eventsCommand(new ApiClient({ server: url }), follow.io.out, {
