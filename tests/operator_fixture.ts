@@ -23,7 +23,7 @@ export interface OperatorFixture {
 }
 
 export async function operatorFixture(
-  options: { historyIntervalMs?: number; http?: boolean } = {},
+  options: { historyIntervalMs?: number; historyPoints?: number } = {},
 ): Promise<OperatorFixture> {
   const server = await startIvbsServer({
     users: [USER],
@@ -55,7 +55,7 @@ export async function operatorFixture(
     driver: createSystemDriver(config, kernel, quietLog),
     log: quietLog,
     logFor: () => quietLog,
-    history: { intervalMs: options.historyIntervalMs ?? 60_000 },
+    history: { intervalMs: options.historyIntervalMs ?? 60_000, points: options.historyPoints },
   });
   return {
     server,

@@ -21,6 +21,8 @@
 export interface ChartSeries {
   name: string;
   color: string;
+  /** Dashed, so a line on top of another still shows both. */
+  dashed?: boolean;
   /** [time ms, value]; null = no value at that time (a gap). Oldest first. */
   values: readonly (readonly [number, number | null])[];
 }
@@ -35,6 +37,8 @@ export interface ChartOptions {
   format: (value: number) => string;
   width?: number;
   height?: number;
+  /** Shown while fewer than two points are drawn (default "collecting…"). */
+  emptyText?: string;
 }
 
 const ESCAPES: Record<string, string> = {
@@ -82,14 +86,16 @@ export function sparkline(options: ChartOptions): string {
     if (path !== "") {
       lines.push(
         `<path d="${path}" fill="none" stroke="${esc(series.color)}" stroke-width="1.5"` +
-          ` stroke-linejoin="round"><title>${esc(series.name)}</title></path>`,
+          ` stroke-linejoin="round"${series.dashed ? ' stroke-dasharray="5 3"' : ""}><title>${
+            esc(series.name)
+          }</title></path>`,
       );
     }
   }
   const empty = drawn < 2
-    ? `<text x="${width / 2}" y="${
-      top + plot / 2 + 4
-    }" text-anchor="middle" class="wait">collecting…</text>`
+    ? `<text x="${width / 2}" y="${top + plot / 2 + 4}" text-anchor="middle" class="wait">${
+      esc(options.emptyText ?? "collecting…")
+    }</text>`
     : "";
   return `<svg class="spark" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
     `role="img" aria-label="${esc(options.label)}" data-points="${drawn}">` +

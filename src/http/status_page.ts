@@ -183,7 +183,7 @@ td.details { white-space: normal; color: #3b4353; font-size: 12px; max-width: 64
 .graph { background: #fff; box-shadow: 0 1px 2px #0002; padding: 8px 10px; }
 .graph .gname { font-weight: 600; } .graph .gname span { font-weight: 400; color: #5b6475; }
 .legend { font-size: 12px; color: #3b4353; margin-top: 4px; }
-.legend i { display: inline-block; width: 10px; height: 3px; margin: 0 4px 3px 8px; }
+.legend i { display: inline-block; width: 14px; height: 0; margin: 0 4px 3px 8px; }
 .legend i:first-child { margin-left: 0; }
 svg.spark { display: block; } svg.spark .axis { stroke: #cfd5de; }
 svg.spark text { font: 10px system-ui, sans-serif; fill: #5b6475; }
@@ -201,9 +201,12 @@ function clock(iso: string | Date): string {
   return (typeof iso === "string" ? new Date(iso) : iso).toLocaleTimeString("en-GB");
 }
 
+/** Solid then dashed, as the chart draws its two series. */
 function legend(items: [color: string, text: string][]): string {
   return `<div class="legend">${
-    items.map(([color, text]) => `<i style="background:${color}"></i>${escapeHtml(text)}`).join("")
+    items.map(([color, text], i) =>
+      `<i style="border-top:3px ${i === 0 ? "solid" : "dashed"} ${color}"></i>${escapeHtml(text)}`
+    ).join("")
   }</div>`;
 }
 
@@ -223,16 +226,22 @@ function graphCard(
     format: (n) => `${formatBytes(n)}/s`,
     series: [
       { name: "read", color: COLORS.read, values: points.map((p) => [p.at, p.readBytesPerSec]) },
-      { name: "write", color: COLORS.write, values: points.map((p) => [p.at, p.writeBytesPerSec]) },
+      {
+        name: "write",
+        color: COLORS.write,
+        dashed: true,
+        values: points.map((p) => [p.at, p.writeBytesPerSec]),
+      },
     ],
   });
   const latency = sparkline({
     label: `${title}: request latency p50 and p99`,
     windowMs,
     format: formatMs,
+    emptyText: "no requests",
     series: [
       { name: "p50", color: COLORS.p50, values: points.map((p) => [p.at, p.p50Ms]) },
-      { name: "p99", color: COLORS.p99, values: points.map((p) => [p.at, p.p99Ms]) },
+      { name: "p99", color: COLORS.p99, dashed: true, values: points.map((p) => [p.at, p.p99Ms]) },
     ],
   });
   return `<div class="graph"><div class="gname">${escapeHtml(title)} <span>${
@@ -260,11 +269,13 @@ function graphsSection(data: StatusPageData): string {
       graphCard(`export ${e.name}`, e.image, history(exportKey(e.name)), windowMs)
     ),
   ];
-  const minutes = Math.round(windowMs / 60_000);
+  const span = windowMs >= 60_000
+    ? `${Math.round(windowMs / 60_000)} min`
+    : `${Math.round(windowMs / 1000)} s`;
   const body = cards.length === 0
     ? `<p class="empty">Nothing mounted or exported.</p>`
     : `<div class="graphs">${cards.join("\n")}</div>`;
-  return `<h2>Throughput and latency, last ${minutes} min</h2>\n${body}`;
+  return `<h2>Throughput and latency, last ${span}</h2>\n${body}`;
 }
 
 const PROXY_COLUMNS = [
@@ -377,11 +388,13 @@ ${foreignNote(data.devices)}
 const SCRIPT = `
 (() => {
   const live = document.getElementById("live");
+  let refreshes = 0;
   async function refresh() {
     try {
       const response = await fetch("/status/live", { cache: "no-store" });
       if (!response.ok) throw new Error("HTTP " + response.status);
       live.innerHTML = await response.text();
+      live.dataset.refreshes = String(++refreshes);
       const stamp = document.getElementById("generated");
       document.getElementById("updated").textContent = stamp ? stamp.textContent : "";
       document.getElementById("error").textContent = "";
