@@ -218,3 +218,35 @@ Deno.test("a failover injected at the export's proxy shows in /api/events and /a
     await fixture.cleanup();
   }
 });
+
+Deno.test("retries and I/O errors returned to the client are events naming the export", async () => {
+  const fixture = await operatorFixture();
+  const { daemon, server } = fixture;
+  let client: NbdTestClient | undefined;
+  try {
+    const get = appOf(daemon);
+    const info = await daemon.exports.add({ name: "vm1", image: "disk", ...USER });
+    client = await NbdTestClient.connect(info.socket, "vm1");
+    server.injectStatus(Status.TEMPORARY_ERROR, 1);
+    await client.read(0, 4096);
+    server.injectStatus(Status.PERMANENT_ERROR, 1);
+    await assert.rejects(client.read(4096, 4096), /NBD READ 4096\+4096: error/);
+
+    const { events } = (await get("/api/events")).json() as { events: DaemonEvent[] };
+    const retried = events.find((e) => e.message === "IVBS request retried");
+    assert.ok(retried, JSON.stringify(events.map((e) => e.message)));
+    assert.deepEqual(
+      [retried.export, retried.component, retried.fields.status, retried.fields.attempt],
+      ["vm1", "ivbs", "TEMPORARY_ERROR", 1],
+    );
+    const failed = events.find((e) => e.message === "NBD request failed");
+    assert.ok(failed, JSON.stringify(events.map((e) => e.message)));
+    assert.equal(failed.level, "warn");
+    assert.equal(failed.export, "vm1");
+    assert.equal(failed.fields.offset, 4096);
+    assert.match(String(failed.fields.cause), /PERMANENT_ERROR/);
+  } finally {
+    client?.close();
+    await fixture.cleanup();
+  }
+});

@@ -72,6 +72,7 @@ export class Daemon {
       deviceCount: options.config.nbd.devices,
       log: this.#log,
       watchSession,
+      deviceLog: (device) => this.events.wrap(logFor("nbd"), "nbd", { device }),
     });
     this.exports = new ExportTable(options.driver, {
       settings: options.config.exports,

@@ -83,7 +83,11 @@ export interface MountDriver {
   /** Opens an IVBS session on `image` (logs in, attaches the image). */
   openBackend(request: OpenBackendRequest): Promise<MountBackend>;
   /** Connects `backend` to the kernel device `device` ("/dev/nbdN"). */
-  attach(device: string, backend: MountBackend): Promise<DeviceAttachment>;
+  attach(
+    device: string,
+    backend: MountBackend,
+    options?: { log?: Logger },
+  ): Promise<DeviceAttachment>;
   /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
 }

@@ -132,6 +132,8 @@ export interface MountTableOptions {
   now?: () => number;
   /** Follows each mount's IVBS session (proxy registry, session log lines). */
   watchSession?: WatchSession;
+  /** The kernel attachment's logger for `device` (its lines name the device). */
+  deviceLog?: (device: string) => Logger;
 }
 
 export class MountTable {
@@ -140,11 +142,13 @@ export class MountTable {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
+  readonly #deviceLog: ((device: string) => Logger) | undefined;
   readonly #entries = new Map<string, Entry>();
   #closing = false;
 
   constructor(driver: MountDriver, options: MountTableOptions) {
     this.#watchSession = options.watchSession;
+    this.#deviceLog = options.deviceLog;
     this.#driver = driver;
     this.#deviceCount = options.deviceCount;
     this.#log = options.log ?? logger("mounts");
@@ -275,7 +279,9 @@ export class MountTable {
     }
     try {
       if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-      entry.attachment = await this.#driver.attach(device, entry.backend);
+      entry.attachment = await this.#driver.attach(device, entry.backend, {
+        log: this.#deviceLog?.(device),
+      });
     } catch (error) {
       await this.#closeBackend(entry);
       throw this.#wrap(error, `Cannot attach ${request.image} to ${device}`);

@@ -15,7 +15,7 @@ export interface NbdKernelApi {
   attachDevice(
     device: string,
     backend: Backend,
-    options?: { blockSize?: number; timeoutS?: number; maxInFlight?: number },
+    options?: { blockSize?: number; timeoutS?: number; maxInFlight?: number; log?: Logger },
   ): Promise<DeviceAttachment>;
   listNbdDevices(): Promise<NbdDevice[]>;
 }
@@ -42,11 +42,12 @@ export function createSystemDriver(
         onEvent: request.onEvent,
         log: request.log ?? log,
       }),
-    attach: (device, backend) =>
+    attach: (device, backend, options) =>
       kernel.attachDevice(device, backend, {
         blockSize: nbd.blockSize,
         timeoutS: nbd.timeoutS,
         maxInFlight: nbd.maxInFlight,
+        log: options?.log,
       }),
     listDevices: () => kernel.listNbdDevices(),
   };

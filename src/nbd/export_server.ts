@@ -326,14 +326,20 @@ export class ExportServer {
    * The serve loop logs a broken stream as an error; when we cut the stream
    * ourselves (shutdown, export removed) that is expected, so it becomes debug.
    */
+  /** The serve loop's lines name the client and its export. */
   #transmissionLog(client: Client): Logger {
     const base = this.#log;
+    const named = (fields?: object) => ({
+      export: client.export ?? undefined,
+      client: client.id,
+      ...fields,
+    });
     return {
-      debug: base.debug,
-      info: base.info,
-      warn: base.warn,
+      debug: (message, fields) => base.debug(message, named(fields)),
+      info: (message, fields) => base.info(message, named(fields)),
+      warn: (message, fields) => base.warn(message, named(fields)),
       error: (message, fields) =>
-        client.cut ? base.debug(message, fields) : base.error(message, fields),
+        client.cut ? base.debug(message, named(fields)) : base.error(message, named(fields)),
     };
   }
 
