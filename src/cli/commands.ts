@@ -126,6 +126,8 @@ export interface EventsOptions {
   follow?: boolean;
   /** Only events after this sequence number. */
   since?: number;
+  /** Print only the newest this many of the events already there. */
+  last?: number;
   /** Between polls when following (default 1 000 ms). */
   intervalMs?: number;
   signal?: AbortSignal;
@@ -144,7 +146,8 @@ export async function eventsCommand(
   for (;;) {
     const page = await client.events(since);
     if (page.missed > 0 && since > 0) out.print(`(${page.missed} older events were dropped)`);
-    for (const event of page.events) {
+    const shown = options.last === undefined ? page.events : page.events.slice(-options.last);
+    for (const event of shown) {
       out.print(options.json ? JSON.stringify(event) : eventLine(event));
     }
     since = page.next;

@@ -3,7 +3,8 @@
  * Commands: check, disc, exit, help, lista, listm, mount <device> <image> <user> <pass>
  * (asks for what is missing, the password without echo), unmount <device>; and
  * for NBD exports, mirroring mount/unmount/listm: export <name> <image> <user> <pass>,
- * unexport <name>, liste. The server is checked before each command, so a dead
+ * unexport <name>, liste; and for the operator, proxies and events (the newest ones).
+ * The server is checked before each command, so a dead
  * daemon is reported at once.
  * @module
  */
@@ -42,7 +43,7 @@ export const HELP = [
   "                                        nbdinfo, fio); asks for what is missing like mount",
   "  unexport <name>                       stop an export (its clients are disconnected)",
   "  proxies                               IVBS proxies known, their state and failures",
-  "  events                                recent events (failovers, mounts, errors…)",
+  "  events                                the last 30 events (failovers, mounts, errors…)",
   "  disc                                  shut the daemon down (detaches every device)",
   "  help                                  this list",
   "  exit                                  leave netdclient (also quit, Ctrl-D)",
@@ -153,7 +154,7 @@ async function runCommand(
       await proxiesCommand(client, out);
       return true;
     case "events":
-      await eventsCommand(client, out);
+      await eventsCommand(client, out, { last: 30 });
       return true;
     case "unexport": {
       const name = args[0] ?? await ask(terminal, "Export name: ");

@@ -79,7 +79,6 @@ export class EventLog {
   #start = 0;
   #count = 0;
   #lastSeq = 0;
-  readonly #listeners = new Set<(event: DaemonEvent) => void>();
 
   constructor(options: EventLogOptions = {}) {
     this.capacity = Math.max(1, Math.floor(options.capacity ?? DEFAULT_EVENT_CAPACITY));
@@ -105,27 +104,29 @@ export class EventLog {
   ): DaemonEvent {
     const rest = plain(redact(fields)) as Record<string, unknown>;
     for (const [key, value] of Object.entries(rest)) if (value === undefined) delete rest[key];
+    // The mount or export it concerns is lifted out of the fields, for views to show.
+    const where: { device?: string; export?: string } = {};
+    if (typeof rest.device === "string") {
+      where.device = rest.device;
+      delete rest.device;
+    }
+    if (typeof rest.export === "string") {
+      where.export = rest.export;
+      delete rest.export;
+    }
     const event: DaemonEvent = {
       seq: ++this.#lastSeq,
       time: new Date(this.#now()).toISOString(),
       level,
       component,
       message,
+      ...where,
       fields: rest,
     };
-    if (typeof rest.device === "string") {
-      event.device = rest.device;
-      delete rest.device;
-    }
-    if (typeof rest.export === "string") {
-      event.export = rest.export;
-      delete rest.export;
-    }
     const at = (this.#start + this.#count) % this.capacity;
     this.#ring[at] = event;
     if (this.#count < this.capacity) this.#count++;
     else this.#start = (this.#start + 1) % this.capacity;
-    for (const listener of this.#listeners) listener(event);
     return event;
   }
 
@@ -152,12 +153,6 @@ export class EventLog {
       out.push(this.#ring[(this.#start + i) % this.capacity]!);
     }
     return out;
-  }
-
-  /** Calls `listener` with every event recorded from now on; returns the unsubscribe. */
-  subscribe(listener: (event: DaemonEvent) => void): () => void {
-    this.#listeners.add(listener);
-    return () => this.#listeners.delete(listener);
   }
 
   /**

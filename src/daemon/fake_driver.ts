@@ -136,6 +136,13 @@ export class FakeMountDriver implements MountDriver {
       request.readOnly || (image.readOnly ?? false),
     );
     this.backends.push(backend);
+    // As a session reports its proxy, so the proxy registry has something to show.
+    request.onEvent?.({
+      type: "connected",
+      proxy: backend.proxy ?? "",
+      proxyName: "fake-proxy",
+      replayed: 0,
+    });
     return backend;
   }
 

@@ -65,7 +65,7 @@ const MOUNT_COLUMNS = [
   "Failovers",
 ] as const;
 
-/** One row of cells; the same function (serialized) runs in the browser. */
+/** One mount row's cells (escaped by the caller). */
 function mountCells(m: MountInfo, fmt: (n: number) => string): string[] {
   return [
     m.device,
@@ -95,7 +95,7 @@ const EXPORT_COLUMNS = [
   "Written",
 ] as const;
 
-/** One export row; serialized to the browser like mountCells. */
+/** One export row's cells (escaped by the caller). */
 function exportCells(e: ExportInfo, fmt: (n: number) => string): string[] {
   return [
     e.name,
