@@ -14,6 +14,7 @@ import { Status } from "../src/ivbs/wire.ts";
 import type { DaemonEvent } from "../src/daemon/events.ts";
 import type { ProxyInfo } from "../src/daemon/proxy_registry.ts";
 import { NbdTestClient } from "./nbd_test_client.ts";
+import { DaemonProcess, writeConfig } from "./daemon_harness.ts";
 import { eventually, operatorFixture, quietLog, USER } from "./operator_fixture.ts";
 import type { Daemon } from "../src/daemon/daemon.ts";
 
@@ -248,5 +249,40 @@ Deno.test("retries and I/O errors returned to the client are events naming the e
   } finally {
     client?.close();
     await fixture.cleanup();
+  }
+});
+
+Deno.test("GET /status/live is the page's changing part alone, not cached", async () => {
+  const { table, get } = fakeApp();
+  await table.mount({ device: "nbd1", image: "disk", username: "u", password: "p" });
+  const app = await get("/status/live");
+  assert.equal(app.status, 200);
+  assert.ok(!app.text.includes("<html"), "a fragment, not a page");
+  assert.ok(app.text.includes("<td>/dev/nbd1</td>"));
+  assert.ok(app.text.includes('<table id="proxies">'));
+  assert.match(app.text, /<td>\/dev\/nbd1<\/td><td>mounted<\/td>/, "the mount in the events list");
+  const page = await get("/");
+  assert.ok(page.text.includes(`<div id="live">\n${app.text.split('<span id="generated"')[0]}`));
+});
+
+Deno.test("a config problem found at start is an event (ivbsnetd serve)", async () => {
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    users: [{ username: "alice", password: "pw-in-a-readable-file" }],
+  });
+  await Deno.chmod(path, 0o644);
+  const daemon = await DaemonProcess.start(path);
+  try {
+    const { events } = await (await fetch(`${daemon.url}/api/events`)).json();
+    const problem = events.find((e: DaemonEvent) => e.component === "config");
+    assert.ok(problem, JSON.stringify(events));
+    assert.equal(problem.level, "warn");
+    assert.match(problem.message, /holds passwords and is readable by group\/others/);
+    assert.ok(!JSON.stringify(events).includes("pw-in-a-readable-file"));
+  } finally {
+    const result = await daemon.stop();
+    assert.equal(result.code, 0, result.stderr);
+    assert.match(result.stderr, /WARN {2}\[config\] config .* holds passwords/, "and a log line");
+    await Deno.remove(dir, { recursive: true });
   }
 });
