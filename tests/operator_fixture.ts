@@ -70,12 +70,14 @@ export async function operatorFixture(
   };
 }
 
-/** Polls `condition` every 10 ms (up to 10 s); the failure names what was awaited. */
+/** Polls `condition` every 10 ms (up to `timeoutMs`); the failure names what was awaited. */
 export async function eventually<T>(
   what: string,
   condition: () => T | undefined | null | false | Promise<T | undefined | null | false>,
+  timeoutMs = 10_000,
 ): Promise<T> {
-  for (let i = 0; i < 1000; i++) {
+  const end = performance.now() + timeoutMs;
+  while (performance.now() < end) {
     const value = await condition();
     if (value) return value;
     await new Promise((resolve) => setTimeout(resolve, 10));

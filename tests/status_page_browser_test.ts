@@ -103,6 +103,7 @@ Deno.test({
       await eventually(
         "more graph points after the failover",
         () => daemon.history.points(key).length >= 32,
+        60_000, // 8 s of samples; generous on a busy machine
       );
 
       const profile = await Deno.makeTempDir({ prefix: "ivbsnetd-chromium-" });
