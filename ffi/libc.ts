@@ -40,6 +40,7 @@ export const O_RDWR = 0o2;
 export const O_CLOEXEC = 0o2000000;
 export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
+export const SOCK_DGRAM = 2;
 export const SOCK_CLOEXEC = 0o2000000;
 export const SHUT_RDWR = 2;
 /** setsockopt(2) level and options (asm-generic/socket.h). */
@@ -166,11 +167,13 @@ export function socket(domain: number, type: number, protocol = 0): number {
 const UNIX_PATH_MAX = 107;
 
 /**
- * connect(2) of a unix stream socket to `path`. Returns once the listener has
- * queued the connection, before it is accepted.
+ * connect(2) of a unix socket to `path`; a leading "@" names an address in the
+ * abstract namespace (as systemd's $NOTIFY_SOCKET may). A stream socket
+ * returns once the listener has queued the connection, before it is accepted.
  */
 export function connectUnix(fd: number, path: string): void {
-  const bytes = encoder.encode(path);
+  const abstract = path.startsWith("@");
+  const bytes = encoder.encode(abstract ? "\0" + path.slice(1) : path);
   if (bytes.length > UNIX_PATH_MAX) {
     throw new RangeError(`unix socket path of ${bytes.length} bytes is too long: ${path}`);
   }
@@ -178,7 +181,9 @@ export function connectUnix(fd: number, path: string): void {
   const address = new Uint8Array(2 + UNIX_PATH_MAX + 1);
   new DataView(address.buffer).setUint16(0, AF_UNIX, true);
   address.set(bytes, 2);
-  check(lib().connect(fd, address, address.length), `connect(${fd}, ${path})`);
+  // An abstract name is exactly its bytes: trailing NULs would be part of it.
+  const length = abstract ? 2 + bytes.length : address.length;
+  check(lib().connect(fd, address, length), `connect(${fd}, ${path})`);
 }
 
 export function shutdown(fd: number, how: number): void {

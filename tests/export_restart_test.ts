@@ -1,0 +1,103 @@
+/**
+ * NBD exports ride through a daemon restart: QEMU's NBD client, opened with
+ * `reconnect-delay`, keeps writing and reading back a pattern while the daemon
+ * serving its export is killed (`kill -9`) and started again on the same
+ * config. The export socket keeps its path, so the client reconnects and
+ * replays what was in flight; the data lives in IVBS, not in the daemon.
+ */
+import assert from "node:assert/strict";
+import { DaemonProcess, startIvbs, USER, writeConfig } from "./daemon_harness.ts";
+import { hasTool, runTool } from "./tools.ts";
+
+const MIB = 1024 * 1024;
+const BLOCKS = 48;
+const BLOCK = 64 * 1024;
+
+/** qemu-io commands: write a pattern to each block, read it back, pause a little. */
+function patternCommands(): string[] {
+  const commands: string[] = [];
+  for (let i = 0; i < BLOCKS; i++) {
+    const pattern = 1 + (i % 250);
+    commands.push(`write -P ${pattern} ${i * BLOCK} ${BLOCK}`);
+    commands.push(`read -P ${pattern} ${i * BLOCK} ${BLOCK}`);
+    commands.push("sleep 20");
+  }
+  return commands;
+}
+
+/** Checks the whole pattern with a fresh client (no reconnect needed). */
+function verifyCommands(): string[] {
+  return Array.from(
+    { length: BLOCKS },
+    (_, i) => `read -P ${1 + (i % 250)} ${i * BLOCK} ${BLOCK}`,
+  );
+}
+
+async function qemuIo(imageOpts: string, commands: string[]) {
+  return await runTool("qemu-io", [
+    "--image-opts",
+    ...commands.flatMap((c) => ["-c", c]),
+    imageOpts,
+  ]);
+}
+
+/** Resolves once the IVBS test server has served `count` WRITEs (an event, not a sleep). */
+async function writesSeen(stats: { requests: Record<string, number> }, count: number) {
+  while ((stats.requests.WRITE ?? 0) < count) {
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+const HAS_QEMU_IO = await hasTool("qemu-io");
+if (!HAS_QEMU_IO) console.warn("export_restart_test: qemu-io is not installed; skipped");
+
+for (const stop of ["SIGKILL", "SIGTERM"] as const) {
+  Deno.test({
+    name: `a QEMU client with reconnect-delay keeps its pattern through ${stop} and restart`,
+    ignore: !HAS_QEMU_IO,
+    fn: () => restartUnderQemu(stop),
+  });
+}
+
+async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
+  const ivbs = await startIvbs([{ name: "disk", size: 16 * MIB }]);
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-export-restart-" });
+  const socket = `${base}/state/nbd.sock`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir: `${base}/state`,
+    exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+  });
+  const opts = (delay: number) =>
+    `driver=nbd,server.type=unix,server.path=${socket},export=vm1,reconnect-delay=${delay}`;
+  let daemon = await DaemonProcess.start(path);
+  try {
+    const client = qemuIo(opts(30), patternCommands());
+    await writesSeen(ivbs.stats, BLOCKS / 4);
+    const stopped = await daemon.stop(stop);
+    assert.equal(stopped.code, stop === "SIGKILL" ? 137 : 0, stopped.stderr);
+    daemon = await DaemonProcess.start(path);
+
+    const run = await client;
+    assert.equal(run.code, 0, run.stderr + run.stdout);
+    assert.doesNotMatch(run.stdout + run.stderr, /verification failed|error/i);
+    assert.equal(run.stdout.match(/^wrote 65536\/65536 bytes/gm)?.length, BLOCKS);
+    assert.equal(run.stdout.match(/^read 65536\/65536 bytes/gm)?.length, BLOCKS);
+    assert.ok(
+      (ivbs.stats.requests.WRITE ?? 0) >= BLOCKS,
+      "writes reached IVBS through both daemons",
+    );
+
+    const check = await qemuIo(opts(0), verifyCommands());
+    assert.equal(check.code, 0, check.stderr);
+    assert.doesNotMatch(check.stdout, /verification failed/);
+    assert.equal(check.stdout.match(/^read 65536\/65536 bytes/gm)?.length, BLOCKS);
+  } finally {
+    await daemon.stop();
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
+  }
+}
