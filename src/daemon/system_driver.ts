@@ -39,6 +39,7 @@ export function createSystemDriver(
         connectTimeoutMs: ivbs.connectTimeoutMs,
         backoff: ivbs.backoff,
         maxInFlightBytes: ivbs.maxInFlightBytes,
+        liveness: ivbs.liveness,
         onEvent: (event) => {
           if (event.type === "failover" || event.type === "failed") {
             log?.warn(`IVBS session ${event.type}`, { image: request.image, ...event });
