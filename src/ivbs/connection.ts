@@ -174,6 +174,8 @@ export class IvbsConnection {
   /** Last reply to one of our requests, or when we started waiting for one. */
   #lastReplyAt = performance.now();
   #keepaliveOutstanding = false;
+  /** The reader's byte count at the last check: bytes flowing inside a long reply are life too. */
+  #receivedAtCheck = 0;
   #keepalivesSent = 0;
 
   private constructor(tcp: ByteStream, address: ProxyAddress, options: ConnectionOptions) {
@@ -563,6 +565,10 @@ export class IvbsConnection {
       return;
     }
     const liveness = this.#liveness;
+    if (liveness && this.#reader.received !== this.#receivedAtCheck) {
+      this.#receivedAtCheck = this.#reader.received;
+      liveness.arrived(now);
+    }
     if (liveness && waiting) {
       switch (liveness.check(now, this.#oldestWaitSince())) {
         case "dead":
