@@ -3,7 +3,7 @@
  * O_DIRECT) on /dev/nbdN served by `ivbsnetd attach` from the IVBS test server
  * (3 proxies, subprocesses), first with no faults, then with a fault every
  * `--every-ms` (stop and restart the serving proxy, USE_ANOTHER_PROXY,
- * EXPIRED, drop its connections). fio logs every I/O's latency with Unix
+ * EXPIRED, drop its connections, stall it: a silent proxy, 3 s). fio logs every I/O's latency with Unix
  * timestamps, so each fault is charged the slowest I/O that completed between
  * it and the next fault. Prints a table; a measurement, not a test.
  *
@@ -23,6 +23,7 @@ import {
   RETRY_LINE,
   type ServerProcess,
   sleep,
+  stallServing,
   startAttachProcess,
   startServerProcess,
 } from "../tests/kernel/failover_rig.ts";
@@ -171,8 +172,12 @@ function longestGap(samples: Sample[]): number {
   return gap;
 }
 
+/** The rig's faults plus a silent proxy (hung-proxy detection, default settings). */
+type BenchFault = Fault | "stall";
+const BENCH_FAULTS: readonly BenchFault[] = [...FAULTS, "stall"];
+
 interface FaultDone {
-  fault: Fault;
+  fault: BenchFault;
   at: number;
   proxy: number | null;
 }
@@ -181,9 +186,11 @@ async function faultEvery(server: ServerProcess, everyMs: number, running: () =>
   const done: FaultDone[] = [];
   await sleep(everyMs);
   for (let turn = 0; running(); turn++) {
-    const fault = FAULTS[turn % FAULTS.length];
+    const fault = BENCH_FAULTS[turn % BENCH_FAULTS.length];
     const at = Date.now();
-    const hit = await applyFault(server, fault, turn);
+    const hit = fault === "stall"
+      ? await stallServing(server, turn)
+      : await applyFault(server, fault, turn);
     done.push({ fault, at, proxy: hit.proxy });
     const next = at + everyMs;
     while (running() && Date.now() < next) await sleep(50);
@@ -230,7 +237,7 @@ async function measure(options: Options): Promise<string> {
     const failovers = attach.count(FAILOVER_LINE) - failoversBefore;
 
     const rows: string[] = [];
-    const byKind = new Map<Fault, number[]>();
+    const byKind = new Map<BenchFault, number[]>();
     for (let i = 0; i < faults.length; i++) {
       const from = faults[i].at;
       const to = faults[i + 1]?.at ?? faulted.endedAt;
