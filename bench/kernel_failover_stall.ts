@@ -199,6 +199,8 @@ async function faultEvery(server: ServerProcess, everyMs: number, running: () =>
 }
 
 const ms = (value: number) => value.toFixed(1);
+/** A failover whose cause was a liveness probe left unanswered (a silent proxy found). */
+const PROBE_FAILOVER_LINE = /failing over.*cause=probe-timeout/;
 
 async function measure(options: Options): Promise<string> {
   const tmp = await Deno.makeTempDir({ prefix: "failover-stall-" });
@@ -230,6 +232,7 @@ async function measure(options: Options): Promise<string> {
     await runFio(device, options, tmp, "warm-up", options.warmup);
     const quiet = await runFio(device, options, tmp, "no-faults");
     const failoversBefore = attach.count(FAILOVER_LINE);
+    attach.watch(PROBE_FAILOVER_LINE);
     let running = true;
     const faultsDone = faultEvery(server, options.everyMs, () => running);
     const faulted = await runFio(device, options, tmp, "faults").finally(() => running = false);
@@ -268,7 +271,8 @@ async function measure(options: Options): Promise<string> {
         } | ${ms(phase.maxLatencyMs)} | ${ms(longestGap(phase.samples))} |`;
       }),
       "",
-      `Faults: ${faults.length}; failovers the attach process logged meanwhile: ${failovers}; ` +
+      `Faults: ${faults.length}; failovers the attach process logged meanwhile: ${failovers} ` +
+      `(${attach.count(PROBE_FAILOVER_LINE)} after an unanswered liveness probe); ` +
       `retries logged in all: ${attach.count(RETRY_LINE)}.`,
       "",
       "Worst I/O latency that completed after each kind of fault (before the next one), ms:",
