@@ -1,12 +1,13 @@
 /**
  * How long a proxy fault stalls I/O: a steady pipelined workload through
  * IvbsSession against the IVBS test server (3 proxies), with a fault every
- * `--every-ms` on the proxy in use: stop (then restart), stall (dead-peer
- * detection, then restart), USE_ANOTHER_PROXY, EXPIRED, dropped connections.
- * For each kind of fault it reports the stall: the longest time a request waited
- * between that fault and the next one.
+ * `--every-ms` on the proxy in use: stop (then restart), stall (a silent proxy:
+ * it stays stalled until the session leaves it, then restarts), USE_ANOTHER_PROXY,
+ * EXPIRED, dropped connections. For each kind of fault it reports the stall: the
+ * longest time a request waited between that fault and the next one. Every
+ * session setting is the production default unless a flag says otherwise.
  *
- *   deno run -A bench/ivbs_failover_stall.ts --seconds 10 --dead-peer-ms 1000
+ *   deno run -A bench/ivbs_failover_stall.ts --seconds 10
  *
  * A measurement script, not a test: it asserts nothing, but it counts errors.
  * @module
@@ -20,10 +21,17 @@ import { openBenchImage, positive, QUIET } from "./ivbs_loopback.ts";
 const USAGE = `usage: deno run -A bench/ivbs_failover_stall.ts [options]
   --seconds N        faults phase length (default 10)
   --every-ms N       one fault this often (default 1000)
-  --dead-peer-ms N   session deadPeerTimeoutMs (default 1000; production default 15000)
+  --dead-peer-ms N   session deadPeerTimeoutMs (default: the session's, 15000)
+  --probe-timeout-ms N  liveness probeTimeoutMs (default: the session's; 0 = no probes)
   --depth N          requests in flight (default 16)
   --block-kib N      request size (default 64)
   --verbose          print the session's log (failovers, retries) on stderr`;
+
+function nonNegative(name: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`--${name} must be an integer >= 0`);
+  return n;
+}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -39,6 +47,7 @@ async function main(args: string[]): Promise<number> {
       seconds: { type: "string" },
       "every-ms": { type: "string" },
       "dead-peer-ms": { type: "string" },
+      "probe-timeout-ms": { type: "string" },
       depth: { type: "string" },
       "block-kib": { type: "string" },
       verbose: { type: "boolean" },
@@ -51,7 +60,10 @@ async function main(args: string[]): Promise<number> {
     opts = {
       seconds: positive("seconds", values.seconds, 10),
       everyMs: positive("every-ms", values["every-ms"], 1000),
-      deadPeerMs: positive("dead-peer-ms", values["dead-peer-ms"], 1000),
+      deadPeerMs: positive("dead-peer-ms", values["dead-peer-ms"], 15_000),
+      probeTimeoutMs: values["probe-timeout-ms"] === undefined
+        ? undefined
+        : nonNegative("probe-timeout-ms", values["probe-timeout-ms"]),
       depth: positive("depth", values.depth, 16),
       blockBytes: positive("block-kib", values["block-kib"], 64) * 1024,
       verbose: values.verbose ?? false,
@@ -66,7 +78,7 @@ async function main(args: string[]): Promise<number> {
     { ports: [0, 0, 0], listProxiesIntervalMs: 1000 },
     {
       deadPeerTimeoutMs: opts.deadPeerMs,
-      connectTimeoutMs: 1000,
+      liveness: { probeTimeoutMs: opts.probeTimeoutMs },
       log: opts.verbose ? logger("ivbs") : QUIET,
     },
   );
@@ -100,11 +112,15 @@ async function main(args: string[]): Promise<number> {
       await server.stopProxy(i);
       setTimeout(() => server.startProxy(i).catch(() => {}), opts.everyMs / 2);
     }],
-    ["stall (dead peer)", async () => {
+    ["stall (silent proxy)", async () => {
       const i = inUse();
+      const failovers = session.stats.failovers;
       server.stallProxy(i, true);
+      // Silent until the session leaves it (or, at worst, the dead-peer timeout).
+      const giveUp = performance.now() + opts.deadPeerMs + 200;
+      while (session.stats.failovers === failovers && performance.now() < giveUp) await sleep(10);
+      await sleep(200);
       // Stop before resuming so the stalled proxy cannot apply old writes late.
-      await sleep(opts.deadPeerMs + 200);
       await server.stopProxy(i);
       server.stallProxy(i, false);
       await server.startProxy(i);
@@ -138,7 +154,9 @@ async function main(args: string[]): Promise<number> {
   const baseline = spans.filter((s) => s.end <= baselineEnd).map((s) => s.end - s.start);
   console.log(
     `workload: depth ${opts.depth}, ${opts.blockBytes / 1024} KiB reads+writes; ` +
-      `deadPeerTimeoutMs ${opts.deadPeerMs}; one fault every ${opts.everyMs} ms for ${opts.seconds} s`,
+      `deadPeerTimeoutMs ${opts.deadPeerMs}, probeTimeoutMs ${
+        opts.probeTimeoutMs ?? "default"
+      }; one fault every ${opts.everyMs} ms for ${opts.seconds} s`,
   );
   console.log(
     `baseline (no fault): ${baseline.length} requests, max latency ${
@@ -164,6 +182,11 @@ async function main(args: string[]): Promise<number> {
   console.log(
     `faults ${faults.length}, requests ${spans.length}, errors ${errors.length}, ` +
       `failovers ${stats.failovers}, reconnects ${stats.reconnects}, retries ${stats.retries}`,
+  );
+  const causes = Object.entries(stats.failoverCauses).filter(([, n]) => n > 0);
+  console.log(
+    `failovers by cause: ${causes.map(([cause, n]) => `${cause} ${n}`).join(", ") || "none"}; ` +
+      `probes sent ${stats.probesSent}, answered ${stats.probesAnswered}`,
   );
   for (const error of errors.slice(0, 5)) console.log(`  error: ${error}`);
   return errors.length === 0 ? 0 : 1;

@@ -3,7 +3,7 @@
  * O_DIRECT) on /dev/nbdN served by `ivbsnetd attach` from the IVBS test server
  * (3 proxies, subprocesses), first with no faults, then with a fault every
  * `--every-ms` (stop and restart the serving proxy, USE_ANOTHER_PROXY,
- * EXPIRED, drop its connections). fio logs every I/O's latency with Unix
+ * EXPIRED, drop its connections, stall it: a silent proxy, 3 s). fio logs every I/O's latency with Unix
  * timestamps, so each fault is charged the slowest I/O that completed between
  * it and the next fault. Prints a table; a measurement, not a test.
  *
@@ -23,6 +23,7 @@ import {
   RETRY_LINE,
   type ServerProcess,
   sleep,
+  stallServing,
   startAttachProcess,
   startServerProcess,
 } from "../tests/kernel/failover_rig.ts";
@@ -171,8 +172,12 @@ function longestGap(samples: Sample[]): number {
   return gap;
 }
 
+/** The rig's faults plus a silent proxy (hung-proxy detection, default settings). */
+type BenchFault = Fault | "stall";
+const BENCH_FAULTS: readonly BenchFault[] = [...FAULTS, "stall"];
+
 interface FaultDone {
-  fault: Fault;
+  fault: BenchFault;
   at: number;
   proxy: number | null;
 }
@@ -181,9 +186,11 @@ async function faultEvery(server: ServerProcess, everyMs: number, running: () =>
   const done: FaultDone[] = [];
   await sleep(everyMs);
   for (let turn = 0; running(); turn++) {
-    const fault = FAULTS[turn % FAULTS.length];
+    const fault = BENCH_FAULTS[turn % BENCH_FAULTS.length];
     const at = Date.now();
-    const hit = await applyFault(server, fault, turn);
+    const hit = fault === "stall"
+      ? await stallServing(server, turn)
+      : await applyFault(server, fault, turn);
     done.push({ fault, at, proxy: hit.proxy });
     const next = at + everyMs;
     while (running() && Date.now() < next) await sleep(50);
@@ -192,6 +199,8 @@ async function faultEvery(server: ServerProcess, everyMs: number, running: () =>
 }
 
 const ms = (value: number) => value.toFixed(1);
+/** A failover whose cause was a liveness probe left unanswered (a silent proxy found). */
+const PROBE_FAILOVER_LINE = /failing over.*cause=probe-timeout/;
 
 async function measure(options: Options): Promise<string> {
   const tmp = await Deno.makeTempDir({ prefix: "failover-stall-" });
@@ -223,6 +232,7 @@ async function measure(options: Options): Promise<string> {
     await runFio(device, options, tmp, "warm-up", options.warmup);
     const quiet = await runFio(device, options, tmp, "no-faults");
     const failoversBefore = attach.count(FAILOVER_LINE);
+    attach.watch(PROBE_FAILOVER_LINE);
     let running = true;
     const faultsDone = faultEvery(server, options.everyMs, () => running);
     const faulted = await runFio(device, options, tmp, "faults").finally(() => running = false);
@@ -230,7 +240,7 @@ async function measure(options: Options): Promise<string> {
     const failovers = attach.count(FAILOVER_LINE) - failoversBefore;
 
     const rows: string[] = [];
-    const byKind = new Map<Fault, number[]>();
+    const byKind = new Map<BenchFault, number[]>();
     for (let i = 0; i < faults.length; i++) {
       const from = faults[i].at;
       const to = faults[i + 1]?.at ?? faulted.endedAt;
@@ -261,7 +271,8 @@ async function measure(options: Options): Promise<string> {
         } | ${ms(phase.maxLatencyMs)} | ${ms(longestGap(phase.samples))} |`;
       }),
       "",
-      `Faults: ${faults.length}; failovers the attach process logged meanwhile: ${failovers}; ` +
+      `Faults: ${faults.length}; failovers the attach process logged meanwhile: ${failovers} ` +
+      `(${attach.count(PROBE_FAILOVER_LINE)} after an unanswered liveness probe); ` +
       `retries logged in all: ${attach.count(RETRY_LINE)}.`,
       "",
       "Worst I/O latency that completed after each kind of fault (before the next one), ms:",

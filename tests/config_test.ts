@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { DEFAULT_LIVENESS } from "../src/ivbs/liveness.ts";
 import {
   ConfigError,
   defaultStateDir,
@@ -404,4 +405,25 @@ Deno.test("config.example.json is a valid config", async () => {
   assert.equal(config.format, "current");
   assert.equal(config.mounts.length, 1);
   assert.ok(config.http.token);
+});
+
+Deno.test("parseConfig reads ivbs.liveness, defaults from DEFAULT_LIVENESS, 0 turning probes off", () => {
+  assert.deepEqual(parseConfig("{}", "f.json").config.ivbs.liveness, { ...DEFAULT_LIVENESS });
+  const { config } = parseConfig(
+    JSON.stringify({ ivbs: { liveness: { silenceMs: 300, probeTimeoutMs: 0 } } }),
+    "f.json",
+  );
+  assert.deepEqual(config.ivbs.liveness, {
+    ...DEFAULT_LIVENESS,
+    silenceMs: 300,
+    probeTimeoutMs: 0,
+  });
+  assert.throws(
+    () => parseConfig(JSON.stringify({ ivbs: { liveness: { silenceMs: 0 } } }), "f.json"),
+    /ivbs\.liveness\.silenceMs/,
+  );
+  assert.throws(
+    () => parseConfig(JSON.stringify({ ivbs: { liveness: { probeMs: 5 } } }), "f.json"),
+    /ivbs\.liveness: unknown field "probeMs"/,
+  );
 });

@@ -652,3 +652,30 @@ Deno.test("GET /metrics and the status page show exports", async () => {
   const { call } = setup();
   assert.match((await call("GET", "/")).text, /No NBD export\./);
 });
+
+Deno.test("GET /metrics counts liveness probes and failovers by cause, every cause from zero", async () => {
+  const { call, driver } = setup();
+  await call("POST", "/api/mounts", MOUNT);
+  Object.assign(driver.backends[0].stats, {
+    failovers: 3,
+    probesSent: 5,
+    probesAnswered: 4,
+    failoverCauses: { "probe-timeout": 1, status: 2 },
+  });
+  const { text } = await call("GET", "/metrics");
+  const id = 'device="/dev/nbd0",image="disk"';
+  for (
+    const line of [
+      `ivbsnetd_ivbs_probes_sent_total{${id}} 5`,
+      `ivbsnetd_ivbs_probes_answered_total{${id}} 4`,
+      `ivbsnetd_ivbs_failovers_by_cause_total{${id},cause="probe-timeout"} 1`,
+      `ivbsnetd_ivbs_failovers_by_cause_total{${id},cause="status"} 2`,
+      `ivbsnetd_ivbs_failovers_by_cause_total{${id},cause="dead-peer"} 0`,
+      `ivbsnetd_ivbs_failovers_by_cause_total{${id},cause="closed"} 0`,
+      `ivbsnetd_ivbs_failovers_by_cause_total{${id},cause="error"} 0`,
+      "# TYPE ivbsnetd_ivbs_failovers_by_cause_total counter",
+    ]
+  ) {
+    assert.ok(text.split("\n").includes(line), `missing line: ${line}`);
+  }
+});

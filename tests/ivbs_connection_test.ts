@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { IvbsConnection } from "../src/ivbs/connection.ts";
 import { ConnectionLostError } from "../src/ivbs/errors.ts";
+import { LatencyWindow } from "../src/ivbs/liveness.ts";
 import {
   decodeLogin,
   decodeReadRequest,
@@ -8,6 +9,7 @@ import {
   encodeHeader,
   encodeProxyList,
   encodeReadReply,
+  encodeReadReplyHeader,
   encodeReadRequest,
   encodeWriteRequest,
   hashPassword,
@@ -384,3 +386,103 @@ function silentLog() {
   const nop = () => {};
   return { debug: nop, info: nop, warn: nop, error: nop };
 }
+
+// ---- liveness probes (thresholds in tens of ms so each case resolves quickly) ----
+
+const QUICK_PROBES = { silenceMs: 50, slowFactor: 4, slowFloorMs: 50, probeTimeoutMs: 100 };
+
+function probing(onProbe?: (event: "sent" | "answered") => void) {
+  return {
+    deadPeerTimeoutMs: 60_000, // never the reason here
+    liveness: { options: QUICK_PROBES, latencies: new LatencyWindow(), onProbe },
+  };
+}
+
+Deno.test("IvbsConnection probes a proxy that goes silent with a request waiting, and ends with probe-timeout when the probe goes unanswered", async () => {
+  const ops: number[] = [];
+  const proxy = fakeProxy(async (peer) => {
+    await peer.greet();
+    for (let packet = await peer.next(); packet; packet = await peer.next()) {
+      ops.push(packet.header.op); // reads everything, answers nothing
+    }
+  });
+  const probes: string[] = [];
+  const conn = await IvbsConnection.open(proxy.address, probing((e) => probes.push(e)));
+  await assert.rejects(
+    conn.request(encodeReadRequest(NO_ID, 0, 0, 16), { target: new Uint8Array(16) }),
+    (error: unknown) =>
+      error instanceof ConnectionLostError && /no answer to a liveness probe/.test(error.reason),
+  );
+  assert.equal(conn.endCause, "probe-timeout");
+  assert.deepEqual(probes, ["sent"]);
+  await conn.close();
+  await proxy.close();
+  assert.deepEqual(ops, [Op.READ, Op.KEEPALIVE]);
+});
+
+Deno.test("IvbsConnection keeps a proxy that answers its probes while it holds a reply back", async () => {
+  const proxy = fakeProxy(async (peer) => {
+    await peer.greet();
+    let held: Packet | undefined;
+    let answered = 0;
+    for (let packet = await peer.next(); packet; packet = await peer.next()) {
+      if (packet.header.op === Op.READ) {
+        held = packet;
+        continue;
+      }
+      await peer.reply(packet);
+      // Three probes answered: silent on the READ for far longer than a probe timeout.
+      if (packet.header.op === Op.KEEPALIVE && ++answered === 3 && held) {
+        const { length } = decodeReadRequest(held.payload);
+        await peer.send(encodeReadReply(peer.sessionId, held.header.sequence, pattern(0, length)));
+      }
+    }
+  });
+  const probes: string[] = [];
+  const conn = await IvbsConnection.open(proxy.address, probing((e) => probes.push(e)));
+  const reply = await conn.request(encodeReadRequest(NO_ID, 0, 0, 64), {
+    target: new Uint8Array(64),
+  });
+  assert.deepEqual(reply.payload, pattern(0, 64));
+  assert.equal(conn.isOpen, true);
+  assert.deepEqual(probes.slice(0, 6), [
+    "sent",
+    "answered",
+    "sent",
+    "answered",
+    "sent",
+    "answered",
+  ]);
+  await conn.close();
+  await proxy.close();
+});
+
+Deno.test("IvbsConnection counts bytes still arriving inside a long reply as life, though the probe waits behind it", async () => {
+  const length = 64 * 1024;
+  const proxy = fakeProxy(async (peer) => {
+    await peer.greet();
+    for (let packet = await peer.next(); packet; packet = await peer.next()) {
+      if (packet.header.op !== Op.READ) {
+        await peer.reply(packet);
+        continue;
+      }
+      // A slow link: the data trickles in over many probe timeouts; the proxy
+      // reads nothing meanwhile, so a probe cannot be answered before the end.
+      const data = pattern(0, length);
+      await peer.send(encodeReadReplyHeader(peer.sessionId, packet.header.sequence, length));
+      for (let at = 0; at < length; at += 1024) {
+        await peer.send(data.subarray(at, at + 1024));
+        await new Promise((resolve) => setTimeout(resolve, 15));
+      }
+    }
+  });
+  const probes: string[] = [];
+  const conn = await IvbsConnection.open(proxy.address, probing((e) => probes.push(e)));
+  const reply = await conn.request(encodeReadRequest(NO_ID, 0, 0, length), {
+    target: new Uint8Array(length),
+  });
+  assert.deepEqual(reply.payload, pattern(0, length));
+  assert.equal(conn.isOpen, true, `ended: ${conn.endReason}`);
+  await conn.close();
+  await proxy.close();
+});

@@ -97,7 +97,9 @@ for (const status of [Status.USE_ANOTHER_PROXY, Status.EXPIRED]) {
         type: "failover",
         from: label(server, 0),
         reason: `READ answered ${name}`,
+        cause: "status",
       }]);
+      assert.equal(session.stats.failoverCauses.status, 1);
       const logged = log.lines.filter((line) => line.message.includes("failing over"));
       assert.equal(logged.length, 1, "each failover is logged once");
       assert.match(JSON.stringify(logged[0].fields), new RegExp(label(server, 1)));
@@ -347,6 +349,7 @@ Deno.test("IvbsSession declares a stalled proxy dead and fails over without an e
     assert.equal(session.proxy, label(server, 1));
     const failover = events.find((e) => e.type === "failover");
     assert.match(failover?.type === "failover" ? failover.reason : "", /dead peer/);
+    assert.equal(failover?.type === "failover" ? failover.cause : "", "dead-peer");
     server.stallProxy(0, false);
     await session.close();
   });

@@ -668,6 +668,34 @@ Deno.test("stallProxy keeps connections open but answers nothing, keepalive incl
   });
 });
 
+Deno.test("holdReplies holds READ/WRITE replies back but answers KEEPALIVE, until released", async () => {
+  await withServer({}, async (server) => {
+    const client = await attached(server, "disk", 0);
+    try {
+      server.holdReplies(0, true);
+      assert.equal(server.proxies[0].holding, true);
+      const write = client.nextSequence();
+      const read = client.nextSequence();
+      await client.send(encodeWriteRequest(client.sessionId, write, 0, pattern(512, 5)));
+      await client.send(encodeReadRequest(client.sessionId, read, 0, 512));
+      const keepalive = await client.call(encodeEmpty(client.sessionId, Op.KEEPALIVE, 99));
+      assert.equal(keepalive.header.op, Op.KEEPALIVE, "the keepalive overtook the held replies");
+      assert.equal(keepalive.header.sequence, 99);
+      const held = client.reply();
+      assert.equal(await settlesWithin(held, 200), false, "a held reply was sent");
+
+      server.holdReplies(0, false);
+      const replies = [await held, await client.reply()];
+      const bySequence = new Map(replies.map((r) => [r.header.sequence, r]));
+      assert.equal(bySequence.get(write)?.header.status, Status.OK);
+      assert.equal(bySequence.get(read)?.header.status, Status.OK);
+      assert.equal(bySequence.get(read)?.payload.length, 512);
+    } finally {
+      client.close();
+    }
+  });
+});
+
 Deno.test("dropConnections closes current connections and keeps listening", async () => {
   await withServer({}, async (server) => {
     const a = await attached(server, "disk", 0);
@@ -833,6 +861,13 @@ Deno.test("admin API lists proxies and stops, stalls and restarts one", async ()
     assert.equal(server.proxies[0].stalled, true);
     await app.request("/proxies/0/unstall", { method: "POST" });
     assert.equal(server.proxies[0].stalled, false);
+    assert.equal(
+      (await (await app.request("/proxies/0/hold", { method: "POST" })).json()).holding,
+      true,
+    );
+    assert.equal(server.proxies[0].holding, true);
+    await app.request("/proxies/0/release", { method: "POST" });
+    assert.equal(server.proxies[0].holding, false);
     assert.equal((await app.request("/proxies/0/drop", { method: "POST" })).status, 200);
 
     assert.equal((await app.request("/proxies/7/stop", { method: "POST" })).status, 404);

@@ -51,14 +51,14 @@ Deno.test("a wrapped logger prints every line and records info and up, redacted 
 Deno.test("the registry follows a session through a failover: states, counters, one failover line", () => {
   let wall = Date.UTC(2026, 0, 1, 12);
   let mono = 1000;
-  const registry = new ProxyRegistry([{ host: "10.0.0.1", port: 1 }], {
+  const registry = new ProxyRegistry([{ host: "127.0.0.1", port: 1 }], {
     now: () => wall,
     failureMemoryMs: 30_000,
   });
   const log = recordingLog();
   const observer = registry.observe({ device: "/dev/nbd0", image: "disk" }, log, () => mono);
-  observer.onEvent({ type: "connected", proxy: "10.0.0.1:1", proxyName: "p1", replayed: 0 });
-  observer.onEvent({ type: "proxies-listed", proxies: ["10.0.0.1:1", "10.0.0.2:1"] });
+  observer.onEvent({ type: "connected", proxy: "127.0.0.1:1", proxyName: "p1", replayed: 0 });
+  observer.onEvent({ type: "proxies-listed", proxies: ["127.0.0.1:1", "127.0.0.2:1"] });
   let [one, two] = registry.list();
   assert.deepEqual([one.state, one.usedBy, one.name, one.origins], [
     "connected",
@@ -66,12 +66,17 @@ Deno.test("the registry follows a session through a failover: states, counters, 
     "p1",
     ["configured", "listed"],
   ]);
-  assert.deepEqual([two.address, two.state, two.origins], ["10.0.0.2:1", "idle", ["listed"]]);
+  assert.deepEqual([two.address, two.state, two.origins], ["127.0.0.2:1", "idle", ["listed"]]);
 
-  observer.onEvent({ type: "failover", from: "10.0.0.1:1", reason: "connection closed by peer" });
+  observer.onEvent({
+    type: "failover",
+    from: "127.0.0.1:1",
+    reason: "connection closed by peer",
+    cause: "closed",
+  });
   mono += 250;
-  observer.onEvent({ type: "proxy-failed", proxy: "10.0.0.1:1", reason: "connection refused" });
-  observer.onEvent({ type: "connected", proxy: "10.0.0.2:1", proxyName: "p2", replayed: 3 });
+  observer.onEvent({ type: "proxy-failed", proxy: "127.0.0.1:1", reason: "connection refused" });
+  observer.onEvent({ type: "connected", proxy: "127.0.0.2:1", proxyName: "p2", replayed: 3 });
   [one, two] = registry.list();
   assert.equal(one.state, "backoff");
   assert.equal(one.backoffUntil, new Date(wall + 30_000).toISOString());
@@ -82,11 +87,11 @@ Deno.test("the registry follows a session through a failover: states, counters, 
     level: "warn",
     message: "failover",
     fields: {
-      from: "10.0.0.1:1",
-      to: "10.0.0.2:1",
+      from: "127.0.0.1:1",
+      to: "127.0.0.2:1",
       toName: "p2",
-      cause: "connection closed by peer",
-      reason: undefined,
+      cause: "closed",
+      reason: "connection closed by peer",
       replayed: 3,
       stallMs: 250,
     },

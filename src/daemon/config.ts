@@ -18,6 +18,7 @@
  */
 import { z } from "zod";
 import { errorMessage } from "../error_info.ts";
+import { DEFAULT_LIVENESS, type LivenessOptions } from "../ivbs/liveness.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
 
@@ -51,6 +52,8 @@ export interface IvbsSettings {
   connectTimeoutMs: number;
   backoff: { initialMs: number; maxMs: number };
   maxInFlightBytes?: number;
+  /** When to probe a proxy that looks hung, and how long it has to answer. */
+  liveness: LivenessOptions;
 }
 
 export interface NbdSettings {
@@ -226,6 +229,13 @@ const CurrentSchema = z.strictObject({
       message: "initialMs must not exceed maxMs",
     }),
     maxInFlightBytes: z.number().int().min(1024 * 1024).optional(),
+    liveness: z.strictObject({
+      silenceMs: positiveMs("silenceMs").default(DEFAULT_LIVENESS.silenceMs),
+      slowFactor: z.number().min(1).max(1000).default(DEFAULT_LIVENESS.slowFactor),
+      slowFloorMs: positiveMs("slowFloorMs").default(DEFAULT_LIVENESS.slowFloorMs),
+      // 0 = never probe: the dead-peer timeout alone decides.
+      probeTimeoutMs: z.number().int().min(0).default(DEFAULT_LIVENESS.probeTimeoutMs),
+    }).prefault({}),
   }).prefault({}),
   nbd: z.strictObject({
     devices: z.number().int().min(1).max(1024).default(16),

@@ -17,6 +17,11 @@ export interface SessionStats {
   readonly reconnects: number;
   readonly retries: number;
   readonly keepalivesSent: number;
+  /** Liveness probes (KEEPALIVE to a proxy that looked hung) and answers to them. */
+  readonly probesSent?: number;
+  readonly probesAnswered?: number;
+  /** Failovers by cause ("closed", "error", "status", "dead-peer", "probe-timeout"). */
+  readonly failoverCauses?: Readonly<Record<string, number>>;
   readonly bytesRead: number;
   readonly bytesWritten: number;
 }

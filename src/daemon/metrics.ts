@@ -5,6 +5,7 @@
  * reconnects. Rendered from live counters at scrape time.
  * @module
  */
+import { FAILOVER_CAUSES } from "../ivbs/session.ts";
 import type { DeviceIoStats } from "./driver.ts";
 import type { ExportSnapshot } from "./export_table.ts";
 import type { MountSnapshot } from "./mount_table.ts";
@@ -165,6 +166,8 @@ export function renderMetrics(
     out.sample("ivbsnetd_ivbs_keepalives_sent_total", ids[i], m.backend?.stats?.keepalivesSent ?? 0)
   );
 
+  renderLiveness(out, mounts, ids);
+
   out.family(
     "ivbsnetd_ivbs_connected",
     "gauge",
@@ -175,6 +178,43 @@ export function renderMetrics(
   );
   renderExports(out, exports);
   return out.text();
+}
+
+/** Hung-proxy detection: liveness probes and failovers by cause. */
+function renderLiveness(out: Exposition, mounts: readonly MountSnapshot[], ids: Labels[]): void {
+  out.family(
+    "ivbsnetd_ivbs_probes_sent_total",
+    "counter",
+    "IVBS keepalives sent to probe a proxy that looked hung.",
+  );
+  mounts.forEach((m, i) =>
+    out.sample("ivbsnetd_ivbs_probes_sent_total", ids[i], m.backend?.stats?.probesSent ?? 0)
+  );
+  out.family(
+    "ivbsnetd_ivbs_probes_answered_total",
+    "counter",
+    "IVBS liveness probes the proxy answered (slow, not dead).",
+  );
+  mounts.forEach((m, i) =>
+    out.sample("ivbsnetd_ivbs_probes_answered_total", ids[i], m.backend?.stats?.probesAnswered ?? 0)
+  );
+  out.family(
+    "ivbsnetd_ivbs_failovers_by_cause_total",
+    "counter",
+    "Switches to another IVBS proxy, by why the last one was left.",
+  );
+  mounts.forEach((m, i) => {
+    const causes = m.backend?.stats?.failoverCauses ?? {};
+    // Every cause from the start, so a rate() over it never starts from nothing.
+    const names = new Set<string>([...FAILOVER_CAUSES, ...Object.keys(causes)]);
+    for (const cause of names) {
+      out.sample(
+        "ivbsnetd_ivbs_failovers_by_cause_total",
+        { ...ids[i], cause },
+        causes[cause] ?? 0,
+      );
+    }
+  });
 }
 
 /** Export families: labelled by export name and image; clients share their export's counters. */

@@ -235,16 +235,17 @@ export class SessionObserver {
         return;
       }
       case "failover": {
-        // A contract with the probe work: `cause` when the session classifies it.
-        const cause = typeof event.cause === "string" && event.cause !== ""
-          ? event.cause
-          : event.reason;
         this.registry.released(event.from, this.user);
         this.registry.failed(event.from, event.reason);
         this.registry.failover(event.from, null);
         this.#proxy = null;
         // Losses while still reconnecting keep the first one's start: that is the stall.
-        this.#lost ??= { from: event.from, cause, reason: event.reason, at: this.now() };
+        this.#lost ??= {
+          from: event.from,
+          cause: event.cause,
+          reason: event.reason,
+          at: this.now(),
+        };
         return;
       }
       case "proxy-failed":

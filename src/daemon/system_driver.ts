@@ -39,6 +39,7 @@ export function createSystemDriver(
         connectTimeoutMs: ivbs.connectTimeoutMs,
         backoff: ivbs.backoff,
         maxInFlightBytes: ivbs.maxInFlightBytes,
+        liveness: ivbs.liveness,
         onEvent: request.onEvent,
         log: request.log ?? log,
       }),

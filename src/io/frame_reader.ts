@@ -13,10 +13,16 @@ export class FrameReader {
   readonly #buffer: Uint8Array;
   #start = 0; // first unread byte in #buffer
   #end = 0; // one past the last buffered byte
+  #received = 0;
 
   constructor(stream: ByteStream, bufferSize = DEFAULT_BUFFER_SIZE) {
     this.#stream = stream;
     this.#buffer = new Uint8Array(bufferSize);
+  }
+
+  /** Bytes read from the stream so far (progress inside a long payload shows here). */
+  get received(): number {
+    return this.#received;
   }
 
   /** Bytes already received and not yet consumed. */
@@ -37,10 +43,12 @@ export class FrameReader {
         // Large remainder: read straight into the caller's buffer.
         const n = await this.#stream.read(target.subarray(filled));
         if (n === null) return this.#eof(filled, target.length, what, atBoundary);
+        this.#received += n;
         filled += n;
       } else {
         const n = await this.#stream.read(this.#buffer);
         if (n === null) return this.#eof(filled, target.length, what, atBoundary);
+        this.#received += n;
         this.#start = 0;
         this.#end = n;
         filled = this.#takeBuffered(target, filled);
@@ -56,6 +64,7 @@ export class FrameReader {
       if (this.buffered === 0) {
         const n = await this.#stream.read(this.#buffer);
         if (n === null) throw new UnexpectedEofError(what, length - left, length);
+        this.#received += n;
         this.#start = 0;
         this.#end = n;
       }

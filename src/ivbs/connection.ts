@@ -8,12 +8,14 @@
  *
  * One reader loop (FrameReader, READ data lands straight in the caller's
  * buffer) and one serialized writer (small packets coalesced into one write).
+ * With `liveness` it also probes a proxy it suspects of hanging (liveness.ts).
  * @module
  */
 import { FrameReader } from "../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../io/stream.ts";
 import { type Logger, logger } from "../log.ts";
 import { ConnectionLostError } from "./errors.ts";
+import { type LatencyWindow, LivenessMonitor, type LivenessOptions } from "./liveness.ts";
 import { proxyLabel } from "./proxy_list.ts";
 import {
   decodeGreeting,
@@ -44,10 +46,25 @@ export interface ConnectionOptions {
   onProxyList?: (proxies: ProxyAddress[]) => void;
   /** Called each time a KEEPALIVE is sent (for the session's counters). */
   onKeepalive?: () => void;
+  /** Probe a proxy suspected of hanging (none without it: dead-peer timeout only). */
+  liveness?: {
+    options: Readonly<LivenessOptions>;
+    /** Reply latencies, shared by the session's successive connections. */
+    latencies: LatencyWindow;
+    /** A probe went out, or its answer came back (for the session's counters). */
+    onProbe?: (event: "sent" | "answered") => void;
+  };
   /** Aborting closes the connection (or abandons the connect). */
   signal?: AbortSignal;
   log?: Logger;
 }
+
+/**
+ * Why a connection ended: the proxy closed it (EOF, reset) or we did; an I/O
+ * or protocol error; no reply within the dead-peer timeout; a liveness probe
+ * unanswered.
+ */
+export type ConnectionEndCause = "closed" | "error" | "dead-peer" | "probe-timeout";
 
 /** A reply: its status and payload (for a READ with a target: that target, filled). */
 export interface Reply {
@@ -70,10 +87,16 @@ export interface RequestOptions {
    */
   body?: Uint8Array;
   owner?: RequestOwner;
+  /** KEEPALIVE sent as a liveness probe: queued ahead of everything else. */
+  probe?: boolean;
 }
 
 interface Pending {
   op: OpCode;
+  /** performance.now() when queued: a reply's latency, the oldest wait. */
+  sentAt: number;
+  /** KEEPALIVE sent as a liveness probe. */
+  probe: boolean;
   target: Uint8Array | undefined;
   owner: RequestOwner | undefined;
   resolve: (reply: Reply) => void;
@@ -98,6 +121,13 @@ function describe(error: unknown): string {
   return String(error);
 }
 
+/** A reset or broken pipe is the proxy going away; anything else is an error. */
+function causeOf(error: unknown): ConnectionEndCause {
+  return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe
+    ? "closed"
+    : "error";
+}
+
 /** Thrown into a request dropped unsent because its owner gave up on it. */
 class AbandonedError extends Error {
   constructor() {
@@ -119,6 +149,8 @@ export class IvbsConnection {
   readonly #deadPeerMs: number;
   readonly #onProxyList: ((proxies: ProxyAddress[]) => void) | undefined;
   readonly #onKeepalive: (() => void) | undefined;
+  readonly #liveness: LivenessMonitor | undefined;
+  readonly #onProbe: ((event: "sent" | "answered") => void) | undefined;
 
   #sessionId: Uint8Array | null = null;
   #proxyName = "";
@@ -135,12 +167,15 @@ export class IvbsConnection {
   readonly #readLoop: Promise<void>;
 
   #endReason: string | null = null;
+  #endCause: ConnectionEndCause = "closed";
   #resolveEnded!: (reason: string) => void;
   #tick: ReturnType<typeof setInterval> | undefined;
   #lastSentAt = performance.now();
   /** Last reply to one of our requests, or when we started waiting for one. */
   #lastReplyAt = performance.now();
   #keepaliveOutstanding = false;
+  /** The reader's byte count at the last check: bytes flowing inside a long reply are life too. */
+  #receivedAtCheck = 0;
   #keepalivesSent = 0;
 
   private constructor(tcp: ByteStream, address: ProxyAddress, options: ConnectionOptions) {
@@ -152,6 +187,11 @@ export class IvbsConnection {
     this.#deadPeerMs = options.deadPeerTimeoutMs ?? 15_000;
     this.#onProxyList = options.onProxyList;
     this.#onKeepalive = options.onKeepalive;
+    if (options.liveness && options.liveness.options.probeTimeoutMs > 0) {
+      const { options: settings, latencies } = options.liveness;
+      this.#liveness = new LivenessMonitor(settings, latencies, performance.now());
+      this.#onProbe = options.liveness.onProbe;
+    }
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
     // Callers of open() see greeting failures through open(); nobody else awaits it.
     this.#greeted.promise.catch(() => {});
@@ -188,12 +228,12 @@ export class IvbsConnection {
     tcp.setNoDelay(true);
     const connection = new IvbsConnection(tcp, address, options);
     // From here the timer and the caller's signal close the connection instead.
-    const onAbort = () => connection.#fail("connection attempt aborted");
+    const onAbort = () => connection.#fail("connection attempt aborted", "closed");
     options.signal?.removeEventListener("abort", abort);
     options.signal?.addEventListener("abort", onAbort);
     clearTimeout(timer);
     const greetingTimer = setTimeout(
-      () => connection.#fail(`no GREETING within ${timeoutMs} ms`),
+      () => connection.#fail(`no GREETING within ${timeoutMs} ms`, "error"),
       timeoutMs,
     );
     try {
@@ -237,6 +277,11 @@ export class IvbsConnection {
     return this.#endReason;
   }
 
+  /** The kind of end (meaningful once endReason is set). */
+  get endCause(): ConnectionEndCause {
+    return this.#endCause;
+  }
+
   /**
    * Sends an encoded request packet (any session id and sequence: both are
    * stamped here) and resolves with the matching reply. Rejects with
@@ -260,17 +305,21 @@ export class IvbsConnection {
       { sessionId: this.#sessionId, op: header.op, dataLen: header.dataLen, sequence },
       packet,
     );
+    const probe = options.probe === true;
     return new Promise<Reply>((resolve, reject) => {
+      const now = performance.now();
       // The dead-peer clock starts when we start waiting, not at the last reply.
-      if (this.#pending.size === 0) this.#lastReplyAt = performance.now();
+      if (this.#pending.size === 0) this.#lastReplyAt = now;
       this.#pending.set(sequence, {
         op: header.op,
+        sentAt: now,
+        probe,
         target: options.target,
         owner: options.owner,
         resolve,
         reject,
       });
-      this.#enqueue({ packet, body: options.body, sequence, owner: options.owner });
+      this.#enqueue({ packet, body: options.body, sequence, owner: options.owner }, probe);
     });
   }
 
@@ -288,14 +337,12 @@ export class IvbsConnection {
   }
 
   keepalive(): Promise<Reply> {
-    this.#keepalivesSent++;
-    this.#onKeepalive?.();
-    return this.request(encodeEmpty(this.#stampId(), Op.KEEPALIVE, 0));
+    return this.#sendKeepalive(false);
   }
 
   /** Ends the connection (pending requests reject) and waits for its loops to stop. */
   async close(reason = "closed by client"): Promise<void> {
-    this.#fail(reason);
+    this.#fail(reason, "closed");
     await this.#readLoop;
     await this.#writerDone;
   }
@@ -314,8 +361,10 @@ export class IvbsConnection {
     return this.#sequence;
   }
 
-  #enqueue(item: Outgoing): void {
-    this.#queue.push(item);
+  /** `first`: ahead of everything queued (a probe must not wait behind megabytes of writes). */
+  #enqueue(item: Outgoing, first = false): void {
+    if (first) this.#queue.splice(this.#queueHead, 0, item);
+    else this.#queue.push(item);
     if (this.#writerActive) return;
     this.#writerActive = true;
     this.#writerDone = this.#runWriter();
@@ -378,7 +427,7 @@ export class IvbsConnection {
         this.#lastSentAt = performance.now();
       }
     } catch (error) {
-      this.#fail(`write failed: ${describe(error)}`);
+      this.#fail(`write failed: ${describe(error)}`, causeOf(error));
     } finally {
       // Same turn as the empty-queue check: a later enqueue starts a new writer.
       this.#writerActive = false;
@@ -391,13 +440,14 @@ export class IvbsConnection {
       while (this.#endReason === null) {
         const more = await this.#reader.readFull(header, "IVBS header", true);
         if (!more) {
-          this.#fail("proxy closed the connection (EOF)");
+          this.#fail("proxy closed the connection (EOF)", "closed");
           return;
         }
         await this.#handle(decodeHeader(header));
       }
     } catch (error) {
-      this.#fail(describe(error), error instanceof IvbsProtocolError);
+      const protocol = error instanceof IvbsProtocolError;
+      this.#fail(describe(error), protocol ? "error" : causeOf(error), protocol);
     }
   }
 
@@ -418,6 +468,8 @@ export class IvbsConnection {
       this.#greeted.resolve();
       return;
     }
+    const now = performance.now();
+    this.#liveness?.arrived(now);
     const pending = header.sequence === 0 ? undefined : this.#pending.get(header.sequence);
     if (pending === undefined) return await this.#handlePush(header);
     if (pending.op !== header.op) {
@@ -425,7 +477,7 @@ export class IvbsConnection {
         `reply to ${opName(pending.op)} sequence ${header.sequence} came as ${opName(header.op)}`,
       );
     }
-    this.#lastReplyAt = performance.now();
+    this.#lastReplyAt = now;
     let payload: Uint8Array;
     if (pending.target !== undefined && header.status === Status.OK) {
       if (header.dataLen !== pending.target.length) {
@@ -449,7 +501,13 @@ export class IvbsConnection {
     }
     // Removed only now: if the payload never arrives, #fail must still reject it.
     this.#pending.delete(header.sequence);
-    if (header.op === Op.KEEPALIVE) this.#keepaliveOutstanding = false;
+    if (header.op === Op.KEEPALIVE) {
+      this.#keepaliveOutstanding = false;
+      this.#liveness?.keepaliveAnswered(now);
+      if (pending.probe) this.#onProbe?.("answered");
+    } else {
+      this.#liveness?.replied(now - pending.sentAt);
+    }
     if (header.op === Op.LIST_PROXIES && header.status === Status.OK) {
       this.#onProxyList?.(decodeProxyList(payload));
     }
@@ -494,7 +552,8 @@ export class IvbsConnection {
   }
 
   #startTimers(): void {
-    const period = Math.min(this.#keepaliveMs(), this.#deadPeerMs) / 4;
+    let period = Math.min(this.#keepaliveMs(), this.#deadPeerMs) / 4;
+    if (this.#liveness) period = Math.min(period, this.#liveness.checkEveryMs);
     this.#tick = setInterval(() => this.#onTick(), Math.max(5, Math.min(1000, period)));
   }
 
@@ -502,20 +561,67 @@ export class IvbsConnection {
     const now = performance.now();
     const waiting = this.#pending.size > 0 || this.#keepaliveOutstanding;
     if (waiting && now - this.#lastReplyAt >= this.#deadPeerMs) {
-      this.#fail(`no reply for ${this.#deadPeerMs} ms (dead peer)`);
+      this.#fail(`no reply for ${this.#deadPeerMs} ms (dead peer)`, "dead-peer");
       return;
     }
+    const liveness = this.#liveness;
+    if (liveness && this.#reader.received !== this.#receivedAtCheck) {
+      this.#receivedAtCheck = this.#reader.received;
+      liveness.arrived(now);
+    }
+    if (liveness && waiting) {
+      switch (liveness.check(now, this.#oldestWaitSince())) {
+        case "dead":
+          this.#fail(
+            `no answer to a liveness probe within ${liveness.options.probeTimeoutMs} ms ` +
+              `(silent for ${Math.round(liveness.silentFor(now))} ms with requests waiting)`,
+            "probe-timeout",
+          );
+          return;
+        case "probe":
+          this.#log.debug("IVBS proxy suspected of hanging; probing", {
+            proxy: this.label,
+            silentMs: Math.round(liveness.silentFor(now)),
+            slowAfterMs: Math.round(liveness.slowAfterMs()),
+            inFlight: this.#pending.size,
+          });
+          this.#onProbe?.("sent");
+          this.#sendKeepalive(true).catch(() => {
+            // The connection ended; its owner learns that through `ended`.
+          });
+          return;
+      }
+    }
     if (!this.#keepaliveOutstanding && now - this.#lastSentAt >= this.#keepaliveMs()) {
-      this.#keepaliveOutstanding = true;
-      this.keepalive().catch(() => {
+      this.#sendKeepalive(false).catch(() => {
         // The connection ended; its owner learns that through `ended`.
       });
     }
   }
 
-  #fail(reason: string, protocol = false): void {
+  #sendKeepalive(probe: boolean): Promise<Reply> {
+    if (this.#endReason === null && this.#sessionId !== null) {
+      this.#keepaliveOutstanding = true;
+      this.#liveness?.keepaliveSent(performance.now());
+    }
+    this.#keepalivesSent++;
+    this.#onKeepalive?.();
+    return this.request(encodeEmpty(this.#stampId(), Op.KEEPALIVE, 0), { probe });
+  }
+
+  /** When the oldest request still waiting (KEEPALIVE aside) was queued. */
+  #oldestWaitSince(): number | undefined {
+    // Insertion order is sending order: usually the first entry decides.
+    for (const pending of this.#pending.values()) {
+      if (pending.op !== Op.KEEPALIVE) return pending.sentAt;
+    }
+    return undefined;
+  }
+
+  #fail(reason: string, cause: ConnectionEndCause, protocol = false): void {
     if (this.#endReason !== null) return;
     this.#endReason = reason;
+    this.#endCause = cause;
     clearInterval(this.#tick);
     try {
       this.#tcp.close();

@@ -4,7 +4,9 @@
  * the caller: on a TCP error, EOF, dead peer, USE_ANOTHER_PROXY or EXPIRED it
  * connects to the next proxy (newest LIST_PROXIES first, then configured),
  * logs in, attaches the same image and re-sends every request still in flight
- * exactly once. NOT_LOGGEDIN logs in again; NOT_READY and TEMPORARY_ERROR are
+ * exactly once. A proxy that hangs is found by probing it with KEEPALIVE when
+ * requests wait suspiciously long (liveness.ts), well before the dead-peer
+ * timeout. NOT_LOGGEDIN logs in again; NOT_READY and TEMPORARY_ERROR are
  * retried with backoff; other failures fail that one request with an errno.
  * A request no proxy could serve within the I/O timeout fails with EIO while
  * the session keeps trying to reconnect.
@@ -35,8 +37,14 @@
 import { type Backend, BackendError } from "../nbd/backend.ts";
 import { type Logger, logger } from "../log.ts";
 import { ByteBudget } from "./byte_budget.ts";
-import { IvbsConnection, type Reply, type RequestOwner } from "./connection.ts";
+import {
+  type ConnectionEndCause,
+  IvbsConnection,
+  type Reply,
+  type RequestOwner,
+} from "./connection.ts";
 import { ConnectionLostError, IvbsMountError, statusAction, statusErrno } from "./errors.ts";
+import { DEFAULT_LIVENESS, LatencyWindow, type LivenessOptions } from "./liveness.ts";
 import {
   type Backoff,
   backoffDelay,
@@ -85,15 +93,32 @@ export interface IvbsSessionOptions {
   maxRetries?: number;
   /** How long a failed proxy goes to the back of the list (default 30 000). */
   failureMemoryMs?: number;
+  /** When to probe a proxy suspected of hanging, and how long it has to answer (DEFAULT_LIVENESS). */
+  liveness?: Partial<LivenessOptions>;
   onEvent?: (event: IvbsSessionEvent) => void;
   log?: Logger;
 }
 
+/**
+ * Why the session left a proxy: the connection's end (closed by the proxy, an
+ * I/O or protocol error, dead-peer timeout, liveness probe unanswered) or a
+ * status that asks for another proxy (USE_ANOTHER_PROXY, EXPIRED, login refused).
+ */
+export type FailoverCause = ConnectionEndCause | "status";
+
+export const FAILOVER_CAUSES: readonly FailoverCause[] = [
+  "closed",
+  "error",
+  "status",
+  "dead-peer",
+  "probe-timeout",
+];
+
 export type IvbsSessionEvent =
   /** `replayed`: requests re-sent on this connection (waiting since the previous one failed). */
   | { type: "connected"; proxy: string; proxyName: string; replayed: number }
-  /** `cause`, where given, classifies `reason` (e.g. "closed", "error", "status", "dead-peer"). */
-  | { type: "failover"; from: string; reason: string; cause?: string }
+  /** `cause` classifies `reason` for metrics and the events view. */
+  | { type: "failover"; from: string; reason: string; cause: FailoverCause }
   /** Connecting, logging in or attaching on `proxy` failed (it goes to the back of the list). */
   | { type: "proxy-failed"; proxy: string; reason: string }
   /** A LIST_PROXIES arrived ("host:port" each). */
@@ -117,7 +142,13 @@ export interface IvbsSessionStats {
   reconnects: number;
   /** Requests re-sent after NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN. */
   retries: number;
+  /** Every KEEPALIVE, probes included. */
   keepalivesSent: number;
+  /** KEEPALIVEs sent because a proxy looked hung, and those it answered. */
+  probesSent: number;
+  probesAnswered: number;
+  /** `failovers` split by cause. */
+  failoverCauses: Record<FailoverCause, number>;
 }
 
 type Kind = "READ" | "WRITE";
@@ -154,6 +185,13 @@ const UNCOPIED_WRITE_MIN = 64 * 1024;
 
 function describe(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
+}
+
+/** The keys of `values` that are set (undefined must not override a default). */
+function definedOnly<T extends object>(values: T | undefined): Partial<T> {
+  return Object.fromEntries(
+    Object.entries(values ?? {}).filter(([, value]) => value !== undefined),
+  ) as Partial<T>;
 }
 
 /** Errors that end a mount attempt on every proxy, not only the one that said so. */
@@ -201,6 +239,9 @@ export class IvbsSession implements Backend {
   readonly #proxies: ProxyList;
   readonly #budget: ByteBudget;
   readonly #abort = new AbortController();
+  readonly #liveness: Readonly<LivenessOptions>;
+  /** Reply latencies over successive connections, for the liveness threshold. */
+  readonly #latencies = new LatencyWindow();
 
   #size = 0;
   #readOnly = false;
@@ -236,6 +277,9 @@ export class IvbsSession implements Backend {
     reconnects: 0,
     retries: 0,
     keepalivesSent: 0,
+    probesSent: 0,
+    probesAnswered: 0,
+    failoverCauses: { closed: 0, error: 0, status: 0, "dead-peer": 0, "probe-timeout": 0 },
   };
 
   private constructor(options: IvbsSessionOptions) {
@@ -255,6 +299,7 @@ export class IvbsSession implements Backend {
       failureMemoryMs: options.failureMemoryMs,
     });
     this.#budget = new ByteBudget(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES);
+    this.#liveness = { ...DEFAULT_LIVENESS, ...definedOnly(options.liveness) };
   }
 
   /**
@@ -305,7 +350,11 @@ export class IvbsSession implements Backend {
   }
 
   get stats(): IvbsSessionStats {
-    return { ...this.#stats, inFlight: this.#outstanding.size };
+    return {
+      ...this.#stats,
+      inFlight: this.#outstanding.size,
+      failoverCauses: { ...this.#stats.failoverCauses },
+    };
   }
 
   /** Reads `length` bytes at `offset` into a new buffer. */
@@ -403,6 +452,14 @@ export class IvbsSession implements Backend {
         this.#emit({ type: "proxies-listed", proxies: proxies.map(proxyLabel) });
       },
       onKeepalive: () => this.#stats.keepalivesSent++,
+      liveness: {
+        options: this.#liveness,
+        latencies: this.#latencies,
+        onProbe: (event) => {
+          if (event === "sent") this.#stats.probesSent++;
+          else this.#stats.probesAnswered++;
+        },
+      },
       signal: this.#abort.signal,
       log: this.#log,
     });
@@ -477,20 +534,21 @@ export class IvbsSession implements Backend {
       replayed,
     });
     this.#emit({ type: "connected", proxy: conn.label, proxyName: conn.proxyName, replayed });
-    conn.ended.then((reason) => this.#connectionLost(conn, reason));
+    conn.ended.then((reason) => this.#connectionLost(conn, reason, conn.endCause));
     const waiting = [...this.#waiting];
     this.#waiting.clear();
     for (const chunk of waiting) this.#dispatch(chunk);
   }
 
   /** The connection in use failed: count it, log it once, start reconnecting. */
-  #connectionLost(conn: IvbsConnection, reason: string): void {
+  #connectionLost(conn: IvbsConnection, reason: string, cause: FailoverCause): void {
     if (conn !== this.#conn) return;
     this.#conn = null;
     this.#track(conn.close(reason));
     if (this.#closed || this.#fatal !== null) return;
     this.#proxies.markFailed(conn.address);
     this.#stats.failovers++;
+    this.#stats.failoverCauses[cause]++;
     // A proxy that fails us before serving anything (USE_ANOTHER_PROXY to every
     // request, say) must not make us reconnect in a tight loop.
     this.#quickFailures = this.#connServed ? 0 : this.#quickFailures + 1;
@@ -501,11 +559,12 @@ export class IvbsSession implements Backend {
       image: this.image,
       from: conn.label,
       reason,
+      cause,
       inFlight: this.#outstanding.size,
       candidates: this.#proxies.candidates().map(proxyLabel).join(","),
       delayMs,
     });
-    this.#emit({ type: "failover", from: conn.label, reason });
+    this.#emit({ type: "failover", from: conn.label, reason, cause });
     this.#startReconnect(delayMs);
   }
 
@@ -665,8 +724,9 @@ export class IvbsSession implements Backend {
     const conn = this.#conn;
     if (conn === null || !conn.isOpen) {
       this.#waiting.add(chunk);
-      if (conn !== null) this.#connectionLost(conn, conn.endReason ?? "connection closed");
-      else this.#startReconnect();
+      if (conn !== null) {
+        this.#connectionLost(conn, conn.endReason ?? "connection closed", conn.endCause);
+      } else this.#startReconnect();
       return;
     }
     conn.request(chunk.packet, { target: chunk.target, body: chunk.body, owner: chunk }).then(
@@ -695,7 +755,7 @@ export class IvbsSession implements Backend {
         return;
       }
       case "failover":
-        this.#connectionLost(conn, `${chunk.kind} answered ${statusName(reply.status)}`);
+        this.#connectionLost(conn, `${chunk.kind} answered ${statusName(reply.status)}`, "status");
         return this.#dispatch(chunk);
       case "fail":
         return this.#finish(
@@ -712,7 +772,7 @@ export class IvbsSession implements Backend {
   #onRequestError(chunk: Chunk, conn: IvbsConnection, error: unknown): void {
     if (chunk.done) return;
     if (error instanceof ConnectionLostError) {
-      this.#connectionLost(conn, error.reason);
+      this.#connectionLost(conn, error.reason, conn.endCause);
       return this.#dispatch(chunk);
     }
     this.#finish(
@@ -755,7 +815,8 @@ export class IvbsSession implements Backend {
     let pending = this.#relogins.get(conn);
     if (pending === undefined) {
       pending = this.#login(conn).catch((error) => {
-        this.#connectionLost(conn, `login again failed: ${describe(error)}`);
+        const cause = conn.isOpen ? "status" : conn.endCause;
+        this.#connectionLost(conn, `login again failed: ${describe(error)}`, cause);
         throw error;
       }).finally(() => this.#relogins.delete(conn));
       this.#relogins.set(conn, pending);

@@ -281,6 +281,26 @@ export async function applyFault(
   }
 }
 
+/**
+ * A silent proxy: the serving proxy reads and answers nothing for `stallMs`
+ * (the client should leave it long before), then it is stopped, released and
+ * restarted (stopped first, so it cannot apply replayed writes late).
+ */
+export async function stallServing(
+  server: ServerProcess,
+  turn: number,
+  stallMs = 3_000,
+): Promise<{ proxy: number | null; wasServing: boolean }> {
+  const serving = await server.serving();
+  const target = serving ?? turn % server.proxies.length;
+  await server.proxyAction(target, "stall");
+  await sleep(stallMs);
+  await server.proxyAction(target, "stop");
+  await server.proxyAction(target, "unstall");
+  await server.proxyAction(target, "start");
+  return { proxy: target, wasServing: serving !== null };
+}
+
 /** Lines the attach process logs once per failover (src/ivbs/session.ts). */
 export const FAILOVER_LINE = /IVBS connection failed; failing over/;
 export const RETRY_LINE = /IVBS request retried/;

@@ -3,7 +3,7 @@
  * script or a person flip the same fault switches tests use.
  *
  *   GET  /proxies                          every proxy's state
- *   POST /proxies/:index/{stop|start|stall|unstall|drop}
+ *   POST /proxies/:index/{stop|start|stall|unstall|hold|release|drop}
  *   POST /inject {status, count, proxy?, ops?}   status and ops by name or code
  *   GET  /images, POST /images {name, size, readOnly?, users?}
  *   GET  /stats
@@ -47,7 +47,7 @@ const ImageBody = z.object({
   users: z.array(z.string()).optional(),
 }).strict();
 
-const ACTIONS = ["stop", "start", "stall", "unstall", "drop"] as const;
+const ACTIONS = ["stop", "start", "stall", "unstall", "hold", "release", "drop"] as const;
 type Action = typeof ACTIONS[number];
 
 async function jsonBody<T>(request: Request, schema: z.ZodType<T>): Promise<T> {
@@ -106,6 +106,10 @@ export function createAdminApp(server: IvbsTestServer, log?: Logger): Hono {
       case "stall":
       case "unstall":
         server.stallProxy(index, action === "stall");
+        break;
+      case "hold":
+      case "release":
+        server.holdReplies(index, action === "hold");
         break;
       case "drop":
         server.dropConnections(index);

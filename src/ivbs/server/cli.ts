@@ -48,8 +48,11 @@ options:
   --reply-delay MIN-MAX  delay every reply by a random MIN..MAX ms, so pipelined
                          replies come back out of order (default: none)
   --admin-port PORT      serve the admin JSON API on 127.0.0.1:PORT
-                         (GET /proxies, POST /proxies/N/stop|start|stall|unstall|drop,
-                         POST /inject {"status":"TEMPORARY_ERROR","count":3}, GET /stats)
+                         (GET /proxies, POST /proxies/N/stop|start|stall|unstall|
+                         hold|release|drop, POST /inject {"status":"TEMPORARY_ERROR",
+                         "count":3}, GET /stats). stall: a proxy that reads and
+                         answers nothing (hung); hold: READ/WRITE replies held
+                         back but KEEPALIVE answered (alive, storage stuck)
   -h, --help             show this help
 
 example:

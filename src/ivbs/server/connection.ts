@@ -73,6 +73,10 @@ export interface ConnectionContext {
   stalled(): boolean;
   /** Resolves when the proxy is no longer stalled. */
   whenUnstalled(): Promise<void>;
+  /** True while READ/WRITE replies are held back (KEEPALIVE still answered). */
+  holding(): boolean;
+  /** Resolves when held replies may go. */
+  whenReleased(): Promise<void>;
 }
 
 /** A reply: its packet, then optionally data written from where it lies (not copied). */
@@ -514,6 +518,9 @@ export class ServerConnection {
     const delay = this.#ctx.replyDelayMs;
     if (delay && delay.max > 0 && !this.#closed) {
       await this.#sleep(delay.min + Math.random() * (delay.max - delay.min));
+    }
+    if ((op === Op.READ || op === Op.WRITE) && this.#ctx.holding()) {
+      await Promise.race([this.#ctx.whenReleased(), this.#closedPromise]);
     }
     this.#enqueue(reply, cost);
   }

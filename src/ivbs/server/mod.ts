@@ -72,6 +72,8 @@ export interface IvbsTestServer {
   startProxy(index: number): Promise<void>;
   /** Keeps connections open but reads and answers nothing (not even keepalive). */
   stallProxy(index: number, stalled: boolean): void;
+  /** Holds READ/WRITE replies back (extension); KEEPALIVE is still answered. */
+  holdReplies(index: number, held: boolean): void;
   /** Closes current connections abruptly (one proxy or all); listeners keep accepting. */
   dropConnections(index?: number): void;
   /**
@@ -137,6 +139,9 @@ function liveView(proxy: ProxyListener): ProxyState {
     },
     get stalled() {
       return proxy.stalled;
+    },
+    get holding() {
+      return proxy.holding;
     },
     get connections() {
       return proxy.connections;
@@ -208,6 +213,10 @@ class IvbsServer implements IvbsTestServer {
     this.#proxy(index).stall(stalled);
   }
 
+  holdReplies(index: number, held: boolean): void {
+    this.#proxy(index).hold(held);
+  }
+
   dropConnections(index?: number): void {
     const proxies = index === undefined ? this.#proxies : [this.#proxy(index)];
     // stop() and close() wait for these connections to finish.
@@ -244,7 +253,10 @@ class IvbsServer implements IvbsTestServer {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#pushTimer);
-    for (const proxy of this.#proxies) proxy.stall(false); // release stalled readers and writers
+    for (const proxy of this.#proxies) {
+      proxy.stall(false); // release stalled readers and writers
+      proxy.hold(false);
+    }
     await Promise.all(this.#proxies.map((proxy) => proxy.stop()));
     this.#injected.clear();
     await this.#store.close();

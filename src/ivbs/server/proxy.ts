@@ -1,6 +1,6 @@
 /**
  * One proxy of the test server: a TCP listener and its connections, with the
- * faults a test can switch on (stop/start on the same port, stall, drop).
+ * faults a test can switch on (stop/start on the same port, stall, hold, drop).
  * @module
  */
 import type { ProxyAddress } from "../wire.ts";
@@ -14,13 +14,15 @@ export interface ProxyState {
   port: number;
   running: boolean;
   stalled: boolean;
+  /** READ/WRITE replies held back; everything else (KEEPALIVE) answered. */
+  holding: boolean;
   connections: number;
 }
 
 /** What every connection of a proxy shares, minus the proxy's own parts. */
 export type SharedContext = Omit<
   ConnectionContext,
-  "proxyIndex" | "proxyName" | "stalled" | "whenUnstalled"
+  "proxyIndex" | "proxyName" | "stalled" | "whenUnstalled" | "holding" | "whenReleased"
 >;
 
 /** Thrown when a proxy cannot listen (port in use, bad host). */
@@ -42,6 +44,7 @@ export class ProxyListener implements ProxyState {
   readonly #connections = new Set<ServerConnection>();
   #stalled = false;
   #unstall: PromiseWithResolvers<void> | null = null;
+  #release: PromiseWithResolvers<void> | null = null;
   readonly #context: ConnectionContext;
   readonly #listProxies: () => ProxyAddress[];
   readonly #onAccept: () => void;
@@ -65,6 +68,8 @@ export class ProxyListener implements ProxyState {
       proxyName: this.name,
       stalled: () => this.#stalled,
       whenUnstalled: () => this.#unstall?.promise ?? Promise.resolve(),
+      holding: () => this.#release !== null,
+      whenReleased: () => this.#release?.promise ?? Promise.resolve(),
     };
   }
 
@@ -76,6 +81,9 @@ export class ProxyListener implements ProxyState {
   }
   get stalled(): boolean {
     return this.#stalled;
+  }
+  get holding(): boolean {
+    return this.#release !== null;
   }
   get connections(): number {
     return this.#connections.size;
@@ -126,6 +134,22 @@ export class ProxyListener implements ProxyState {
       const unstall = this.#unstall;
       this.#unstall = null;
       unstall?.resolve();
+    }
+  }
+
+  /**
+   * Holding: READ/WRITE are served but their replies wait until released, while
+   * KEEPALIVE (and login, attach) are answered: a live proxy whose storage stalls.
+   * Held requests keep their admission slots, as a real proxy's would.
+   */
+  hold(held: boolean): void {
+    if (held === this.holding) return;
+    if (held) {
+      this.#release = Promise.withResolvers<void>();
+    } else {
+      const release = this.#release;
+      this.#release = null;
+      release?.resolve();
     }
   }
 

@@ -1,0 +1,283 @@
+/**
+ * Hung-proxy detection: the liveness rules on explicit times, then the session
+ * against the IVBS test server: a stalled proxy is abandoned through a probe
+ * long before the dead-peer timeout, and a slow or storage-stuck proxy that
+ * answers its probes keeps its requests.
+ */
+import assert from "node:assert/strict";
+import {
+  DEFAULT_LIVENESS,
+  LatencyWindow,
+  LivenessMonitor,
+  type LivenessOptions,
+} from "../src/ivbs/liveness.ts";
+import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
+import { captureLog } from "./ivbs_fake_proxy.ts";
+import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
+
+const RULES: LivenessOptions = {
+  silenceMs: 500,
+  slowFactor: 4,
+  slowFloorMs: 500,
+  probeTimeoutMs: 750,
+};
+
+function monitor(options: Partial<LivenessOptions> = {}, latencies = new LatencyWindow()) {
+  return new LivenessMonitor({ ...RULES, ...options }, latencies, 0);
+}
+
+// ---- the rules, on explicit times ----
+
+Deno.test("LatencyWindow reports the 99th percentile of its last samples", () => {
+  const window = new LatencyWindow(100);
+  assert.equal(window.p99(), 0, "empty");
+  for (let ms = 1; ms <= 100; ms++) window.record(ms);
+  assert.equal(window.p99(), 99);
+  // 100 more samples of 1 ms push every older one out of the ring.
+  for (let i = 0; i < 100; i++) window.record(1);
+  assert.equal(window.p99(), 1);
+  assert.equal(window.recorded, 200);
+});
+
+Deno.test("LivenessMonitor never probes while no request waits, however long the silence", () => {
+  const m = monitor();
+  assert.equal(m.check(60_000, undefined), "ok");
+});
+
+Deno.test("LivenessMonitor probes after silenceMs with a request waiting, and declares a silent proxy dead probeTimeoutMs later", () => {
+  const m = monitor();
+  assert.equal(m.check(499, 0), "ok");
+  assert.equal(m.check(500, 0), "probe");
+  m.keepaliveSent(500);
+  assert.equal(m.check(1_249, 0), "ok");
+  assert.equal(m.check(1_250, 0), "dead");
+});
+
+Deno.test("LivenessMonitor keeps a proxy that answers its probe, and probes it again only after another silence", () => {
+  const m = monitor();
+  m.keepaliveSent(500);
+  m.arrived(520);
+  m.keepaliveAnswered(520);
+  assert.equal(m.check(1_019, 0), "ok", "slow is not dead: the request keeps waiting");
+  assert.equal(m.check(1_020, 0), "probe");
+  m.keepaliveSent(1_020);
+  m.arrived(1_030);
+  m.keepaliveAnswered(1_030);
+  assert.equal(m.check(1_500, 0), "ok");
+});
+
+Deno.test("LivenessMonitor counts any packet after a probe as a sign of life", () => {
+  const m = monitor();
+  m.keepaliveSent(500);
+  m.arrived(1_200); // a reply to another request (the probe waits behind it)
+  assert.equal(m.check(1_949, 0), "ok");
+  assert.equal(m.check(1_950, 0), "dead", "silent for probeTimeoutMs after the last packet");
+});
+
+Deno.test("LivenessMonitor counts silence from the start of the wait, not from an idle past", () => {
+  const m = monitor();
+  m.arrived(1_000); // then idle: no request until 10 s
+  assert.equal(m.check(10_100, 10_000), "ok");
+  assert.equal(m.check(10_500, 10_000), "probe");
+});
+
+Deno.test("LivenessMonitor gives an idle keepalive left unanswered probeTimeoutMs once requests wait", () => {
+  const m = monitor();
+  m.keepaliveSent(1_000); // the idle keepalive; the proxy hangs
+  assert.equal(m.check(10_000, 10_000), "ok");
+  assert.equal(m.check(10_750, 10_000), "dead");
+});
+
+Deno.test("LivenessMonitor probes a request that waits slowFactor x the recent p99 while others are answered", () => {
+  const latencies = new LatencyWindow();
+  for (let i = 0; i < 100; i++) latencies.record(200);
+  const m = monitor({}, latencies);
+  assert.equal(m.slowAfterMs(), 800);
+  for (let t = 100; t < 800; t += 100) {
+    m.arrived(t); // other replies keep arriving: never silent
+    assert.equal(m.check(t, 0), "ok", `at ${t} ms`);
+  }
+  m.arrived(800);
+  assert.equal(m.check(800, 0), "probe");
+  m.keepaliveSent(800);
+  m.arrived(805);
+  m.keepaliveAnswered(805);
+  assert.equal(m.check(1_000, 0), "ok", "the wait counts again from the answer");
+  assert.equal(m.check(1_605, 0), "probe");
+});
+
+Deno.test("LivenessMonitor never waits less than slowFloorMs, however fast the proxy was", () => {
+  const latencies = new LatencyWindow();
+  latencies.record(0.2);
+  const m = monitor({ silenceMs: 10_000 }, latencies);
+  assert.equal(m.slowAfterMs(), 500);
+  m.arrived(499);
+  assert.equal(m.check(499, 0), "ok");
+  assert.equal(m.check(500, 0), "probe");
+});
+
+Deno.test("LivenessMonitor with probeTimeoutMs 0 never probes (dead-peer timeout only)", () => {
+  const m = monitor({ probeTimeoutMs: 0 });
+  assert.equal(m.check(100_000, 0), "ok");
+});
+
+Deno.test("default liveness settings detect a stall in well under 2 s, checks included", () => {
+  const m = monitor(DEFAULT_LIVENESS);
+  const worst = DEFAULT_LIVENESS.silenceMs + DEFAULT_LIVENESS.probeTimeoutMs + 2 * m.checkEveryMs;
+  assert.ok(worst <= 1_500, `worst detection ${worst} ms`);
+});
+
+// ---- against the IVBS test server ----
+
+const USER = { username: "alice", password: "correct horse" };
+const MiB = 1024 * 1024;
+
+async function withServer(
+  options: Partial<Parameters<typeof startIvbsServer>[0]>,
+  body: (server: IvbsTestServer) => Promise<void>,
+): Promise<void> {
+  const server = await startIvbsServer({
+    users: [USER],
+    images: [{ name: "disk", size: 2 * MiB }],
+    listProxiesIntervalMs: 0,
+    log: captureLog(),
+    ...options,
+  });
+  try {
+    await body(server);
+  } finally {
+    await server.close();
+  }
+}
+
+/** A session with every liveness and dead-peer setting at its default. */
+async function openDefault(server: IvbsTestServer) {
+  const events: IvbsSessionEvent[] = [];
+  const session = await IvbsSession.open({
+    proxies: server.addresses(),
+    image: "disk",
+    ...USER,
+    log: captureLog(),
+    onEvent: (event) => events.push(event),
+  });
+  return { session, events };
+}
+
+function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
+  return server.proxies.findIndex((p) => session.proxy === `127.0.0.1:${p.port}`);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(condition: () => boolean): Promise<void> {
+  while (!condition()) await sleep(10);
+}
+
+Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an unanswered probe, long before the dead-peer timeout, with every block intact", async () => {
+  await withServer({ ports: [0, 0] }, async (server) => {
+    const { session, events } = await openDefault(server);
+    const model = new BlockModel(4096, 512, "bytes");
+    let faulting = true;
+    const fault = (async () => {
+      await until(() => session.stats.reads + session.stats.writes >= 200);
+      const stalled = indexInUse(server, session);
+      server.stallProxy(stalled, true);
+      await until(() => events.some((e) => e.type === "failover"));
+      // Stopped before it resumes, so it cannot apply replayed writes late (README).
+      await server.stopProxy(stalled);
+      server.stallProxy(stalled, false);
+      await until(() => session.stats.reads + session.stats.writes >= 600);
+      faulting = false;
+    })();
+    const result = await runWorkload(session, model, {
+      blockSize: 4096,
+      blocks: 512,
+      ops: 400,
+      depth: 32,
+      maxBlocksPerOp: 24,
+      seed: 1212,
+      mode: "bytes",
+      keepGoing: () => faulting,
+    });
+    await fault;
+    assert.deepEqual(result.errors, []);
+    assert.deepEqual(result.mismatches, []);
+    assert.deepEqual(await verifyAll(session, model), []);
+    const failovers = events.filter((e) => e.type === "failover");
+    assert.equal(failovers.length, 1);
+    // The dead-peer timeout (15 s) never fired: the probe found the stall.
+    assert.equal(failovers[0].type === "failover" && failovers[0].cause, "probe-timeout");
+    const stats = session.stats;
+    assert.equal(stats.failoverCauses["probe-timeout"], 1);
+    assert.equal(stats.failoverCauses["dead-peer"], 0);
+    assert.ok(stats.probesSent >= 1);
+    assert.equal(events.filter((e) => e.type === "io-timeout").length, 0);
+    await session.close();
+  });
+});
+
+// The test server delays KEEPALIVE replies too: 500-700 ms is slower than
+// silenceMs (so it is probed) and every answer still beats probeTimeoutMs.
+Deno.test("IvbsSession keeps a slow proxy (500-700 ms per reply, keepalives included) under pipelined load: its probes are answered, 0 failovers", async () => {
+  await withServer({ replyDelayMs: { min: 500, max: 700 } }, async (server) => {
+    const { session, events } = await openDefault(server);
+    const model = new BlockModel(4096, 512, "bytes");
+    const result = await runWorkload(session, model, {
+      blockSize: 4096,
+      blocks: 512,
+      ops: 160,
+      depth: 32,
+      maxBlocksPerOp: 8,
+      seed: 777,
+      mode: "bytes",
+    });
+    assert.deepEqual(result.errors, []);
+    assert.deepEqual(result.mismatches, []);
+    assert.deepEqual(await verifyAll(session, model, 512), []);
+    assert.deepEqual(events.filter((e) => e.type === "failover"), []);
+    const stats = session.stats;
+    assert.equal(stats.failovers, 0);
+    assert.ok(stats.probesSent >= 1, "replies slower than silenceMs make it probe");
+    assert.ok(stats.probesAnswered >= 1);
+    await session.close();
+  });
+});
+
+Deno.test("IvbsSession keeps a proxy whose replies stop while it answers probes: 0 failovers, every request completes", async () => {
+  await withServer({}, async (server) => {
+    const { session, events } = await openDefault(server);
+    const model = new BlockModel(4096, 512, "bytes");
+    let faulting = true;
+    const fault = (async () => {
+      await until(() => session.stats.reads + session.stats.writes >= 100);
+      const held = indexInUse(server, session);
+      server.holdReplies(held, true);
+      // Three answered probes: silent on data for longer than silenceMs + probeTimeoutMs.
+      await until(() => session.stats.probesAnswered >= 3);
+      server.holdReplies(held, false);
+      faulting = false;
+    })();
+    const result = await runWorkload(session, model, {
+      blockSize: 4096,
+      blocks: 512,
+      ops: 200,
+      depth: 32,
+      maxBlocksPerOp: 24,
+      seed: 4321,
+      mode: "bytes",
+      keepGoing: () => faulting,
+    });
+    await fault;
+    assert.deepEqual(result.errors, []);
+    assert.deepEqual(result.mismatches, []);
+    assert.deepEqual(await verifyAll(session, model), []);
+    assert.deepEqual(events.filter((e) => e.type === "failover"), []);
+    const stats = session.stats;
+    assert.equal(stats.failovers, 0);
+    assert.ok(stats.probesSent >= 3);
+    assert.ok(stats.probesAnswered >= 3);
+    assert.equal(server.stats.connectionsAccepted, 1);
+    await session.close();
+  });
+});
