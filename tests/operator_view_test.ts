@@ -12,7 +12,6 @@ import { sparkline } from "../src/http/sparkline.ts";
 import { renderLive } from "../src/http/status_page.ts";
 import { fakePageData } from "./status_page_data.ts";
 
-
 function recordingLog() {
   const lines: { level: string; message: string; fields?: object }[] = [];
   const at = (level: string) => (message: string, fields?: object) =>
