@@ -19,6 +19,8 @@ import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
 import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
 import { ExportNameSchema } from "../daemon/config.ts";
+import type { ListenAddress } from "../daemon/config.ts";
+import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { renderStatusPage } from "./status_page.ts";
 import {
@@ -41,6 +43,10 @@ export interface AppOptions {
   /** Daemon start time (ms since epoch), for health and metrics. */
   startedAt: number;
   log?: Logger;
+  /** The API's listen address: Host headers naming it are accepted (see guard.ts). */
+  listen?: ListenAddress;
+  /** This machine's name, accepted as Host when listening on all interfaces. */
+  hostname?: string;
 }
 
 export const VERSION = "0.1.0";
@@ -134,6 +140,9 @@ export function createApp(options: AppOptions): Hono {
     return errorBody(c, 500, "internal error");
   });
   app.notFound((c) => errorBody(c, 404, `no route ${c.req.method} ${c.req.path}`));
+
+  // Before anything else: what a web page could send never reaches a route.
+  app.use("*", requestGuard({ listen: options.listen, hostname: options.hostname }));
 
   const limit = bodyLimit({
     maxSize: MAX_BODY_BYTES,
