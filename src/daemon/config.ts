@@ -17,9 +17,10 @@
  * @module
  */
 import { z } from "zod";
-import { errorMessage } from "../error_info.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
+import { looseMode } from "../file_mode.ts";
+import { jsonSyntaxWhere, mixedFormatKeys, mixedFormatMessage } from "./config_checks.ts";
 
 /** Default IVBS proxy port (also in src/ivbs/wire.ts; repeated so config needs no codec). */
 const DEFAULT_IVBS_PORT = 11417;
@@ -161,8 +162,15 @@ export function isLoopbackHost(host: string): boolean {
   return host === "::1" || host === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
-const positiveMs = (name: string) =>
-  z.number({ error: `${name} must be a number of milliseconds` }).int().positive();
+/** Largest delay a timer takes (2^31 - 1 ms, about 24.8 days); beyond it fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const boundedMs = (name: string, min: number) =>
+  z.number({ error: `${name} must be a number of milliseconds` }).int(`${name} must be an integer`)
+    .min(min, `${name} must be at least ${min} ms`)
+    .max(MAX_TIMER_MS, `${name} must be at most ${MAX_TIMER_MS} ms (about 24.8 days)`);
+
+const positiveMs = (name: string) => boundedMs(name, 1);
 
 const ListenSchema = z.string().transform((text, ctx) => {
   const address = parseListenAddress(text);
@@ -217,7 +225,7 @@ const CurrentSchema = z.strictObject({
       .min(1, "at least one proxy is needed")
       .prefault([{ host: "127.0.0.1" }]),
     deadPeerTimeoutMs: positiveMs("deadPeerTimeoutMs").default(15_000),
-    ioTimeoutMs: z.number().int().min(0).default(120_000),
+    ioTimeoutMs: boundedMs("ioTimeoutMs", 0).default(120_000),
     connectTimeoutMs: positiveMs("connectTimeoutMs").default(5_000),
     backoff: z.strictObject({
       initialMs: positiveMs("initialMs").default(100),
@@ -225,14 +233,18 @@ const CurrentSchema = z.strictObject({
     }).prefault({}).refine((b) => b.initialMs <= b.maxMs, {
       message: "initialMs must not exceed maxMs",
     }),
-    maxInFlightBytes: z.number().int().min(1024 * 1024).optional(),
+    maxInFlightBytes: z.number().int().min(1024 * 1024)
+      .max(2 ** 30, "maxInFlightBytes must be at most 1 GiB").optional(),
   }).prefault({}),
   nbd: z.strictObject({
     devices: z.number().int().min(1).max(1024).default(16),
     blockSize: z.union([z.literal(512), z.literal(1024), z.literal(2048), z.literal(4096)], {
       error: "blockSize must be 512, 1024, 2048 or 4096",
     }).default(4096),
-    timeoutS: z.number().int().min(0).default(0),
+    timeoutS: z.number().int().min(0).max(
+      Math.floor(MAX_TIMER_MS / 1000),
+      `timeoutS must be at most ${Math.floor(MAX_TIMER_MS / 1000)} s`,
+    ).default(0),
     maxInFlight: z.number().int().min(1).max(4096).default(128),
   }).prefault({}),
   users: z.array(z.strictObject({
@@ -403,12 +415,15 @@ export function parseConfig(text: string, source: string): LoadedConfig {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError(`config ${source}: not valid JSON: ${errorMessage(error)}`);
+    // Never V8's message: it quotes the file, which may hold passwords.
+    throw new ConfigError(`config ${source}: not valid JSON: ${jsonSyntaxWhere(error, text)}`);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ConfigError(`config ${source}: expected a JSON object at the top level`);
   }
   const warnings: string[] = [];
+  const mixed = mixedFormatKeys(value as Record<string, unknown>);
+  if (mixed) throw new ConfigError(mixedFormatMessage(source, mixed));
   if (isLegacy(value)) {
     const result = LegacySchema.safeParse(value);
     if (!result.success) {
@@ -457,15 +472,14 @@ export async function loadConfig(path: string): Promise<LoadedConfig> {
     throw new ConfigError(`config ${path}: cannot read: ${why}`);
   }
   const loaded = parseConfig(text, path);
-  if (holdsPasswords(loaded.config, text)) {
-    const mode = (await Deno.stat(path)).mode;
-    if (mode !== null && (mode & 0o044) !== 0) {
-      loaded.warnings.push(
-        `config ${path} holds passwords and is readable by group/others (mode ${
-          (mode & 0o777).toString(8).padStart(4, "0")
-        }); run: chmod 600 ${path}`,
-      );
-    }
+  const mode = (await Deno.stat(path)).mode;
+  // Writable by others matters for every config (it says what to mount, where
+  // to listen); readable only when it holds secrets.
+  const secret = holdsPasswords(loaded.config, text);
+  const problem = looseMode(mode, secret);
+  if (problem) {
+    const what = secret ? "holds passwords and " : "";
+    loaded.warnings.push(`config ${path} ${what}${problem}; run: chmod 600 ${path}`);
   }
   return loaded;
 }

@@ -17,6 +17,7 @@ import {
   parseConfig,
   parseListenAddress,
 } from "./config.ts";
+import { unsafeListenProblem } from "./config_checks.ts";
 import { Daemon } from "./daemon.ts";
 import type { MountDriver } from "./driver.ts";
 
@@ -137,6 +138,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
       return EXIT_CONFIG;
     }
     config.http.listen = listen;
+  }
+  const unsafe = unsafeListenProblem(config.http.listen, config.http.token);
+  if (unsafe) {
+    console.error(`ivbsnetd serve: ${unsafe}`);
+    return EXIT_CONFIG;
   }
   if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
 
