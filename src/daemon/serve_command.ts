@@ -7,6 +7,7 @@
  */
 import { parseFlags, UsageError } from "../args.ts";
 import { createApp } from "../http/app.ts";
+import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
 import { onStopSignal } from "../signals.ts";
 import {
@@ -19,6 +20,7 @@ import {
 } from "./config.ts";
 import { unsafeListenProblem } from "./config_checks.ts";
 import { Daemon } from "./daemon.ts";
+import { httpConnectionCap, raiseDescriptorLimit } from "./fd_limit.ts";
 import type { MountDriver } from "./driver.ts";
 
 /** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
@@ -64,6 +66,7 @@ export function startServing(
   config: DaemonConfig,
   driver: MountDriver,
   log: Logger = logger("daemon"),
+  http: { maxConnections?: number } = {},
 ): Serving {
   const daemon = new Daemon({ config, driver, log });
   const app = createApp({
@@ -73,15 +76,30 @@ export function startServing(
     requestShutdown: (reason) => void daemon.shutdown(reason),
     startedAt: daemon.startedAt,
     log: logger("http"),
+    listen: config.http.listen,
+    hostname: machineName(),
   });
-  const server = Deno.serve({
+  // Our own server, not Deno.serve: a connection cap, timeouts, and accept
+  // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
+  const server = startHttpServer({
     hostname: config.http.listen.host,
     port: config.http.listen.port,
-    onListen: () => {},
-  }, app.fetch);
-  daemon.onStop(() => server.shutdown());
-  const addr = server.addr as Deno.NetAddr;
+    handler: app.fetch,
+    maxConnections: http.maxConnections,
+    log: logger("http"),
+  });
+  daemon.onStop(() => server.close());
+  const addr = server.addr;
   return { daemon, url: urlOf({ host: addr.hostname, port: addr.port }) };
+}
+
+/** This machine's name (accepted as Host when the API listens on every interface). */
+function machineName(): string | undefined {
+  try {
+    return Deno.hostname();
+  } catch {
+    return undefined;
+  }
 }
 
 /** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
@@ -146,9 +164,10 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
 
+  const maxConnections = httpConnectionCap(raiseDescriptorLimit(log));
   let serving: Serving;
   try {
-    serving = startServing(config, await deps.createDriver(config), log);
+    serving = startServing(config, await deps.createDriver(config), log, { maxConnections });
   } catch (error) {
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
