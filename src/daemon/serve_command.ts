@@ -190,6 +190,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     mounts: config.mounts.length,
     exports: config.exports.items.length,
     devices: config.nbd.devices,
+    httpConnections: maxConnections,
   });
 
   const [outcomes, exported] = await Promise.all([

@@ -98,7 +98,7 @@ export class HttpServer {
   readonly finished: Promise<void>;
   readonly #listener: Deno.Listener;
   readonly #handler: HttpServerOptions["handler"];
-  readonly #maxConnections: number;
+  #maxConnections: number;
   readonly #idleTimeoutMs: number;
   readonly #requestTimeoutMs: number;
   readonly #maxHeadBytes: number;
@@ -109,8 +109,9 @@ export class HttpServer {
   #closing = false;
   #closed: Promise<void> | null = null;
   #slotFreed: (() => void) | null = null;
-  /** Accept failures in the current episode (logged once, summed when it ends). */
+  /** Accept failures not yet reported (the first is logged, the rest summed per minute). */
   #acceptFailures = 0;
+  #acceptFailuresLoggedAt: number | null = null;
 
   /** Listens at once (throws AddrInUse etc. like Deno.listen). */
   constructor(options: HttpServerOptions) {
@@ -156,7 +157,7 @@ export class HttpServer {
   async #acceptLoop(): Promise<void> {
     let backoffMs = 50;
     while (!this.#closing) {
-      if (this.#connections.size >= this.#maxConnections && !this.#evictIdlest()) {
+      if (this.#connections.size >= this.#maxConnections && this.#idlest() === null) {
         // Every connection is answering a request: leave new ones in the backlog.
         await new Promise<void>((resolve) => this.#slotFreed = resolve);
         this.#slotFreed = null;
@@ -167,12 +168,7 @@ export class HttpServer {
         conn = await this.#listener.accept();
       } catch (error) {
         if (this.#closing || error instanceof Deno.errors.BadResource) break;
-        if (this.#acceptFailures++ === 0) {
-          this.#log.error("accepting HTTP connections fails; retrying", {
-            error: errorMessage(error),
-            connections: this.#connections.size,
-          });
-        }
+        this.#acceptFailed(error);
         // Out of descriptors: give one back, then retry after a pause.
         this.#evictIdlest();
         await new Promise((resolve) => setTimeout(resolve, backoffMs));
@@ -180,31 +176,54 @@ export class HttpServer {
         continue;
       }
       backoffMs = 50;
-      if (this.#acceptFailures > 0) {
-        this.#log.info("accepting HTTP connections again", { failures: this.#acceptFailures });
-        this.#acceptFailures = 0;
-      }
       if (this.#closing) {
         closeQuietly(conn);
         break;
       }
+      // Over the cap: the newcomer replaces the connection idle the longest.
+      if (this.#connections.size >= this.#maxConnections) this.#evictIdlest();
       this.#start(conn);
     }
   }
 
-  /** Closes the connection idle the longest (none in a request: those are cut only by timeouts). */
-  #evictIdlest(): boolean {
+  /**
+   * Logs the first accept failure, then at most one line a minute with how
+   * many followed; out of descriptors, the cap drops to what the process has
+   * room for, so later connections replace idle ones instead of failing.
+   */
+  #acceptFailed(error: unknown): void {
+    this.#acceptFailures++;
+    const now = performance.now();
+    const lowered = this.#connections.size > 1 && this.#connections.size <= this.#maxConnections;
+    if (lowered) this.#maxConnections = this.#connections.size - 1;
+    if (this.#acceptFailuresLoggedAt !== null && now - this.#acceptFailuresLoggedAt < 60_000) {
+      return;
+    }
+    this.#log.error("accepting an HTTP connection failed; closing idle ones and retrying", {
+      error: errorMessage(error),
+      failures: this.#acceptFailures,
+      connections: this.#connections.size,
+      maxConnections: this.#maxConnections,
+    });
+    this.#acceptFailures = 0;
+    this.#acceptFailuresLoggedAt = now;
+  }
+
+  /** The connection idle the longest, else the slowest sender of a request; never one being answered. */
+  #idlest(): Connection | null {
     let victim: Connection | null = null;
     for (const c of this.#connections.values()) {
-      if (c.phase !== "idle") continue;
-      if (!victim || c.idleSince < victim.idleSince) victim = c;
+      if (c.phase === "idle" && (!victim || c.idleSince < victim.idleSince)) victim = c;
     }
-    if (!victim) {
-      // No idle one: the slowest sender of a request head goes instead.
-      for (const c of this.#connections.values()) {
-        if (c.phase === "reading" && (!victim || c.idleSince < victim.idleSince)) victim = c;
-      }
+    if (victim) return victim;
+    for (const c of this.#connections.values()) {
+      if (c.phase === "reading" && (!victim || c.idleSince < victim.idleSince)) victim = c;
     }
+    return victim;
+  }
+
+  #evictIdlest(): boolean {
+    const victim = this.#idlest();
     if (!victim) return false;
     this.#log.debug("closing an idle HTTP connection to make room", { connection: victim.id });
     this.#cut(victim);
@@ -269,9 +288,9 @@ export class HttpServer {
       if (error instanceof BadRequest) {
         this.#log.info("HTTP request refused", { status: error.status, reason: error.message });
         this.#arm(c, this.#requestTimeoutMs);
-        await writeResponse(c.conn, jsonError(error.status, error.message), false, false).catch(
-          () => {},
-        );
+        await writeResponse(c.conn, jsonError(error.status, error.message), false, false)
+          .then(() => lingerClose(c.conn))
+          .catch(() => {});
       } else if (c.closed || error instanceof Gone || isDisconnect(error)) {
         // Cut by us (timeout, eviction, shutdown) or the client left: one short line if mid-request.
         if (request || c.phase === "reading") {
@@ -286,7 +305,11 @@ export class HttpServer {
     }
   }
 
-  async #readBody(c: Connection, reader: ConnReader, head: ParsedHead): Promise<Uint8Array<ArrayBuffer> | null> {
+  async #readBody(
+    c: Connection,
+    reader: ConnReader,
+    head: ParsedHead,
+  ): Promise<Uint8Array<ArrayBuffer> | null> {
     if (head.chunked) {
       if (head.expectContinue) {
         await writeAll(c.conn, encoder.encode("HTTP/1.1 100 Continue\r\n\r\n"));
@@ -430,6 +453,7 @@ class ConnReader {
       const view = this.#buffer.subarray(0, this.#end);
       for (let i = Math.max(searched, this.#start); i + 3 < view.length; i++) {
         if (view[i] === 13 && view[i + 1] === 10 && view[i + 2] === 13 && view[i + 3] === 10) {
+          if (i - this.#start > max) throw new BadRequest(431, "request head too large");
           const head = this.#buffer.slice(this.#start, i);
           this.#start = i + 4;
           return head;
@@ -528,6 +552,21 @@ async function writeResponse(
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   let written = 0;
   while (written < bytes.length) written += await conn.write(bytes.subarray(written));
+}
+
+/**
+ * After refusing a request whose rest we did not read: stop writing, then read
+ * and drop what the client still sends (bounded), so closing does not reset the
+ * connection and destroy the answer before the client reads it.
+ */
+async function lingerClose(conn: Deno.Conn): Promise<void> {
+  await conn.closeWrite();
+  const sink = new Uint8Array(16 * 1024);
+  for (let total = 0; total < 256 * 1024;) {
+    const n = await conn.read(sink);
+    if (n === null) return;
+    total += n;
+  }
 }
 
 function isDisconnect(error: unknown): boolean {
