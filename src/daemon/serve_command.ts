@@ -10,6 +10,8 @@ import { createApp } from "../http/app.ts";
 import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
 import { onStopSignal } from "../signals.ts";
+import { errorMessage } from "../error_info.ts";
+import { onUncaughtError } from "../fatal.ts";
 import {
   ConfigError,
   type DaemonConfig,
@@ -47,7 +49,8 @@ export const SERVE_HELP = [
   "  -h, --help          this help",
   "",
   "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
-  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use), 2 bad config or usage",
+  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use) or stopped on an",
+  "uncaught error (after the usual shutdown), 2 bad config or usage",
 ].join("\n");
 
 /** A running daemon with its HTTP server. */
@@ -184,6 +187,15 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   const { daemon, url } = serving;
   const removeSignals = stopOnSignals(daemon, log);
+  let fatal = false;
+  const removeFatal = onUncaughtError((error, kind) => {
+    log.error(`${kind}; stopping the daemon`, {
+      error: errorMessage(error),
+      stack: error instanceof Error ? error.stack?.split("\n").slice(1, 4).join(" | ") : undefined,
+    });
+    fatal = true;
+    void daemon.shutdown(kind);
+  });
   console.log(`ivbsnetd: listening on ${url}`);
   log.info("daemon started", {
     url,
@@ -207,5 +219,6 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   await daemon.done;
   removeSignals();
-  return EXIT_OK;
+  removeFatal();
+  return fatal ? EXIT_FAILED : EXIT_OK;
 }
