@@ -154,6 +154,22 @@ export const EXPORT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export const EXPORT_NAME_RULE =
   "must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit";
 
+/** Longest image name (IVBS carries `image_name[256]`; one byte stays for the NUL). */
+export const MAX_IMAGE_NAME_BYTES = 255;
+/** Longest username (IVBS carries `username[32]`). */
+export const MAX_USERNAME_BYTES = 32;
+
+/**
+ * A `refine` check that `what` fits `max` bytes of UTF-8 without NUL: the wire
+ * limits are bytes, and "é" is one character but two bytes.
+ */
+export function withinBytes(max: number, what: string) {
+  return [
+    (text: string) => !text.includes("\0") && new TextEncoder().encode(text).length <= max,
+    { message: `${what} must be at most ${max} bytes (UTF-8) without NUL` },
+  ] as const;
+}
+
 /** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 
@@ -248,12 +264,14 @@ const CurrentSchema = z.strictObject({
     maxInFlight: z.number().int().min(1).max(4096).default(128),
   }).prefault({}),
   users: z.array(z.strictObject({
-    username: z.string().min(1, "username must not be empty").max(32),
+    username: z.string().min(1, "username must not be empty")
+      .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
     password: z.string(),
   })).default([]),
   mounts: z.array(z.strictObject({
     device: DeviceSchema.default("auto"),
-    image: z.string().min(1, "image must not be empty").max(255),
+    image: z.string().min(1, "image must not be empty")
+      .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
     user: z.string().min(1),
     readOnly: z.boolean().default(false),
   })).default([]),
@@ -265,7 +283,8 @@ const CurrentSchema = z.strictObject({
     }).prefault({}),
     items: z.array(z.strictObject({
       name: ExportNameSchema,
-      image: z.string().min(1, "image must not be empty").max(255),
+      image: z.string().min(1, "image must not be empty")
+        .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
       user: z.string().min(1),
       readOnly: z.boolean().default(false),
     })).default([]),
@@ -335,9 +354,15 @@ const CurrentSchema = z.strictObject({
 const LegacySchema = z.looseObject({
   Mounted: z.array(z.looseObject({
     NbdDevice: DeviceSchema,
-    ImageName: z.string().min(1, "ImageName must not be empty").max(255),
+    ImageName: z.string().min(1, "ImageName must not be empty")
+      .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "ImageName")),
   })).default([]),
-  User: z.array(z.looseObject({ Username: z.string().min(1).max(32), Password: z.string() }))
+  User: z.array(
+    z.looseObject({
+      Username: z.string().min(1).refine(...withinBytes(MAX_USERNAME_BYTES, "Username")),
+      Password: z.string(),
+    }),
+  )
     .default([]),
 }).superRefine((config, ctx) => {
   config.Mounted.forEach((mount, i) => {

@@ -18,7 +18,12 @@ import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
 import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
-import { ExportNameSchema } from "../daemon/config.ts";
+import {
+  ExportNameSchema,
+  MAX_IMAGE_NAME_BYTES,
+  MAX_USERNAME_BYTES,
+  withinBytes,
+} from "../daemon/config.ts";
 import type { ListenAddress } from "../daemon/config.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
@@ -93,18 +98,20 @@ export const EXPORT_ERROR_STATUS: Record<ExportErrorCode, ContentfulStatusCode> 
 
 export const ExportBodySchema = z.strictObject({
   name: ExportNameSchema,
-  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
+    .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
   username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
-    .max(32),
+    .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
 });
 
 export const MountBodySchema = z.strictObject({
   device: DeviceOrAutoSchema.optional(),
-  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
+    .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
   username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
-    .max(32),
+    .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
 });
@@ -156,14 +163,15 @@ export function createApp(options: AppOptions): Hono {
     await next();
   });
 
-  app.get("/api/health", (c) =>
+  app.get("/api/health", async (c) =>
     c.json({
       status: table.closing ? "stopping" : "ok",
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - options.startedAt) / 1000),
       mounts: table.size,
       exports: exports.size,
-      devices: table.deviceCount,
+      // Devices that exist and are ours: 0 without the nbd module, not nbd.devices.
+      devices: (await table.devices()).length,
       tokenRequired: token !== undefined,
     }));
 
