@@ -79,7 +79,6 @@ Deno.test({
         method: "POST",
         headers: { "content-type": "application/json" },
         body: ReadableStream.from([new TextEncoder().encode("{}")]),
-        duplex: "half",
       });
       assert.equal(chunked.status, 400, await chunked.text());
       if (await hasTool("nbdinfo")) {
