@@ -53,15 +53,23 @@ export function jsonSyntaxWhere(error: unknown, text: string): string {
   const lineColumn = /\(line (\d+) column (\d+)\)/.exec(message);
   if (lineColumn) return `line ${lineColumn[1]} column ${lineColumn[2]}`;
   const position = /at position (\d+)/.exec(message);
-  if (position) {
-    const offset = Math.min(Number(position[1]), text.length);
-    const before = text.slice(0, offset);
-    const line = before.split("\n").length;
-    const column = offset - before.lastIndexOf("\n");
-    return `line ${line} column ${column}`;
+  if (position) return lineAndColumn(text, Number(position[1]));
+  // "Unexpected token 'x', ..."<10 chars before>x<up to 10 after>"... is not valid JSON":
+  // V8 quotes the file around the error. Find that quote in the text for the place.
+  const quoted = /^Unexpected token '[\s\S]+?', (\.\.\.)?"([\s\S]*)"(?:\.\.\.)? is not valid JSON$/
+    .exec(message);
+  if (quoted) {
+    const at = text.indexOf(quoted[2]);
+    if (at >= 0 && quoted[1]) return lineAndColumn(text, at + 10);
+    if (at >= 0) return `line ${lineAndColumn(text, at).split(" ")[1]} or after`;
   }
   if (/unexpected end|unterminated/i.test(message)) return "unexpected end of the file";
   return "unexpected token";
+}
+
+function lineAndColumn(text: string, offset: number): string {
+  const before = text.slice(0, Math.min(offset, text.length));
+  return `line ${before.split("\n").length} column ${offset - before.lastIndexOf("\n")}`;
 }
 
 /** True for 0.0.0.0, ::, and an empty host: every interface. */
