@@ -44,8 +44,23 @@ export function raiseDescriptorLimit(log: Logger): number | null {
     : Number(limit.soft);
 }
 
-/** HTTP connections allowed at once under a soft limit: a quarter of it, within bounds. */
-export function httpConnectionCap(softLimit: number | null): number {
+/**
+ * HTTP connections allowed at once: a quarter of the descriptors still free
+ * (`softLimit` minus those open now), within bounds.
+ */
+export function httpConnectionCap(softLimit: number | null, openNow = openDescriptors()): number {
   if (softLimit === null) return 64;
-  return Math.max(MIN_HTTP_CONNECTIONS, Math.min(MAX_HTTP_CONNECTIONS, Math.floor(softLimit / 4)));
+  const free = Math.max(0, softLimit - (openNow ?? 0));
+  return Math.max(MIN_HTTP_CONNECTIONS, Math.min(MAX_HTTP_CONNECTIONS, Math.floor(free / 4)));
+}
+
+/** Descriptors this process has open (Deno's runtime holds dozens), or null if unknown. */
+export function openDescriptors(): number | null {
+  try {
+    let count = 0;
+    for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
+    return count;
+  } catch {
+    return null;
+  }
 }
