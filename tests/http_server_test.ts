@@ -198,3 +198,24 @@ Deno.test("a handler that throws answers 500 and the server keeps serving", asyn
     assert.ok(log.lines.some((l) => l.startsWith("error HTTP handler failed")));
   });
 });
+
+Deno.test("a request that starts the shutdown gets its answer, then its keep-alive connection closes", async () => {
+  let closing: Promise<void> | null = null;
+  let server: HttpServer | null = null;
+  server = startHttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    idleTimeoutMs: 3_600_000, // only the shutdown may close the connection here
+    handler: () => {
+      closing = server!.close();
+      return Response.json({ status: "shutting down" }, { status: 202 });
+    },
+    log: memoryLog(),
+  });
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+  await conn.write(encoder.encode("POST /api/shutdown HTTP/1.1\r\nHost: a\r\n\r\n"));
+  const answer = await readToEnd(conn);
+  assert.match(answer, /^HTTP\/1\.1 202 Accepted\r\n/);
+  assert.match(answer, /connection: close/);
+  await closing;
+});

@@ -62,6 +62,9 @@ class BadRequest extends Error {
 /** The client went away or was cut (timeout, eviction, shutdown): nothing to answer. */
 class Gone extends Error {}
 
+/** How long close() lets requests in progress finish before cutting their connections. */
+const SHUTDOWN_GRACE_MS = 5_000;
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -151,7 +154,14 @@ export class HttpServer {
     this.#slotFreed?.();
     for (const c of this.#connections.values()) if (c.phase !== "busy") this.#cut(c);
     await this.finished;
-    await Promise.all([...this.#connections.values()].map((c) => c.task));
+    // Requests in progress get a bounded grace period, then their connections are cut.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const grace = new Promise<void>((resolve) => timer = setTimeout(resolve, SHUTDOWN_GRACE_MS));
+    const tasks = Promise.all([...this.#connections.values()].map((c) => c.task));
+    await Promise.race([tasks, grace]);
+    clearTimeout(timer);
+    // A handler that never returns keeps its task, not the shutdown.
+    for (const c of this.#connections.values()) this.#cut(c);
   }
 
   async #acceptLoop(): Promise<void> {
@@ -266,6 +276,7 @@ export class HttpServer {
     let request: ParsedHead | null = null;
     try {
       for (;;) {
+        if (this.#closing) return;
         c.phase = "idle";
         c.idleSince = performance.now();
         this.#arm(c, this.#idleTimeoutMs);
@@ -277,8 +288,9 @@ export class HttpServer {
         const body = await this.#readBody(c, reader, request);
         c.phase = "busy";
         clearTimeout(c.timer);
-        const keepAlive = request.keepAlive && !this.#closing;
         const response = await this.#answer(request, body);
+        // After the handler: a request may have started the shutdown itself.
+        const keepAlive = request.keepAlive && !this.#closing;
         this.#arm(c, this.#requestTimeoutMs);
         await writeResponse(c.conn, response, request.method === "HEAD", keepAlive);
         if (!keepAlive) return;
