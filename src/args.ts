@@ -8,6 +8,7 @@
  */
 import { parseArgs, type ParseArgsOptionsConfig } from "node:util";
 import { errorMessage } from "./error_info.ts";
+import { looseMode } from "./file_mode.ts";
 import type { Logger } from "./log.ts";
 
 /** A bad command line: printed as one line, exit code 2. */
@@ -127,9 +128,8 @@ export function parseHostPort(
  */
 export async function readPasswordFile(path: string, log: Logger): Promise<string> {
   const info = await Deno.stat(path);
-  if (info.mode !== null && (info.mode & 0o077) !== 0) {
-    log.warn("password file is readable by group or others; chmod 600 it", { file: path });
-  }
+  const problem = looseMode(info.mode, true);
+  if (problem) log.warn(`password file ${problem}; chmod 600 it`, { file: path });
   const password = (await Deno.readTextFile(path)).split(/\r?\n/)[0];
   if (!password) throw new UsageError(`password file ${path} is empty`);
   return password;

@@ -67,10 +67,23 @@ export class DaemonProcess {
     this.#stderr = stderr;
   }
 
-  /** Starts the daemon and waits for its "listening on URL" line. */
-  static async start(configPath: string): Promise<DaemonProcess> {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "serve", "--config", configPath],
+  /**
+   * Starts the daemon and waits for its "listening on URL" line; `wrapper`
+   * runs it under another command (e.g. ["prlimit", "--nofile=80:80"]).
+   */
+  static async start(configPath: string, wrapper: string[] = []): Promise<DaemonProcess> {
+    const command = [
+      ...wrapper,
+      Deno.execPath(),
+      "run",
+      "-A",
+      MAIN,
+      "serve",
+      "--config",
+      configPath,
+    ];
+    const child = new Deno.Command(command[0], {
+      args: command.slice(1),
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

@@ -58,7 +58,13 @@ async function runOk(command: string, args: string[]): Promise<string> {
 async function withExports(
   exports: ExportDefinition[],
   body: (server: ExportServer, dir: string) => Promise<void>,
-  extra: { tcp?: boolean; maxClients?: number; log?: Logger } = {},
+  extra: {
+    tcp?: boolean;
+    maxClients?: number;
+    log?: Logger;
+    idleEvictMs?: number;
+    handshakeTimeoutMs?: number;
+  } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
   const log = extra.log ?? memoryLog();
@@ -67,6 +73,8 @@ async function withExports(
     tcp: extra.tcp ? { port: 0 } : undefined,
     exports,
     maxClients: extra.maxClients,
+    idleEvictMs: extra.idleEvictMs,
+    handshakeTimeoutMs: extra.handshakeTimeoutMs,
     log,
   });
   try {
@@ -758,4 +766,55 @@ Deno.test("ivbsnetd export exits 1 with one clear line when IVBS login is refuse
     await ivbs.close();
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("a client holding the only slot silently after the handshake gives it up to a newcomer", async () => {
+  const log = memoryLog();
+  await withExports([memoryExport("disk", MiB)], async (_server, dir) => {
+    const squatter = await RawClient.connect(dir);
+    assert.equal(await squatter.go("disk"), Rep.ACK);
+    // The squatter now sends nothing. With the slot policy at 0 ms it is idle long enough.
+    const newcomer = await RawClient.connect(dir);
+    assert.equal(await newcomer.go("disk"), Rep.ACK);
+    assert.deepEqual(await newcomer.readAt(0, 512), new Uint8Array(512));
+    assert.ok(await squatter.closedByServer(), "the idle client lost its slot");
+    newcomer.close();
+  }, { maxClients: 1, idleEvictMs: 0, log });
+  assert.equal(
+    log.lines.filter((l) => l.includes("idle too long closed to make room")).length,
+    1,
+    log.lines.join("\n"),
+  );
+});
+
+Deno.test("a slot idle for less than the limit is kept; refusals are logged once, not once per client", async () => {
+  const log = memoryLog();
+  await withExports([memoryExport("disk", MiB)], async (_server, dir) => {
+    const holder = await RawClient.connect(dir);
+    assert.equal(await holder.go("disk"), Rep.ACK);
+    for (let i = 0; i < 5; i++) {
+      const refused = await Deno.connect({ transport: "unix", path: `${dir}/nbd.sock` });
+      assert.equal(await refused.read(new Uint8Array(18)), null, "closed without a greeting");
+      refused.close();
+    }
+    assert.deepEqual(await holder.readAt(0, 512), new Uint8Array(512), "the holder still works");
+    holder.close();
+  }, { maxClients: 1, idleEvictMs: 3_600_000, log });
+  const refusals = log.lines.filter((l) => l.includes("too many clients"));
+  assert.equal(refusals.length, 1, refusals.join("\n"));
+});
+
+Deno.test("a client that never starts the handshake is closed at the handshake deadline", async () => {
+  await withExports([memoryExport("disk", MiB)], async (_server, dir) => {
+    const silent = await Deno.connect({ transport: "unix", path: `${dir}/nbd.sock` });
+    const buffer = new Uint8Array(64);
+    let total = 0;
+    for (;;) {
+      const n = await silent.read(buffer).catch(() => null);
+      if (n === null) break;
+      total += n;
+    }
+    assert.equal(total, 18, "the greeting, then the server hung up");
+    silent.close();
+  }, { handshakeTimeoutMs: 30 });
 });

@@ -17,10 +17,11 @@
  * @module
  */
 import { z } from "zod";
-import { errorMessage } from "../error_info.ts";
 import { DEFAULT_LIVENESS, type LivenessOptions } from "../ivbs/liveness.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
+import { looseMode } from "../file_mode.ts";
+import { jsonSyntaxWhere, mixedFormatKeys, mixedFormatMessage } from "./config_checks.ts";
 
 /** Default IVBS proxy port (also in src/ivbs/wire.ts; repeated so config needs no codec). */
 const DEFAULT_IVBS_PORT = 11417;
@@ -156,6 +157,22 @@ export const EXPORT_NAME_PATTERN = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export const EXPORT_NAME_RULE =
   "must be 1-128 characters: letters, digits, '.', '_' or '-', starting with a letter or digit";
 
+/** Longest image name (IVBS carries `image_name[256]`; one byte stays for the NUL). */
+export const MAX_IMAGE_NAME_BYTES = 255;
+/** Longest username (IVBS carries `username[32]`). */
+export const MAX_USERNAME_BYTES = 32;
+
+/**
+ * A `refine` check that `what` fits `max` bytes of UTF-8 without NUL: the wire
+ * limits are bytes, and "é" is one character but two bytes.
+ */
+export function withinBytes(max: number, what: string) {
+  return [
+    (text: string) => !text.includes("\0") && new TextEncoder().encode(text).length <= max,
+    { message: `${what} must be at most ${max} bytes (UTF-8) without NUL` },
+  ] as const;
+}
+
 /** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
 
@@ -164,8 +181,15 @@ export function isLoopbackHost(host: string): boolean {
   return host === "::1" || host === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
 }
 
-const positiveMs = (name: string) =>
-  z.number({ error: `${name} must be a number of milliseconds` }).int().positive();
+/** Largest delay a timer takes (2^31 - 1 ms, about 24.8 days); beyond it fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+const boundedMs = (name: string, min: number) =>
+  z.number({ error: `${name} must be a number of milliseconds` }).int(`${name} must be an integer`)
+    .min(min, `${name} must be at least ${min} ms`)
+    .max(MAX_TIMER_MS, `${name} must be at most ${MAX_TIMER_MS} ms (about 24.8 days)`);
+
+const positiveMs = (name: string) => boundedMs(name, 1);
 
 const ListenSchema = z.string().transform((text, ctx) => {
   const address = parseListenAddress(text);
@@ -220,7 +244,7 @@ const CurrentSchema = z.strictObject({
       .min(1, "at least one proxy is needed")
       .prefault([{ host: "127.0.0.1" }]),
     deadPeerTimeoutMs: positiveMs("deadPeerTimeoutMs").default(15_000),
-    ioTimeoutMs: z.number().int().min(0).default(120_000),
+    ioTimeoutMs: boundedMs("ioTimeoutMs", 0).default(120_000),
     connectTimeoutMs: positiveMs("connectTimeoutMs").default(5_000),
     backoff: z.strictObject({
       initialMs: positiveMs("initialMs").default(100),
@@ -228,13 +252,14 @@ const CurrentSchema = z.strictObject({
     }).prefault({}).refine((b) => b.initialMs <= b.maxMs, {
       message: "initialMs must not exceed maxMs",
     }),
-    maxInFlightBytes: z.number().int().min(1024 * 1024).optional(),
+    maxInFlightBytes: z.number().int().min(1024 * 1024)
+      .max(2 ** 30, "maxInFlightBytes must be at most 1 GiB").optional(),
     liveness: z.strictObject({
       silenceMs: positiveMs("silenceMs").default(DEFAULT_LIVENESS.silenceMs),
       slowFactor: z.number().min(1).max(1000).default(DEFAULT_LIVENESS.slowFactor),
       slowFloorMs: positiveMs("slowFloorMs").default(DEFAULT_LIVENESS.slowFloorMs),
       // 0 = never probe: the dead-peer timeout alone decides.
-      probeTimeoutMs: z.number().int().min(0).default(DEFAULT_LIVENESS.probeTimeoutMs),
+      probeTimeoutMs: boundedMs("probeTimeoutMs", 0).default(DEFAULT_LIVENESS.probeTimeoutMs),
     }).prefault({}),
   }).prefault({}),
   nbd: z.strictObject({
@@ -242,16 +267,21 @@ const CurrentSchema = z.strictObject({
     blockSize: z.union([z.literal(512), z.literal(1024), z.literal(2048), z.literal(4096)], {
       error: "blockSize must be 512, 1024, 2048 or 4096",
     }).default(4096),
-    timeoutS: z.number().int().min(0).default(0),
+    timeoutS: z.number().int().min(0).max(
+      Math.floor(MAX_TIMER_MS / 1000),
+      `timeoutS must be at most ${Math.floor(MAX_TIMER_MS / 1000)} s`,
+    ).default(0),
     maxInFlight: z.number().int().min(1).max(4096).default(128),
   }).prefault({}),
   users: z.array(z.strictObject({
-    username: z.string().min(1, "username must not be empty").max(32),
+    username: z.string().min(1, "username must not be empty")
+      .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
     password: z.string(),
   })).default([]),
   mounts: z.array(z.strictObject({
     device: DeviceSchema.default("auto"),
-    image: z.string().min(1, "image must not be empty").max(255),
+    image: z.string().min(1, "image must not be empty")
+      .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
     user: z.string().min(1),
     readOnly: z.boolean().default(false),
   })).default([]),
@@ -263,7 +293,8 @@ const CurrentSchema = z.strictObject({
     }).prefault({}),
     items: z.array(z.strictObject({
       name: ExportNameSchema,
-      image: z.string().min(1, "image must not be empty").max(255),
+      image: z.string().min(1, "image must not be empty")
+        .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
       user: z.string().min(1),
       readOnly: z.boolean().default(false),
     })).default([]),
@@ -333,9 +364,15 @@ const CurrentSchema = z.strictObject({
 const LegacySchema = z.looseObject({
   Mounted: z.array(z.looseObject({
     NbdDevice: DeviceSchema,
-    ImageName: z.string().min(1, "ImageName must not be empty").max(255),
+    ImageName: z.string().min(1, "ImageName must not be empty")
+      .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "ImageName")),
   })).default([]),
-  User: z.array(z.looseObject({ Username: z.string().min(1).max(32), Password: z.string() }))
+  User: z.array(
+    z.looseObject({
+      Username: z.string().min(1).refine(...withinBytes(MAX_USERNAME_BYTES, "Username")),
+      Password: z.string(),
+    }),
+  )
     .default([]),
 }).superRefine((config, ctx) => {
   config.Mounted.forEach((mount, i) => {
@@ -413,12 +450,15 @@ export function parseConfig(text: string, source: string): LoadedConfig {
   try {
     value = JSON.parse(text);
   } catch (error) {
-    throw new ConfigError(`config ${source}: not valid JSON: ${errorMessage(error)}`);
+    // Never V8's message: it quotes the file, which may hold passwords.
+    throw new ConfigError(`config ${source}: not valid JSON: ${jsonSyntaxWhere(error, text)}`);
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     throw new ConfigError(`config ${source}: expected a JSON object at the top level`);
   }
   const warnings: string[] = [];
+  const mixed = mixedFormatKeys(value as Record<string, unknown>);
+  if (mixed) throw new ConfigError(mixedFormatMessage(source, mixed));
   if (isLegacy(value)) {
     const result = LegacySchema.safeParse(value);
     if (!result.success) {
@@ -467,15 +507,14 @@ export async function loadConfig(path: string): Promise<LoadedConfig> {
     throw new ConfigError(`config ${path}: cannot read: ${why}`);
   }
   const loaded = parseConfig(text, path);
-  if (holdsPasswords(loaded.config, text)) {
-    const mode = (await Deno.stat(path)).mode;
-    if (mode !== null && (mode & 0o044) !== 0) {
-      loaded.warnings.push(
-        `config ${path} holds passwords and is readable by group/others (mode ${
-          (mode & 0o777).toString(8).padStart(4, "0")
-        }); run: chmod 600 ${path}`,
-      );
-    }
+  const mode = (await Deno.stat(path)).mode;
+  // Writable by others matters for every config (it says what to mount, where
+  // to listen); readable only when it holds secrets.
+  const secret = holdsPasswords(loaded.config, text);
+  const problem = looseMode(mode, secret);
+  if (problem) {
+    const what = secret ? "holds passwords and " : "";
+    loaded.warnings.push(`config ${path} ${what}${problem}; run: chmod 600 ${path}`);
   }
   return loaded;
 }

@@ -7,8 +7,11 @@
  */
 import { parseFlags, UsageError } from "../args.ts";
 import { createApp } from "../http/app.ts";
+import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
 import { onStopSignal } from "../signals.ts";
+import { errorMessage } from "../error_info.ts";
+import { onUncaughtError } from "../fatal.ts";
 import {
   ConfigError,
   type DaemonConfig,
@@ -17,7 +20,9 @@ import {
   parseConfig,
   parseListenAddress,
 } from "./config.ts";
+import { unsafeListenProblem } from "./config_checks.ts";
 import { Daemon } from "./daemon.ts";
+import { httpConnectionCap, raiseDescriptorLimit } from "./fd_limit.ts";
 import type { MountDriver } from "./driver.ts";
 
 /** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
@@ -44,7 +49,8 @@ export const SERVE_HELP = [
   "  -h, --help          this help",
   "",
   "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
-  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use), 2 bad config or usage",
+  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use) or stopped on an",
+  "uncaught error (after the usual shutdown), 2 bad config or usage",
 ].join("\n");
 
 /** A running daemon with its HTTP server. */
@@ -63,6 +69,7 @@ export function startServing(
   config: DaemonConfig,
   driver: MountDriver,
   log: Logger = logger("daemon"),
+  http: { maxConnections?: number } = {},
 ): Serving {
   const daemon = new Daemon({ config, driver, log });
   const app = createApp({
@@ -75,15 +82,30 @@ export function startServing(
     events: daemon.events,
     proxies: daemon.proxies,
     history: daemon.history,
+    listen: config.http.listen,
+    hostname: machineName(),
   });
-  const server = Deno.serve({
+  // Our own server, not Deno.serve: a connection cap, timeouts, and accept
+  // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
+  const server = startHttpServer({
     hostname: config.http.listen.host,
     port: config.http.listen.port,
-    onListen: () => {},
-  }, app.fetch);
-  daemon.onStop(() => server.shutdown());
-  const addr = server.addr as Deno.NetAddr;
+    handler: app.fetch,
+    maxConnections: http.maxConnections,
+    log: logger("http"),
+  });
+  daemon.onStop(() => server.close());
+  const addr = server.addr;
   return { daemon, url: urlOf({ host: addr.hostname, port: addr.port }) };
+}
+
+/** This machine's name (accepted as Host when the API listens on every interface). */
+function machineName(): string | undefined {
+  try {
+    return Deno.hostname();
+  } catch {
+    return undefined;
+  }
 }
 
 /** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
@@ -142,11 +164,17 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     }
     config.http.listen = listen;
   }
+  const unsafe = unsafeListenProblem(config.http.listen, config.http.token);
+  if (unsafe) {
+    console.error(`ivbsnetd serve: ${unsafe}`);
+    return EXIT_CONFIG;
+  }
   if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
 
+  const maxConnections = httpConnectionCap(raiseDescriptorLimit(log));
   let serving: Serving;
   try {
-    serving = startServing(config, await deps.createDriver(config), log);
+    serving = startServing(config, await deps.createDriver(config), log, { maxConnections });
   } catch (error) {
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
@@ -165,12 +193,22 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   // Config problems are logged as events, so the status page and /api/events show them.
   for (const warning of warnings) daemon.configProblem(warning);
   const removeSignals = stopOnSignals(daemon, log);
+  let fatal = false;
+  const removeFatal = onUncaughtError((error, kind) => {
+    log.error(`${kind}; stopping the daemon`, {
+      error: errorMessage(error),
+      stack: error instanceof Error ? error.stack?.split("\n").slice(1, 4).join(" | ") : undefined,
+    });
+    fatal = true;
+    void daemon.shutdown(kind);
+  });
   console.log(`ivbsnetd: listening on ${url}`);
   log.info("daemon started", {
     url,
     mounts: config.mounts.length,
     exports: config.exports.items.length,
     devices: config.nbd.devices,
+    httpConnections: maxConnections,
   });
 
   const [outcomes, exported] = await Promise.all([
@@ -187,5 +225,6 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   await daemon.done;
   removeSignals();
-  return EXIT_OK;
+  removeFatal();
+  return fatal ? EXIT_FAILED : EXIT_OK;
 }

@@ -18,7 +18,14 @@ import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
 import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
-import { ExportNameSchema } from "../daemon/config.ts";
+import {
+  ExportNameSchema,
+  MAX_IMAGE_NAME_BYTES,
+  MAX_USERNAME_BYTES,
+  withinBytes,
+} from "../daemon/config.ts";
+import type { ListenAddress } from "../daemon/config.ts";
+import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
 import { registerOperatorRoutes } from "./operator_routes.ts";
@@ -52,6 +59,10 @@ export interface AppOptions {
   proxies?: ProxyRegistry;
   /** Graph points per mount and export (the status page). */
   history?: History;
+  /** The API's listen address: Host headers naming it are accepted (see guard.ts). */
+  listen?: ListenAddress;
+  /** This machine's name, accepted as Host when listening on all interfaces. */
+  hostname?: string;
 }
 
 export const VERSION = "0.1.0";
@@ -98,18 +109,20 @@ export const EXPORT_ERROR_STATUS: Record<ExportErrorCode, ContentfulStatusCode> 
 
 export const ExportBodySchema = z.strictObject({
   name: ExportNameSchema,
-  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
+    .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
   username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
-    .max(32),
+    .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
 });
 
 export const MountBodySchema = z.strictObject({
   device: DeviceOrAutoSchema.optional(),
-  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty").max(255),
+  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
+    .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
   username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
-    .max(32),
+    .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
 });
@@ -146,6 +159,9 @@ export function createApp(options: AppOptions): Hono {
   });
   app.notFound((c) => errorBody(c, 404, `no route ${c.req.method} ${c.req.path}`));
 
+  // Before anything else: what a web page could send never reaches a route.
+  app.use("*", requestGuard({ listen: options.listen, hostname: options.hostname }));
+
   const limit = bodyLimit({
     maxSize: MAX_BODY_BYTES,
     onError: (c) => errorBody(c, 413, `request body exceeds ${MAX_BODY_BYTES} bytes`),
@@ -158,14 +174,15 @@ export function createApp(options: AppOptions): Hono {
     await next();
   });
 
-  app.get("/api/health", (c) =>
+  app.get("/api/health", async (c) =>
     c.json({
       status: table.closing ? "stopping" : "ok",
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - options.startedAt) / 1000),
       mounts: table.size,
       exports: exports.size,
-      devices: table.deviceCount,
+      // Devices that exist and are ours: 0 without the nbd module, not nbd.devices.
+      devices: (await table.devices()).length,
       tokenRequired: token !== undefined,
     }));
 

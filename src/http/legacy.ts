@@ -8,6 +8,7 @@
 import type { Context, Hono } from "hono";
 import { z } from "zod";
 import type { MountTable } from "../daemon/mount_table.ts";
+import { MAX_IMAGE_NAME_BYTES, MAX_USERNAME_BYTES, withinBytes } from "../daemon/config.ts";
 import {
   DeviceNameSchema,
   DeviceOrAutoSchema,
@@ -35,15 +36,15 @@ const CommandSchema = z.string({ error: "Command must be a string" })
 const LegacyBodySchema = z.looseObject({
   Command: CommandSchema,
   Device: z.string().max(64).optional(),
-  Image: z.string().max(255).optional(),
-  User: z.string().max(32).optional(),
+  Image: z.string().refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "Image")).optional(),
+  User: z.string().refine(...withinBytes(MAX_USERNAME_BYTES, "User")).optional(),
   Pass: z.string().max(1024).optional(),
 });
 
 const MountFields = z.object({
   Device: DeviceOrAutoSchema.optional(),
-  Image: Field("Image").max(255),
-  User: Field("User").max(32),
+  Image: Field("Image").refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "Image")),
+  User: Field("User").refine(...withinBytes(MAX_USERNAME_BYTES, "User")),
   Pass: z.string({ error: "Pass is required for mount" }).max(1024),
 });
 

@@ -13,6 +13,7 @@ import { type ExportEntry, HandshakeError, negotiate, type NegotiatedExport } fr
 import { MAX_STRING } from "./handshake.ts";
 import { type ServeOptions, serveTransmission } from "./serve.ts";
 import { IoStats } from "./stats.ts";
+import type { ByteStream } from "../io/stream.ts";
 import { type Logger, logger } from "../log.ts";
 
 /** One export: a name and a factory giving each client its own backend. */
@@ -33,6 +34,14 @@ export interface ExportServerOptions {
   maxClients?: number;
   /** Deadline for one client's handshake. Default 10 000 ms. */
   handshakeTimeoutMs?: number;
+  /**
+   * Slot policy when all `maxClients` slots are taken: a newcomer replaces the
+   * client that has sent and received nothing for longest, once that is at
+   * least this long. Default 60 000 ms. (Before the handshake the deadline
+   * above bounds a silent client; after it, idle NBD clients are legitimate,
+   * so they lose their slot only to someone waiting for one.)
+   */
+  idleEvictMs?: number;
   /** Per-client bounds of the transmission phase. */
   serve?: Pick<ServeOptions, "maxInFlight" | "maxInFlightBytes">;
   log?: Logger;
@@ -83,6 +92,8 @@ interface Client {
   export: string | null;
   /** Set when we close the connection ourselves (shutdown, export removed). */
   cut: boolean;
+  /** performance.now() of the last byte read or written. */
+  lastActive: number;
   task?: Promise<void>;
 }
 
@@ -98,6 +109,9 @@ export class ExportServer {
   readonly #acceptLoops: Promise<void>[] = [];
   readonly #maxClients: number;
   readonly #handshakeTimeoutMs: number;
+  readonly #idleEvictMs: number;
+  /** Refusals and accept failures not yet logged (one line a minute at most). */
+  readonly #quiet = new Map<string, { count: number; loggedAt: number }>();
   readonly #serve: ExportServerOptions["serve"];
   readonly #log: Logger;
   #socketPath: string | null = null;
@@ -109,6 +123,7 @@ export class ExportServer {
   private constructor(options: ExportServerOptions) {
     this.#maxClients = options.maxClients ?? 64;
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
+    this.#idleEvictMs = options.idleEvictMs ?? 60_000;
     this.#serve = options.serve;
     this.#log = options.log ?? logger("export");
     for (const definition of options.exports ?? []) this.addExport(definition);
@@ -243,7 +258,7 @@ export class ExportServer {
       } catch (error) {
         if (this.#stopping || error instanceof Deno.errors.BadResource) return;
         // E.g. EMFILE: keep serving the clients we have and try again shortly.
-        this.#log.error("accepting an NBD client failed", { transport, error });
+        this.#logRarely("error", "accepting an NBD client failed", { transport, error });
         await new Promise((resolve) => setTimeout(resolve, 100));
         continue;
       }
@@ -251,8 +266,8 @@ export class ExportServer {
         closeQuietly(conn);
         return;
       }
-      if (this.#clients.size >= this.#maxClients) {
-        this.#log.warn("NBD client refused: too many clients", { max: this.#maxClients });
+      if (this.#occupiedSlots() >= this.#maxClients && !this.#evictIdle()) {
+        this.#logRarely("warn", "NBD client refused: too many clients", { max: this.#maxClients });
         closeQuietly(conn);
         continue;
       }
@@ -264,6 +279,7 @@ export class ExportServer {
         connectedAt: new Date(),
         export: null,
         cut: false,
+        lastActive: performance.now(),
       };
       this.#clients.set(client.id, client);
       client.task = this.#serveClient(client).finally(() => this.#clients.delete(client.id));
@@ -274,7 +290,8 @@ export class ExportServer {
     const log = this.#log;
     let negotiated: NegotiatedExport | null = null;
     try {
-      negotiated = await negotiate(client.conn, this.#exports, {
+      const stream = activityStream(client);
+      negotiated = await negotiate(stream, this.#exports, {
         timeoutMs: this.#handshakeTimeoutMs,
         log,
       });
@@ -295,7 +312,7 @@ export class ExportServer {
         size: negotiated.backend.size,
         readOnly: negotiated.backend.readOnly,
       });
-      await serveTransmission(client.conn, negotiated.backend, {
+      await serveTransmission(stream, negotiated.backend, {
         ...this.#serve,
         reader: negotiated.reader,
         stats: record.stats,
@@ -343,10 +360,69 @@ export class ExportServer {
     };
   }
 
+  /** Clients holding a slot: every one not already cut off. */
+  #occupiedSlots(): number {
+    let count = 0;
+    for (const client of this.#clients.values()) if (!client.cut) count++;
+    return count;
+  }
+
+  /**
+   * Frees a slot by closing the client in transmission that has been silent
+   * longest, if that is at least idleEvictMs; false when none qualifies.
+   */
+  #evictIdle(): boolean {
+    const now = performance.now();
+    let victim: Client | null = null;
+    for (const client of this.#clients.values()) {
+      if (client.export === null || client.cut) continue;
+      if (now - client.lastActive < this.#idleEvictMs) continue;
+      if (!victim || client.lastActive < victim.lastActive) victim = client;
+    }
+    if (!victim) return false;
+    this.#log.warn("NBD client idle too long closed to make room for a new one", {
+      client: victim.id,
+      export: victim.export,
+      idleSeconds: Math.round((now - victim.lastActive) / 1000),
+    });
+    this.#cut(victim); // its slot is free now; its task still ends (and is awaited) normally
+    return true;
+  }
+
+  /** Logs the first of a kind of event, then at most one line a minute with how many followed. */
+  #logRarely(level: "warn" | "error", message: string, fields: Record<string, unknown>): void {
+    const now = performance.now();
+    const entry = this.#quiet.get(message) ?? { count: 0, loggedAt: -Infinity };
+    entry.count++;
+    this.#quiet.set(message, entry);
+    if (now - entry.loggedAt < 60_000) return;
+    this.#log[level](message, { ...fields, times: entry.count });
+    entry.count = 0;
+    entry.loggedAt = now;
+  }
+
   #cut(client: Client): void {
     client.cut = true;
     closeQuietly(client.conn);
   }
+}
+
+/** The client's connection, noting the time of every read and write (for the slot policy). */
+function activityStream(client: Client): ByteStream {
+  const { conn } = client;
+  return {
+    read: async (target) => {
+      const n = await conn.read(target);
+      client.lastActive = performance.now();
+      return n;
+    },
+    write: async (data) => {
+      const n = await conn.write(data);
+      client.lastActive = performance.now();
+      return n;
+    },
+    close: () => conn.close(),
+  };
 }
 
 /**

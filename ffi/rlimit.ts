@@ -1,0 +1,48 @@
+/**
+ * getrlimit(2) / setrlimit(2) for RLIMIT_NOFILE, through Deno FFI: the daemon
+ * raises its soft descriptor limit to the hard one at start-up (systemd and
+ * shells default the soft limit to 1024, far below what the kernel allows).
+ * No policy here, only the calls. Needs `--allow-ffi`; libc is opened on first use.
+ * @module
+ */
+import { LibcError } from "./libc.ts";
+
+/** RLIMIT_NOFILE from asm-generic/resource.h (x86-64 and aarch64). */
+export const RLIMIT_NOFILE = 7;
+/** RLIM_INFINITY: all bits set in the 64-bit rlim_t. */
+export const RLIM_INFINITY = 0xffff_ffff_ffff_ffffn;
+
+const SYMBOLS = {
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+let libc: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] | null = null;
+
+function lib() {
+  libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  return libc;
+}
+
+function errno(): number {
+  const at = lib().__errno_location();
+  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
+}
+
+/** A resource limit: `struct rlimit { rlim_t rlim_cur, rlim_max; }` (two u64). */
+export interface ResourceLimit {
+  soft: bigint;
+  hard: bigint;
+}
+
+export function getrlimit(resource: number): ResourceLimit {
+  const buffer = new BigUint64Array(2);
+  if (lib().getrlimit(resource, buffer) !== 0) throw new LibcError("getrlimit", errno());
+  return { soft: buffer[0], hard: buffer[1] };
+}
+
+export function setrlimit(resource: number, limit: ResourceLimit): void {
+  const buffer = new BigUint64Array([limit.soft, limit.hard]);
+  if (lib().setrlimit(resource, buffer) !== 0) throw new LibcError("setrlimit", errno());
+}
