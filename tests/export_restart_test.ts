@@ -41,11 +41,20 @@ async function qemuIo(imageOpts: string, commands: string[]) {
   ]);
 }
 
-/** Resolves once the IVBS test server has served `count` WRITEs (an event, not a sleep). */
-async function writesSeen(stats: { requests: Record<string, number> }, count: number) {
-  while ((stats.requests.WRITE ?? 0) < count) {
-    await new Promise((resolve) => setTimeout(resolve, 5));
+/** Polls `check` every 10 ms until it holds; fails with `what` after `limitMs`. */
+async function until(what: string, check: () => boolean | Promise<boolean>, limitMs = 30_000) {
+  const deadline = Date.now() + limitMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
   }
+}
+
+/** True once the daemon at `url` lists export `name` as ready. */
+async function exportReady(url: string, name: string): Promise<boolean> {
+  const response = await fetch(`${url}/api/exports`);
+  const { exports } = await response.json() as { exports: { name: string; state: string }[] };
+  return exports.some((e) => e.name === name && e.state === "ready");
 }
 
 const HAS_QEMU_IO = await hasTool("qemu-io");
@@ -74,8 +83,15 @@ async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
     `driver=nbd,server.type=unix,server.path=${socket},export=vm1,reconnect-delay=${delay}`;
   let daemon = await DaemonProcess.start(path);
   try {
-    const client = qemuIo(opts(30), patternCommands());
-    await writesSeen(ivbs.stats, BLOCKS / 4);
+    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    let clientDone = false;
+    const client = qemuIo(opts(30), patternCommands()).finally(() => clientDone = true);
+    // The daemon goes down mid-run: once IVBS has seen a quarter of the writes.
+    await until(
+      "the client's writes reach IVBS",
+      () => (ivbs.stats.requests.WRITE ?? 0) >= BLOCKS / 4 || clientDone,
+    );
+    assert.ok(!clientDone, `the client ended early: ${JSON.stringify(await client)}`);
     const stopped = await daemon.stop(stop);
     assert.equal(stopped.code, stop === "SIGKILL" ? 137 : 0, stopped.stderr);
     daemon = await DaemonProcess.start(path);
