@@ -195,7 +195,11 @@ export class ApiClient {
     return reply.name;
   }
 
-  async shutdown(): Promise<void> {
-    await this.#call("POST", "/api/shutdown");
+  async shutdown(options: { keepDevices?: boolean } = {}): Promise<void> {
+    await this.#call(
+      "POST",
+      "/api/shutdown",
+      options.keepDevices ? { keepDevices: true } : undefined,
+    );
   }
 }

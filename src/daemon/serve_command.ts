@@ -34,8 +34,11 @@ export const SERVE_HELP = [
   "",
   "Runs the daemon: the HTTP API and status page, and the mounts and NBD exports",
   "FILE lists (exports listen on exports.listen.socket, default <stateDir>/nbd.sock).",
-  "Stops on SIGINT/SIGTERM or POST /api/shutdown, detaching every device and",
-  "closing every export first.",
+  "Stops on SIGINT or `ivbsnetd shutdown` (POST /api/shutdown), detaching every",
+  "device and closing every export first. SIGTERM (and `ivbsnetd shutdown",
+  "--keep-devices`) instead leaves netlink-attached devices to the next daemon:",
+  "their I/O waits (up to nbd.deadConnTimeoutS) until a daemon started on the same",
+  "stateDir takes them over.",
   "",
   "options:",
   "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
@@ -69,7 +72,7 @@ export function startServing(
     table: daemon.table,
     exports: daemon.exports,
     token: config.http.token,
-    requestShutdown: (reason) => void daemon.shutdown(reason),
+    requestShutdown: (reason, options) => void daemon.shutdown(reason, options),
     startedAt: daemon.startedAt,
     log: logger("http"),
   });
@@ -83,14 +86,19 @@ export function startServing(
   return { daemon, url: urlOf({ host: addr.hostname, port: addr.port }) };
 }
 
-/** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
+/**
+ * Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners.
+ * SIGTERM (a service manager's stop or restart, an upgrade) leaves the devices
+ * that can outlive the daemon attached for the next one; SIGINT (Ctrl-C)
+ * detaches every device, like `ivbsnetd shutdown`.
+ */
 export function stopOnSignals(daemon: Daemon, log: Logger): () => void {
   return onStopSignal((signal) => {
     if (daemon.stopping) {
-      log.warn(`${signal} again: still detaching devices, please wait`);
+      log.warn(`${signal} again: still stopping, please wait`);
       return;
     }
-    void daemon.shutdown(signal);
+    void daemon.shutdown(signal, { keepDevices: signal === "SIGTERM" });
   });
 }
 
@@ -167,6 +175,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     devices: config.nbd.devices,
   });
 
+  const restored = await daemon.restore();
+  if (restored.length > 0) {
+    const up = restored.filter((o) => o.mount).length;
+    log.info("devices taken over", { devices: up, dropped: restored.length - up });
+  }
   const [outcomes, exported] = await Promise.all([
     daemon.mountConfigured(),
     daemon.exportConfigured(),
