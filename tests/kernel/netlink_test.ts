@@ -107,3 +107,45 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "when the kernel's request timer kills a live socket (TIMEOUT 1), the device gets a new one",
+  ignore,
+  async fn() {
+    const netlink = (await NbdNetlink.open())!;
+    const memory = new MemoryBackend(16 * MiB);
+    let stalls = 1;
+    // The first read answers after 4 s: past TIMEOUT, so the kernel shuts our socket.
+    const backend = {
+      get size() {
+        return memory.size;
+      },
+      readOnly: false,
+      read: async (offset: number, length: number) => {
+        if (stalls-- > 0) await new Promise((resolve) => setTimeout(resolve, 4_000));
+        return await memory.read(offset, length);
+      },
+      write: (offset: number, data: Uint8Array) => memory.write(offset, data),
+      close: () => Promise.resolve(),
+    };
+    const device = await attachNetlink(netlink, backend, {
+      backendId: newBackendId(),
+      timeoutS: 1,
+      deadConnTimeoutS: 30,
+      log: quiet,
+    });
+    try {
+      const read = await within(
+        60_000,
+        "a read across the socket's death",
+        sh("dd", `if=${device.device}`, "of=/dev/null", "bs=4k", "count=1", "iflag=direct"),
+      );
+      assert.equal(read.code, 0, read.stderr);
+      assert.equal(device.stats.errors, 0);
+    } finally {
+      await within(60_000, "detach", device.detach());
+      netlink.close();
+    }
+  },
+});
