@@ -68,9 +68,9 @@ export class DaemonProcess {
   }
 
   /** Starts the daemon and waits for its "listening on URL" line. */
-  static async start(configPath: string): Promise<DaemonProcess> {
+  static async start(configPath: string, extraArgs: string[] = []): Promise<DaemonProcess> {
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "serve", "--config", configPath],
+      args: ["run", "-A", MAIN, "serve", "--config", configPath, ...extraArgs],
       stdin: "null",
       stdout: "piped",
       stderr: "piped",

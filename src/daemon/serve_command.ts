@@ -18,6 +18,7 @@ import {
   parseListenAddress,
 } from "./config.ts";
 import { Daemon } from "./daemon.ts";
+import { readState } from "./state_file.ts";
 import type { MountDriver } from "./driver.ts";
 
 /** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
@@ -30,7 +31,7 @@ export const EXIT_FAILED = 1;
 export const EXIT_CONFIG = 2;
 
 export const SERVE_HELP = [
-  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT]",
+  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT] [--replace]",
   "",
   "Runs the daemon: the HTTP API and status page, and the mounts and NBD exports",
   "FILE lists (exports listen on exports.listen.socket, default <stateDir>/nbd.sock).",
@@ -44,6 +45,9 @@ export const SERVE_HELP = [
   "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
   "                      Without it: no mounts, HTTP on 127.0.0.1:8080, proxy 127.0.0.1:11417",
   "  --listen HOST:PORT  overrides http.listen (port 0 = any free port)",
+  "  --replace           upgrade in place: once ready, stop the daemon recorded in",
+  "                      stateDir (SIGTERM: it leaves its devices) and take its",
+  "                      devices over; the pause is this daemon's take-over only",
   "  -h, --help          this help",
   "",
   "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
@@ -117,6 +121,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     ({ values } = parseFlags(args, {
       config: { type: "string", short: "c" },
       listen: { type: "string" },
+      replace: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     }));
   } catch (error) {
@@ -148,9 +153,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
 
+  const driver = await deps.createDriver(config);
+  if (values.replace && !await replacePrevious(config.stateDir, log)) return EXIT_FAILED;
   let serving: Serving;
   try {
-    serving = startServing(config, await deps.createDriver(config), log);
+    serving = startServing(config, driver, log);
   } catch (error) {
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
@@ -195,4 +202,54 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   await daemon.done;
   removeSignals();
   return EXIT_OK;
+}
+
+/** How long --replace waits for the previous daemon to leave its devices and exit. */
+const REPLACE_WAIT_MS = 90_000;
+
+/**
+ * `serve --replace`: asks the daemon that wrote the state file to leave its
+ * devices (SIGTERM) and waits for it to exit. False when it does not exit.
+ */
+async function replacePrevious(stateDir: string, log: Logger): Promise<boolean> {
+  let state;
+  try {
+    state = await readState(stateDir);
+  } catch (error) {
+    log.warn("--replace: unreadable state file; nothing to replace", { error });
+    return true;
+  }
+  const pid = state?.pid;
+  if (pid === undefined || pid === Deno.pid || !await isServeProcess(pid)) {
+    log.info("--replace: no running daemon in the state file", { stateDir });
+    return true;
+  }
+  log.info("--replace: asking the running daemon to leave its devices", { pid });
+  try {
+    Deno.kill(pid, "SIGTERM");
+  } catch (error) {
+    log.warn("--replace: cannot signal the running daemon", { pid, error });
+    return true;
+  }
+  const deadline = Date.now() + REPLACE_WAIT_MS;
+  while (await isServeProcess(pid)) {
+    if (Date.now() > deadline) {
+      log.error("--replace: the running daemon did not exit", { pid });
+      return false;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return true;
+}
+
+/** Whether `pid` is a live `… serve …` process (not a zombie, not a recycled pid). */
+async function isServeProcess(pid: number): Promise<boolean> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    if (/^\d+ \(.*\) Z/.test(stat)) return false;
+    const argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
+    return argv.includes("serve");
+  } catch {
+    return false;
+  }
 }

@@ -18,8 +18,9 @@
  * - "Receive control failed" / "Receive data failed": recv_work saw our socket
  *   close (the daemon died); the device is not disconnected, so the request
  *   is left for the timer to resend;
- * - "Send control failed", "Request send failed, requeueing": a send hit the
- *   dead socket and the request was requeued;
+ * - "Send control failed", "Send data failed", "Request send failed,
+ *   requeueing": a send hit the dead socket (-EAGAIN in nbd_send_cmd) and the
+ *   request was requeued;
  * - "Dead connection, failed to find a fallback": with one connection a request
  *   found the socket dead and waits up to dead_conn_timeout for a new one;
  * - "Possible stuck request ... Runtime N seconds": TIMEOUT 0's timer fired
@@ -43,6 +44,7 @@ const EXPECTED_NBD = [
   /Receive control failed \(result -?\d+\)/,
   /Receive data failed \(result -?\d+\)/,
   /Send control failed \(result -?\d+\)/,
+  /Send data failed \(result -?\d+\)/,
   /Request send failed, requeueing/,
   /Dead connection, failed to find a fallback/,
   /Possible stuck request/,

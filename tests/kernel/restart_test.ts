@@ -106,13 +106,32 @@ async function run(program: string, ...args: string[]): Promise<string> {
 }
 
 /**
- * A daemon with one IVBS image mounted through netlink, ext4 on it, mounted at
- * `mnt`; `restart` ends the daemon its way and starts a new one.
+ * Ends the old daemon its way and starts a new one (`start(args)`); resolves
+ * with the new one, the old one's output and when the old one was gone.
  */
-async function restartUnderFio(
-  name: string,
-  restart: (daemon: DaemonProcess) => Promise<void>,
-): Promise<void> {
+type Restart = (
+  old: DaemonProcess,
+  start: (args?: string[]) => Promise<DaemonProcess>,
+) => Promise<{ daemon: DaemonProcess; oldLog: string; oldGone: number }>;
+
+/** Stop (`signal`), then start a new daemon. */
+function stopThenStart(signal: Deno.Signal): Restart {
+  return async (old, start) => {
+    const { code, stderr } = await old.stop(signal);
+    if (signal === "SIGTERM") {
+      assert.equal(code, 0, stderr);
+      assert.match(stderr, /left attached for the next daemon device=\/dev\/nbd\d+/);
+    }
+    const oldGone = performance.now();
+    return { daemon: await start(), oldLog: stderr, oldGone };
+  };
+}
+
+/**
+ * A daemon with one IVBS image mounted through netlink, ext4 on it, mounted at
+ * `mnt`, fio on it; `restart` replaces the daemon under fio.
+ */
+async function restartUnderFio(name: string, restart: Restart): Promise<void> {
   assert.deepEqual(await attachedNbdDevices(), [], "no nbd device attached before the test");
   const ivbs = await startIvbs([{ name: "disk", size: FIO_MB * MIB + 256 * MIB }]);
   const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-state-" });
@@ -144,10 +163,10 @@ async function restartUnderFio(
       return m && m.bytesWritten > 32 * MIB ? m : null;
     });
     const stopped = performance.now();
-    await restart(daemon);
-    logs.push((await daemon.wait()).stderr);
-    const exited = performance.now();
-    daemon = await DaemonProcess.start(path);
+    const next = await restart(daemon, (args) => DaemonProcess.start(path, args));
+    daemon = next.daemon;
+    logs.push(next.oldLog);
+    const exited = next.oldGone;
     const listening = performance.now();
     const again = await mountedOn(daemon.url);
     const back = performance.now();
@@ -167,12 +186,10 @@ async function restartUnderFio(
     assert.deepEqual(kernelErrors, [], "no nbd or I/O error in the kernel log");
     await record(
       `restart (${name}) under fio ${FIO_MB} MiB randwrite 64k qd16 + crc32c verify: ` +
-        `0 errors, longest I/O stall ${stall.toFixed(0)} ms, daemon down ` +
-        `${(back - stopped).toFixed(0)} ms (old one gone after ${
-          (exited - stopped).toFixed(0)
-        } ms, ` +
-        `new one listening after ${(listening - exited).toFixed(0)} ms, device taken over after ` +
-        `${(back - listening).toFixed(0)} ms more)`,
+        `0 errors, longest I/O stall ${stall.toFixed(0)} ms; device back ` +
+        `${(back - stopped).toFixed(0)} ms after the restart began (old daemon gone at ` +
+        `${(exited - stopped).toFixed(0)} ms, new one listening at ` +
+        `${(listening - stopped).toFixed(0)} ms)`,
     );
   } finally {
     if (mounted) await sh("umount", mnt);
@@ -183,10 +200,12 @@ async function restartUnderFio(
     await Deno.remove(stateDir, { recursive: true });
   }
   assert.deepEqual(await attachedNbdDevices(), [], "SIGINT detached the device");
-  const takeover = (logs[1] ?? "").split("\n").filter((line) =>
-    /daemon started|taking over|taken over|NBD device|devices taken over/.test(line)
-  );
-  console.log(takeover.join("\n"));
+  const lifecycle = (log: string) =>
+    log.split("\n").filter((line) =>
+      /daemon started|shutting down|left attached|stopped;|--replace|taking over|taken over|NBD device|devices taken over/
+        .test(line)
+    );
+  console.log([...lifecycle(logs[0] ?? ""), "--", ...lifecycle(logs[1] ?? "")].join("\n"));
   assert.match(logs[1] ?? "", /taken over device=\/dev\/nbd\d+ image=disk/);
 }
 
@@ -194,9 +213,7 @@ Deno.test({
   name: "kill -9 of the daemon under fio on ext4: a new daemon takes the device over, 0 errors",
   ignore,
   async fn() {
-    await restartUnderFio("kill -9", async (daemon) => {
-      await daemon.stop("SIGKILL");
-    });
+    await restartUnderFio("kill -9", stopThenStart("SIGKILL"));
   },
 });
 
@@ -205,10 +222,26 @@ Deno.test({
     "SIGTERM (planned restart) under fio on ext4: the device waits for the next daemon, 0 errors",
   ignore,
   async fn() {
-    await restartUnderFio("SIGTERM", async (daemon) => {
-      const { code, stderr } = await daemon.stop("SIGTERM");
+    await restartUnderFio("SIGTERM", stopThenStart("SIGTERM"));
+  },
+});
+
+Deno.test({
+  name:
+    "serve --replace (upgrade) under fio on ext4: the new daemon stops the old one once ready, 0 errors",
+  ignore,
+  async fn() {
+    await restartUnderFio("serve --replace", async (old, start) => {
+      let oldGone = 0;
+      const exited = old.wait().then((result) => {
+        oldGone = performance.now();
+        return result;
+      });
+      const daemon = await start(["--replace"]);
+      const { code, stderr } = await exited;
       assert.equal(code, 0, stderr);
       assert.match(stderr, /left attached for the next daemon device=\/dev\/nbd\d+/);
+      return { daemon, oldLog: stderr, oldGone };
     });
   },
 });
