@@ -249,8 +249,8 @@ export class MountTable {
    */
   async adopt(record: MountRecord, password: string): Promise<MountInfo> {
     if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-    const reattach = this.#driver.reattach;
-    if (!reattach) {
+    const driver = this.#driver;
+    if (!driver.reattach) {
       throw new MountError(`Cannot take over ${record.device}: no netlink here`, "NO_DEVICE");
     }
     const existing = this.#entries.get(record.device);
@@ -294,7 +294,7 @@ export class MountTable {
       }
       try {
         if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-        entry.attachment = await reattach(record, entry.backend);
+        entry.attachment = await driver.reattach(record, entry.backend);
       } catch (error) {
         await this.#closeBackend(entry);
         throw this.#wrap(error, `Cannot take over ${record.device}`);
