@@ -102,6 +102,7 @@ async function openNetlink(): Promise<
     reattach: (index, backend, options) => attach.reattachNetlink(netlink, index, backend, options),
     readBackendId: attach.readBackendId,
     newBackendId: attach.newBackendId,
+    disconnect: (index) => netlink.disconnect(index),
   };
 }
 

@@ -73,6 +73,13 @@ class PersistentFakeDriver extends FakeMountDriver {
     return Promise.resolve(this.kernel.get(index) === backendId);
   }
 
+  detachOrphan(index: number): Promise<boolean> {
+    if (!this.kernel.get(index)?.startsWith("ivbsnetd:")) return Promise.resolve(false);
+    this.kernel.delete(index);
+    this.foreign.delete(`/dev/nbd${index}`);
+    return Promise.resolve(true);
+  }
+
   #persistent(attachment: DeviceAttachment, index: number, backendId: string): DeviceAttachment {
     const kernel = this.kernel;
     const release = () => {
@@ -221,6 +228,22 @@ Deno.test("a device of a user missing from the config is not taken over, and say
     const [outcome] = await daemon.restore();
     assert.match(outcome.error?.message ?? "", /user bob not in the config/);
     assert.ok(log.lines.some((l) => l.startsWith("ERROR cannot take over a device")));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("unmount detaches a device an earlier daemon left that nobody took over", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map([[2, RECORD.backendId], [3, "someone-else"]]);
+  try {
+    const driver = new PersistentFakeDriver(kernel);
+    driver.foreign.add("/dev/nbd2").add("/dev/nbd3");
+    const daemon = new Daemon({ config: configFor(dir), driver, log: recorder() });
+    await daemon.table.unmount("nbd2");
+    assert.equal(kernel.has(2), false, "the orphan is detached");
+    await assert.rejects(daemon.table.unmount("nbd3"), /not mounted by this daemon/);
+    assert.equal(kernel.get(3), "someone-else", "another tool's device is left alone");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -109,6 +109,11 @@ export interface MountDriver {
   reattach?(device: ReattachRequest, backend: MountBackend): Promise<DeviceAttachment>;
   /** Whether the device still carries `backendId` (cheap: sysfs). */
   isStillAttached?(index: number, backendId: string): Promise<boolean>;
+  /**
+   * Detaches a device that an earlier daemon left attached and nobody serves
+   * (its backend id is one of ours); false when the device is not such an orphan.
+   */
+  detachOrphan?(index: number): Promise<boolean>;
   /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
 }

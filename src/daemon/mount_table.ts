@@ -436,6 +436,11 @@ export class MountTable {
       const devices = await this.#kernelDevices();
       const kernel = devices.find((d) => d.device === device);
       if (!kernel) throw new MountError(`${device} does not exist`, "UNKNOWN_DEVICE");
+      // Left attached by an earlier daemon and not taken over (its user is gone from the config).
+      if (kernel.inUse && await this.#driver.detachOrphan?.(kernel.index).catch(() => false)) {
+        this.#log.info("unmounted a device an earlier daemon left", { device });
+        return;
+      }
       const by = kernel.inUse ? ` (attached by ${kernel.pid ?? "another process"})` : "";
       throw new MountError(`${device} is not mounted by this daemon${by}`, "NOT_MOUNTED");
     }

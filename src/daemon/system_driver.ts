@@ -34,7 +34,12 @@ export interface NetlinkKernelApi {
   ): Promise<NetlinkAttachedDevice>;
   readBackendId(index: number): Promise<string | null>;
   newBackendId(): string;
+  /** NBD_CMD_DISCONNECT of a device. */
+  disconnect(index: number): Promise<void>;
 }
+
+/** Backend ids of our devices start so (src/nbd/netlink_attach.ts newBackendId). */
+const BACKEND_ID_PREFIX = "ivbsnetd:";
 
 /** A netlink attachment as the mount table sees it: persistent. */
 function persistentAttachment(
@@ -145,6 +150,14 @@ export function createSystemDriver(
       },
       isStillAttached: async (index: number, backendId: string) =>
         await netlink.readBackendId(index) === backendId,
+      detachOrphan: async (index: number) => {
+        if (!(await netlink.readBackendId(index))?.startsWith(BACKEND_ID_PREFIX)) return false;
+        log?.warn("detaching a device an earlier daemon left attached", {
+          device: `/dev/nbd${index}`,
+        });
+        await netlink.disconnect(index);
+        return true;
+      },
     });
   }
   return driver;
