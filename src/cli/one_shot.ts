@@ -79,6 +79,8 @@ export function helpText(name: OneShotName): string {
     ]
     : name === "list"
     ? ["  --all                every NBD device, free or used"]
+    : name === "shutdown"
+    ? ["  --keep-devices       leave netlink-attached devices to the next daemon"]
     : [];
   return [
     `usage: ivbsnetd ${USAGE[name]}`,
