@@ -9,7 +9,7 @@
  * detached with nbd-client -d; a state file naming devices that are gone is
  * cleaned up with one log line per mount.
  *
- * FIO_MB (default 256, which keeps the kernel suite near 15 min under TCG) sets the fio
+ * FIO_MB (default 128, to keep the kernel suite near 15 min under TCG) sets the fio
  * file size; bench/restart_stall.ts runs bigger jobs.
  */
 import assert from "node:assert/strict";
@@ -35,7 +35,7 @@ const MIB = 1024 * 1024;
 const skip = kernelSkipReason();
 if (skip) console.warn(`restart_test: skipped: ${skip}`);
 const ignore = skip !== null;
-const FIO_MB = Number(Deno.env.get("FIO_MB") ?? "256");
+const FIO_MB = Number(Deno.env.get("FIO_MB") ?? "128");
 
 /** The run's figures for the report, and the assertions every restart kind must pass. */
 async function restartPasses(kind: RestartKind): Promise<void> {
