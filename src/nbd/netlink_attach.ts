@@ -69,6 +69,14 @@ const DEFAULT_BLOCK_SIZE = 4096;
 const DEFAULT_MAX_REQUEST_KB = 1024;
 const DEFAULT_DETACH_TIMEOUT_MS = 60_000;
 export const DEFAULT_REQUEUE_AFTER_S = 5;
+/**
+ * On release, the request timer for what the kernel sends from then on: the
+ * requests we leave unread in the socket are resent this soon after the next
+ * daemon's RECONFIGURE instead of after requeueAfterS.
+ */
+const RELEASE_REQUEUE_MS = 1_000;
+/** Time for requests sent before that change to be answered before we stop reading. */
+const RELEASE_SETTLE_MS = 100;
 /** Backoff between RECONFIGURE attempts that the kernel dropped. */
 const RETRY_FIRST_MS = 20;
 const RETRY_MAX_MS = 500;
@@ -209,9 +217,14 @@ async function tuneQueue(index: number, options: NetlinkAttachOptions, log: Logg
   await setMaxRequestKb(index, options.maxRequestKb ?? DEFAULT_MAX_REQUEST_KB, log);
   if ((options.timeoutS ?? 0) !== 0) return;
   const seconds = options.requeueAfterS ?? DEFAULT_REQUEUE_AFTER_S;
+  await setRequestTimer(index, seconds * 1000, log);
+}
+
+/** queue/io_timeout: the block layer's timer for each request sent from now on. */
+async function setRequestTimer(index: number, ms: number, log: Logger): Promise<void> {
   const path = `/sys/block/nbd${index}/queue/io_timeout`;
   try {
-    await Deno.writeTextFile(path, String(seconds * 1000));
+    await Deno.writeTextFile(path, String(ms));
   } catch (error) {
     log.warn("cannot shorten the request timer; a restart may pause for 30 s", { path, error });
   }
@@ -391,6 +404,13 @@ class NetlinkAttachment implements NetlinkAttachedDevice {
   async release(): Promise<void> {
     if (this.#ending === null) {
       this.#ending = "release";
+      if ((this.#options.timeoutS ?? 0) === 0) {
+        // Requests the kernel sends from now on get a short timer; those sent
+        // before get a moment to be answered. What we then leave unread is
+        // resent soon after the next daemon's RECONFIGURE (which restores the timer).
+        await setRequestTimer(this.index, RELEASE_REQUEUE_MS, this.#log);
+        await new Promise((resolve) => setTimeout(resolve, RELEASE_SETTLE_MS));
+      }
       this.#stop.abort();
       this.#wake?.();
       const deadline = Date.now() + (this.#options.detachTimeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS);
