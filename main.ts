@@ -74,7 +74,38 @@ async function systemDriver(): Promise<ServeDependencies> {
     import("./src/log.ts"),
   ]);
   const api = { attachDevice: kernel.attachDevice, listNbdDevices: devices.listNbdDevices };
-  return { createDriver: (config) => createSystemDriver(config, api, logger("daemon")) };
+  return {
+    createDriver: async (config) => {
+      const netlink = config.nbd.attach === "ioctl" ? null : await openNetlink();
+      return createSystemDriver(config, { ...api, netlink }, logger("daemon"));
+    },
+  };
+}
+
+/** The kernel's nbd netlink interface, or null where it has none (then devices use ioctl). */
+async function openNetlink(): Promise<
+  import("./src/daemon/system_driver.ts").NetlinkKernelApi | null
+> {
+  const [{ NbdNetlink }, attach, { logger }] = await Promise.all([
+    import("./src/nbd/netlink.ts"),
+    import("./src/nbd/netlink_attach.ts"),
+    import("./src/log.ts"),
+  ]);
+  let netlink;
+  try {
+    netlink = await NbdNetlink.open();
+  } catch (error) {
+    logger("daemon").warn("cannot open the nbd netlink interface; using ioctl", { error });
+    return null;
+  }
+  if (netlink === null) return null;
+  return {
+    attach: (backend, options) => attach.attachNetlink(netlink, backend, options),
+    reattach: (index, backend, options) => attach.reattachNetlink(netlink, index, backend, options),
+    readBackendId: attach.readBackendId,
+    newBackendId: attach.newBackendId,
+    disconnect: (index) => netlink.disconnect(index),
+  };
 }
 
 function usage(): string {

@@ -57,7 +57,15 @@ Deno.test("parseConfig reads every field of the current format", () => {
   assert.equal(config.ivbs.ioTimeoutMs, 60_000);
   assert.equal(config.ivbs.connectTimeoutMs, 2_000);
   assert.deepEqual(config.ivbs.backoff, { initialMs: 50, maxMs: 2_000 });
-  assert.deepEqual(config.nbd, { devices: 8, blockSize: 512, timeoutS: 30, maxInFlight: 128 });
+  assert.deepEqual(config.nbd, {
+    devices: 8,
+    blockSize: 512,
+    timeoutS: 30,
+    maxInFlight: 128,
+    attach: "auto",
+    deadConnTimeoutS: 120,
+    requeueAfterS: 5,
+  });
   assert.deepEqual(config.mounts, [
     { device: "/dev/nbd0", image: "db", username: "alice", password: "pw-a", readOnly: false },
     { device: "/dev/nbd3", image: "logs", username: "bob", password: "pw-b", readOnly: true },
@@ -73,7 +81,15 @@ Deno.test("parseConfig fills defaults for an empty object", () => {
   assert.equal(config.ivbs.deadPeerTimeoutMs, 15_000);
   assert.equal(config.ivbs.ioTimeoutMs, 120_000);
   assert.deepEqual(config.ivbs.backoff, { initialMs: 100, maxMs: 5_000 });
-  assert.deepEqual(config.nbd, { devices: 16, blockSize: 4096, timeoutS: 0, maxInFlight: 128 });
+  assert.deepEqual(config.nbd, {
+    devices: 16,
+    blockSize: 4096,
+    timeoutS: 0,
+    maxInFlight: 128,
+    attach: "auto",
+    deadConnTimeoutS: 120,
+    requeueAfterS: 5,
+  });
   assert.deepEqual(config.mounts, []);
 });
 

@@ -53,7 +53,9 @@ Deno.test({
       path,
       JSON.stringify({ ...JSON.parse(await Deno.readTextFile(path)), stateDir }),
     );
-    const daemon = await DaemonProcess.start(path, ["prlimit", `--nofile=${NOFILE}:${NOFILE}`]);
+    const daemon = await DaemonProcess.start(path, {
+      wrapper: ["prlimit", `--nofile=${NOFILE}:${NOFILE}`],
+    });
     const port = Number(new URL(daemon.url).port);
     const held: Deno.TcpConn[] = [];
     try {

@@ -68,10 +68,14 @@ export class DaemonProcess {
   }
 
   /**
-   * Starts the daemon and waits for its "listening on URL" line; `wrapper`
-   * runs it under another command (e.g. ["prlimit", "--nofile=80:80"]).
+   * Starts the daemon and waits for its "listening on URL" line. `args` are
+   * more serve flags (e.g. ["--replace"]); `wrapper` runs it under another
+   * command (e.g. ["prlimit", "--nofile=80:80"]).
    */
-  static async start(configPath: string, wrapper: string[] = []): Promise<DaemonProcess> {
+  static async start(
+    configPath: string,
+    { args = [], wrapper = [] }: { args?: string[]; wrapper?: string[] } = {},
+  ): Promise<DaemonProcess> {
     const command = [
       ...wrapper,
       Deno.execPath(),
@@ -81,6 +85,7 @@ export class DaemonProcess {
       "serve",
       "--config",
       configPath,
+      ...args,
     ];
     const child = new Deno.Command(command[0], {
       args: command.slice(1),

@@ -34,7 +34,8 @@ function setup(options: { token?: string; devices?: number; stateDir?: string } 
     table,
     exports,
     token: options.token,
-    requestShutdown: (reason) => shutdowns.push(reason),
+    requestShutdown: (reason, options) =>
+      shutdowns.push(options?.keepDevices ? `${reason} (keep devices)` : reason),
     startedAt: Date.now(),
     log: quietLog,
   });
@@ -242,6 +243,13 @@ Deno.test("POST /api/shutdown answers 202 and asks the daemon to stop", async ()
   const junk = await call("POST", "/api/shutdown", "nope");
   assert.equal(junk.status, 400);
   assert.equal(shutdowns.length, 2);
+});
+
+Deno.test("POST /api/shutdown with keepDevices asks the daemon to leave its devices attached", async () => {
+  const { call, shutdowns } = setup();
+  assert.equal((await call("POST", "/api/shutdown", { keepDevices: true })).status, 202);
+  assert.equal((await call("POST", "/api/shutdown", { keepDevices: "yes" })).status, 400);
+  assert.deepEqual(shutdowns, ["POST /api/shutdown (keep devices)"]);
 });
 
 Deno.test("a configured token is required on mutating calls only", async () => {

@@ -206,7 +206,11 @@ export class ApiClient {
     return this.#call<EventPage>("GET", `/api/events?since=${since}`);
   }
 
-  async shutdown(): Promise<void> {
-    await this.#call("POST", "/api/shutdown");
+  async shutdown(options: { keepDevices?: boolean } = {}): Promise<void> {
+    await this.#call(
+      "POST",
+      "/api/shutdown",
+      options.keepDevices ? { keepDevices: true } : undefined,
+    );
   }
 }

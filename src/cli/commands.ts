@@ -106,12 +106,19 @@ export async function removeExportCommand(
   );
 }
 
-export async function shutdownCommand(client: ApiClient, out: Output, json = false) {
-  await client.shutdown();
+export async function shutdownCommand(
+  client: ApiClient,
+  out: Output,
+  json = false,
+  keepDevices = false,
+) {
+  await client.shutdown({ keepDevices });
   out.print(
     json
-      ? JSON.stringify({ status: "shutting down" })
-      : `server ${client.server} is shutting down (detaching every device)`,
+      ? JSON.stringify({ status: "shutting down", keepDevices })
+      : `server ${client.server} is shutting down (${
+        keepDevices ? "leaving its devices to the next daemon" : "detaching every device"
+      })`,
   );
 }
 

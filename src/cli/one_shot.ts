@@ -59,7 +59,8 @@ const SUMMARY: Record<OneShotName, string> = {
   unmount: "Detaches DEVICE and closes its IVBS session.",
   list: "Lists mounted images (listm); --all lists every NBD device, free or used (lista).",
   check: "Checks that the daemon answers.",
-  shutdown: "Asks the daemon to detach every device and exit (disc).",
+  shutdown: "Asks the daemon to detach every device and exit (disc). With --keep-devices it\n" +
+    "exits leaving its netlink-attached devices to the next daemon (an upgrade).",
   "export-add": "Makes the daemon serve IMAGE (as USER) as NBD export NAME, for QEMU, qemu-img,\n" +
     "nbdinfo or fio: it prints the nbd+unix:///NAME?socket=PATH URI to use. Each client\n" +
     "gets its own IVBS session. (`ivbsnetd export` instead serves exports in the\n" +
@@ -95,6 +96,8 @@ export function helpText(name: OneShotName): string {
       "  --follow             keep printing new events (polls every second)",
       "  --since SEQ          only events after sequence number SEQ",
     ]
+    : name === "shutdown"
+    ? ["  --keep-devices       leave netlink-attached devices to the next daemon"]
     : [];
   return [
     `usage: ivbsnetd ${USAGE[name]}`,
@@ -172,6 +175,7 @@ export async function runOneShot(
       token: { type: "string" },
       json: { type: "boolean", default: false },
       all: { type: "boolean", default: false },
+      "keep-devices": { type: "boolean", default: false },
       "read-only": { type: "boolean", default: false },
       "password-stdin": { type: "boolean", default: false },
       follow: { type: "boolean", default: false },
@@ -193,6 +197,7 @@ export async function runOneShot(
       }
     };
     onlyFor(values.all, "all", ["list"]);
+    onlyFor(values["keep-devices"], "keep-devices", ["shutdown"]);
     onlyFor(values["read-only"], "read-only", ["mount", "export-add"]);
     onlyFor(values["password-stdin"], "password-stdin", ["mount", "export-add"]);
     onlyFor(values.follow, "follow", ["events"]);
@@ -220,7 +225,7 @@ export async function runOneShot(
         break;
       case "shutdown":
         expect(0, 0);
-        await shutdownCommand(client, io.out, json);
+        await shutdownCommand(client, io.out, json, values["keep-devices"]);
         break;
       case "unmount":
         expect(1, 1);

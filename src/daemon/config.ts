@@ -65,6 +65,18 @@ export interface NbdSettings {
   timeoutS: number;
   /** Kernel requests in flight per device. */
   maxInFlight: number;
+  /**
+   * How devices are attached: "netlink" (they outlive the daemon), "ioctl"
+   * (the device goes with the daemon), "auto" = netlink where the kernel has it.
+   */
+  attach: "auto" | "netlink" | "ioctl";
+  /** Netlink: how long a device's requests wait for a (new) daemon before failing, in s. */
+  deadConnTimeoutS: number;
+  /**
+   * Netlink with timeoutS 0: the block layer's timer per request, in s. After a
+   * restart, requests the old daemon never answered are resent when it fires.
+   */
+  requeueAfterS: number;
 }
 
 /** An NBD export to serve from start, with its user's credentials already looked up. */
@@ -92,6 +104,8 @@ export interface DaemonConfig {
   ivbs: IvbsSettings;
   nbd: NbdSettings;
   mounts: ConfiguredMount[];
+  /** Every user the config names, for mounts taken over from a previous daemon. */
+  users: { username: string; password: string }[];
   /** Directory for runtime files such as the export socket; created with mode 0700. */
   stateDir: string;
   exports: ExportSettings;
@@ -272,6 +286,11 @@ const CurrentSchema = z.strictObject({
       `timeoutS must be at most ${Math.floor(MAX_TIMER_MS / 1000)} s`,
     ).default(0),
     maxInFlight: z.number().int().min(1).max(4096).default(128),
+    attach: z.enum(["auto", "netlink", "ioctl"], {
+      error: 'attach must be "auto", "netlink" or "ioctl"',
+    }).default("auto"),
+    deadConnTimeoutS: z.number().int().min(1).max(86_400).default(120),
+    requeueAfterS: z.number().int().min(1).max(3_600).default(5),
   }).prefault({}),
   users: z.array(z.strictObject({
     username: z.string().min(1, "username must not be empty")
@@ -421,6 +440,7 @@ function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
       password: passwords.get(m.user) ?? "",
       readOnly: m.readOnly,
     })),
+    users: data.users.map((u) => ({ username: u.username, password: u.password })),
   };
 }
 
@@ -438,6 +458,7 @@ function fromLegacy(data: z.output<typeof LegacySchema>): DaemonConfig {
       password: data.User[i].Password,
       readOnly: false,
     })),
+    users: data.User.map((u) => ({ username: u.Username, password: u.Password })),
   };
 }
 

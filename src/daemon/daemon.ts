@@ -19,7 +19,14 @@ import {
   type HistorySource,
   mountKey,
 } from "./history.ts";
-import { ProxyRegistry, type SessionOwner, type SessionWatch } from "./proxy_registry.ts";
+import {
+  ownerLabel,
+  ProxyRegistry,
+  type SessionOwner,
+  type SessionWatch,
+} from "./proxy_registry.ts";
+import { readState, StateFileError, StateWriter } from "./state_file.ts";
+import { errorMessage } from "../error_info.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -54,6 +61,10 @@ export class Daemon {
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
   readonly #log: Logger;
+  readonly #driver: MountDriver;
+  readonly #state: StateWriter;
+  /** False once a second live daemon was seen on the same stateDir: its file is not ours. */
+  #ownsState = true;
   readonly #stopHooks: (() => Promise<void>)[] = [];
   #finish!: () => void;
   #stopping: Promise<void> | null = null;
@@ -67,12 +78,20 @@ export class Daemon {
     this.proxies = new ProxyRegistry(options.config.ivbs.proxies, {
       log: this.events.wrap(logFor("proxies"), "proxies"),
     });
+    this.#driver = options.driver;
+    this.#state = new StateWriter(options.config.stateDir, (error) => {
+      this.#log.error("cannot save the state file; a restart may not find the devices", {
+        stateDir: options.config.stateDir,
+        error,
+      });
+    });
     const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
     this.table = new MountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
       log: this.#log,
       watchSession,
-      deviceLog: (device) => this.events.wrap(logFor("nbd"), "nbd", { device }),
+      deviceLog: (context) => this.events.wrap(logFor("nbd"), "nbd", context),
+      onPersistentChange: () => void this.saveState(),
     });
     this.exports = new ExportTable(options.driver, {
       settings: options.config.exports,
@@ -88,12 +107,19 @@ export class Daemon {
 
   /** A session's watch: its log lines name the mount or export, its events reach the registry. */
   #watch(owner: SessionOwner, base: Logger): SessionWatch {
+    // A mount's owner is its log context by reference: when the kernel picks
+    // the device, the mount table fills in owner.device and later lines name it.
     const context = owner.device !== undefined
-      ? { device: owner.device, image: owner.image }
+      ? owner
       : { export: owner.export, image: owner.image };
     const log = this.events.wrap(base, "ivbs", context);
     const observer = this.proxies.observe(owner, log);
-    return { onEvent: observer.onEvent, log, closed: () => observer.closed() };
+    return {
+      onEvent: observer.onEvent,
+      log,
+      closed: () => observer.closed(),
+      renamed: () => observer.rename(ownerLabel(owner)),
+    };
   }
 
   /** What the graphs sample: every mount's and export's counters, by history key. */
@@ -122,9 +148,90 @@ export class Daemon {
     this.#stopHooks.push(hook);
   }
 
-  /** Mounts every configured image concurrently; never throws (outcomes say what failed). */
+  /** Writes the state file from the mount table (the mounts that outlive the daemon). */
+  async saveState(): Promise<void> {
+    if (!this.#ownsState) return;
+    await this.#state.write(this.table.persistentRecords());
+  }
+
+  /**
+   * Takes over the devices a previous daemon left attached (its state file):
+   * each one still carrying its backend id is mounted again with a new socket;
+   * each one gone is one log line and leaves the state. Never throws.
+   */
+  async restore(): Promise<MountOutcome[]> {
+    const stateDir = this.config.stateDir;
+    let state;
+    try {
+      state = await readState(stateDir);
+    } catch (error) {
+      const message = error instanceof StateFileError ? error.message : errorMessage(error);
+      this.#log.error("ignoring an unreadable state file", { error: message });
+      return [];
+    }
+    if (state === null || state.mounts.length === 0) return [];
+    if (state.pid !== Deno.pid && !await processGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
+      this.#ownsState = false;
+      this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
+        stateDir,
+        pid: state.pid,
+      });
+      return [];
+    }
+    this.#log.info("taking over devices from the previous daemon", {
+      pid: state.pid,
+      mounts: state.mounts.length,
+    });
+    const outcomes = await Promise.all(state.mounts.map(async (record): Promise<MountOutcome> => {
+      const request = { device: record.device, image: record.image };
+      const still = await this.#driver.isStillAttached?.(record.index, record.backendId) ?? false;
+      if (!still) {
+        this.#log.warn("device of the previous daemon is gone; forgetting it", {
+          device: record.device,
+          image: record.image,
+          backendId: record.backendId,
+        });
+        return { request, error: new Error(`${record.device} is gone`) };
+      }
+      const user = this.config.users.find((u) => u.username === record.username);
+      if (!user) {
+        this.#log.error(
+          "cannot take over a device: its user is not in the config; its I/O fails after nbd.deadConnTimeoutS",
+          { device: record.device, image: record.image, user: record.username },
+        );
+        return { request, error: new Error(`user ${record.username} not in the config`) };
+      }
+      try {
+        return { request, mount: await this.table.adopt(record, user.password) };
+      } catch (error) {
+        const err = error instanceof Error ? error : new Error(String(error));
+        this.#log.error("taking over a device failed", {
+          device: record.device,
+          image: record.image,
+          code: (err as { code?: string }).code,
+          error: err.message,
+        });
+        return { request, error: err };
+      }
+    }));
+    await this.saveState();
+    return outcomes;
+  }
+
+  /**
+   * Mounts every configured image concurrently; never throws (outcomes say what
+   * failed). A configured mount already served (taken over from the previous
+   * daemon: same image and user, and same device unless "auto") is skipped.
+   */
   async mountConfigured(): Promise<MountOutcome[]> {
-    return await Promise.all(this.config.mounts.map((mount) => this.#mountOne(mount)));
+    const served = this.table.list();
+    const pending = this.config.mounts.filter((mount) =>
+      !served.some((m) =>
+        m.image === mount.image && m.username === mount.username &&
+        (mount.device === "auto" || mount.device === m.device)
+      )
+    );
+    return await Promise.all(pending.map((mount) => this.#mountOne(mount)));
   }
 
   /** Starts serving every configured export; never throws (outcomes say what failed). */
@@ -151,15 +258,18 @@ export class Daemon {
   }
 
   /**
-   * Stops front-ends, detaches every device, resolves `done`. Idempotent: later
-   * calls return the same promise. Never rejects.
+   * Stops front-ends, detaches every device (or with `keepDevices` leaves the
+   * ones that can outlive the daemon attached for the next one), resolves
+   * `done`. Idempotent: later calls return the same promise. Never rejects.
    */
-  shutdown(reason: string): Promise<void> {
+  shutdown(reason: string, options: { keepDevices?: boolean } = {}): Promise<void> {
     if (this.#stopping) return this.#stopping;
+    const keepDevices = options.keepDevices ?? false;
     this.#log.info("shutting down", {
       reason,
       mounts: this.table.size,
       exports: this.exports.size,
+      keepDevices,
     });
     this.#stopping = (async () => {
       this.#stopHistory();
@@ -170,10 +280,34 @@ export class Daemon {
           this.#log.warn("stopping a front-end failed", { error });
         }
       }
-      await Promise.all([this.table.closeAll(), this.exports.closeAll()]);
-      this.#log.info("stopped; every device detached, every export closed");
+      await Promise.all([this.table.closeAll({ keepDevices }), this.exports.closeAll()]);
+      const left = this.table.size;
+      this.#log.info(
+        left > 0
+          ? `stopped; ${left} device(s) left attached for the next daemon, every export closed`
+          : "stopped; every device detached, every export closed",
+      );
       this.#finish();
     })();
     return this.#stopping;
+  }
+}
+
+/** How long restore() waits for the daemon that wrote the state file to exit. */
+const PREVIOUS_DAEMON_EXIT_MS = 15_000;
+
+/** Whether process `pid` has exited (or does within `waitMs`). */
+async function processGone(pid: number, waitMs: number): Promise<boolean> {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+      // A zombie (state Z) has exited; it only waits for its parent.
+      if (/^\d+ \(.*\) Z/.test(stat)) return true;
+    } catch {
+      return true;
+    }
+    if (Date.now() >= deadline) return false;
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }

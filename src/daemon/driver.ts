@@ -58,6 +58,18 @@ export interface DeviceAttachment {
   detach(): Promise<void>;
   /** Settles once the device is detached, whoever asked for it. */
   readonly done: Promise<void>;
+  /**
+   * Set when the device can outlive the daemon (netlink): what a later daemon
+   * needs to find it again, and `release()`, which stops serving it but leaves
+   * it attached for the next daemon.
+   */
+  readonly persistent?: {
+    readonly index: number;
+    readonly backendId: string;
+    readonly sizeBytes: number;
+    readonly options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
+    release(): Promise<void>;
+  };
 }
 
 /** One kernel NBD device (`NbdDeviceInfo` in src/nbd/devices.ts). */
@@ -80,6 +92,12 @@ export interface OpenBackendRequest {
   log?: Logger;
 }
 
+export interface ReattachRequest {
+  index: number;
+  backendId: string;
+  options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
+}
+
 /**
  * The three things the mount table needs from the outside world. Failures are
  * thrown as errors carrying a stable `code` (IvbsMountError / NbdAttachError codes).
@@ -87,12 +105,30 @@ export interface OpenBackendRequest {
 export interface MountDriver {
   /** Opens an IVBS session on `image` (logs in, attaches the image). */
   openBackend(request: OpenBackendRequest): Promise<MountBackend>;
-  /** Connects `backend` to the kernel device `device` ("/dev/nbdN"). */
+  /**
+   * Connects `backend` to the kernel device `device` ("/dev/nbdN"), or, with
+   * "auto" when `picksDevice` is set, to a free device the kernel picks.
+   */
   attach(
     device: string,
     backend: MountBackend,
     options?: { log?: Logger },
   ): Promise<DeviceAttachment>;
+  /** The kernel picks the device itself (netlink CONNECT without an index). */
+  readonly picksDevice?: boolean;
+  /**
+   * Takes over a device a previous daemon left attached (see
+   * `DeviceAttachment.persistent`); throws with code NO_DEVICE when the device
+   * no longer carries `backendId`. Absent when attachments cannot outlive us.
+   */
+  reattach?(device: ReattachRequest, backend: MountBackend): Promise<DeviceAttachment>;
+  /** Whether the device still carries `backendId` (cheap: sysfs). */
+  isStillAttached?(index: number, backendId: string): Promise<boolean>;
+  /**
+   * Detaches a device that an earlier daemon left attached and nobody serves
+   * (its backend id is one of ours); false when the device is not such an orphan.
+   */
+  detachOrphan?(index: number): Promise<boolean>;
   /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
 }

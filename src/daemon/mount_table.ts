@@ -10,6 +10,7 @@ import { parseDeviceName } from "./device_name.ts";
 import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
 import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
+import type { MountRecord } from "./state_file.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -133,7 +134,9 @@ export interface MountTableOptions {
   /** Follows each mount's IVBS session (proxy registry, session log lines). */
   watchSession?: WatchSession;
   /** The kernel attachment's logger for `device` (its lines name the device). */
-  deviceLog?: (device: string) => Logger;
+  deviceLog?: (context: { device: string }) => Logger;
+  /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
+  onPersistentChange?: () => void;
 }
 
 export class MountTable {
@@ -142,8 +145,11 @@ export class MountTable {
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
-  readonly #deviceLog: ((device: string) => Logger) | undefined;
+  readonly #deviceLog: ((context: { device: string }) => Logger) | undefined;
   readonly #entries = new Map<string, Entry>();
+  readonly #onPersistentChange: () => void;
+  /** Keys of mounts waiting for the kernel to pick their device. */
+  #pendingSeq = 0;
   #closing = false;
 
   constructor(driver: MountDriver, options: MountTableOptions) {
@@ -153,6 +159,7 @@ export class MountTable {
     this.#deviceCount = options.deviceCount;
     this.#log = options.log ?? logger("mounts");
     this.#now = options.now ?? (() => performance.now());
+    this.#onPersistentChange = options.onPersistentChange ?? (() => {});
   }
 
   get deviceCount(): number {
@@ -205,8 +212,14 @@ export class MountTable {
       );
     }
     // From here to the reservation nothing awaits, so two requests cannot pick the same device.
-    const device = wanted === "auto" ? this.#pickFree(devices, request.image) : wanted;
-    this.#checkAvailable(device, devices);
+    // A driver whose kernel picks the device (netlink) gets "auto" and no race with other tools.
+    const kernelPicks = wanted === "auto" && this.#driver.picksDevice === true;
+    const device = kernelPicks
+      ? `(auto ${++this.#pendingSeq})`
+      : wanted === "auto"
+      ? this.#pickFree(devices, request.image)
+      : wanted;
+    if (!kernelPicks) this.#checkAvailable(device, devices);
     let finish!: () => void;
     const entry: Entry = {
       device,
@@ -223,15 +236,109 @@ export class MountTable {
     this.#entries.set(device, entry);
     this.#log.info("mounting", { device, image: request.image, user: request.username });
     try {
-      await this.#connect(entry, request);
+      await this.#connect(entry, request, kernelPicks ? "auto" : device);
     } catch (error) {
-      this.#entries.delete(device);
+      this.#entries.delete(entry.device);
       throw error;
     } finally {
       finish();
     }
-    this.#log.info("mounted", { device, image: entry.image, size: entry.backend?.size });
+    this.#log.info("mounted", {
+      device: entry.device,
+      image: entry.image,
+      size: entry.backend?.size,
+    });
+    if (entry.attachment?.persistent) this.#onPersistentChange();
     return this.#info(entry);
+  }
+
+  /**
+   * Takes over a device a previous daemon left attached (its state record):
+   * logs in, attaches the image, and hands the kernel a new socket. Throws
+   * NO_DEVICE when the device no longer carries the record's backend id and
+   * MOUNT_FAILED when the image's size differs from the device's.
+   */
+  async adopt(record: MountRecord, password: string): Promise<MountInfo> {
+    if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+    const driver = this.#driver;
+    if (!driver.reattach) {
+      throw new MountError(`Cannot take over ${record.device}: no netlink here`, "NO_DEVICE");
+    }
+    const existing = this.#entries.get(record.device);
+    if (existing) {
+      throw new MountError(`Cannot take over ${record.device}: already ${existing.state}`, "BUSY");
+    }
+    let finish!: () => void;
+    const entry: Entry = {
+      device: record.device,
+      image: record.image,
+      username: record.username,
+      readOnly: record.readOnly,
+      state: "mounting",
+      mountedAt: new Date(),
+      backend: null,
+      attachment: null,
+      settled: new Promise<void>((resolve) => finish = resolve),
+      rate: new RateSampler(this.#now),
+    };
+    this.#entries.set(record.device, entry);
+    this.#log.info("taking over", { device: record.device, image: record.image });
+    try {
+      try {
+        entry.backend = await this.#driver.openBackend({
+          image: record.image,
+          username: record.username,
+          password,
+          readOnly: record.readOnly,
+        });
+      } catch (error) {
+        throw this.#wrap(error, `Cannot open IVBS image ${record.image}`);
+      }
+      const blockSize = record.options.blockSize;
+      const size = Math.floor(entry.backend.size / blockSize) * blockSize;
+      if (size !== record.sizeBytes) {
+        await this.#closeBackend(entry);
+        throw new MountError(
+          `Cannot take over ${record.device}: image ${record.image} is ${entry.backend.size} bytes, the device ${record.sizeBytes}`,
+          "MOUNT_FAILED",
+        );
+      }
+      try {
+        if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+        entry.attachment = await driver.reattach(record, entry.backend);
+      } catch (error) {
+        await this.#closeBackend(entry);
+        throw this.#wrap(error, `Cannot take over ${record.device}`);
+      }
+      this.#watch(entry, entry.attachment);
+    } catch (error) {
+      this.#entries.delete(record.device);
+      throw error;
+    } finally {
+      finish();
+    }
+    this.#log.info("taken over", { device: record.device, image: record.image });
+    return this.#info(entry);
+  }
+
+  /** State records of the mounts that outlive the daemon. */
+  persistentRecords(): MountRecord[] {
+    const records: MountRecord[] = [];
+    for (const entry of this.#sorted()) {
+      const persistent = entry.attachment?.persistent;
+      if (!persistent || entry.state === "unmounting") continue;
+      records.push({
+        device: entry.device,
+        index: persistent.index,
+        backendId: persistent.backendId,
+        image: entry.image,
+        username: entry.username,
+        readOnly: entry.readOnly,
+        sizeBytes: persistent.sizeBytes,
+        options: { ...persistent.options },
+      });
+    }
+    return records;
   }
 
   #pickFree(devices: NbdDevice[], image: string): string {
@@ -261,9 +368,11 @@ export class MountTable {
     }
   }
 
-  async #connect(entry: Entry, request: MountRequest): Promise<void> {
-    const { device } = entry;
-    entry.watch = this.#watchSession?.({ device, image: request.image });
+  async #connect(entry: Entry, request: MountRequest, device: string): Promise<void> {
+    // One context for the session's and the attachment's log lines: where the
+    // kernel picks the device, it names the placeholder until the pick is known.
+    const owner = { device: entry.device, image: request.image };
+    entry.watch = this.#watchSession?.(owner);
     try {
       entry.backend = await this.#driver.openBackend({
         image: request.image,
@@ -280,15 +389,27 @@ export class MountTable {
     try {
       if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
       entry.attachment = await this.#driver.attach(device, entry.backend, {
-        log: this.#deviceLog?.(device),
+        log: this.#deviceLog?.(owner),
       });
     } catch (error) {
       await this.#closeBackend(entry);
-      throw this.#wrap(error, `Cannot attach ${request.image} to ${device}`);
+      const where = device === "auto" ? "an NBD device" : device;
+      throw this.#wrap(error, `Cannot attach ${request.image} to ${where}`);
     }
-    entry.state = "mounted";
+    if (entry.device !== entry.attachment.device) {
+      // The kernel picked the device: the entry moves from its placeholder key.
+      this.#entries.delete(entry.device);
+      entry.device = entry.attachment.device;
+      this.#entries.set(entry.device, entry);
+      owner.device = entry.device;
+      entry.watch?.renamed();
+    }
     entry.readOnly = entry.backend.readOnly;
-    const attachment = entry.attachment;
+    this.#watch(entry, entry.attachment);
+  }
+
+  #watch(entry: Entry, attachment: DeviceAttachment): void {
+    entry.state = "mounted";
     // The device can go away without us asking (nbd-client -d, a protocol error).
     attachment.done.then(
       () => this.#onDetached(entry, attachment, null),
@@ -318,6 +439,7 @@ export class MountTable {
     entry.state = "unmounting";
     await this.#closeBackend(entry);
     this.#entries.delete(entry.device);
+    if (attachment.persistent) this.#onPersistentChange();
   }
 
   async #closeBackend(entry: Entry): Promise<void> {
@@ -337,6 +459,11 @@ export class MountTable {
       const devices = await this.#kernelDevices();
       const kernel = devices.find((d) => d.device === device);
       if (!kernel) throw new MountError(`${device} does not exist`, "UNKNOWN_DEVICE");
+      // Left attached by an earlier daemon and not taken over (its user is gone from the config).
+      if (kernel.inUse && await this.#driver.detachOrphan?.(kernel.index).catch(() => false)) {
+        this.#log.info("unmounted a device an earlier daemon left", { device });
+        return;
+      }
       const by = kernel.inUse ? ` (attached by ${kernel.pid ?? "another process"})` : "";
       throw new MountError(`${device} is not mounted by this daemon${by}`, "NOT_MOUNTED");
     }
@@ -360,19 +487,35 @@ export class MountTable {
     }
     await this.#closeBackend(entry);
     this.#entries.delete(entry.device);
+    if (entry.attachment?.persistent) this.#onPersistentChange();
     this.#log.info("unmounted", { device: entry.device, image: entry.image });
   }
 
   /**
-   * Refuses new mounts, waits for mounts in progress, then detaches every device.
+   * Refuses new mounts, waits for mounts in progress, then detaches every
+   * device, or with `keepDevices` releases those that can outlive the daemon
+   * (they stay attached, their state records stay saved) and detaches the rest.
    * Never throws: failures are logged (this runs on the way out).
    */
-  async closeAll(): Promise<void> {
+  async closeAll(options: { keepDevices?: boolean } = {}): Promise<void> {
     this.#closing = true;
     await Promise.allSettled([...this.#entries.values()].map((e) => e.settled));
     await Promise.allSettled([...this.#entries.values()].map(async (entry) => {
       if (entry.state === "unmounting") {
         await entry.attachment?.done.catch(() => {});
+        return;
+      }
+      const persistent = entry.attachment?.persistent;
+      if (options.keepDevices && persistent) {
+        entry.state = "unmounting";
+        await persistent.release().catch((error) => {
+          this.#log.error("releasing a device at shutdown failed", { device: entry.device, error });
+        });
+        await this.#closeBackend(entry);
+        this.#log.info("left attached for the next daemon", {
+          device: entry.device,
+          image: entry.image,
+        });
         return;
       }
       try {

@@ -136,6 +136,14 @@ export class ProxyRegistry {
     entry.lastConnectedAt = this.#now();
   }
 
+  /** `from`'s connection to `address` is now `to`'s (a mount learnt its device). */
+  transfer(address: string, from: string, to: string): void {
+    const entry = this.#entries.get(address);
+    if (!entry?.users.has(from)) return;
+    this.released(address, from);
+    entry.users.set(to, (entry.users.get(to) ?? 0) + 1);
+  }
+
   /** `user`'s connection to `address` ended (failover) or was closed (close). */
   released(address: string, user: string): void {
     const entry = this.#entries.get(address);
@@ -207,7 +215,7 @@ export class SessionObserver {
 
   constructor(
     readonly registry: ProxyRegistry,
-    readonly user: string,
+    public user: string,
     readonly log: Logger,
     readonly now: () => number,
   ) {}
@@ -260,6 +268,12 @@ export class SessionObserver {
     }
   };
 
+  /** The session's owner is now named `user` (see SessionWatch.renamed). */
+  rename(user: string): void {
+    if (this.#proxy !== null) this.registry.transfer(this.#proxy, this.user, user);
+    this.user = user;
+  }
+
   /** The session closed: it no longer uses its proxy. */
   closed(): void {
     if (this.#closed) return;
@@ -272,6 +286,8 @@ export class SessionObserver {
 /** What a table attaches to each IVBS session it opens. */
 export interface SessionWatch {
   onEvent(event: IvbsSessionEvent): void;
+  /** Its owner's device changed (the kernel picked it after the session opened). */
+  renamed(): void;
   /** The session's logger (its lines name the mount or export). */
   log: Logger;
   /** Call once the session is closed. */

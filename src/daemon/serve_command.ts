@@ -23,6 +23,7 @@ import {
 import { unsafeListenProblem } from "./config_checks.ts";
 import { Daemon } from "./daemon.ts";
 import { httpConnectionCap, raiseDescriptorLimit } from "./fd_limit.ts";
+import { readState } from "./state_file.ts";
 import type { MountDriver } from "./driver.ts";
 
 /** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
@@ -35,17 +36,23 @@ export const EXIT_FAILED = 1;
 export const EXIT_CONFIG = 2;
 
 export const SERVE_HELP = [
-  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT]",
+  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT] [--replace]",
   "",
   "Runs the daemon: the HTTP API and status page, and the mounts and NBD exports",
   "FILE lists (exports listen on exports.listen.socket, default <stateDir>/nbd.sock).",
-  "Stops on SIGINT/SIGTERM or POST /api/shutdown, detaching every device and",
-  "closing every export first.",
+  "Stops on SIGINT or `ivbsnetd shutdown` (POST /api/shutdown), detaching every",
+  "device and closing every export first. SIGTERM (and `ivbsnetd shutdown",
+  "--keep-devices`) instead leaves netlink-attached devices to the next daemon:",
+  "their I/O waits (up to nbd.deadConnTimeoutS) until a daemon started on the same",
+  "stateDir takes them over.",
   "",
   "options:",
   "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
   "                      Without it: no mounts, HTTP on 127.0.0.1:8080, proxy 127.0.0.1:11417",
   "  --listen HOST:PORT  overrides http.listen (port 0 = any free port)",
+  "  --replace           upgrade in place: once ready, stop the daemon recorded in",
+  "                      stateDir (SIGTERM: it leaves its devices) and take its",
+  "                      devices over; the pause is this daemon's take-over only",
   "  -h, --help          this help",
   "",
   "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
@@ -76,7 +83,7 @@ export function startServing(
     table: daemon.table,
     exports: daemon.exports,
     token: config.http.token,
-    requestShutdown: (reason) => void daemon.shutdown(reason),
+    requestShutdown: (reason, options) => void daemon.shutdown(reason, options),
     startedAt: daemon.startedAt,
     log: logger("http"),
     events: daemon.events,
@@ -108,14 +115,19 @@ function machineName(): string | undefined {
   }
 }
 
-/** Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners. */
+/**
+ * Stops the daemon on SIGINT/SIGTERM; returns a function removing the listeners.
+ * SIGTERM (a service manager's stop or restart, an upgrade) leaves the devices
+ * that can outlive the daemon attached for the next one; SIGINT (Ctrl-C)
+ * detaches every device, like `ivbsnetd shutdown`.
+ */
 export function stopOnSignals(daemon: Daemon, log: Logger): () => void {
   return onStopSignal((signal) => {
     if (daemon.stopping) {
-      log.warn(`${signal} again: still detaching devices, please wait`);
+      log.warn(`${signal} again: still stopping, please wait`);
       return;
     }
-    void daemon.shutdown(signal);
+    void daemon.shutdown(signal, { keepDevices: signal === "SIGTERM" });
   });
 }
 
@@ -134,6 +146,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     ({ values } = parseFlags(args, {
       config: { type: "string", short: "c" },
       listen: { type: "string" },
+      replace: { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     }));
   } catch (error) {
@@ -172,9 +185,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   if (config.format === "2013") log.info("config is in the 2013 format", { file: values.config });
 
   const maxConnections = httpConnectionCap(raiseDescriptorLimit(log));
+  const driver = await deps.createDriver(config);
+  if (values.replace && !await replacePrevious(config.stateDir, log)) return EXIT_FAILED;
   let serving: Serving;
   try {
-    serving = startServing(config, await deps.createDriver(config), log, { maxConnections });
+    serving = startServing(config, driver, log, { maxConnections });
   } catch (error) {
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
@@ -211,6 +226,11 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     httpConnections: maxConnections,
   });
 
+  const restored = await daemon.restore();
+  if (restored.length > 0) {
+    const up = restored.filter((o) => o.mount).length;
+    log.info("devices taken over", { devices: up, dropped: restored.length - up });
+  }
   const [outcomes, exported] = await Promise.all([
     daemon.mountConfigured(),
     daemon.exportConfigured(),
@@ -227,4 +247,54 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   removeSignals();
   removeFatal();
   return fatal ? EXIT_FAILED : EXIT_OK;
+}
+
+/** How long --replace waits for the previous daemon to leave its devices and exit. */
+const REPLACE_WAIT_MS = 90_000;
+
+/**
+ * `serve --replace`: asks the daemon that wrote the state file to leave its
+ * devices (SIGTERM) and waits for it to exit. False when it does not exit.
+ */
+async function replacePrevious(stateDir: string, log: Logger): Promise<boolean> {
+  let state;
+  try {
+    state = await readState(stateDir);
+  } catch (error) {
+    log.warn("--replace: unreadable state file; nothing to replace", { error });
+    return true;
+  }
+  const pid = state?.pid;
+  if (pid === undefined || pid === Deno.pid || !await isServeProcess(pid)) {
+    log.info("--replace: no running daemon in the state file", { stateDir });
+    return true;
+  }
+  log.info("--replace: asking the running daemon to leave its devices", { pid });
+  try {
+    Deno.kill(pid, "SIGTERM");
+  } catch (error) {
+    log.warn("--replace: cannot signal the running daemon", { pid, error });
+    return true;
+  }
+  const deadline = Date.now() + REPLACE_WAIT_MS;
+  while (await isServeProcess(pid)) {
+    if (Date.now() > deadline) {
+      log.error("--replace: the running daemon did not exit", { pid });
+      return false;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  return true;
+}
+
+/** Whether `pid` is a live `… serve …` process (not a zombie, not a recycled pid). */
+async function isServeProcess(pid: number): Promise<boolean> {
+  try {
+    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
+    if (/^\d+ \(.*\) Z/.test(stat)) return false;
+    const argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
+    return argv.includes("serve");
+  } catch {
+    return false;
+  }
 }

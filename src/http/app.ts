@@ -49,7 +49,7 @@ export interface AppOptions {
   /** When set, POST/DELETE calls need `Authorization: Bearer <token>`. */
   token?: string;
   /** Starts the daemon's shutdown; must not wait for it (the reply goes out first). */
-  requestShutdown(reason: string): void;
+  requestShutdown(reason: string, options?: { keepDevices?: boolean }): void;
   /** Daemon start time (ms since epoch), for health and metrics. */
   startedAt: number;
   log?: Logger;
@@ -127,7 +127,11 @@ export const MountBodySchema = z.strictObject({
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
 });
 
-const ShutdownBodySchema = z.strictObject({ reason: z.string().max(200).optional() });
+const ShutdownBodySchema = z.strictObject({
+  reason: z.string().max(200).optional(),
+  /** Exit leaving netlink-attached devices for the next daemon instead of detaching them. */
+  keepDevices: z.boolean().optional(),
+});
 
 function errorBody(c: Context, status: ContentfulStatusCode, message: string) {
   return c.json({ error: message }, status);
@@ -223,7 +227,7 @@ export function createApp(options: AppOptions): Hono {
     const value = await readJsonValue(c);
     const body = value === undefined ? {} : validate(ShutdownBodySchema, value);
     const reason = body.reason ? `POST /api/shutdown: ${body.reason}` : "POST /api/shutdown";
-    options.requestShutdown(reason);
+    options.requestShutdown(reason, { keepDevices: body.keepDevices });
     return c.json({ status: "shutting down", mounts: table.size, exports: exports.size }, 202);
   });
 

@@ -225,7 +225,7 @@ export async function attachDevice(
  * p90 25 ms and 12 ms). The listener lives in a fresh 0700 directory only
  * until our own connection is accepted.
  */
-async function connectedPair(): Promise<{ kernelEnd: number; ours: Deno.Conn }> {
+export async function connectedPair(): Promise<{ kernelEnd: number; ours: Deno.Conn }> {
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-nbd-" });
   const path = `${dir}/socket`;
   let kernelEnd: number | null = null;
@@ -247,7 +247,7 @@ async function connectedPair(): Promise<{ kernelEnd: number; ours: Deno.Conn }> 
 }
 
 /** Best effort: beyond net.core.wmem_max as root (FORCE), else up to it. */
-function growSendBuffer(fd: number, log: Logger): void {
+export function growSendBuffer(fd: number, log: Logger): void {
   try {
     setsockoptInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES);
   } catch {
@@ -260,7 +260,7 @@ function growSendBuffer(fd: number, log: Logger): void {
 }
 
 /** Best effort: the device works with the kernel's default, only slower. */
-async function setMaxRequestKb(index: number, kb: number, log: Logger): Promise<void> {
+export async function setMaxRequestKb(index: number, kb: number, log: Logger): Promise<void> {
   const path = `/sys/block/nbd${index}/queue/max_sectors_kb`;
   try {
     const hardLimit = Number(
@@ -377,7 +377,7 @@ class KernelAttachment implements AttachedDevice {
       maxInFlight: options.maxInFlight,
       stats: this.stats,
       log: this.#log,
-    }).catch((error) => {
+    }).then(() => {}, (error) => {
       this.#log.warn("NBD serve loop ended with an error", { device, error });
     });
     this.done = this.#teardown();

@@ -80,7 +80,16 @@ export interface ServeOptions {
   log?: Logger;
   /** Reader to use: it may hold bytes buffered by a handshake. */
   reader?: FrameReader;
+  /**
+   * Once aborted, a request header read from then on is dropped unanswered and
+   * the loop ends as soon as what is in flight is answered (a daemon leaving
+   * its device to the next one: the kernel resends what got no answer).
+   */
+  stop?: AbortSignal;
 }
+
+/** Why serveTransmission returned: NBD_CMD_DISC, EOF at a request boundary, or `stop`. */
+export type ServeEnd = "disc" | "eof" | "stopped";
 
 /** The transmission flags that describe `backend` honestly (for NBD_SET_FLAGS or a handshake). */
 export function transmissionFlags(backend: Backend): number {
@@ -103,8 +112,8 @@ export async function serveTransmission(
   stream: ByteStream,
   backend: Backend,
   options: ServeOptions = {},
-): Promise<void> {
-  await new Transmission(stream, backend, options).run();
+): Promise<ServeEnd> {
+  return await new Transmission(stream, backend, options).run();
 }
 
 const KNOWN_FLAGS = CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO;
@@ -128,6 +137,7 @@ class Transmission {
   readonly #handles = new Set<bigint>();
   readonly #header = new Uint8Array(REQUEST_SIZE);
   readonly #pool = new BufferPool(POOLED_BYTES);
+  readonly #stop: AbortSignal | undefined;
 
   constructor(stream: ByteStream, backend: Backend, options: ServeOptions) {
     this.#backend = backend;
@@ -139,12 +149,14 @@ class Transmission {
       positive(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES, "maxInFlightBytes"),
     );
     this.#writer = new ReplyWriter(stream, this.#log);
+    this.#stop = options.stop;
   }
 
-  async run(): Promise<void> {
+  async run(): Promise<ServeEnd> {
     let failure: unknown = null;
+    let end: ServeEnd = "eof";
     try {
-      await this.#readLoop();
+      end = await this.#readLoop();
     } catch (error) {
       failure = error;
       this.#log.error("NBD request stream failed; answering what is in flight", {
@@ -156,9 +168,10 @@ class Transmission {
     while (this.#inFlight.size > 0) await Promise.all(this.#inFlight.values());
     if (failure !== null) throw failure;
     if (this.#writer.error !== null) throw this.#writer.error;
+    return end;
   }
 
-  async #readLoop(): Promise<void> {
+  async #readLoop(): Promise<ServeEnd> {
     for (;;) {
       // Take the slot before reading the header: when the backend is slow the
       // reader stops, the socket fills, and the kernel stops sending.
@@ -173,12 +186,16 @@ class Transmission {
       if (request === null) {
         this.#admission.release(1, 0);
         this.#log.debug("peer closed the NBD stream");
-        return;
+        return this.#stop?.aborted ? "stopped" : "eof";
       }
       if (request.type === Command.DISC) {
         this.#admission.release(1, 0);
         this.#log.debug("NBD disconnect requested", { inFlight: this.#inFlight.size });
-        return;
+        return "disc";
+      }
+      if (this.#stop?.aborted) {
+        this.#admission.release(1, 0);
+        return "stopped";
       }
       await this.#accept(request);
     }

@@ -82,7 +82,9 @@ Deno.test({
     const { dir, path } = await writeConfig({
       http: { listen: "127.0.0.1:0" },
       ivbs: { proxies: ivbs.addresses() },
-      nbd: { devices: 8 },
+      // The ioctl fallback: its devices go with the daemon, so SIGTERM detaches them
+      // (netlink devices stay for the next daemon: restart_test.ts).
+      nbd: { devices: 8, attach: "ioctl" },
       users: [USER],
       mounts: [{ device: "auto", image: "data", user: USER.username }],
     });

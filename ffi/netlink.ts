@@ -1,0 +1,64 @@
+/**
+ * The libc calls of a netlink socket (AF_NETLINK, linux/netlink.h), through
+ * Deno FFI: socket, bind, send on a worker thread, and the constants. No
+ * netlink message semantics here (src/nbd/netlink_wire.ts has the layouts).
+ *
+ * send runs on a worker thread: the kernel runs a generic-netlink command in
+ * the sender's context, and NBD_CMD_DISCONNECT sends NBD_CMD_DISC to our own
+ * socket and waits for the receive side, which only our main thread serves.
+ * recv and poll come from ffi/libc.ts.
+ * @module
+ */
+import { LibcError } from "./libc.ts";
+
+export const AF_NETLINK = 16;
+export const SOCK_RAW = 3;
+/** Protocol number of generic netlink (linux/netlink.h). */
+export const NETLINK_GENERIC = 16;
+/** setsockopt level and option to join a multicast group (linux/netlink.h, linux/socket.h). */
+export const SOL_NETLINK = 270;
+export const NETLINK_ADD_MEMBERSHIP = 1;
+
+const SYMBOLS = {
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  send_blocking: {
+    name: "send",
+    parameters: ["i32", "buffer", "usize", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
+  __errno_location: { parameters: [], result: "pointer" },
+} as const satisfies Deno.ForeignLibraryInterface;
+
+type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+let symbols: Symbols | null = null;
+
+function lib(): Symbols {
+  symbols ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  return symbols;
+}
+
+function errno(): number {
+  const at = lib().__errno_location();
+  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
+}
+
+/**
+ * bind(2) of a netlink socket: struct sockaddr_nl { u16 family; u16 pad;
+ * u32 pid; u32 groups; }, pid 0 = the kernel assigns our port id.
+ */
+export function bindNetlink(fd: number): void {
+  const address = new Uint8Array(12);
+  new DataView(address.buffer).setUint16(0, AF_NETLINK, true);
+  if (lib().bind(fd, address, address.length) < 0) throw new LibcError(`bind(${fd})`, errno());
+}
+
+/**
+ * send(2) of one whole message on a worker thread. Resolves with the bytes
+ * sent, or throws a LibcError whose errno is unknown (lost with the worker).
+ */
+export async function sendOnWorker(fd: number, data: Uint8Array): Promise<number> {
+  const n = Number(await lib().send_blocking(fd, data, BigInt(data.length), 0));
+  if (n < 0) throw new LibcError(`send(${fd})`, null);
+  return n;
+}

@@ -1,0 +1,261 @@
+/**
+ * The restart rig shared by tests/kernel/restart_test.ts and
+ * bench/restart_stall.ts: an IVBS test server, `ivbsnetd serve` mounting one
+ * image through netlink, ext4 on the device, a fio write+verify job
+ * (randwrite 64k, iodepth 16, crc32c, per-I/O latency log) on it, and the
+ * daemon replaced under fio one of three ways. It measures; callers judge.
+ * @module
+ */
+import {
+  attachedNbdDevices,
+  DaemonProcess,
+  startIvbs,
+  USER,
+  writeConfig,
+} from "../daemon_harness.ts";
+import { errorLines, logMark } from "./kernel_log.ts";
+import { sh } from "./helpers.ts";
+
+const MIB = 1024 * 1024;
+
+export type RestartKind = "kill -9" | "SIGTERM" | "serve --replace";
+export const RESTART_KINDS: RestartKind[] = ["kill -9", "SIGTERM", "serve --replace"];
+
+export interface RestartOptions {
+  fioMb: number;
+  /** nbd.requeueAfterS of the daemon. */
+  requeueAfterS: number;
+  /** nbd.deadConnTimeoutS of the daemon. */
+  deadConnTimeoutS: number;
+}
+
+export interface RestartOutcome {
+  kind: RestartKind;
+  device: string;
+  /** The new daemon serves the same device with the same backend id. */
+  sameDevice: boolean;
+  fioCode: number;
+  fioStderr: string;
+  /** fio's job error (0 = none) and bytes its verify phase read. */
+  fioError: number;
+  verifiedBytes: number;
+  /** The longest completion latency in fio's per-I/O log. */
+  stallMs: number;
+  /** Kernel log lines that count as errors (kernel_log.ts), and the "I/O error" ones. */
+  kernelErrors: string[];
+  ioErrorLines: number;
+  /** From the start of the restart: old daemon gone, new one listening, device taken over. */
+  oldGoneMs: number;
+  listeningMs: number;
+  backMs: number;
+  oldLog: string;
+  newLog: string;
+}
+
+export interface Mount {
+  device: string;
+  image: string;
+  state: string;
+  bytesWritten: number;
+}
+
+export async function mounts(url: string): Promise<Mount[]> {
+  const reply = await fetch(`${url}/api/mounts`);
+  return (await reply.json()).mounts;
+}
+
+/** Polls (bounded) until `check` returns a value. */
+export async function until<T>(
+  what: string,
+  check: () => Promise<T | null>,
+  ms = 120_000,
+): Promise<T> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const value = await check().catch(() => null);
+    if (value !== null) return value;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${what}: not within ${ms} ms`);
+}
+
+export async function mountedOn(url: string): Promise<Mount> {
+  return await until("the mount comes up", async () => {
+    const [mount] = (await mounts(url)).filter((m) => m.state === "mounted");
+    return mount ?? null;
+  });
+}
+
+/** fio write+verify on a file of the filesystem; the latency log gives the longest stall. */
+function startFio(directory: string, out: string, fioMb: number): Promise<Deno.CommandOutput> {
+  return new Deno.Command("fio", {
+    args: [
+      "--name=restart",
+      `--directory=${directory}`,
+      "--filename=data",
+      `--size=${fioMb}M`,
+      "--bs=64k",
+      "--rw=randwrite",
+      "--ioengine=libaio",
+      "--direct=1",
+      "--iodepth=16",
+      "--verify=crc32c",
+      "--verify_fatal=1",
+      "--do_verify=1",
+      "--verify_state_save=0",
+      `--write_lat_log=${out}/fio`,
+      "--log_avg_msec=0",
+      "--output-format=json",
+      `--output=${out}/fio.json`,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+}
+
+/** The longest completion latency in fio's per-I/O log, in ms. */
+async function longestStallMs(out: string): Promise<number> {
+  let longest = 0;
+  for await (const entry of Deno.readDir(out)) {
+    if (!/^fio_clat\.\d+\.log$/.test(entry.name)) continue;
+    for (const line of (await Deno.readTextFile(`${out}/${entry.name}`)).split("\n")) {
+      const ns = Number(line.split(",")[1]);
+      if (Number.isFinite(ns)) longest = Math.max(longest, ns / 1e6);
+    }
+  }
+  return longest;
+}
+
+async function run(program: string, ...args: string[]): Promise<string> {
+  const ran = await sh(program, ...args);
+  if (ran.code !== 0) throw new Error(`${program} ${args.join(" ")}: ${ran.stderr}`);
+  return ran.stdout;
+}
+
+/**
+ * Ends the old daemon its way and starts a new one (`start(args)`); resolves
+ * with the new one, the old one's output and when the old one was gone.
+ */
+type Restart = (
+  old: DaemonProcess,
+  start: (args?: string[]) => Promise<DaemonProcess>,
+) => Promise<{ daemon: DaemonProcess; oldLog: string; oldGone: number }>;
+
+/** Stop (`signal`), then start a new daemon. */
+function stopThenStart(signal: Deno.Signal): Restart {
+  return async (old, start) => {
+    const { stderr } = await old.stop(signal);
+    const oldGone = performance.now();
+    return { daemon: await start(), oldLog: stderr, oldGone };
+  };
+}
+
+/** Replaces the daemon its `kind` of way. */
+const RESTARTS: Record<RestartKind, Restart> = {
+  "kill -9": stopThenStart("SIGKILL"),
+  "SIGTERM": stopThenStart("SIGTERM"),
+  "serve --replace": async (old, start) => {
+    let oldGone = 0;
+    const exited = old.wait().then((result) => {
+      oldGone = performance.now();
+      return result;
+    });
+    const daemon = await start(["--replace"]);
+    return { daemon, oldLog: (await exited).stderr, oldGone };
+  },
+};
+
+/**
+ * One run: mount, mkfs, fio, replace the daemon once fio has written 32 MiB,
+ * wait for fio, then unmount and detach (SIGINT) whatever happened.
+ */
+export async function restartUnderFio(
+  kind: RestartKind,
+  options: RestartOptions,
+): Promise<RestartOutcome> {
+  const attached = await attachedNbdDevices();
+  if (attached.length > 0) throw new Error(`nbd devices attached before the run: ${attached}`);
+  const ivbs = await startIvbs([{ name: "disk", size: options.fioMb * MIB + 256 * MIB }]);
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-state-" });
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses() },
+    nbd: {
+      attach: "netlink",
+      deadConnTimeoutS: options.deadConnTimeoutS,
+      requeueAfterS: options.requeueAfterS,
+    },
+    users: [USER],
+    mounts: [{ device: "auto", image: "disk", user: USER.username }],
+    stateDir,
+  });
+  const mnt = `${dir}/mnt`;
+  await Deno.mkdir(mnt);
+  let daemon = await DaemonProcess.start(path);
+  let mounted = false;
+  try {
+    const { device } = await mountedOn(daemon.url);
+    const sysfs = `/sys/block/${device.slice("/dev/".length)}/backend`;
+    const backendId = (await Deno.readTextFile(sysfs)).trim();
+    await run("mkfs.ext4", "-q", "-F", device);
+    await run("mount", device, mnt);
+    mounted = true;
+    const mark = await logMark();
+    const fio = startFio(mnt, dir, options.fioMb);
+    // Let fio get going, then restart the daemon under it.
+    await until("fio writes", async () => {
+      const [m] = await mounts(daemon.url);
+      return m && m.bytesWritten > 32 * MIB ? m : null;
+    });
+    const began = performance.now();
+    const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args }));
+    daemon = next.daemon;
+    const listening = performance.now();
+    const again = await mountedOn(daemon.url);
+    const back = performance.now();
+    const sameDevice = again.device === device &&
+      (await Deno.readTextFile(sysfs)).trim() === backendId;
+    const result = await fio;
+    let job = { error: -1, read: { io_bytes: 0 } };
+    try {
+      job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
+    } catch {
+      // fio died before writing its report: fioCode says so.
+    }
+    const lines = await mark.since();
+    await sh("umount", mnt);
+    mounted = false;
+    const last = await daemon.stop("SIGINT"); // detach everything
+    return {
+      kind,
+      device,
+      sameDevice,
+      fioCode: result.code,
+      fioStderr: new TextDecoder().decode(result.stderr),
+      fioError: job.error,
+      verifiedBytes: job.read.io_bytes,
+      stallMs: await longestStallMs(dir),
+      kernelErrors: errorLines(lines),
+      ioErrorLines: lines.filter((line) => /I\/O error/.test(line)).length,
+      oldGoneMs: next.oldGone - began,
+      listeningMs: listening - began,
+      backMs: back - began,
+      oldLog: next.oldLog,
+      newLog: last.stderr,
+    };
+  } finally {
+    if (mounted) await sh("umount", mnt);
+    await daemon.stop("SIGINT");
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(stateDir, { recursive: true });
+  }
+}
+
+/** The daemon's lifecycle lines (start, shutdown, take-over) of a log. */
+export function lifecycle(log: string): string[] {
+  return log.split("\n").filter((line) =>
+    /daemon started|shutting down|left attached|stopped;|--replace|taking over|taken over|NBD device|devices taken over/
+      .test(line)
+  );
+}

@@ -1,0 +1,250 @@
+/**
+ * The daemon's side of surviving a restart, without a kernel: the state file,
+ * what the mount table records and releases, and how a new daemon takes the
+ * devices over (tests/kernel/restart_test.ts does it with the real kernel).
+ */
+import assert from "node:assert/strict";
+import { parseConfig } from "../src/daemon/config.ts";
+import { Daemon } from "../src/daemon/daemon.ts";
+import type { DeviceAttachment, MountBackend, ReattachRequest } from "../src/daemon/driver.ts";
+import { FakeAttachment, type FakeBackend, FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import {
+  type MountRecord,
+  readState,
+  StateFileError,
+  statePath,
+  writeState,
+} from "../src/daemon/state_file.ts";
+import type { Logger } from "../src/log.ts";
+
+const MIB = 1024 * 1024;
+
+/** A logger that keeps its lines. */
+function recorder(): Logger & { lines: string[] } {
+  const lines: string[] = [];
+  const keep = (level: string) => (message: string, fields?: Record<string, unknown>) => {
+    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
+  };
+  return {
+    lines,
+    debug: keep("DEBUG"),
+    info: keep("INFO"),
+    warn: keep("WARN"),
+    error: keep("ERROR"),
+  };
+}
+
+/**
+ * Like the netlink driver: the kernel picks the device, attachments can be
+ * released (left attached), and a later driver can take them over while the
+ * "kernel" (shared between driver instances) still shows their backend id.
+ */
+class PersistentFakeDriver extends FakeMountDriver {
+  readonly picksDevice = true;
+  released = 0;
+  reattached: ReattachRequest[] = [];
+  #nextId = 0;
+
+  constructor(readonly kernel: Map<number, string>) {
+    super({ devices: 4, images: { disk: { size: 8 * MIB } }, users: { alice: "pw" } });
+  }
+
+  override async attach(device: string, backend: MountBackend): Promise<DeviceAttachment> {
+    let index = 0;
+    while (device === "auto" && this.kernel.has(index)) index++;
+    if (device !== "auto") index = Number(device.replace("/dev/nbd", ""));
+    const backendId = `fake:${++this.#nextId}`;
+    this.kernel.set(index, backendId);
+    return this.#persistent(await super.attach(`/dev/nbd${index}`, backend), index, backendId);
+  }
+
+  reattach(request: ReattachRequest, backend: MountBackend): Promise<DeviceAttachment> {
+    this.reattached.push(request);
+    if (this.kernel.get(request.index) !== request.backendId) {
+      return Promise.reject(Object.assign(new Error("gone"), { code: "NO_DEVICE" }));
+    }
+    const device = `/dev/nbd${request.index}`;
+    const attachment = new FakeAttachment(device, backend as FakeBackend, () => {});
+    this.attached.set(device, attachment);
+    return Promise.resolve(this.#persistent(attachment, request.index, request.backendId));
+  }
+
+  isStillAttached(index: number, backendId: string): Promise<boolean> {
+    return Promise.resolve(this.kernel.get(index) === backendId);
+  }
+
+  detachOrphan(index: number): Promise<boolean> {
+    if (!this.kernel.get(index)?.startsWith("ivbsnetd:")) return Promise.resolve(false);
+    this.kernel.delete(index);
+    this.foreign.delete(`/dev/nbd${index}`);
+    return Promise.resolve(true);
+  }
+
+  #persistent(attachment: DeviceAttachment, index: number, backendId: string): DeviceAttachment {
+    const kernel = this.kernel;
+    const release = () => {
+      this.released++;
+      return Promise.resolve();
+    };
+    return {
+      device: attachment.device,
+      stats: attachment.stats,
+      done: attachment.done,
+      detach: async () => {
+        kernel.delete(index);
+        await attachment.detach();
+      },
+      persistent: {
+        index,
+        backendId,
+        sizeBytes: 8 * MIB,
+        options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+        release,
+      },
+    };
+  }
+}
+
+function configFor(stateDir: string, mounts: unknown[] = []) {
+  return parseConfig(
+    JSON.stringify({
+      users: [{ username: "alice", password: "pw" }],
+      mounts,
+      stateDir,
+    }),
+    "test.json",
+  ).config;
+}
+
+const RECORD: MountRecord = {
+  device: "/dev/nbd2",
+  index: 2,
+  backendId: "ivbsnetd:0011223344556677",
+  image: "disk",
+  username: "alice",
+  readOnly: false,
+  sizeBytes: 8 * MIB,
+  options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+};
+
+Deno.test("the state file round-trips, is 0600, names the user and holds no password", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeState(`${dir}/state`, [RECORD]);
+    const text = await Deno.readTextFile(statePath(`${dir}/state`));
+    assert.ok(!/password/i.test(text));
+    assert.equal((await Deno.stat(statePath(`${dir}/state`))).mode! & 0o777, 0o600);
+    const state = await readState(`${dir}/state`);
+    assert.equal(state?.pid, Deno.pid);
+    assert.deepEqual(state?.mounts, [RECORD]);
+    const leftovers = [...Deno.readDirSync(`${dir}/state`)].map((e) => e.name);
+    assert.deepEqual(leftovers, ["mounts.json"], "no temp file left behind");
+    await writeState(`${dir}/state`, []);
+    assert.equal(await readState(`${dir}/state`), null, "no mounts: no file");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a damaged state file is a StateFileError, not a crash", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(statePath(dir), "{not json");
+    await assert.rejects(readState(dir), StateFileError);
+    await Deno.writeTextFile(statePath(dir), JSON.stringify({ version: 9, mounts: [] }));
+    await assert.rejects(readState(dir), StateFileError);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("keepDevices shutdown releases persistent devices and a new daemon takes them over", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map<number, string>();
+  const mounts = [{ image: "disk", user: "alice" }];
+  try {
+    const first = new PersistentFakeDriver(kernel);
+    const old = new Daemon({ config: configFor(dir, mounts), driver: first, log: recorder() });
+    const [outcome] = await old.mountConfigured();
+    assert.equal(outcome.mount?.device, "/dev/nbd0", "the kernel picked the device");
+    await old.saveState();
+    const saved = await readState(dir);
+    assert.deepEqual(saved?.mounts.map((m) => [m.device, m.backendId, m.username]), [
+      ["/dev/nbd0", "fake:1", "alice"],
+    ]);
+
+    await old.shutdown("SIGTERM", { keepDevices: true });
+    assert.equal(first.released, 1);
+    assert.equal(first.attached.get("/dev/nbd0")?.detachCalls, 0, "released, not detached");
+    assert.equal(kernel.get(0), "fake:1", "still attached in the kernel");
+    assert.equal((await readState(dir))?.mounts.length, 1, "the state survives");
+
+    const second = new PersistentFakeDriver(kernel);
+    const log = recorder();
+    const next = new Daemon({ config: configFor(dir, mounts), driver: second, log });
+    const restored = await next.restore();
+    assert.equal(restored[0].mount?.device, "/dev/nbd0", log.lines.join("\n"));
+    assert.deepEqual(second.reattached.map((r) => [r.index, r.backendId]), [[0, "fake:1"]]);
+    assert.deepEqual(await next.mountConfigured(), [], "the configured mount is not made twice");
+    assert.deepEqual(next.table.list().map((m) => m.device), ["/dev/nbd0"]);
+
+    await next.shutdown("SIGINT");
+    assert.equal(kernel.size, 0, "detached");
+    assert.equal(await readState(dir), null, "nothing left to take over");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("restore drops devices that are gone with one line each and forgets them", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeState(dir, [RECORD, { ...RECORD, device: "/dev/nbd3", index: 3 }]);
+    const driver = new PersistentFakeDriver(new Map());
+    const log = recorder();
+    const daemon = new Daemon({ config: configFor(dir), driver, log });
+    const outcomes = await daemon.restore();
+    assert.equal(outcomes.filter((o) => o.error).length, 2);
+    const gone = log.lines.filter((l) => l.includes("device of the previous daemon is gone"));
+    assert.equal(gone.length, 2);
+    assert.deepEqual(driver.reattached, [], "nothing to reattach");
+    assert.equal(await readState(dir), null, "the state forgets them");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a device of a user missing from the config is not taken over, and says why", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map([[2, RECORD.backendId]]);
+  try {
+    await writeState(dir, [{ ...RECORD, username: "bob" }]);
+    const log = recorder();
+    const daemon = new Daemon({
+      config: configFor(dir),
+      driver: new PersistentFakeDriver(kernel),
+      log,
+    });
+    const [outcome] = await daemon.restore();
+    assert.match(outcome.error?.message ?? "", /user bob not in the config/);
+    assert.ok(log.lines.some((l) => l.startsWith("ERROR cannot take over a device")));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("unmount detaches a device an earlier daemon left that nobody took over", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map([[2, RECORD.backendId], [3, "someone-else"]]);
+  try {
+    const driver = new PersistentFakeDriver(kernel);
+    driver.foreign.add("/dev/nbd2").add("/dev/nbd3");
+    const daemon = new Daemon({ config: configFor(dir), driver, log: recorder() });
+    await daemon.table.unmount("nbd2");
+    assert.equal(kernel.has(2), false, "the orphan is detached");
+    await assert.rejects(daemon.table.unmount("nbd3"), /not mounted by this daemon/);
+    assert.equal(kernel.get(3), "someone-else", "another tool's device is left alone");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
