@@ -74,7 +74,12 @@ export class DaemonProcess {
    */
   static async start(
     configPath: string,
-    { args = [], wrapper = [] }: { args?: string[]; wrapper?: string[] } = {},
+    { args = [], wrapper = [], env = {} }: {
+      args?: string[];
+      wrapper?: string[];
+      /** More environment variables (e.g. NOTIFY_SOCKET). */
+      env?: Record<string, string>;
+    } = {},
   ): Promise<DaemonProcess> {
     const command = [
       ...wrapper,
@@ -92,7 +97,7 @@ export class DaemonProcess {
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1", IVBSNETD_LOG: "info" },
+      env: { NO_COLOR: "1", IVBSNETD_LOG: "info", ...env },
     }).spawn();
     const stderr = new Response(child.stderr).text();
     const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();

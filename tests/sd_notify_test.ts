@@ -6,16 +6,21 @@
 import assert from "node:assert/strict";
 import { notifySystemd } from "../src/daemon/sd_notify.ts";
 import { hasTool } from "./tools.ts";
+import { DaemonProcess, startIvbs, USER, writeConfig } from "./daemon_harness.ts";
 
 const HAS_PYTHON = await hasTool("python3");
 if (!HAS_PYTHON) console.warn("sd_notify_test: python3 is not installed; skipped");
 
 /** A stand-in for systemd: binds `address`, prints "bound", then the first datagram. */
-async function withListener(address: string, send: () => void): Promise<string> {
+async function withListener(
+  address: string,
+  send: () => void | Promise<void>,
+): Promise<string> {
   const script = [
-    "import socket, sys",
+    "import os, socket, sys",
     "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)",
     "a = sys.argv[1]",
+    "if not a.startswith('@') and os.path.exists(a): os.unlink(a)",
     "s.bind('\\0' + a[1:] if a.startswith('@') else a)",
     "print('bound', flush=True)",
     "s.settimeout(10)",
@@ -33,7 +38,7 @@ async function withListener(address: string, send: () => void): Promise<string> 
     if (done) throw new Error(`listener exited early: ${seen}`);
     seen += value;
   }
-  send();
+  await send();
   for (;;) {
     const { value, done } = await lines.read();
     if (done) break;
@@ -81,4 +86,41 @@ Deno.test("a named socket nobody listens on is an error, not silence", () => {
     () => notifySystemd("READY=1", "/nonexistent/ivbsnetd-notify"),
     /connect\(.*ENOENT/,
   );
+});
+
+Deno.test({
+  name:
+    "serve says READY=1 to systemd once its configured exports are up, STOPPING=1 on the way out",
+  ignore: !HAS_PYTHON,
+  fn: async () => {
+    const ivbs = await startIvbs([{ name: "disk", size: 1024 * 1024 }]);
+    const base = await Deno.makeTempDir({ prefix: "ivbsnetd-notify-" });
+    const { dir, path } = await writeConfig({
+      http: { listen: "127.0.0.1:0" },
+      ivbs: { proxies: ivbs.addresses() },
+      users: [USER],
+      stateDir: `${base}/state`,
+      exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+    });
+    const notify = `${base}/notify`;
+    let daemon: DaemonProcess | null = null;
+    try {
+      const ready = await withListener(notify, async () => {
+        daemon = await DaemonProcess.start(path, { env: { NOTIFY_SOCKET: notify } });
+      });
+      assert.equal(ready, "READY=1\nSTATUS=0 devices mounted, 1 exports");
+      const exports = await (await fetch(`${daemon!.url}/api/exports`)).json();
+      assert.equal(exports.exports[0].state, "ready", "ready means the export is up");
+      const stopping = await withListener(notify, async () => {
+        assert.equal((await daemon!.stop("SIGINT")).code, 0);
+      });
+      assert.equal(stopping, "STOPPING=1");
+      daemon = null;
+    } finally {
+      await (daemon as DaemonProcess | null)?.stop();
+      await ivbs.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(base, { recursive: true });
+    }
+  },
 });

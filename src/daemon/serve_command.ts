@@ -24,6 +24,7 @@ import { unsafeListenProblem } from "./config_checks.ts";
 import { Daemon } from "./daemon.ts";
 import { httpConnectionCap, raiseDescriptorLimit } from "./fd_limit.ts";
 import { readState } from "./state_file.ts";
+import { notifySystemd } from "./sd_notify.ts";
 import type { MountDriver } from "./driver.ts";
 
 /** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
@@ -243,10 +244,23 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     const up = exported.filter((o) => o.export).length;
     log.info("configured exports done", { ready: up, failed: exported.length - up });
   }
+  // Type=notify: units ordered after us (_netdev mounts) start once the devices are there.
+  const mounted = daemon.table.list().filter((m) => m.state === "mounted").length;
+  tellSystemd(`READY=1\nSTATUS=${mounted} devices mounted, ${exported.length} exports`, log);
+  daemon.onStop(() => Promise.resolve(tellSystemd("STOPPING=1", log)));
   await daemon.done;
   removeSignals();
   removeFatal();
   return fatal ? EXIT_FAILED : EXIT_OK;
+}
+
+/** sd_notify when systemd started us; a failure to tell it is logged, never fatal. */
+function tellSystemd(state: string, log: Logger): void {
+  try {
+    notifySystemd(state);
+  } catch (error) {
+    log.warn("cannot notify systemd", { state: state.split("\n")[0], error });
+  }
 }
 
 /** How long --replace waits for the previous daemon to leave its devices and exit. */
