@@ -117,3 +117,74 @@ async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
     await Deno.remove(base, { recursive: true });
   }
 }
+
+/** The daemon's exports: name → state. */
+async function exportStates(url: string): Promise<Record<string, string>> {
+  const { exports } = await (await fetch(`${url}/api/exports`)).json() as {
+    exports: { name: string; state: string }[];
+  };
+  return Object.fromEntries(exports.map((e) => [e.name, e.state]));
+}
+
+Deno.test("an export added through the API is served again after kill -9 and SIGTERM, and forgotten after a shutdown", async () => {
+  const ivbs = await startIvbs([{ name: "disk", size: 4 * MIB }, { name: "spare", size: 4 * MIB }]);
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-export-state-" });
+  const stateDir = `${base}/state`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+    exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+  });
+  let daemon = await DaemonProcess.start(path);
+  try {
+    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    const added = await fetch(`${daemon.url}/api/exports`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify({ name: "api1", image: "spare", ...USER, readOnly: true }),
+    });
+    assert.equal(added.status, 201, await added.text());
+    // The state file is written right after the export is added, not before the answer.
+    let state = "";
+    await until("the state file records api1", async () => {
+      state = await Deno.readTextFile(`${stateDir}/mounts.json`).catch(() => "");
+      return state.includes('"api1"');
+    });
+    assert.ok(!state.includes(USER.password), "the state file holds no password");
+    assert.equal(
+      (await Deno.stat(`${stateDir}/mounts.json`)).mode! & 0o777,
+      0o600,
+      "the state file is 0600",
+    );
+    assert.deepEqual(JSON.parse(state).exports, [
+      { name: "api1", image: "spare", username: USER.username, readOnly: true },
+    ], "only the export the config does not list is recorded");
+
+    for (const stop of ["SIGKILL", "SIGTERM"] as const) {
+      await daemon.stop(stop);
+      daemon = await DaemonProcess.start(path);
+      await until(`both exports back after ${stop}`, async () => {
+        const states = await exportStates(daemon.url);
+        return states.vm1 === "ready" && states.api1 === "ready";
+      });
+    }
+
+    const shutdown = await fetch(`${daemon.url}/api/shutdown`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    assert.equal(shutdown.status, 202);
+    assert.equal((await daemon.wait()).code, 0);
+    daemon = await DaemonProcess.start(path);
+    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    assert.deepEqual(await exportStates(daemon.url), { vm1: "ready" }, "a shutdown forgets api1");
+  } finally {
+    await daemon.stop();
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
+  }
+});

@@ -7,7 +7,7 @@
  * @module
  */
 import { type Logger, logger } from "../log.ts";
-import type { ConfiguredMount, DaemonConfig } from "./config.ts";
+import type { ConfiguredExport, ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
 import { type ExportOutcome, ExportTable } from "./export_table.ts";
 import { type MountInfo, MountTable } from "./mount_table.ts";
@@ -25,7 +25,7 @@ import {
   type SessionOwner,
   type SessionWatch,
 } from "./proxy_registry.ts";
-import { readState, StateFileError, StateWriter } from "./state_file.ts";
+import { type ExportRecord, readState, StateFileError, StateWriter } from "./state_file.ts";
 import { errorMessage } from "../error_info.ts";
 
 export interface MountOutcome {
@@ -65,6 +65,13 @@ export class Daemon {
   readonly #state: StateWriter;
   /** False once a second live daemon was seen on the same stateDir: its file is not ours. */
   #ownsState = true;
+  /**
+   * Exports added through the API (the config's are the config's business), as
+   * the state file keeps them; they outlive a restart the way devices do.
+   */
+  #savedExports: ExportRecord[] = [];
+  /** Exports the previous daemon served, to serve again (see exportConfigured). */
+  #exportsToRestore: ExportRecord[] = [];
   readonly #stopHooks: (() => Promise<void>)[] = [];
   #finish!: () => void;
   #stopping: Promise<void> | null = null;
@@ -99,6 +106,10 @@ export class Daemon {
       log: this.#log,
       serverLog: this.events.wrap(logFor("export"), "export"),
       watchSession,
+      onChange: () => {
+        this.#savedExports = this.#exportRecords();
+        void this.saveState();
+      },
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
@@ -151,7 +162,12 @@ export class Daemon {
   /** Writes the state file from the mount table (the mounts that outlive the daemon). */
   async saveState(): Promise<void> {
     if (!this.#ownsState) return;
-    await this.#state.write(this.table.persistentRecords());
+    await this.#state.write(this.table.persistentRecords(), this.#savedExports);
+  }
+
+  #exportRecords(): ExportRecord[] {
+    const configured = new Set(this.config.exports.items.map((item) => item.name));
+    return this.exports.records().filter((record) => !configured.has(record.name));
   }
 
   /**
@@ -169,7 +185,7 @@ export class Daemon {
       this.#log.error("ignoring an unreadable state file", { error: message });
       return [];
     }
-    if (state === null || state.mounts.length === 0) return [];
+    if (state === null || (state.mounts.length === 0 && state.exports.length === 0)) return [];
     if (state.pid !== Deno.pid && !await processGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
       this.#ownsState = false;
       this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
@@ -178,6 +194,9 @@ export class Daemon {
       });
       return [];
     }
+    this.#exportsToRestore = state.exports;
+    this.#savedExports = state.exports;
+    if (state.mounts.length === 0) return [];
     this.#log.info("taking over devices from the previous daemon", {
       pid: state.pid,
       mounts: state.mounts.length,
@@ -236,7 +255,35 @@ export class Daemon {
 
   /** Starts serving every configured export; never throws (outcomes say what failed). */
   async exportConfigured(): Promise<ExportOutcome[]> {
-    return await this.exports.addConfigured(this.config.exports.items);
+    return await this.exports.addConfigured([
+      ...this.config.exports.items,
+      ...this.#exportsFromState(),
+    ]);
+  }
+
+  /**
+   * The exports the previous daemon served through the API, with their users'
+   * passwords from the config (the state file holds none); one log line for
+   * each whose user the config does not know.
+   */
+  #exportsFromState(): ConfiguredExport[] {
+    const configured = new Set(this.config.exports.items.map((item) => item.name));
+    const restorable: ConfiguredExport[] = [];
+    for (const record of this.#exportsToRestore) {
+      if (configured.has(record.name)) continue;
+      const user = this.config.users.find((u) => u.username === record.username);
+      if (!user) {
+        this.#log.error("cannot serve an export again: its user is not in the config", {
+          export: record.name,
+          image: record.image,
+          user: record.username,
+        });
+        continue;
+      }
+      restorable.push({ ...record, password: user.password });
+    }
+    this.#exportsToRestore = [];
+    return restorable;
   }
 
   async #mountOne(mount: ConfiguredMount): Promise<MountOutcome> {
@@ -281,6 +328,11 @@ export class Daemon {
         }
       }
       await Promise.all([this.table.closeAll({ keepDevices }), this.exports.closeAll()]);
+      if (!keepDevices) {
+        // Stopped for good: the next daemon starts from the config alone.
+        this.#savedExports = [];
+        await this.saveState();
+      }
       const left = this.table.size;
       this.#log.info(
         left > 0

@@ -18,6 +18,7 @@ import {
   type ExportSettings,
 } from "./config.ts";
 import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
+import type { ExportRecord } from "./state_file.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
 
@@ -121,6 +122,8 @@ export interface ExportTableOptions {
   now?: () => number;
   /** Follows each client's (and the probe's) IVBS session. */
   watchSession?: WatchSession;
+  /** Called after an export was added or removed (to save the state file). */
+  onChange?: () => void;
 }
 
 interface Entry {
@@ -153,6 +156,7 @@ export class ExportTable {
   readonly #serverLog: Logger;
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
+  readonly #onChange: () => void;
   readonly #entries = new Map<string, Entry>();
   #server: ExportServer | null = null;
   #starting: Promise<ExportServer> | null = null;
@@ -166,6 +170,7 @@ export class ExportTable {
     this.#serverLog = options.serverLog ?? logger("export");
     this.#now = options.now ?? (() => performance.now());
     this.#watchSession = options.watchSession;
+    this.#onChange = options.onChange ?? (() => {});
   }
 
   get size(): number {
@@ -256,6 +261,7 @@ export class ExportTable {
       size: entry.sizeBytes,
       uri: this.#uri(entry.name),
     });
+    this.#onChange();
     return this.#info(entry, this.#liveStats());
   }
 
@@ -380,6 +386,20 @@ export class ExportTable {
     await this.#server?.removeExport(name);
     this.#entries.delete(name);
     this.#log.info("export removed", { export: name, image: entry.image });
+    this.#onChange();
+  }
+
+  /**
+   * The exports served or being added, as the state file records them (no
+   * passwords); one whose add fails is gone from the next record.
+   */
+  records(): ExportRecord[] {
+    return [...this.#entries.values()].filter((e) => e.state !== "removing").map((e) => ({
+      name: e.name,
+      image: e.image,
+      username: e.username,
+      readOnly: e.readOnly,
+    }));
   }
 
   /** Exports the config lists; a failing one is logged and does not stop the others. */

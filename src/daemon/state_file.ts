@@ -29,12 +29,22 @@ export interface MountRecord {
   options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
 }
 
+/** An NBD export, so that the next daemon serves it again at the same socket. */
+export interface ExportRecord {
+  name: string;
+  image: string;
+  username: string;
+  readOnly: boolean;
+}
+
 export interface DaemonState {
   version: typeof STATE_VERSION;
   /** The daemon that wrote the file. */
   pid: number;
   writtenAt: string;
   mounts: MountRecord[];
+  /** Exports to serve again (older files have none). */
+  exports: ExportRecord[];
 }
 
 const RecordSchema = z.object({
@@ -52,11 +62,19 @@ const RecordSchema = z.object({
   }),
 });
 
+const ExportRecordSchema = z.object({
+  name: z.string().min(1).max(4096),
+  image: z.string().min(1),
+  username: z.string().min(1),
+  readOnly: z.boolean(),
+});
+
 const StateSchema = z.object({
   version: z.literal(STATE_VERSION),
   pid: z.number().int(),
   writtenAt: z.string(),
   mounts: z.array(RecordSchema),
+  exports: z.array(ExportRecordSchema).default([]),
 });
 
 /** A state file that exists but cannot be used. */
@@ -98,12 +116,16 @@ export async function readState(stateDir: string): Promise<DaemonState | null> {
 }
 
 /**
- * Replaces the state file atomically with `mounts` (removes it when there are
- * none). Creates `stateDir` (0700) if needed.
+ * Replaces the state file atomically with `mounts` and `exports` (removes it
+ * when there are neither). Creates `stateDir` (0700) if needed.
  */
-export async function writeState(stateDir: string, mounts: MountRecord[]): Promise<void> {
+export async function writeState(
+  stateDir: string,
+  mounts: MountRecord[],
+  exports: ExportRecord[] = [],
+): Promise<void> {
   const path = statePath(stateDir);
-  if (mounts.length === 0) {
+  if (mounts.length === 0 && exports.length === 0) {
     await Deno.remove(path).catch((error) => {
       if (!(error instanceof Deno.errors.NotFound)) throw error;
     });
@@ -115,6 +137,7 @@ export async function writeState(stateDir: string, mounts: MountRecord[]): Promi
     pid: Deno.pid,
     writtenAt: new Date().toISOString(),
     mounts,
+    exports,
   };
   const temp = `${path}.${Deno.pid}.tmp`;
   const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: 0o600 });
@@ -142,10 +165,11 @@ export class StateWriter {
     this.#onError = onError;
   }
 
-  /** Queues a write of `mounts`; resolves once it is on disk (or failed and was reported). */
-  write(mounts: MountRecord[]): Promise<void> {
+  /** Queues a write; resolves once it is on disk (or failed and was reported). */
+  write(mounts: MountRecord[], exports: ExportRecord[] = []): Promise<void> {
     const snapshot = mounts.map((m) => ({ ...m, options: { ...m.options } }));
-    this.#chain = this.#chain.then(() => writeState(this.#stateDir, snapshot)).catch(
+    const exported = exports.map((e) => ({ ...e }));
+    this.#chain = this.#chain.then(() => writeState(this.#stateDir, snapshot, exported)).catch(
       this.#onError,
     );
     return this.#chain;
