@@ -54,6 +54,17 @@ Deno.test("LivenessMonitor probes after silenceMs with a request waiting, and de
   assert.equal(m.check(1_250, 0), "dead");
 });
 
+Deno.test("LivenessMonitor does not count the time its own process was stalled as the proxy's silence", () => {
+  const m = monitor();
+  assert.equal(m.check(500, 0), "probe");
+  m.keepaliveSent(500);
+  // The process did not run from 600 to 2 000 ms: the answer may be unread in the socket.
+  m.stalled(2_000);
+  assert.equal(m.check(2_000, 0), "ok", "a stall is not a dead proxy");
+  assert.equal(m.check(2_749, 0), "ok");
+  assert.equal(m.check(2_750, 0), "dead", "silent for probeTimeoutMs of our own running time");
+});
+
 Deno.test("LivenessMonitor keeps a proxy that answers its probe, and probes it again only after another silence", () => {
   const m = monitor();
   m.keepaliveSent(500);

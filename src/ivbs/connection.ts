@@ -37,6 +37,8 @@ import {
   Status,
 } from "./wire.ts";
 
+/** A check tick this many periods late means our own process was stalled. */
+const STALLED_TICKS = 3;
 export interface ConnectionOptions {
   /** Bound on TCP connect plus the wait for GREETING (default 5 000 ms). */
   connectTimeoutMs?: number;
@@ -176,6 +178,9 @@ export class IvbsConnection {
   #keepaliveOutstanding = false;
   /** The reader's byte count at the last check: bytes flowing inside a long reply are life too. */
   #receivedAtCheck = 0;
+  /** The check timer's period, and when it last ran (to notice our own stalls). */
+  #tickEveryMs = 0;
+  #lastTickAt = 0;
   #keepalivesSent = 0;
 
   private constructor(tcp: ByteStream, address: ProxyAddress, options: ConnectionOptions) {
@@ -554,7 +559,9 @@ export class IvbsConnection {
   #startTimers(): void {
     let period = Math.min(this.#keepaliveMs(), this.#deadPeerMs) / 4;
     if (this.#liveness) period = Math.min(period, this.#liveness.checkEveryMs);
-    this.#tick = setInterval(() => this.#onTick(), Math.max(5, Math.min(1000, period)));
+    this.#tickEveryMs = Math.max(5, Math.min(1000, period));
+    this.#lastTickAt = performance.now();
+    this.#tick = setInterval(() => this.#onTick(), this.#tickEveryMs);
   }
 
   #onTick(): void {
@@ -565,6 +572,12 @@ export class IvbsConnection {
       return;
     }
     const liveness = this.#liveness;
+    // A tick far behind its period means this process did not run (GC, a
+    // starved CPU): replies may sit unread in the socket, so the proxy's
+    // silence restarts from now rather than failing a live proxy over.
+    const stalled = now - this.#lastTickAt > STALLED_TICKS * this.#tickEveryMs;
+    this.#lastTickAt = now;
+    if (liveness && stalled) liveness.stalled(now);
     if (liveness && this.#reader.received !== this.#receivedAtCheck) {
       this.#receivedAtCheck = this.#reader.received;
       liveness.arrived(now);

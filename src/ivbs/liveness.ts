@@ -158,6 +158,16 @@ export class LivenessMonitor {
     return waited >= this.slowAfterMs() ? "probe" : "ok";
   }
 
+  /**
+   * Our own process did not run for a while (its timer fired late): what the
+   * proxy sent meanwhile may still sit unread in the socket, so that time is
+   * not the proxy's silence. Silence, and a probe's wait, count from `now`.
+   */
+  stalled(now: number): void {
+    this.#lastArrivalAt = Math.max(this.#lastArrivalAt, now);
+    if (this.keepaliveOutstanding) this.#keepaliveSentAt = Math.max(this.#keepaliveSentAt, now);
+  }
+
   /** Milliseconds since anything arrived, for log lines. */
   silentFor(now: number): number {
     return now - this.#lastArrivalAt;
