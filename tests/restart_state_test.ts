@@ -167,6 +167,11 @@ Deno.test("keepDevices shutdown releases persistent devices and a new daemon tak
     const old = new Daemon({ config: configFor(dir, mounts), driver: first, log: recorder() });
     const [outcome] = await old.mountConfigured();
     assert.equal(outcome.mount?.device, "/dev/nbd0", "the kernel picked the device");
+    assert.deepEqual(
+      old.proxies.list().flatMap((p) => p.usedBy),
+      ["/dev/nbd0"],
+      "the proxy registry names the device the kernel picked, not a placeholder",
+    );
     await old.saveState();
     const saved = await readState(dir);
     assert.deepEqual(saved?.mounts.map((m) => [m.device, m.backendId, m.username]), [
