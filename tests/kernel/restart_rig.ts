@@ -27,6 +27,11 @@ export interface RestartOptions {
   requeueAfterS: number;
   /** nbd.deadConnTimeoutS of the daemon. */
   deadConnTimeoutS: number;
+  /**
+   * Stop the IVBS proxy the mount uses as the restart begins, so the old
+   * daemon fails over while it drains and the new one logs in elsewhere.
+   */
+  stopProxyDuringRestart?: boolean;
 }
 
 export interface RestartOutcome {
@@ -50,6 +55,8 @@ export interface RestartOutcome {
   backMs: number;
   oldLog: string;
   newLog: string;
+  /** The proxy stopped during the restart ("host:port"), when one was. */
+  stoppedProxy: string | null;
 }
 
 export interface Mount {
@@ -57,6 +64,7 @@ export interface Mount {
   image: string;
   state: string;
   bytesWritten: number;
+  proxy: string | null;
 }
 
 export async function mounts(url: string): Promise<Mount[]> {
@@ -207,6 +215,14 @@ export async function restartUnderFio(
       const [m] = await mounts(daemon.url);
       return m && m.bytesWritten > 32 * MIB ? m : null;
     });
+    let stoppedProxy: string | null = null;
+    if (options.stopProxyDuringRestart) {
+      const [m] = await mounts(daemon.url);
+      const index = ivbs.addresses().findIndex((a) => `${a.host}:${a.port}` === m.proxy);
+      if (index < 0) throw new Error(`the mount's proxy ${m.proxy} is not the test server's`);
+      stoppedProxy = m.proxy;
+      await ivbs.stopProxy(index);
+    }
     const began = performance.now();
     const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args }));
     daemon = next.daemon;
@@ -242,6 +258,7 @@ export async function restartUnderFio(
       backMs: back - began,
       oldLog: next.oldLog,
       newLog: last.stderr,
+      stoppedProxy,
     };
   } finally {
     if (mounted) await sh("umount", mnt);

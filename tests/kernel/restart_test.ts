@@ -38,12 +38,21 @@ const ignore = skip !== null;
 const FIO_MB = Number(Deno.env.get("FIO_MB") ?? "128");
 
 /** The run's figures for the report, and the assertions every restart kind must pass. */
-async function restartPasses(kind: RestartKind): Promise<void> {
+async function restartPasses(kind: RestartKind, stopProxyDuringRestart = false): Promise<void> {
   const outcome = await restartUnderFio(kind, {
     fioMb: FIO_MB,
     requeueAfterS: 2,
     deadConnTimeoutS: 120,
+    stopProxyDuringRestart,
   });
+  if (outcome.stoppedProxy !== null) {
+    const attached = [...outcome.newLog.matchAll(/IVBS image attached image=disk proxy=(\S+)/g)];
+    assert.ok(attached.length > 0, "the new daemon logged in");
+    assert.ok(
+      attached.every(([, proxy]) => proxy !== outcome.stoppedProxy),
+      `the new daemon logged in past the stopped proxy ${outcome.stoppedProxy}`,
+    );
+  }
   console.log([...lifecycle(outcome.oldLog), "--", ...lifecycle(outcome.newLog)].join("\n"));
   assert.equal(outcome.fioCode, 0, `fio failed: ${outcome.fioStderr}`);
   assert.equal(outcome.fioError, 0, "fio saw no I/O error");
@@ -56,7 +65,9 @@ async function restartPasses(kind: RestartKind): Promise<void> {
   }
   assert.deepEqual(await attachedNbdDevices(), [], "SIGINT detached the device");
   await record(
-    `restart (${kind}) under fio ${FIO_MB} MiB randwrite 64k qd16 + crc32c verify: ` +
+    `restart (${kind}${
+      stopProxyDuringRestart ? ", proxy stopped meanwhile" : ""
+    }) under fio ${FIO_MB} MiB randwrite 64k qd16 + crc32c verify: ` +
       `0 errors, longest I/O stall ${outcome.stallMs.toFixed(0)} ms; device back ` +
       `${outcome.backMs.toFixed(0)} ms after the restart began (old daemon gone at ` +
       `${outcome.oldGoneMs.toFixed(0)} ms, new one listening at ` +
@@ -75,6 +86,13 @@ Deno.test({
     "SIGTERM (planned restart) under fio on ext4: the device waits for the next daemon, 0 errors",
   ignore,
   fn: () => restartPasses("SIGTERM"),
+});
+
+Deno.test({
+  name:
+    "SIGTERM while the IVBS proxy in use stops: the old daemon fails over as it drains, the new one logs in elsewhere, 0 errors",
+  ignore,
+  fn: () => restartPasses("SIGTERM", true),
 });
 
 Deno.test({
