@@ -109,15 +109,13 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
-/** Attaches `backend` to `device` ("/dev/nbdN") and starts serving it. */
-export async function attachDevice(
-  device: string,
-  backend: Backend,
-  options: AttachOptions = {},
-): Promise<AttachedDevice> {
-  const log = options.log ?? logger("nbd");
-  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
-  const timeoutS = options.timeoutS ?? 0;
+/**
+ * Checks the block size and timeout an attachment asks for and returns the
+ * device size: the backend's, rounded down to whole blocks (ioctl and netlink
+ * attachments alike). Throws RangeError on a bad setting or a backend smaller
+ * than one block.
+ */
+export function deviceSizeBytes(backend: Backend, blockSize: number, timeoutS: number): number {
   if (
     !Number.isInteger(blockSize) || blockSize < 512 || blockSize > 4096 ||
     (blockSize & (blockSize - 1)) !== 0
@@ -133,6 +131,19 @@ export async function attachDevice(
       `backend of ${backend.size} bytes is smaller than one ${blockSize}-byte block`,
     );
   }
+  return blocks * blockSize;
+}
+
+/** Attaches `backend` to `device` ("/dev/nbdN") and starts serving it. */
+export async function attachDevice(
+  device: string,
+  backend: Backend,
+  options: AttachOptions = {},
+): Promise<AttachedDevice> {
+  const log = options.log ?? logger("nbd");
+  const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
+  const timeoutS = options.timeoutS ?? 0;
+  const blocks = deviceSizeBytes(backend, blockSize, timeoutS) / blockSize;
   if (blocks * blockSize !== backend.size) {
     log.warn("backend size is not a multiple of the block size; the tail is not exposed", {
       device,

@@ -31,6 +31,7 @@ import {
   type AttachedDevice,
   type AttachOptions,
   connectedPair,
+  deviceSizeBytes,
   growSendBuffer,
   NbdAttachError,
   setMaxRequestKb,
@@ -97,25 +98,6 @@ export async function readBackendId(index: number): Promise<string | null> {
   }
 }
 
-function validate(backend: Backend, blockSize: number, timeoutS: number): number {
-  if (
-    !Number.isInteger(blockSize) || blockSize < 512 || blockSize > 4096 ||
-    (blockSize & (blockSize - 1)) !== 0
-  ) {
-    throw new RangeError(`block size must be a power of two from 512 to 4096, got ${blockSize}`);
-  }
-  if (!Number.isInteger(timeoutS) || timeoutS < 0) {
-    throw new RangeError(`timeout must be a whole number of seconds >= 0, got ${timeoutS}`);
-  }
-  const blocks = Math.floor(backend.size / blockSize);
-  if (blocks < 1) {
-    throw new RangeError(
-      `backend of ${backend.size} bytes is smaller than one ${blockSize}-byte block`,
-    );
-  }
-  return blocks * blockSize;
-}
-
 function netlinkAttachError(what: string, error: unknown): NbdAttachError {
   if (error instanceof NetlinkError) {
     if (error.errnoName === "EPERM") {
@@ -147,7 +129,7 @@ export async function attachNetlink(
   const log = options.log ?? logger("nbd");
   const blockSize = options.blockSize ?? DEFAULT_BLOCK_SIZE;
   const timeoutS = options.timeoutS ?? 0;
-  const sizeBytes = validate(backend, blockSize, timeoutS);
+  const sizeBytes = deviceSizeBytes(backend, blockSize, timeoutS);
   const target = options.index === undefined ? "an NBD device" : `/dev/nbd${options.index}`;
   const pair = await connectedPair().catch((error) => {
     throw netlinkAttachError(`Cannot attach ${target}`, error);
