@@ -220,19 +220,12 @@ export class MountTable {
       ? this.#pickFree(devices, request.image)
       : wanted;
     if (!kernelPicks) this.#checkAvailable(device, devices);
-    let finish!: () => void;
-    const entry: Entry = {
+    const { entry, finish } = this.#newEntry(
       device,
-      image: request.image,
-      username: request.username,
-      readOnly: request.readOnly ?? false,
-      state: "mounting",
-      mountedAt: new Date(),
-      backend: null,
-      attachment: null,
-      settled: new Promise<void>((resolve) => finish = resolve),
-      rate: new RateSampler(this.#now),
-    };
+      request.image,
+      request.username,
+      request.readOnly ?? false,
+    );
     this.#entries.set(device, entry);
     this.#log.info("mounting", { device, image: request.image, user: request.username });
     try {
@@ -268,19 +261,12 @@ export class MountTable {
     if (existing) {
       throw new MountError(`Cannot take over ${record.device}: already ${existing.state}`, "BUSY");
     }
-    let finish!: () => void;
-    const entry: Entry = {
-      device: record.device,
-      image: record.image,
-      username: record.username,
-      readOnly: record.readOnly,
-      state: "mounting",
-      mountedAt: new Date(),
-      backend: null,
-      attachment: null,
-      settled: new Promise<void>((resolve) => finish = resolve),
-      rate: new RateSampler(this.#now),
-    };
+    const { entry, finish } = this.#newEntry(
+      record.device,
+      record.image,
+      record.username,
+      record.readOnly,
+    );
     this.#entries.set(record.device, entry);
     this.#log.info("taking over", { device: record.device, image: record.image });
     try {
@@ -319,6 +305,29 @@ export class MountTable {
     }
     this.#log.info("taken over", { device: record.device, image: record.image });
     return this.#info(entry);
+  }
+
+  /** A mount being made; `finish` settles it once the attempt is over, either way. */
+  #newEntry(
+    device: string,
+    image: string,
+    username: string,
+    readOnly: boolean,
+  ): { entry: Entry; finish: () => void } {
+    let finish!: () => void;
+    const entry: Entry = {
+      device,
+      image,
+      username,
+      readOnly,
+      state: "mounting",
+      mountedAt: new Date(),
+      backend: null,
+      attachment: null,
+      settled: new Promise<void>((resolve) => finish = resolve),
+      rate: new RateSampler(this.#now),
+    };
+    return { entry, finish };
   }
 
   /** State records of the mounts that outlive the daemon. */
