@@ -36,7 +36,7 @@
  */
 import { type Backend, BackendError } from "../nbd/backend.ts";
 import { type Logger, logger } from "../log.ts";
-import { ByteBudget } from "./byte_budget.ts";
+import { Admission } from "../io/admission.ts";
 import {
   type ConnectionEndCause,
   IvbsConnection,
@@ -237,7 +237,8 @@ export class IvbsSession implements Backend {
   readonly #onEvent: ((event: IvbsSessionEvent) => void) | undefined;
   readonly #log: Logger;
   readonly #proxies: ProxyList;
-  readonly #budget: ByteBudget;
+  /** Bytes of READ/WRITE in flight (one request over the bound goes alone). */
+  readonly #budget: Admission;
   readonly #abort = new AbortController();
   readonly #liveness: Readonly<LivenessOptions>;
   /** Reply latencies over successive connections, for the liveness threshold. */
@@ -298,7 +299,10 @@ export class IvbsSession implements Backend {
       backoff: this.#backoff,
       failureMemoryMs: options.failureMemoryMs,
     });
-    this.#budget = new ByteBudget(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES);
+    this.#budget = new Admission(
+      Infinity,
+      options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
+    );
     this.#liveness = { ...DEFAULT_LIVENESS, ...definedOnly(options.liveness) };
   }
 
@@ -380,13 +384,13 @@ export class IvbsSession implements Backend {
     this.#checkUsable();
     this.#checkRange("read", offset, length);
     if (length === 0) return;
-    if (!this.#budget.tryTake(this.#budgetFor(length))) await this.#waitBudget(length);
+    if (!this.#budget.tryAcquire(0, length)) await this.#waitBudget(length);
     try {
       await this.#runPieces("READ", offset, target());
       this.#stats.reads++;
       this.#stats.bytesRead += length;
     } finally {
-      this.#budget.release(this.#budgetFor(length));
+      this.#budget.release(0, length);
     }
   }
 
@@ -397,13 +401,13 @@ export class IvbsSession implements Backend {
     }
     this.#checkRange("write", offset, data.length);
     if (data.length === 0) return;
-    if (!this.#budget.tryTake(this.#budgetFor(data.length))) await this.#waitBudget(data.length);
+    if (!this.#budget.tryAcquire(0, data.length)) await this.#waitBudget(data.length);
     try {
       await this.#runPieces("WRITE", offset, data);
       this.#stats.writes++;
       this.#stats.bytesWritten += data.length;
     } finally {
-      this.#budget.release(this.#budgetFor(data.length));
+      this.#budget.release(0, data.length);
     }
   }
 
@@ -641,17 +645,11 @@ export class IvbsSession implements Backend {
 
   // ---- requests ----
 
-  /** A request larger than the bound takes all of it, so it still goes (alone). */
-  #budgetFor(length: number): number {
-    return Math.min(length, this.#budget.limit);
-  }
-
   /** Waits for room in the byte budget; rejects if the session closes or fails meanwhile. */
   async #waitBudget(length: number): Promise<void> {
-    const bytes = this.#budgetFor(length);
-    await this.#budget.take(bytes);
+    await this.#budget.acquire(0, length);
     if (this.#closed || this.#fatal !== null) {
-      this.#budget.release(bytes);
+      this.#budget.release(0, length);
       this.#checkUsable();
     }
   }
