@@ -15,6 +15,7 @@
 import { FrameReader } from "../io/frame_reader.ts";
 import type { ByteStream } from "../io/stream.ts";
 import { type Frame, FrameWriter } from "../io/frame_writer.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { ConnectionLostError } from "./errors.ts";
 import { type LatencyWindow, LivenessMonitor, type LivenessOptions } from "./liveness.ts";
@@ -127,10 +128,10 @@ class Outgoing implements Frame {
 const EMPTY = new Uint8Array(0);
 const MAX_SEQUENCE = 0xffff_ffff;
 
-function describe(error: unknown): string {
-  if (error instanceof IvbsProtocolError) return `protocol error: ${error.message}`;
-  if (error instanceof Error) return error.message;
-  return String(error);
+/** Why a connection ended, for its end reason: protocol errors say so. */
+function reasonFor(error: unknown): string {
+  const message = errorMessage(error);
+  return error instanceof IvbsProtocolError ? `protocol error: ${message}` : message;
 }
 
 /** A reset or broken pipe is the proxy going away; anything else is an error. */
@@ -201,7 +202,7 @@ export class IvbsConnection {
       this.#onProbe = options.liveness.onProbe;
     }
     this.#writer = new FrameWriter(tcp, {
-      onError: (error) => this.#fail(`write failed: ${describe(error)}`, causeOf(error)),
+      onError: (error) => this.#fail(`write failed: ${reasonFor(error)}`, causeOf(error)),
       onActivity: () => this.#lastSentAt = performance.now(),
     });
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
@@ -234,7 +235,7 @@ export class IvbsConnection {
       options.signal?.removeEventListener("abort", abort);
       const why = controller.signal.aborted && !options.signal?.aborted
         ? `no TCP connection within ${timeoutMs} ms`
-        : describe(error);
+        : reasonFor(error);
       throw new ConnectionLostError(label, `connect failed: ${why}`);
     }
     tcp.setNoDelay(true);
@@ -398,7 +399,7 @@ export class IvbsConnection {
       }
     } catch (error) {
       const protocol = error instanceof IvbsProtocolError;
-      this.#fail(describe(error), protocol ? "error" : causeOf(error), protocol);
+      this.#fail(reasonFor(error), protocol ? "error" : causeOf(error), protocol);
     }
   }
 

@@ -35,6 +35,7 @@
  * @module
  */
 import { type Backend, BackendError } from "../nbd/backend.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { Admission } from "../io/admission.ts";
 import {
@@ -182,10 +183,6 @@ const EMPTY = new Uint8Array(0);
  * ones are copied and coalesced with their neighbours into one socket write.
  */
 const UNCOPIED_WRITE_MIN = 64 * 1024;
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
 
 /** The keys of `values` that are set (undefined must not override a default). */
 function definedOnly<T extends object>(values: T | undefined): Partial<T> {
@@ -432,11 +429,15 @@ export class IvbsSession implements Backend {
       } catch (error) {
         if (isDefinitive(error)) throw error;
         this.#proxies.markFailed(address);
-        this.#emit({ type: "proxy-failed", proxy: proxyLabel(address), reason: describe(error) });
+        this.#emit({
+          type: "proxy-failed",
+          proxy: proxyLabel(address),
+          reason: errorMessage(error),
+        });
         const protocol = error instanceof IvbsProtocolError ||
           (error instanceof ConnectionLostError && error.protocol);
         if (!protocol) protocolOnly = false;
-        failures.push(`${proxyLabel(address)}: ${describe(error)}`);
+        failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
       }
     }
     const code = protocolOnly ? "PROTOCOL" : "NO_PROXY";
@@ -472,7 +473,7 @@ export class IvbsSession implements Backend {
     try {
       return { conn, reply: await handshake };
     } catch (error) {
-      await conn.close(`handshake failed: ${describe(error)}`);
+      await conn.close(`handshake failed: ${errorMessage(error)}`);
       throw error;
     }
   }
@@ -607,9 +608,9 @@ export class IvbsSession implements Backend {
             this.#emit({
               type: "proxy-failed",
               proxy: proxyLabel(address),
-              reason: describe(error),
+              reason: errorMessage(error),
             });
-            failures.push(`${proxyLabel(address)}: ${describe(error)}`);
+            failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
           }
         }
         if (this.#closed) return;
@@ -775,7 +776,7 @@ export class IvbsSession implements Backend {
     }
     this.#finish(
       chunk,
-      new BackendError(`IVBS ${chunk.kind} could not be sent: ${describe(error)}`, "EIO"),
+      new BackendError(`IVBS ${chunk.kind} could not be sent: ${errorMessage(error)}`, "EIO"),
     );
   }
 
@@ -814,7 +815,7 @@ export class IvbsSession implements Backend {
     if (pending === undefined) {
       pending = this.#login(conn).catch((error) => {
         const cause = conn.isOpen ? "status" : conn.endCause;
-        this.#connectionLost(conn, `login again failed: ${describe(error)}`, cause);
+        this.#connectionLost(conn, `login again failed: ${errorMessage(error)}`, cause);
         throw error;
       }).finally(() => this.#relogins.delete(conn));
       this.#relogins.set(conn, pending);

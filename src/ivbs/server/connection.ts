@@ -11,6 +11,7 @@ import { FrameReader } from "../../io/frame_reader.ts";
 import type { ByteStream } from "../../io/stream.ts";
 import { Admission } from "../../io/admission.ts";
 import { type Frame, FrameWriter } from "../../io/frame_writer.ts";
+import { errorMessage } from "../../error_info.ts";
 import type { Logger } from "../../log.ts";
 import {
   decodeAttachRequest,
@@ -122,10 +123,6 @@ function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
   return true;
 }
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 export class ServerConnection {
   readonly sessionId = crypto.getRandomValues(new Uint8Array(SESSION_ID_SIZE));
   readonly peer: string;
@@ -170,7 +167,7 @@ export class ServerConnection {
     this.#writer = new FrameWriter(conn as ByteStream, {
       onError: (error) => {
         if (!this.#closed) {
-          ctx.log.debug("write failed", { peer: this.peer, reason: describe(error) });
+          ctx.log.debug("write failed", { peer: this.peer, reason: errorMessage(error) });
         }
         this.close();
       },
@@ -237,7 +234,7 @@ export class ServerConnection {
         ctx.log[gone ? "debug" : "warn"]("closing connection", {
           proxy: ctx.proxyName,
           peer: this.peer,
-          reason: describe(error),
+          reason: errorMessage(error),
         });
       }
     }
@@ -386,7 +383,7 @@ export class ServerConnection {
         try {
           write = decodeWriteRequest(payload);
         } catch (error) {
-          return fail(Status.INVALID_REQUEST, describe(error));
+          return fail(Status.INVALID_REQUEST, errorMessage(error));
         }
         if (write.offset + write.data.length > image.size) {
           return fail(
@@ -427,7 +424,7 @@ export class ServerConnection {
       }
     } catch (error) {
       status = Status.INVALID_REQUEST;
-      ctx.log.warn("bad LOGIN request", { peer: this.peer, reason: describe(error) });
+      ctx.log.warn("bad LOGIN request", { peer: this.peer, reason: errorMessage(error) });
     }
     return encodeEmpty(this.sessionId, Op.LOGIN, sequence, status);
   }
@@ -440,7 +437,7 @@ export class ServerConnection {
     try {
       name = decodeAttachRequest(payload);
     } catch (error) {
-      ctx.log.warn("bad ATTACH_TO_IMAGE request", { peer: this.peer, reason: describe(error) });
+      ctx.log.warn("bad ATTACH_TO_IMAGE request", { peer: this.peer, reason: errorMessage(error) });
       return reply(Status.INVALID_REQUEST);
     }
     const username = this.#username;
@@ -453,7 +450,7 @@ export class ServerConnection {
     try {
       image = await ctx.store.get(name);
     } catch (error) {
-      ctx.log.error("cannot open image", { image: name, reason: describe(error) });
+      ctx.log.error("cannot open image", { image: name, reason: errorMessage(error) });
       return reply(Status.PERMANENT_ERROR);
     }
     if (!image) {
@@ -522,7 +519,7 @@ export class ServerConnection {
       this.#ctx.log.error("request failed in the store", {
         peer: this.peer,
         op: opName(op),
-        reason: describe(error),
+        reason: errorMessage(error),
       });
       reply = { packet: encodeEmpty(this.sessionId, op, sequence, Status.PERMANENT_ERROR) };
     }
