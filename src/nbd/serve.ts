@@ -53,7 +53,6 @@ import {
   NbdProtocolError,
   type NbdRequest,
   REQUEST_SIZE,
-  TransmissionFlag,
 } from "./wire.ts";
 
 /** Requests in flight before the reader stops reading (the kernel's default queue depth). */
@@ -77,15 +76,8 @@ export interface ServeOptions {
   reader?: FrameReader;
 }
 
-/** The transmission flags that describe `backend` honestly (for NBD_SET_FLAGS or a handshake). */
-export function transmissionFlags(backend: Backend): number {
-  let flags = TransmissionFlag.HAS_FLAGS;
-  if (backend.readOnly) flags |= TransmissionFlag.READ_ONLY;
-  if (backend.flush) flags |= TransmissionFlag.SEND_FLUSH | TransmissionFlag.SEND_FUA;
-  if (!backend.readOnly && backend.trim) flags |= TransmissionFlag.SEND_TRIM;
-  if (!backend.readOnly && backend.writeZeroes) flags |= TransmissionFlag.SEND_WRITE_ZEROES;
-  return flags;
-}
+/** Moved to flags.ts; re-exported for the callers that still import it from here. */
+export { transmissionFlags } from "./flags.ts";
 
 /**
  * Serves NBD requests from `stream` with `backend` until the peer sends
