@@ -13,7 +13,7 @@
  * the I/Os fio completed (no ramp: a warm-up pass runs first instead).
  *
  * usage: deno run -A bench/one_hop.ts [--rounds 3] [--seconds 5] [--before DIR]
- *          [--only SUBSTRING] [--out FILE]
+ *          [--also LABEL=DIR]... [--only SUBSTRING[,SUBSTRING]] [--out FILE]
  * @module
  */
 import { parseArgs } from "node:util";
@@ -97,6 +97,7 @@ async function main() {
       rounds: { type: "string", default: "3" },
       seconds: { type: "string", default: "5" },
       before: { type: "string" },
+      also: { type: "string", multiple: true },
       only: { type: "string" },
       out: { type: "string" },
     },
@@ -112,6 +113,10 @@ async function main() {
     startNbdkit(dir),
   ];
   if (values.before) targets.push(startExport("before", `${values.before}/main.ts`, dir));
+  for (const spec of values.also ?? []) {
+    const [label, tree] = spec.split("=", 2);
+    targets.push(startExport(label, `${tree}/main.ts`, dir));
+  }
   // samples[workload][target] = one Sample per round
   const samples = new Map<string, Map<string, Sample[]>>();
   try {
