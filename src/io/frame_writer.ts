@@ -93,16 +93,6 @@ export class FrameWriter<F extends Frame = Frame> {
     return this.#error;
   }
 
-  /** Frames queued and not yet taken into a write. */
-  get queued(): number {
-    return this.#queue.length - this.#head;
-  }
-
-  /** True while frames are queued or being written. */
-  get busy(): boolean {
-    return this.#running;
-  }
-
   /**
    * Queues `frame` behind everything sent before it (`urgent`: ahead of every
    * frame still queued). A closed or failed writer drops it at once.
