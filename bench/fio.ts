@@ -43,11 +43,14 @@ export interface FioResult {
   value: number;
   p50Us: number;
   p99Us: number;
+  /** I/Os completed in the measured period (after the ramp). */
+  ios: number;
 }
 
 interface FioJobSide {
   bw_bytes: number;
   iops: number;
+  total_ios: number;
   clat_ns?: { percentile?: Record<string, number> };
 }
 
@@ -55,7 +58,7 @@ interface FioJobSide {
 export async function runFio(
   target: FioTarget,
   workload: Workload,
-  options: { seconds: number; fileSize: string },
+  options: { seconds: number; fileSize: string; rampSeconds?: number },
 ): Promise<FioResult> {
   const args = [
     `--name=${workload.rw}`,
@@ -70,7 +73,7 @@ export async function runFio(
     args.push(`--size=${workload.size}`);
   } else {
     args.push(`--size=${options.fileSize}`, "--time_based", `--runtime=${options.seconds}`);
-    args.push("--ramp_time=1");
+    args.push(`--ramp_time=${options.rampSeconds ?? 1}`);
   }
   if (target.kind === "nbd-uri") {
     args.push("--ioengine=nbd", `--uri=${target.uri}`);
@@ -92,5 +95,6 @@ export async function runFio(
     value: workload.unit === "MB/s" ? side.bw_bytes / 1e6 : side.iops,
     p50Us: (percentiles["50.000000"] ?? 0) / 1000,
     p99Us: (percentiles["99.000000"] ?? 0) / 1000,
+    ios: side.total_ios,
   };
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `deno task bench`: ivbsnetd beside nbdkit/nbd-client in one run.
 #   A. host: fio's nbd engine over unix sockets (native speed, no kernel)
+#   A1. host, one hop: the serve loop alone (export --memory) vs nbdkit memory
 #   B. kernel: /dev/nbdX inside ../shared/vm/nbd-vm (TCG emulation: compare
 #      ratios within the run, not absolute figures)
 # Writes bench/results.md. Usage: bench/run.sh [SECONDS_PER_JOB] (default 10)
@@ -14,6 +15,9 @@ done
 
 echo "== A. host (fio nbd engine)"
 deno run --allow-all bench/bench.ts host --seconds "$SECONDS_PER_JOB" --out bench/results/host.md
+
+echo "== A1. one hop (ivbsnetd export --memory vs nbdkit memory, interleaved rounds)"
+deno run --allow-all bench/one_hop.ts --rounds 3 --seconds "$SECONDS_PER_JOB" --out bench/results/one_hop.md
 
 VM=../shared/vm/nbd-vm
 if [ -e /dev/nbd2 ] && [ "$(id -u)" = 0 ]; then
@@ -34,6 +38,8 @@ fi
   echo "from the same run; the kernel setting runs under TCG emulation."
   echo
   cat bench/results/host.md
+  echo
+  cat bench/results/one_hop.md
   echo
   cat bench/results/kernel.md
 } >bench/results.md

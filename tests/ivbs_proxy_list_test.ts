@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { ByteBudget } from "../src/ivbs/byte_budget.ts";
 import { backoffDelay, proxyLabel, ProxyList } from "../src/ivbs/proxy_list.ts";
 
 const a = { host: "127.0.0.1", port: 1001 };
@@ -54,29 +53,4 @@ Deno.test("backoffDelay doubles per round, stays within maxMs and jitters the up
   assert.equal(backoffDelay(backoff, 5, () => 1), 1_000);
   assert.equal(backoffDelay(backoff, 500, () => 1), 1_000, "huge rounds do not overflow");
   assert.equal(backoffDelay(backoff, 500, () => 0), 500);
-});
-
-Deno.test("ByteBudget admits up to its limit and wakes waiters in order as bytes return", async () => {
-  const budget = new ByteBudget(100);
-  assert.equal(budget.tryTake(60), true);
-  assert.equal(budget.tryTake(50), false);
-  const order: string[] = [];
-  const first = budget.take(50).then(() => order.push("first"));
-  const second = budget.take(10).then(() => order.push("second"));
-  assert.equal(budget.tryTake(10), false, "no overtaking while someone waits");
-  assert.equal(budget.waiting, 2);
-  budget.release(60);
-  await Promise.all([first, second]);
-  assert.deepEqual(order, ["first", "second"]);
-  assert.equal(budget.used, 60);
-});
-
-Deno.test("ByteBudget.rejectAll fails every waiter", async () => {
-  const budget = new ByteBudget(10);
-  budget.tryTake(10);
-  const waiting = budget.take(5);
-  budget.rejectAll(new Error("closing"));
-  await assert.rejects(waiting, /closing/);
-  assert.equal(budget.waiting, 0);
-  assert.throws(() => new ByteBudget(0), RangeError);
 });

@@ -7,12 +7,15 @@
  * ConnectionLostError and the session decides what to do.
  *
  * One reader loop (FrameReader, READ data lands straight in the caller's
- * buffer) and one serialized writer (small packets coalesced into one write).
+ * buffer) and one serialized writer (src/io/frame_writer.ts: small packets
+ * coalesced into one write, a WRITE's large body sent from the caller's buffer).
  * With `liveness` it also probes a proxy it suspects of hanging (liveness.ts).
  * @module
  */
 import { FrameReader } from "../io/frame_reader.ts";
-import { type ByteStream, writeAll } from "../io/stream.ts";
+import type { ByteStream } from "../io/stream.ts";
+import { type Frame, FrameWriter } from "../io/frame_writer.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { ConnectionLostError } from "./errors.ts";
 import { type LatencyWindow, LivenessMonitor, type LivenessOptions } from "./liveness.ts";
@@ -105,22 +108,32 @@ interface Pending {
   reject: (error: Error) => void;
 }
 
-interface Outgoing {
-  packet: Uint8Array;
-  body: Uint8Array | undefined;
-  sequence: number;
-  owner: RequestOwner | undefined;
+/** A request packet on its way; dropped unsent once its owner is done with it. */
+class Outgoing implements Frame {
+  constructor(
+    readonly head: Uint8Array,
+    readonly body: Uint8Array | undefined,
+    readonly sequence: number,
+    readonly owner: RequestOwner | undefined,
+    readonly dropped: (sequence: number) => void,
+  ) {}
+
+  get abandoned(): boolean {
+    return this.owner?.done === true;
+  }
+
+  written(ok: boolean): void {
+    if (!ok) this.dropped(this.sequence);
+  }
 }
 
 const EMPTY = new Uint8Array(0);
-/** Packets below this size are coalesced with their neighbours into one socket write. */
-const COALESCE_LIMIT = 64 * 1024;
 const MAX_SEQUENCE = 0xffff_ffff;
 
-function describe(error: unknown): string {
-  if (error instanceof IvbsProtocolError) return `protocol error: ${error.message}`;
-  if (error instanceof Error) return error.message;
-  return String(error);
+/** Why a connection ended, for its end reason: protocol errors say so. */
+function reasonFor(error: unknown): string {
+  const message = errorMessage(error);
+  return error instanceof IvbsProtocolError ? `protocol error: ${message}` : message;
 }
 
 /** A reset or broken pipe is the proxy going away; anything else is an error. */
@@ -161,11 +174,7 @@ export class IvbsConnection {
 
   readonly #pending = new Map<number, Pending>();
   #sequence = 0;
-  #queue: Outgoing[] = [];
-  #queueHead = 0;
-  /** True while #runWriter loops; set before it starts so a synchronous finish is seen. */
-  #writerActive = false;
-  #writerDone: Promise<void> = Promise.resolve();
+  readonly #writer: FrameWriter<Outgoing>;
   readonly #readLoop: Promise<void>;
 
   #endReason: string | null = null;
@@ -197,6 +206,10 @@ export class IvbsConnection {
       this.#liveness = new LivenessMonitor(settings, latencies, performance.now());
       this.#onProbe = options.liveness.onProbe;
     }
+    this.#writer = new FrameWriter(tcp, {
+      onError: (error) => this.#fail(`write failed: ${reasonFor(error)}`, causeOf(error)),
+      onActivity: () => this.#lastSentAt = performance.now(),
+    });
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
     // Callers of open() see greeting failures through open(); nobody else awaits it.
     this.#greeted.promise.catch(() => {});
@@ -227,7 +240,7 @@ export class IvbsConnection {
       options.signal?.removeEventListener("abort", abort);
       const why = controller.signal.aborted && !options.signal?.aborted
         ? `no TCP connection within ${timeoutMs} ms`
-        : describe(error);
+        : reasonFor(error);
       throw new ConnectionLostError(label, `connect failed: ${why}`);
     }
     tcp.setNoDelay(true);
@@ -324,7 +337,11 @@ export class IvbsConnection {
         resolve,
         reject,
       });
-      this.#enqueue({ packet, body: options.body, sequence, owner: options.owner }, probe);
+      // A probe goes ahead of everything queued: it must not wait behind megabytes of writes.
+      this.#writer.send(
+        new Outgoing(packet, options.body, sequence, options.owner, this.#dropped),
+        probe,
+      );
     });
   }
 
@@ -349,7 +366,7 @@ export class IvbsConnection {
   async close(reason = "closed by client"): Promise<void> {
     this.#fail(reason, "closed");
     await this.#readLoop;
-    await this.#writerDone;
+    await this.#writer.flushed();
   }
 
   // ---- internals ----
@@ -366,78 +383,13 @@ export class IvbsConnection {
     return this.#sequence;
   }
 
-  /** `first`: ahead of everything queued (a probe must not wait behind megabytes of writes). */
-  #enqueue(item: Outgoing, first = false): void {
-    if (first) this.#queue.splice(this.#queueHead, 0, item);
-    else this.#queue.push(item);
-    if (this.#writerActive) return;
-    this.#writerActive = true;
-    this.#writerDone = this.#runWriter();
-  }
-
-  /**
-   * The next bytes to write, in order: one packet, or small packets coalesced into
-   * one buffer, optionally followed by a request's uncopied body. Requests whose
-   * owner gave up are dropped unsent. Null when the queue is empty.
-   */
-  #takeBatch(): Uint8Array[] | null {
-    const parts: Uint8Array[] = [];
-    let total = 0;
-    let body: Uint8Array | undefined;
-    while (this.#queueHead < this.#queue.length) {
-      const item = this.#queue[this.#queueHead];
-      if (item.owner?.done) {
-        this.#queueHead++;
-        const pending = this.#pending.get(item.sequence);
-        this.#pending.delete(item.sequence);
-        pending?.reject(new AbandonedError());
-        continue;
-      }
-      if (parts.length > 0 && total + item.packet.length > COALESCE_LIMIT) break;
-      this.#queueHead++;
-      parts.push(item.packet);
-      total += item.packet.length;
-      if (item.body !== undefined) {
-        body = item.body;
-        break;
-      }
-      if (total >= COALESCE_LIMIT) break;
-    }
-    if (this.#queueHead === this.#queue.length) {
-      this.#queue = [];
-      this.#queueHead = 0;
-    }
-    if (parts.length === 0) return null;
-    let head = parts[0];
-    if (parts.length > 1) {
-      head = new Uint8Array(total);
-      let at = 0;
-      for (const part of parts) {
-        head.set(part, at);
-        at += part.length;
-      }
-    }
-    return body === undefined ? [head] : [head, body];
-  }
-
-  async #runWriter(): Promise<void> {
-    try {
-      while (this.#endReason === null) {
-        const batch = this.#takeBatch();
-        if (batch === null) break;
-        for (const bytes of batch) {
-          this.#lastSentAt = performance.now();
-          await writeAll(this.#tcp, bytes);
-        }
-        this.#lastSentAt = performance.now();
-      }
-    } catch (error) {
-      this.#fail(`write failed: ${describe(error)}`, causeOf(error));
-    } finally {
-      // Same turn as the empty-queue check: a later enqueue starts a new writer.
-      this.#writerActive = false;
-    }
-  }
+  /** A request dropped unsent because its owner gave up on it (or the connection ended). */
+  readonly #dropped = (sequence: number): void => {
+    const pending = this.#pending.get(sequence);
+    if (pending === undefined) return; // the connection ended: already rejected
+    this.#pending.delete(sequence);
+    pending.reject(new AbandonedError());
+  };
 
   async #runReader(): Promise<void> {
     const header = new Uint8Array(HEADER_SIZE);
@@ -452,7 +404,7 @@ export class IvbsConnection {
       }
     } catch (error) {
       const protocol = error instanceof IvbsProtocolError;
-      this.#fail(describe(error), protocol ? "error" : causeOf(error), protocol);
+      this.#fail(reasonFor(error), protocol ? "error" : causeOf(error), protocol);
     }
   }
 
@@ -642,10 +594,11 @@ export class IvbsConnection {
       // Already closed by the peer side of the runtime.
     }
     const error = new ConnectionLostError(this.label, reason, protocol);
-    for (const pending of this.#pending.values()) pending.reject(error);
+    const pending = [...this.#pending.values()];
     this.#pending.clear();
-    this.#queue = [];
-    this.#queueHead = 0;
+    for (const request of pending) request.reject(error);
+    // After the pending table is cleared: the queued requests already have their answer.
+    this.#writer.close();
     this.#greeted.reject(error);
     this.#resolveEnded(reason);
   }

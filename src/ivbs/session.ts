@@ -35,8 +35,9 @@
  * @module
  */
 import { type Backend, BackendError } from "../nbd/backend.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
-import { ByteBudget } from "./byte_budget.ts";
+import { Admission } from "../io/admission.ts";
 import {
   type ConnectionEndCause,
   IvbsConnection,
@@ -183,10 +184,6 @@ const EMPTY = new Uint8Array(0);
  */
 const UNCOPIED_WRITE_MIN = 64 * 1024;
 
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
-}
-
 /** The keys of `values` that are set (undefined must not override a default). */
 function definedOnly<T extends object>(values: T | undefined): Partial<T> {
   return Object.fromEntries(
@@ -237,7 +234,8 @@ export class IvbsSession implements Backend {
   readonly #onEvent: ((event: IvbsSessionEvent) => void) | undefined;
   readonly #log: Logger;
   readonly #proxies: ProxyList;
-  readonly #budget: ByteBudget;
+  /** Bytes of READ/WRITE in flight (one request over the bound goes alone). */
+  readonly #budget: Admission;
   readonly #abort = new AbortController();
   readonly #liveness: Readonly<LivenessOptions>;
   /** Reply latencies over successive connections, for the liveness threshold. */
@@ -298,7 +296,10 @@ export class IvbsSession implements Backend {
       backoff: this.#backoff,
       failureMemoryMs: options.failureMemoryMs,
     });
-    this.#budget = new ByteBudget(options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES);
+    this.#budget = new Admission(
+      Infinity,
+      options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
+    );
     this.#liveness = { ...DEFAULT_LIVENESS, ...definedOnly(options.liveness) };
   }
 
@@ -380,13 +381,13 @@ export class IvbsSession implements Backend {
     this.#checkUsable();
     this.#checkRange("read", offset, length);
     if (length === 0) return;
-    if (!this.#budget.tryTake(this.#budgetFor(length))) await this.#waitBudget(length);
+    if (!this.#budget.tryAcquire(0, length)) await this.#waitBudget(length);
     try {
       await this.#runPieces("READ", offset, target());
       this.#stats.reads++;
       this.#stats.bytesRead += length;
     } finally {
-      this.#budget.release(this.#budgetFor(length));
+      this.#budget.release(0, length);
     }
   }
 
@@ -397,13 +398,13 @@ export class IvbsSession implements Backend {
     }
     this.#checkRange("write", offset, data.length);
     if (data.length === 0) return;
-    if (!this.#budget.tryTake(this.#budgetFor(data.length))) await this.#waitBudget(data.length);
+    if (!this.#budget.tryAcquire(0, data.length)) await this.#waitBudget(data.length);
     try {
       await this.#runPieces("WRITE", offset, data);
       this.#stats.writes++;
       this.#stats.bytesWritten += data.length;
     } finally {
-      this.#budget.release(this.#budgetFor(data.length));
+      this.#budget.release(0, data.length);
     }
   }
 
@@ -428,11 +429,15 @@ export class IvbsSession implements Backend {
       } catch (error) {
         if (isDefinitive(error)) throw error;
         this.#proxies.markFailed(address);
-        this.#emit({ type: "proxy-failed", proxy: proxyLabel(address), reason: describe(error) });
+        this.#emit({
+          type: "proxy-failed",
+          proxy: proxyLabel(address),
+          reason: errorMessage(error),
+        });
         const protocol = error instanceof IvbsProtocolError ||
           (error instanceof ConnectionLostError && error.protocol);
         if (!protocol) protocolOnly = false;
-        failures.push(`${proxyLabel(address)}: ${describe(error)}`);
+        failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
       }
     }
     const code = protocolOnly ? "PROTOCOL" : "NO_PROXY";
@@ -468,7 +473,7 @@ export class IvbsSession implements Backend {
     try {
       return { conn, reply: await handshake };
     } catch (error) {
-      await conn.close(`handshake failed: ${describe(error)}`);
+      await conn.close(`handshake failed: ${errorMessage(error)}`);
       throw error;
     }
   }
@@ -603,9 +608,9 @@ export class IvbsSession implements Backend {
             this.#emit({
               type: "proxy-failed",
               proxy: proxyLabel(address),
-              reason: describe(error),
+              reason: errorMessage(error),
             });
-            failures.push(`${proxyLabel(address)}: ${describe(error)}`);
+            failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
           }
         }
         if (this.#closed) return;
@@ -641,17 +646,11 @@ export class IvbsSession implements Backend {
 
   // ---- requests ----
 
-  /** A request larger than the bound takes all of it, so it still goes (alone). */
-  #budgetFor(length: number): number {
-    return Math.min(length, this.#budget.limit);
-  }
-
   /** Waits for room in the byte budget; rejects if the session closes or fails meanwhile. */
   async #waitBudget(length: number): Promise<void> {
-    const bytes = this.#budgetFor(length);
-    await this.#budget.take(bytes);
+    await this.#budget.acquire(0, length);
     if (this.#closed || this.#fatal !== null) {
-      this.#budget.release(bytes);
+      this.#budget.release(0, length);
       this.#checkUsable();
     }
   }
@@ -777,7 +776,7 @@ export class IvbsSession implements Backend {
     }
     this.#finish(
       chunk,
-      new BackendError(`IVBS ${chunk.kind} could not be sent: ${describe(error)}`, "EIO"),
+      new BackendError(`IVBS ${chunk.kind} could not be sent: ${errorMessage(error)}`, "EIO"),
     );
   }
 
@@ -816,7 +815,7 @@ export class IvbsSession implements Backend {
     if (pending === undefined) {
       pending = this.#login(conn).catch((error) => {
         const cause = conn.isOpen ? "status" : conn.endCause;
-        this.#connectionLost(conn, `login again failed: ${describe(error)}`, cause);
+        this.#connectionLost(conn, `login again failed: ${errorMessage(error)}`, cause);
         throw error;
       }).finally(() => this.#relogins.delete(conn));
       this.#relogins.set(conn, pending);

@@ -22,7 +22,7 @@ import { FrameReader } from "../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../io/stream.ts";
 import type { Logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
-import { transmissionFlags } from "./serve.ts";
+import { transmissionFlags } from "./flags.ts";
 
 /** 'NBDMAGIC': first 8 bytes the server sends. */
 export const NBD_MAGIC = 0x4e42444d41474943n;

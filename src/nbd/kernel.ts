@@ -42,7 +42,8 @@ import { ConnStream } from "../io/fd_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "./backend.ts";
 import { nbdIndex, readNbdDevice } from "./devices.ts";
-import { serveTransmission, transmissionFlags } from "./serve.ts";
+import { transmissionFlags } from "./flags.ts";
+import { serveTransmission } from "./serve.ts";
 import { IoStats } from "./stats.ts";
 import { transmissionFlagNames } from "./wire.ts";
 

@@ -37,7 +37,8 @@ import {
   setMaxRequestKb,
 } from "./kernel.ts";
 import { type NbdNetlink, NetlinkError } from "./netlink.ts";
-import { type ServeEnd, serveTransmission, transmissionFlags } from "./serve.ts";
+import { transmissionFlags } from "./flags.ts";
+import { type ServeEnd, serveTransmission } from "./serve.ts";
 import { IoStats } from "./stats.ts";
 import { transmissionFlagNames } from "./wire.ts";
 

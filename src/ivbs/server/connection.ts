@@ -1,13 +1,17 @@
 /**
  * One client connection of a test proxy: GREETING first, then a reader loop
- * that admits requests within a byte budget, serves READ/WRITE concurrently
- * (replies leave in completion order) and one serialized writer. State moves
- * one way: greeted → logged in → attached → closed.
+ * that admits requests within a byte budget (src/io/admission.ts), serves
+ * READ/WRITE concurrently (replies leave in completion order) and one
+ * serialized writer (src/io/frame_writer.ts). State moves one way: greeted →
+ * logged in → attached → closed.
  * @module
  */
 import { BufferPool } from "../../io/buffer_pool.ts";
 import { FrameReader } from "../../io/frame_reader.ts";
-import { type ByteStream, writeAll } from "../../io/stream.ts";
+import type { ByteStream } from "../../io/stream.ts";
+import { Admission } from "../../io/admission.ts";
+import { type Frame, FrameWriter } from "../../io/frame_writer.ts";
+import { errorMessage } from "../../error_info.ts";
 import type { Logger } from "../../log.ts";
 import {
   decodeAttachRequest,
@@ -88,34 +92,35 @@ interface Outgoing {
   dispose?: () => void;
 }
 
-interface Queued extends Outgoing {
-  /** Bytes on the wire: packet plus data. */
-  size: number;
-  /** Budget held for the request this replies to; 0 for packets the proxy sends on its own. */
-  cost: number;
-  /** A LIST_PROXIES push (at most one waits at a time). */
-  push?: boolean;
+/** A reply in the writer's queue; once written or dropped it gives back what it holds. */
+class QueuedReply implements Frame {
+  readonly head: Uint8Array;
+  readonly body: readonly Uint8Array[] | undefined;
+  constructor(
+    reply: Outgoing,
+    /** Budget held for the request this replies to; 0 for packets the proxy sends on its own. */
+    readonly cost: number,
+    /** A LIST_PROXIES push (at most one waits at a time). */
+    readonly push: boolean,
+    readonly dispose: (() => void) | undefined,
+    readonly settle: (reply: QueuedReply) => void,
+  ) {
+    this.head = reply.packet;
+    this.body = reply.data;
+  }
+
+  written(): void {
+    this.settle(this);
+  }
 }
 
 const EMPTY = new Uint8Array(0);
-// Replies smaller than this are gathered into one socket write with their neighbours.
-const SMALL_REPLY = 64 * 1024;
-const GATHER_LIMIT = 256 * 1024;
-/**
- * Data bytes of a large reply copied in with its header: a header written alone
- * leaves as its own segment (noDelay) and costs the client a wake-up of its own.
- */
-const HEAD_DATA = 64 * 1024;
 /** Payload and reply buffers a connection keeps for reuse (fresh 1 MiB buffers fault in page by page). */
 const POOLED_BYTES = 16 * 1024 * 1024;
 
 function sameSessionId(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < SESSION_ID_SIZE; i++) if (a[i] !== b[i]) return false;
   return true;
-}
-
-function describe(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 export class ServerConnection {
@@ -134,25 +139,17 @@ export class ServerConnection {
   #username: string | null = null;
   #image: StoredImage | null = null;
 
-  // Admission: requests and bytes held between reading a request and writing its reply.
-  #heldRequests = 0;
-  #heldBytes = 0;
-  #admitWaiter: (() => void) | null = null;
+  /** Requests and bytes held between reading a request and writing its reply. */
+  readonly #admission: Admission;
 
   // Handlers still running (store I/O, reply delays).
   #handlers = 0;
   #handlersIdle: (() => void) | null = null;
   readonly #timers = new Map<ReturnType<typeof setTimeout>, () => void>();
 
-  // Serialized writer.
-  readonly #queue: Queued[] = [];
-  #writerWake: (() => void) | null = null;
+  readonly #writer: FrameWriter<QueuedReply>;
   #pushQueued = false;
-  #writing = false;
-  #drainWaiter: (() => void) | null = null;
   readonly #pool = new BufferPool(POOLED_BYTES);
-  /** Reused for every gathered write: the writer waits for each write before the next. */
-  #gather: Uint8Array | null = null;
 
   // Idle timeout: time of the last packet from the client; the check re-arms itself.
   #lastActivity = performance.now();
@@ -166,6 +163,20 @@ export class ServerConnection {
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     const addr = conn.remoteAddr as Deno.NetAddr;
     this.peer = `${addr.hostname}:${addr.port}`;
+    this.#admission = new Admission(ctx.limits.maxInFlight, ctx.limits.maxBufferedBytes);
+    this.#writer = new FrameWriter(conn as ByteStream, {
+      onError: (error) => {
+        if (!this.#closed) {
+          ctx.log.debug("write failed", { peer: this.peer, reason: errorMessage(error) });
+        }
+        this.close();
+      },
+      // A stalled proxy writes nothing until it is unstalled or closed.
+      gate: () =>
+        ctx.stalled() && !this.#closed
+          ? Promise.race([ctx.whenUnstalled(), this.#closedPromise])
+          : undefined,
+    });
     this.done = this.#run();
   }
 
@@ -189,9 +200,8 @@ export class ServerConnection {
     }
     this.#timers.clear();
     this.#signalClosed();
-    this.#writerWake?.();
-    this.#admitWaiter?.();
-    this.#signalDrained();
+    this.#writer.close(); // queued replies give back what they hold
+    this.#admission.rejectAll(new Error("connection closed"));
   }
 
   /** Queues a LIST_PROXIES push (sequence 0) unless one is still waiting to be sent. */
@@ -199,14 +209,12 @@ export class ServerConnection {
     if (this.#closed || this.#pushQueued) return;
     this.#pushQueued = true;
     const packet = encodeProxyList(this.sessionId, 0, proxies);
-    this.#queue.push({ packet, size: packet.length, cost: 0, push: true });
-    this.#writerWake?.();
+    this.#writer.send(new QueuedReply({ packet }, 0, true, undefined, this.#settle));
   }
 
   async #run(): Promise<void> {
     const ctx = this.#ctx;
     ctx.log.debug("connection opened", { proxy: ctx.proxyName, peer: this.peer });
-    const writer = this.#writeLoop();
     this.#enqueue(
       encodeGreeting(this.sessionId, {
         proxyName: ctx.proxyName,
@@ -226,17 +234,17 @@ export class ServerConnection {
         ctx.log[gone ? "debug" : "warn"]("closing connection", {
           proxy: ctx.proxyName,
           peer: this.peer,
-          reason: describe(error),
+          reason: errorMessage(error),
         });
       }
     }
     clearTimeout(this.#idleTimer);
     // On a clean EOF answer what is in flight (the client may have half-closed).
     if (cleanEof && !this.#closed) await this.#handlersFinished();
-    if (cleanEof && !this.#closed) await this.#queueDrained();
+    if (cleanEof && !this.#closed) await this.#writer.flushed();
     this.close();
     await this.#handlersFinished();
-    await writer;
+    await this.#writer.flushed();
     ctx.log.debug("connection closed", { proxy: ctx.proxyName, peer: this.peer });
   }
 
@@ -275,9 +283,9 @@ export class ServerConnection {
         } catch {
           range = null; // answered INVALID_REQUEST below
         }
-        await this.#admit(cost);
+        if (!this.#admission.tryAcquire(1, cost)) await this.#waitForRoom(cost);
       } else {
-        await this.#admit(cost);
+        if (!this.#admission.tryAcquire(1, cost)) await this.#waitForRoom(cost);
         if (dataLen > 0) {
           // WRITE payloads go back to the pool once stored (see #dispatch).
           payload = op === Op.WRITE ? this.#pool.take(dataLen) : new Uint8Array(dataLen);
@@ -375,7 +383,7 @@ export class ServerConnection {
         try {
           write = decodeWriteRequest(payload);
         } catch (error) {
-          return fail(Status.INVALID_REQUEST, describe(error));
+          return fail(Status.INVALID_REQUEST, errorMessage(error));
         }
         if (write.offset + write.data.length > image.size) {
           return fail(
@@ -416,7 +424,7 @@ export class ServerConnection {
       }
     } catch (error) {
       status = Status.INVALID_REQUEST;
-      ctx.log.warn("bad LOGIN request", { peer: this.peer, reason: describe(error) });
+      ctx.log.warn("bad LOGIN request", { peer: this.peer, reason: errorMessage(error) });
     }
     return encodeEmpty(this.sessionId, Op.LOGIN, sequence, status);
   }
@@ -429,7 +437,7 @@ export class ServerConnection {
     try {
       name = decodeAttachRequest(payload);
     } catch (error) {
-      ctx.log.warn("bad ATTACH_TO_IMAGE request", { peer: this.peer, reason: describe(error) });
+      ctx.log.warn("bad ATTACH_TO_IMAGE request", { peer: this.peer, reason: errorMessage(error) });
       return reply(Status.INVALID_REQUEST);
     }
     const username = this.#username;
@@ -442,7 +450,7 @@ export class ServerConnection {
     try {
       image = await ctx.store.get(name);
     } catch (error) {
-      ctx.log.error("cannot open image", { image: name, reason: describe(error) });
+      ctx.log.error("cannot open image", { image: name, reason: errorMessage(error) });
       return reply(Status.PERMANENT_ERROR);
     }
     if (!image) {
@@ -511,7 +519,7 @@ export class ServerConnection {
       this.#ctx.log.error("request failed in the store", {
         peer: this.peer,
         op: opName(op),
-        reason: describe(error),
+        reason: errorMessage(error),
       });
       reply = { packet: encodeEmpty(this.sessionId, op, sequence, Status.PERMANENT_ERROR) };
     }
@@ -547,38 +555,15 @@ export class ServerConnection {
 
   // ---- admission ----
 
-  #admit(cost: number): Promise<void> {
-    if (this.#fits(cost)) {
-      this.#take(cost);
-      return Promise.resolve();
-    }
+  /** Waits for a request slot and `cost` bytes; a reader waiting for them counts as paused. */
+  async #waitForRoom(cost: number): Promise<void> {
     this.#readerPaused = true;
-    return new Promise<void>((resolve) => {
-      this.#admitWaiter = () => {
-        if (!this.#closed && !this.#fits(cost)) return;
-        this.#admitWaiter = null;
-        this.#take(cost);
-        this.#resumeReading();
-        resolve();
-      };
-    });
-  }
-
-  #fits(cost: number): boolean {
-    const { maxInFlight, maxBufferedBytes } = this.#ctx.limits;
-    return this.#heldRequests < maxInFlight &&
-      (this.#heldBytes + cost <= maxBufferedBytes || this.#heldBytes === 0);
-  }
-
-  #take(cost: number): void {
-    this.#heldRequests++;
-    this.#heldBytes += cost;
+    await this.#admission.acquire(1, cost); // rejects once the connection closes
+    this.#resumeReading();
   }
 
   #release(cost: number): void {
-    this.#heldRequests--;
-    this.#heldBytes -= cost;
-    this.#admitWaiter?.();
+    this.#admission.release(1, cost);
   }
 
   #resumeReading(): void {
@@ -591,112 +576,16 @@ export class ServerConnection {
   /** `cost` > 0: a reply to an admitted request; 0: a packet the proxy sends on its own. */
   #enqueue(reply: Uint8Array | Outgoing, cost: number): void {
     const item: Outgoing = reply instanceof Uint8Array ? { packet: reply } : reply;
-    if (this.#closed) {
-      item.dispose?.();
-      if (cost > 0) this.#release(cost);
-      return;
-    }
-    let size = item.packet.length;
-    for (const part of item.data ?? []) size += part.length;
-    this.#queue.push({ ...item, size, cost });
-    this.#writerWake?.();
+    // A closed writer drops it at once, which gives back what it holds.
+    this.#writer.send(new QueuedReply(item, cost, false, item.dispose, this.#settle));
   }
 
-  async #writeLoop(): Promise<void> {
-    const ctx = this.#ctx;
-    try {
-      while (true) {
-        if (this.#queue.length === 0 && !this.#closed) {
-          await new Promise<void>((resolve) => this.#writerWake = resolve);
-          this.#writerWake = null;
-          continue;
-        }
-        if (this.#closed) break;
-        if (ctx.stalled()) {
-          await Promise.race([ctx.whenUnstalled(), this.#closedPromise]);
-          continue;
-        }
-        const batch = this.#takeBatch();
-        this.#writing = true;
-        try {
-          // One writer: nothing can come between a header and its data.
-          for (const bytes of batch.writes) await writeAll(this.#conn, bytes);
-        } catch (error) {
-          if (!this.#closed) {
-            ctx.log.debug("write failed", { peer: this.peer, reason: describe(error) });
-          }
-          this.#releaseAll(batch.items);
-          this.close();
-          break;
-        }
-        this.#writing = false;
-        this.#releaseAll(batch.items);
-        if (this.#queue.length === 0) this.#signalDrained();
-      }
-    } finally {
-      this.#writing = false;
-      this.#releaseAll(this.#queue.splice(0));
-      this.#signalDrained();
-    }
-  }
-
-  #signalDrained(): void {
-    const waiter = this.#drainWaiter;
-    this.#drainWaiter = null;
-    waiter?.();
-  }
-
-  /**
-   * The next socket writes: small replies gathered into one buffer (one syscall),
-   * ending with at most one large reply whose header and first HEAD_DATA bytes
-   * join that buffer and whose other data follows uncopied.
-   */
-  #takeBatch(): { writes: Uint8Array[]; items: Queued[] } {
-    const items: Queued[] = [];
-    let gathered = 0; // bytes copied into the gather buffer
-    while (this.#queue.length > 0) {
-      const next = this.#queue[0];
-      const small = next.size < SMALL_REPLY;
-      const adds = small ? next.size : Math.min(next.size, next.packet.length + HEAD_DATA);
-      if (items.length > 0 && gathered + adds > GATHER_LIMIT) break;
-      items.push(this.#queue.shift()!);
-      gathered += adds;
-      if (!small) break;
-    }
-    const last = items[items.length - 1];
-    if (items.length === 1 && (last.data === undefined || last.data.length === 0)) {
-      return { writes: [last.packet], items };
-    }
-    this.#gather ??= new Uint8Array(GATHER_LIMIT + HEADER_SIZE + HEAD_DATA);
-    const head = this.#gather.subarray(0, gathered);
-    let at = 0;
-    const tail: Uint8Array[] = [];
-    for (const item of items) {
-      head.set(item.packet, at);
-      at += item.packet.length;
-      for (const part of item.data ?? []) {
-        const take = Math.min(part.length, gathered - at);
-        head.set(take === part.length ? part : part.subarray(0, take), at);
-        at += take;
-        if (take < part.length) tail.push(part.subarray(take));
-      }
-    }
-    return { writes: [head, ...tail], items };
-  }
-
-  #releaseAll(items: Queued[]): void {
-    for (const item of items) {
-      item.dispose?.();
-      if (item.cost > 0) this.#release(item.cost);
-      if (item.push) this.#pushQueued = false;
-    }
-  }
-
-  /** Resolves once every queued packet has been written (or the connection closed). */
-  #queueDrained(): Promise<void> {
-    if (this.#closed || (this.#queue.length === 0 && !this.#writing)) return Promise.resolve();
-    return new Promise((resolve) => this.#drainWaiter = resolve);
-  }
+  /** A reply written or dropped: its buffers and its budget go back. */
+  readonly #settle = (reply: QueuedReply): void => {
+    reply.dispose?.();
+    if (reply.cost > 0) this.#release(reply.cost);
+    if (reply.push) this.#pushQueued = false;
+  };
 
   // ---- idle timeout ----
 
