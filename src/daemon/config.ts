@@ -17,6 +17,7 @@
  * @module
  */
 import { z } from "zod";
+import { isLoopbackHost } from "../loopback.ts";
 import { DEFAULT_LIVENESS, type LivenessOptions } from "../ivbs/liveness.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
@@ -189,11 +190,6 @@ export function withinBytes(max: number, what: string) {
 
 /** Longest unix socket path the kernel takes (sun_path is 108 bytes with the NUL). */
 const MAX_SOCKET_PATH = 107;
-
-/** True for 127.0.0.0/8, ::1 and localhost: where an unauthenticated NBD port may listen. */
-export function isLoopbackHost(host: string): boolean {
-  return host === "::1" || host === "localhost" || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host);
-}
 
 /** Largest delay a timer takes (2^31 - 1 ms, about 24.8 days); beyond it fires after 1 ms. */
 export const MAX_TIMER_MS = 2 ** 31 - 1;

@@ -5,7 +5,8 @@
  * file modes that let others read or replace secrets.
  * @module
  */
-import { isLoopbackHost, type ListenAddress } from "./config.ts";
+import type { ListenAddress } from "./config.ts";
+import { isLoopbackHost } from "../loopback.ts";
 
 /** Keys of the 2013 format (`{"Mounted": […], "User": […]}`). */
 export const LEGACY_KEYS = ["Mounted", "User"] as const;

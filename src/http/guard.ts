@@ -15,7 +15,8 @@
  * @module
  */
 import type { MiddlewareHandler } from "hono";
-import { isLoopbackHost, type ListenAddress } from "../daemon/config.ts";
+import type { ListenAddress } from "../daemon/config.ts";
+import { isLoopbackHost } from "../loopback.ts";
 
 export interface GuardOptions {
   /** The address the API listens on; absent in tests (loopback names only). */

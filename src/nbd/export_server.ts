@@ -15,6 +15,7 @@ import { type ServeOptions, serveTransmission } from "./serve.ts";
 import { IoStats } from "./stats.ts";
 import type { ByteStream } from "../io/stream.ts";
 import { type Logger, logger } from "../log.ts";
+import { isLoopbackHost } from "../loopback.ts";
 
 /** One export: a name and a factory giving each client its own backend. */
 export interface ExportDefinition {
@@ -446,9 +447,7 @@ function nameProblem(name: string): string | null {
 }
 
 function checkLoopback(hostname: string): void {
-  const loopback = hostname === "::1" || hostname === "localhost" ||
-    /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(hostname);
-  if (!loopback) {
+  if (!isLoopbackHost(hostname)) {
     throw new ExportServerError(
       "NOT_LOOPBACK",
       `NBD export TCP address ${hostname} is not loopback: NBD has no authentication here`,
