@@ -91,13 +91,20 @@ async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
       "the client's writes reach IVBS",
       () => (ivbs.stats.requests.WRITE ?? 0) >= BLOCKS / 4 || clientDone,
     );
-    assert.ok(!clientDone, `the client ended early: ${JSON.stringify(await client)}`);
+    if (clientDone) assert.fail(`the client ended early: ${JSON.stringify(await client)}`);
     const stopped = await daemon.stop(stop);
     assert.equal(stopped.code, stop === "SIGKILL" ? 137 : 0, stopped.stderr);
     daemon = await DaemonProcess.start(path);
 
     const run = await client;
     assert.equal(run.code, 0, run.stderr + run.stdout);
+    const { exports } = await (await fetch(`${daemon.url}/api/exports`)).json() as {
+      exports: { name: string; state: string; bytesWritten: number }[];
+    };
+    assert.ok(
+      exports.some((e) => e.name === "vm1" && e.state === "ready" && e.bytesWritten > 0),
+      `the client went on writing through the new daemon: ${JSON.stringify(exports)}\n${run.stdout.slice(-600)}${run.stderr}`,
+    );
     assert.doesNotMatch(run.stdout + run.stderr, /verification failed|error/i);
     assert.equal(run.stdout.match(/^wrote 65536\/65536 bytes/gm)?.length, BLOCKS);
     assert.equal(run.stdout.match(/^read 65536\/65536 bytes/gm)?.length, BLOCKS);
