@@ -103,7 +103,9 @@ async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
     };
     assert.ok(
       exports.some((e) => e.name === "vm1" && e.state === "ready" && e.bytesWritten > 0),
-      `the client went on writing through the new daemon: ${JSON.stringify(exports)}\n${run.stdout.slice(-600)}${run.stderr}`,
+      `the client went on writing through the new daemon: ${JSON.stringify(exports)}\n${
+        run.stdout.slice(-600)
+      }${run.stderr}`,
     );
     assert.doesNotMatch(run.stdout + run.stderr, /verification failed|error/i);
     assert.equal(run.stdout.match(/^wrote 65536\/65536 bytes/gm)?.length, BLOCKS);
