@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { BackendError } from "../src/nbd/backend.ts";
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import type { IvbsTestServer } from "../src/ivbs/server/mod.ts";
 import {
   IvbsSession,
   type IvbsSessionEvent,
@@ -9,9 +9,7 @@ import {
 import { decodeReadRequest, Status } from "../src/ivbs/wire.ts";
 import { captureLog, FAKE_USER, fakeProxy, type Packet, serveWell } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
-
-const USER = { username: "alice", password: "correct horse" };
-const MiB = 1024 * 1024;
+import { MiB, USER, withServer } from "./ivbs_test_server.ts";
 
 /** Short timeouts so every fault resolves within a fraction of a second. */
 const FAST: Partial<IvbsSessionOptions> = {
@@ -20,24 +18,6 @@ const FAST: Partial<IvbsSessionOptions> = {
   backoff: { initialMs: 10, maxMs: 100 },
   failureMemoryMs: 1_000,
 };
-
-async function withServer(
-  options: Partial<Parameters<typeof startIvbsServer>[0]>,
-  body: (server: IvbsTestServer) => Promise<void>,
-): Promise<void> {
-  const server = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "disk", size: 2 * MiB }],
-    listProxiesIntervalMs: 0,
-    log: captureLog(),
-    ...options,
-  });
-  try {
-    await body(server);
-  } finally {
-    await server.close();
-  }
-}
 
 function open(server: IvbsTestServer, extra: Partial<IvbsSessionOptions> = {}) {
   const events: IvbsSessionEvent[] = [];

@@ -11,10 +11,11 @@ import {
   LivenessMonitor,
   type LivenessOptions,
 } from "../src/ivbs/liveness.ts";
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import type { IvbsTestServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
+import { USER, withServer } from "./ivbs_test_server.ts";
 
 const RULES: LivenessOptions = {
   silenceMs: 500,
@@ -140,27 +141,6 @@ Deno.test("default liveness settings detect a stall in well under 2 s, checks in
 });
 
 // ---- against the IVBS test server ----
-
-const USER = { username: "alice", password: "correct horse" };
-const MiB = 1024 * 1024;
-
-async function withServer(
-  options: Partial<Parameters<typeof startIvbsServer>[0]>,
-  body: (server: IvbsTestServer) => Promise<void>,
-): Promise<void> {
-  const server = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "disk", size: 2 * MiB }],
-    listProxiesIntervalMs: 0,
-    log: captureLog(),
-    ...options,
-  });
-  try {
-    await body(server);
-  } finally {
-    await server.close();
-  }
-}
 
 /** A session with every liveness and dead-peer setting at its default. */
 async function openDefault(server: IvbsTestServer) {
