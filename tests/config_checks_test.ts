@@ -4,29 +4,13 @@
  * that names the problem and never carries a secret from the file.
  */
 import assert from "node:assert/strict";
-import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { loadConfig, MAX_TIMER_MS, parseConfig } from "../src/daemon/config.ts";
 import { jsonSyntaxWhere, mixedFormatKeys } from "../src/daemon/config_checks.ts";
-import { runServe } from "../src/daemon/serve_command.ts";
 import { looseMode } from "../src/file_mode.ts";
+import { serveWith } from "./serve_in_process.ts";
 
 const SECRET = "hunter2-Pa55-secret";
 const TOKEN_SECRET = "tok3n-that-must-not-leak";
-
-/** Runs `serve` in-process with a fake driver, capturing stderr lines. */
-async function serveWith(args: string[]): Promise<{ code: number; stderr: string[] }> {
-  const stderr: string[] = [];
-  const original = console.error;
-  console.error = (...parts: unknown[]) => stderr.push(parts.join(" "));
-  try {
-    const code = await runServe(args, {
-      createDriver: () => new FakeMountDriver({ devices: 0, images: {}, users: {} }),
-    });
-    return { code, stderr };
-  } finally {
-    console.error = original;
-  }
-}
 
 const USERS = [{ username: "alice", password: SECRET }];
 

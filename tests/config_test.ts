@@ -7,8 +7,7 @@ import {
   parseConfig,
   parseListenAddress,
 } from "../src/daemon/config.ts";
-import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { runServe } from "../src/daemon/serve_command.ts";
+import { serveWith } from "./serve_in_process.ts";
 
 const FULL = {
   http: { listen: "127.0.0.1:9090", token: "0123456789abcdef" },
@@ -354,21 +353,6 @@ Deno.test("loadConfig names a missing file", async () => {
     message: "config /nonexistent/ivbsnetd.json: cannot read: no such file",
   });
 });
-
-/** Runs `serve` in-process with a fake driver, capturing stderr lines. */
-async function serveWith(args: string[]): Promise<{ code: number; stderr: string[] }> {
-  const stderr: string[] = [];
-  const original = console.error;
-  console.error = (...parts: unknown[]) => stderr.push(parts.join(" "));
-  try {
-    const code = await runServe(args, {
-      createDriver: () => new FakeMountDriver({ devices: 0, images: {}, users: {} }),
-    });
-    return { code, stderr };
-  } finally {
-    console.error = original;
-  }
-}
 
 Deno.test("serve exits 2 with one clear line for each kind of broken config", async () => {
   const dir = await Deno.makeTempDir();

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { ExportTable, prepareStateDir } from "../src/daemon/export_table.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { IHAVEOPT, Opt } from "../src/nbd/handshake.ts";
+import { NbdTestClient } from "./nbd_test_client.ts";
 
 const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 const REQUEST = { image: "disk", username: "u", password: "p" };
@@ -37,37 +37,6 @@ async function fixture() {
   };
 }
 
-/**
- * The least an NBD client does to reach transmission: fixed newstyle with
- * NO_ZEROES, then NBD_OPT_EXPORT_NAME. Returns the connection and the export size.
- */
-async function connectClient(socket: string, name: string) {
-  const conn = await Deno.connect({ transport: "unix", path: socket });
-  const greeting = new Uint8Array(18);
-  await readExactly(conn, greeting);
-  const nameBytes = new TextEncoder().encode(name);
-  const hello = new Uint8Array(4 + 16 + nameBytes.length);
-  const view = new DataView(hello.buffer);
-  view.setUint32(0, 0b11); // FIXED_NEWSTYLE | NO_ZEROES
-  view.setBigUint64(4, IHAVEOPT);
-  view.setUint32(12, Opt.EXPORT_NAME);
-  view.setUint32(16, nameBytes.length);
-  hello.set(nameBytes, 20);
-  await conn.write(hello);
-  const reply = new Uint8Array(10); // size u64 + transmission flags u16
-  await readExactly(conn, reply);
-  return { conn, size: Number(new DataView(reply.buffer).getBigUint64(0)) };
-}
-
-async function readExactly(conn: Deno.Conn, into: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < into.length) {
-    const n = await conn.read(into.subarray(done));
-    if (n === null) throw new Error(`EOF after ${done} of ${into.length} bytes`);
-    done += n;
-  }
-}
-
 /** Polls until the server has seen the clients (they connect from this same process). */
 async function eventually(what: string, condition: () => boolean): Promise<void> {
   for (let i = 0; i < 500; i++) {
@@ -83,8 +52,8 @@ Deno.test("each client of an export gets its own session; closeAll disconnects t
     const info = await table.add({ ...REQUEST, name: "vm1" });
     assert.equal(driver.openCalls, 1, "one probe session at add");
     assert.equal((await Deno.stat(stateDir)).mode! & 0o777, 0o700);
-    const a = await connectClient(info.socket, "vm1");
-    const b = await connectClient(info.socket, "vm1");
+    const a = await NbdTestClient.connect(info.socket, "vm1");
+    const b = await NbdTestClient.connect(info.socket, "vm1");
     assert.equal(a.size, 1 << 20);
     await eventually("two clients", () => table.list()[0].clients === 2);
     assert.equal(driver.openCalls, 3, "a session per client");
@@ -116,8 +85,8 @@ Deno.test("remove disconnects that export's clients and keeps the others serving
   try {
     const vm1 = await table.add({ ...REQUEST, name: "vm1" });
     await table.add({ ...REQUEST, name: "vm2" });
-    const one = await connectClient(vm1.socket, "vm1");
-    const two = await connectClient(vm1.socket, "vm2");
+    const one = await NbdTestClient.connect(vm1.socket, "vm1");
+    const two = await NbdTestClient.connect(vm1.socket, "vm2");
     await eventually("clients", () => table.list().every((e) => e.clients === 1));
     await table.remove("vm1");
     assert.equal(await one.conn.read(new Uint8Array(1)), null, "vm1's client is cut off");
