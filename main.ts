@@ -1,12 +1,12 @@
 /**
- * ivbsnetd: one program, many subcommands. This is the only module that wires
- * all layers together; each command lives in its layer and is loaded on demand
- * so `ivbsnetd client` does not pay for the daemon's FFI or HTTP stack.
+ * ivbsnetd: one program, many subcommands. This module only dispatches: each
+ * command lives in src/commands/ (one file each, exporting `run(args)`) and is
+ * loaded on demand so `ivbsnetd client` does not pay for the daemon's FFI or
+ * HTTP stack.
  * @module
  */
 
-import type { OneShotName } from "./src/cli/one_shot.ts";
-import type { ServeDependencies } from "./src/daemon/serve_command.ts";
+import type { OneShotName } from "./src/commands/one_shot.ts";
 
 export interface Command {
   summary: string;
@@ -17,17 +17,15 @@ export interface Command {
 const COMMANDS: Record<string, Command> = {
   serve: {
     summary: "run the daemon: HTTP API and status page, mounts from --config FILE",
-    run: async (args) =>
-      (await import("./src/daemon/serve_command.ts")).runServe(args, await systemDriver()),
+    run: async (args) => (await import("./src/commands/serve.ts")).run(args),
   },
   demo: {
     summary: "try it all on this machine: IVBS test server + daemon (+ a mount where possible)",
-    run: async (args) =>
-      (await import("./src/daemon/demo_command.ts")).runDemo(args, await systemDriver()),
+    run: async (args) => (await import("./src/commands/demo.ts")).run(args),
   },
   client: {
     summary: "netdclient: interactive client of a running daemon",
-    run: async (args) => (await import("./src/cli/netdclient.ts")).run(args),
+    run: async (args) => (await import("./src/commands/client.ts")).run(args),
   },
   mount: oneShot("mount", "mount an image on /dev/nbdX through the daemon"),
   unmount: oneShot("unmount", "detach a device through the daemon"),
@@ -44,16 +42,16 @@ const COMMANDS: Record<string, Command> = {
   events: oneShot("events", "print the daemon's recent events (--follow: keep printing)"),
   "ivbs-server": {
     summary: "run the IVBS test server (several proxies over one image store)",
-    run: async (args) => (await import("./src/ivbs/server/cli.ts")).run(args),
+    run: async (args) => (await import("./src/commands/ivbs_server.ts")).run(args),
   },
   attach: {
     summary: "attach one image (or a memory disk) to /dev/nbdX in the foreground, for tests",
-    run: async (args) => (await import("./src/attach_command.ts")).run(args),
+    run: async (args) => (await import("./src/commands/attach.ts")).run(args),
   },
   export: {
     summary:
       "serve IVBS images (or memory disks) as NBD exports in the foreground, without a daemon",
-    run: async (args) => (await import("./src/export_command.ts")).run(args),
+    run: async (args) => (await import("./src/commands/export.ts")).run(args),
   },
 };
 
@@ -61,50 +59,7 @@ const COMMANDS: Record<string, Command> = {
 function oneShot(name: OneShotName, summary: string): Command {
   return {
     summary,
-    run: async (args) => (await import("./src/cli/one_shot.ts")).runOneShot(name, args),
-  };
-}
-
-/** The real mount driver of serve and demo: IVBS sessions over the kernel's NBD devices. */
-async function systemDriver(): Promise<ServeDependencies> {
-  const [{ createSystemDriver }, kernel, devices, { logger }] = await Promise.all([
-    import("./src/daemon/system_driver.ts"),
-    import("./src/nbd/kernel.ts"),
-    import("./src/nbd/devices.ts"),
-    import("./src/log.ts"),
-  ]);
-  const api = { attachDevice: kernel.attachDevice, listNbdDevices: devices.listNbdDevices };
-  return {
-    createDriver: async (config) => {
-      const netlink = config.nbd.attach === "ioctl" ? null : await openNetlink();
-      return createSystemDriver(config, { ...api, netlink }, logger("daemon"));
-    },
-  };
-}
-
-/** The kernel's nbd netlink interface, or null where it has none (then devices use ioctl). */
-async function openNetlink(): Promise<
-  import("./src/daemon/system_driver.ts").NetlinkKernelApi | null
-> {
-  const [{ NbdNetlink }, attach, { logger }] = await Promise.all([
-    import("./src/nbd/netlink.ts"),
-    import("./src/nbd/netlink_attach.ts"),
-    import("./src/log.ts"),
-  ]);
-  let netlink;
-  try {
-    netlink = await NbdNetlink.open();
-  } catch (error) {
-    logger("daemon").warn("cannot open the nbd netlink interface; using ioctl", { error });
-    return null;
-  }
-  if (netlink === null) return null;
-  return {
-    attach: (backend, options) => attach.attachNetlink(netlink, backend, options),
-    reattach: (index, backend, options) => attach.reattachNetlink(netlink, index, backend, options),
-    readBackendId: attach.readBackendId,
-    newBackendId: attach.newBackendId,
-    disconnect: (index) => netlink.disconnect(index),
+    run: async (args) => (await import("./src/commands/one_shot.ts")).runOneShot(name, args),
   };
 }
 

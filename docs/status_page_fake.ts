@@ -11,7 +11,7 @@
 import { parseArgs } from "node:util";
 import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { startServing, stopOnSignals } from "../src/daemon/serve_command.ts";
+import { startServing, stopOnSignals } from "../src/commands/serve.ts";
 import { logger } from "../src/log.ts";
 
 const GIB = 1024 * 1024 * 1024;

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { UsageError } from "../src/args.ts";
-import { parseAttachArgs, run } from "../src/attach_command.ts";
+import { parseAttachArgs, run } from "../src/commands/attach.ts";
 
 Deno.test("parseAttachArgs reads a memory disk with defaults", () => {
   assert.deepEqual(parseAttachArgs(["--device", "/dev/nbd3", "--memory", "64M"]), {

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { ApiClient, normalizeServer } from "../src/cli/api_client.ts";
 import { HELP, PROMPT, runInteractive } from "../src/cli/netdclient.ts";
-import { type OneShotIo, runOneShot } from "../src/cli/one_shot.ts";
+import { type OneShotIo, runOneShot } from "../src/commands/one_shot.ts";
 import { ByteSource, readRawSecret, type Terminal } from "../src/cli/prompt.ts";
 import { formatTable } from "../src/cli/table.ts";
 import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { startServing } from "../src/daemon/serve_command.ts";
+import { startServing } from "../src/commands/serve.ts";
 import { setLogLevel } from "../src/log.ts";
 
 setLogLevel("error");

@@ -26,7 +26,7 @@ import {
 } from "../src/ivbs/wire.ts";
 import { createAdminApp } from "../src/ivbs/server/admin.ts";
 import { UsageError } from "../src/args.ts";
-import { loadUsersFile, parseServerArgs, run } from "../src/ivbs/server/cli.ts";
+import { loadUsersFile, parseServerArgs, run } from "../src/commands/ivbs_server.ts";
 import {
   type IvbsServerOptions,
   type IvbsTestServer,

@@ -19,7 +19,7 @@ import { IvbsSession } from "../src/ivbs/session.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
 import { UsageError } from "../src/args.ts";
-import { parseExportArgs } from "../src/export_command.ts";
+import { parseExportArgs } from "../src/commands/export.ts";
 import { hasTool, runTool } from "./tools.ts";
 
 const MiB = 1024 * 1024;

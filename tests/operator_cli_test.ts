@@ -6,11 +6,11 @@ import assert from "node:assert/strict";
 import { ApiClient } from "../src/cli/api_client.ts";
 import { eventsCommand } from "../src/cli/commands.ts";
 import { runInteractive } from "../src/cli/netdclient.ts";
-import { type OneShotIo, runOneShot } from "../src/cli/one_shot.ts";
+import { type OneShotIo, runOneShot } from "../src/commands/one_shot.ts";
 import type { Terminal } from "../src/cli/prompt.ts";
 import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { startServing } from "../src/daemon/serve_command.ts";
+import { startServing } from "../src/commands/serve.ts";
 import { eventually, quietLog } from "./operator_fixture.ts";
 
 function startDaemon() {

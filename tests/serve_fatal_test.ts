@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { runServe } from "../src/daemon/serve_command.ts";
+import { runServe } from "../src/commands/serve.ts";
 
 Deno.test("an unhandled rejection stops serve through its shutdown path with exit 1", async () => {
   const out: string[] = [];

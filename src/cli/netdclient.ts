@@ -1,5 +1,6 @@
 /**
- * netdclient: the 2013 interactive client, `ivbsnetd client [--server URL] [--token T]`.
+ * netdclient: the 2013 interactive client's prompt loop (`ivbsnetd client`, see
+ * src/commands/client.ts).
  * Commands: check, disc, exit, help, lista, listm, mount <device> <image> <user> <pass>
  * (asks for what is missing, the password without echo), unmount <device>; and
  * for NBD exports, mirroring mount/unmount/listm: export <name> <image> <user> <pass>,
@@ -8,8 +9,7 @@
  * daemon is reported at once.
  * @module
  */
-import { parseFlags, UsageError } from "../args.ts";
-import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
+import { type ApiClient, ApiError, ServerUnreachableError } from "./api_client.ts";
 import {
   addExportCommand,
   checkCommand,
@@ -24,8 +24,7 @@ import {
   shutdownCommand,
   unmountCommand,
 } from "./commands.ts";
-import { EXIT_OK, EXIT_USAGE } from "./one_shot.ts";
-import { StdioTerminal, type Terminal } from "./prompt.ts";
+import type { Terminal } from "./prompt.ts";
 
 export const PROMPT = "netdclient> ";
 
@@ -200,55 +199,4 @@ async function ask(terminal: Terminal, prompt: string, fallback?: string): Promi
     if (trimmed !== "") return trimmed;
     if (fallback !== undefined) return fallback;
   }
-}
-
-export const CLIENT_HELP = [
-  "usage: ivbsnetd client [--server URL] [--token TOKEN]",
-  "",
-  "Interactive netdclient: type commands at the prompt (help lists them).",
-  "",
-  "options:",
-  `  --server URL     daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
-  "  --token TOKEN    bearer token for mount/unmount/export/unexport/disc",
-  "                   (default $IVBSNETD_TOKEN)",
-  "  -h, --help       this help",
-  "",
-  HELP,
-].join("\n");
-
-/** `ivbsnetd client`. */
-export async function run(args: string[]): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseFlags(args, {
-      server: { type: "string" },
-      token: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    }));
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd client: ${error.message}\n\n${CLIENT_HELP}`);
-    return EXIT_USAGE;
-  }
-  if (values.help) {
-    console.log(CLIENT_HELP);
-    return EXIT_OK;
-  }
-  let client: ApiClient;
-  try {
-    client = new ApiClient({
-      server: values.server ?? Deno.env.get("IVBSNETD_SERVER") ?? DEFAULT_SERVER,
-      token: values.token ?? Deno.env.get("IVBSNETD_TOKEN"),
-    });
-  } catch (error) {
-    console.error(`ivbsnetd client: --server: ${(error as Error).message}`);
-    return EXIT_USAGE;
-  }
-  const terminal = new StdioTerminal();
-  try {
-    await runInteractive(client, terminal);
-  } finally {
-    terminal.close();
-  }
-  return EXIT_OK;
 }

@@ -2,8 +2,8 @@
  * The real mount driver: an IVBS session per mount (src/ivbs/session.ts) and
  * the kernel NBD attachment, through generic netlink where the kernel has it
  * (devices then outlive the daemon) and the ioctl interface otherwise or when
- * `nbd.attach` is "ioctl". The kernel side is passed in by main.ts (the one
- * module that wires every layer), so this file loads no FFI by itself.
+ * `nbd.attach` is "ioctl". The kernel side is passed in by the commands
+ * (src/commands/kernel_driver.ts), so this file loads no FFI by itself.
  * @module
  */
 import type { Backend } from "../nbd/backend.ts";

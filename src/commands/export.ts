@@ -14,18 +14,18 @@ import {
   parseWholeNumber,
   readPasswordFile,
   UsageError,
-} from "./args.ts";
-import { logger } from "./log.ts";
-import { type Backend, MemoryBackend } from "./nbd/backend.ts";
+} from "../args.ts";
+import { logger } from "../log.ts";
+import { type Backend, MemoryBackend } from "../nbd/backend.ts";
 import {
   type ExportDefinition,
   ExportServerError,
   shareBackend,
   startExportServer,
-} from "./nbd/export_server.ts";
-import { IvbsMountError } from "./ivbs/errors.ts";
-import { IvbsSession, type IvbsSessionOptions } from "./ivbs/session.ts";
-import { untilStopSignal } from "./signals.ts";
+} from "../nbd/export_server.ts";
+import { IvbsMountError } from "../ivbs/errors.ts";
+import { IvbsSession, type IvbsSessionOptions } from "../ivbs/session.ts";
+import { untilStopSignal } from "../signals.ts";
 
 export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT] [options] SOURCE
 

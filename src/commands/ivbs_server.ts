@@ -4,25 +4,18 @@
  * @module
  */
 import { z } from "zod";
-import {
-  parseFlags,
-  parsePort,
-  parseSeconds,
-  parseSize,
-  SIZE_UNITS,
-  UsageError,
-} from "../../args.ts";
-import { errorMessage } from "../../error_info.ts";
-import { logger } from "../../log.ts";
-import { untilStopSignal } from "../../signals.ts";
-import { DEFAULT_PORT } from "../wire.ts";
-import { type AdminServer, serveAdmin } from "./admin.ts";
+import { parseFlags, parsePort, parseSeconds, parseSize, SIZE_UNITS, UsageError } from "../args.ts";
+import { errorMessage } from "../error_info.ts";
+import { logger } from "../log.ts";
+import { untilStopSignal } from "../signals.ts";
+import { DEFAULT_PORT } from "../ivbs/wire.ts";
+import { type AdminServer, serveAdmin } from "../ivbs/server/admin.ts";
 import {
   type IvbsServerOptions,
   type ServerImage,
   type ServerUser,
   startIvbsServer,
-} from "./mod.ts";
+} from "../ivbs/server/mod.ts";
 
 export const HELP = `usage: ivbsnetd ivbs-server [options]
 

@@ -7,7 +7,7 @@
  * @module
  */
 import { parseFlagsAndPositionals, UsageError } from "../args.ts";
-import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "./api_client.ts";
+import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "../cli/api_client.ts";
 import {
   addExportCommand,
   checkCommand,
@@ -21,8 +21,8 @@ import {
   removeExportCommand,
   shutdownCommand,
   unmountCommand,
-} from "./commands.ts";
-import { ByteSource, readRawSecret } from "./prompt.ts";
+} from "../cli/commands.ts";
+import { ByteSource, readRawSecret } from "../cli/prompt.ts";
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;

@@ -19,15 +19,15 @@ import {
   loadConfig,
   parseConfig,
   parseListenAddress,
-} from "./config.ts";
-import { unsafeListenProblem } from "./config_checks.ts";
-import { Daemon } from "./daemon.ts";
-import { httpConnectionCap, raiseDescriptorLimit } from "./fd_limit.ts";
-import { readState } from "./state_file.ts";
-import { notifySystemd } from "./sd_notify.ts";
-import type { MountDriver } from "./driver.ts";
+} from "../daemon/config.ts";
+import { unsafeListenProblem } from "../daemon/config_checks.ts";
+import { Daemon } from "../daemon/daemon.ts";
+import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
+import { readState } from "../daemon/state_file.ts";
+import { notifySystemd } from "../daemon/sd_notify.ts";
+import type { MountDriver } from "../daemon/driver.ts";
 
-/** How the command gets its mount driver; main.ts passes the real one, tests a fake. */
+/** How the command gets its mount driver; `run` passes the real one, tests a fake. */
 export interface ServeDependencies {
   createDriver(config: DaemonConfig): Promise<MountDriver> | MountDriver;
 }
@@ -138,6 +138,12 @@ export async function loadServeConfig(
 ): Promise<{ config: DaemonConfig; warnings: string[] }> {
   if (path === undefined) return parseConfig("{}", "(defaults)");
   return await loadConfig(path);
+}
+
+/** `ivbsnetd serve` on this machine's NBD devices. */
+export async function run(args: string[]): Promise<number> {
+  const { kernelServeDependencies } = await import("./kernel_driver.ts");
+  return await runServe(args, await kernelServeDependencies());
 }
 
 export async function runServe(args: string[], deps: ServeDependencies): Promise<number> {

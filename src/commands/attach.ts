@@ -2,7 +2,7 @@
  * `ivbsnetd attach`: attaches one IVBS image (or a memory disk) to one kernel
  * NBD device in the foreground until SIGINT/SIGTERM, then detaches cleanly and
  * exits 0. For people and for the kernel tests. It wires the IVBS client to the
- * kernel attachment, so it lives outside both layers (like export_command.ts).
+ * kernel attachment, so it is a command above both layers (like export.ts).
  * @module
  */
 import {
@@ -12,12 +12,12 @@ import {
   parseWholeNumber,
   readPasswordFile,
   UsageError,
-} from "./args.ts";
-import { errorCode } from "./error_info.ts";
-import { type Logger, logger } from "./log.ts";
-import { type Backend, MemoryBackend } from "./nbd/backend.ts";
-import { IvbsSession } from "./ivbs/session.ts";
-import { onStopSignal } from "./signals.ts";
+} from "../args.ts";
+import { errorCode } from "../error_info.ts";
+import { type Logger, logger } from "../log.ts";
+import { type Backend, MemoryBackend } from "../nbd/backend.ts";
+import { IvbsSession } from "../ivbs/session.ts";
+import { onStopSignal } from "../signals.ts";
 
 export const HELP = `usage: ivbsnetd attach --device /dev/nbdN SOURCE [options]
 
@@ -141,7 +141,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   // Loaded here so `attach --help` and usage errors need no FFI permission.
-  const { attachDevice } = await import("./nbd/kernel.ts");
+  const { attachDevice } = await import("../nbd/kernel.ts");
   let backend: Backend;
   try {
     backend = await openBackend(args, log);

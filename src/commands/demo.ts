@@ -11,8 +11,8 @@
 import { parseFlags, UsageError } from "../args.ts";
 import { startIvbsServer } from "../ivbs/server/mod.ts";
 import { logger } from "../log.ts";
-import { type DaemonConfig, parseConfig, parseListenAddress } from "./config.ts";
-import { type ServeDependencies, startServing, stopOnSignals } from "./serve_command.ts";
+import { type DaemonConfig, parseConfig, parseListenAddress } from "../daemon/config.ts";
+import { type ServeDependencies, startServing, stopOnSignals } from "./serve.ts";
 
 const GIB = 1024 * 1024 * 1024;
 
@@ -48,6 +48,12 @@ export function mountBlocker(deviceCount: number, uid: number | null): string | 
   }
   if (uid !== 0) return `not running as root (uid ${uid}); attaching /dev/nbdX needs root`;
   return null;
+}
+
+/** `ivbsnetd demo` on this machine (mounting where the kernel and our uid allow). */
+export async function run(args: string[]): Promise<number> {
+  const { kernelServeDependencies } = await import("./kernel_driver.ts");
+  return await runDemo(args, await kernelServeDependencies());
 }
 
 export async function runDemo(args: string[], deps: ServeDependencies): Promise<number> {

@@ -1,0 +1,61 @@
+/**
+ * `ivbsnetd client [--server URL] [--token T]`: the interactive netdclient
+ * (its prompt loop is src/cli/netdclient.ts).
+ * @module
+ */
+import { parseFlags, UsageError } from "../args.ts";
+import { ApiClient, DEFAULT_SERVER } from "../cli/api_client.ts";
+import { HELP, runInteractive } from "../cli/netdclient.ts";
+import { StdioTerminal } from "../cli/prompt.ts";
+import { EXIT_OK, EXIT_USAGE } from "./one_shot.ts";
+
+export const CLIENT_HELP = [
+  "usage: ivbsnetd client [--server URL] [--token TOKEN]",
+  "",
+  "Interactive netdclient: type commands at the prompt (help lists them).",
+  "",
+  "options:",
+  `  --server URL     daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
+  "  --token TOKEN    bearer token for mount/unmount/export/unexport/disc",
+  "                   (default $IVBSNETD_TOKEN)",
+  "  -h, --help       this help",
+  "",
+  HELP,
+].join("\n");
+
+/** `ivbsnetd client`. */
+export async function run(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseFlags(args, {
+      server: { type: "string" },
+      token: { type: "string" },
+      help: { type: "boolean", short: "h", default: false },
+    }));
+  } catch (error) {
+    if (!(error instanceof UsageError)) throw error;
+    console.error(`ivbsnetd client: ${error.message}\n\n${CLIENT_HELP}`);
+    return EXIT_USAGE;
+  }
+  if (values.help) {
+    console.log(CLIENT_HELP);
+    return EXIT_OK;
+  }
+  let client: ApiClient;
+  try {
+    client = new ApiClient({
+      server: values.server ?? Deno.env.get("IVBSNETD_SERVER") ?? DEFAULT_SERVER,
+      token: values.token ?? Deno.env.get("IVBSNETD_TOKEN"),
+    });
+  } catch (error) {
+    console.error(`ivbsnetd client: --server: ${(error as Error).message}`);
+    return EXIT_USAGE;
+  }
+  const terminal = new StdioTerminal();
+  try {
+    await runInteractive(client, terminal);
+  } finally {
+    terminal.close();
+  }
+  return EXIT_OK;
+}
