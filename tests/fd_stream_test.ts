@@ -20,7 +20,7 @@ import {
 import { ConnStream, FdStream, StreamClosedError } from "../src/io/fd_stream.ts";
 import { FrameReader } from "../src/io/frame_reader.ts";
 import { writeAll } from "../src/io/stream.ts";
-import { MemoryBackend } from "../src/nbd/backend.ts";
+import { MemoryBackend } from "../src/block/backend.ts";
 import { serveTransmission } from "../src/nbd/serve.ts";
 import { Command, decodeReply, encodeRequest, REPLY_SIZE } from "../src/nbd/wire.ts";
 import type { Logger } from "../src/log.ts";

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BackendError } from "../src/nbd/backend.ts";
+import { BackendError } from "../src/block/backend.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
 import {

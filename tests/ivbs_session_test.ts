@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BackendError } from "../src/nbd/backend.ts";
+import { BackendError } from "../src/block/backend.ts";
 import { IvbsMountError } from "../src/ivbs/errors.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import {

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { createHash, randomFillSync } from "node:crypto";
-import { type Backend, MemoryBackend } from "../src/nbd/backend.ts";
+import { type Backend, MemoryBackend } from "../src/block/backend.ts";
 import {
   type ExportDefinition,
   type ExportServer,

@@ -4,7 +4,7 @@
  * the reply is queued, not from when the writer's promise settles later.
  */
 import assert from "node:assert/strict";
-import { MemoryBackend } from "../src/nbd/backend.ts";
+import { MemoryBackend } from "../src/block/backend.ts";
 import { serveTransmission } from "../src/nbd/serve.ts";
 import type { ByteStream } from "../src/io/stream.ts";
 import { Command, decodeReply, encodeRequest, REPLY_SIZE } from "../src/nbd/wire.ts";

@@ -3,7 +3,7 @@
  * over a loopback TCP pair.
  */
 import assert from "node:assert/strict";
-import { type Backend, MemoryBackend } from "../src/nbd/backend.ts";
+import { type Backend, MemoryBackend } from "../src/block/backend.ts";
 import {
   BLOCK_SIZE,
   decodeInfoRequest,

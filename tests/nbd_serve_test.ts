@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
-import { type Backend, BackendError, MemoryBackend } from "../src/nbd/backend.ts";
+import { type Backend, BackendError, MemoryBackend } from "../src/block/backend.ts";
 import { transmissionFlags } from "../src/nbd/flags.ts";
 import { serveTransmission } from "../src/nbd/serve.ts";
 import { IoStats } from "../src/nbd/stats.ts";

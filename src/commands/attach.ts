@@ -15,7 +15,7 @@ import {
 } from "../args.ts";
 import { errorCode } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
-import { type Backend, MemoryBackend } from "../nbd/backend.ts";
+import { type Backend, MemoryBackend } from "../block/backend.ts";
 import { IvbsSession } from "../ivbs/session.ts";
 import { onStopSignal } from "../signals.ts";
 

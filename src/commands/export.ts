@@ -16,7 +16,7 @@ import {
   UsageError,
 } from "../args.ts";
 import { logger } from "../log.ts";
-import { type Backend, MemoryBackend } from "../nbd/backend.ts";
+import { type Backend, MemoryBackend } from "../block/backend.ts";
 import {
   type ExportDefinition,
   ExportServerError,

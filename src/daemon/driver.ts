@@ -6,7 +6,7 @@
  * so the daemon stays testable without either.
  * @module
  */
-import type { Backend } from "../nbd/backend.ts";
+import type { Backend } from "../block/backend.ts";
 import type { IvbsSessionEvent } from "../ivbs/session.ts";
 import type { Logger } from "../log.ts";
 

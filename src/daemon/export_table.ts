@@ -9,7 +9,7 @@
  */
 import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
-import { type Backend, backendWithClose } from "../nbd/backend.ts";
+import { type Backend, backendWithClose } from "../block/backend.ts";
 import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
 import {
   type ConfiguredExport,

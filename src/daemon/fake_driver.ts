@@ -4,7 +4,7 @@
  * page on a machine without nbd.
  * @module
  */
-import { BackendError } from "../nbd/backend.ts";
+import { BackendError } from "../block/backend.ts";
 import { IoStats } from "../nbd/stats.ts";
 import type {
   DeviceAttachment,

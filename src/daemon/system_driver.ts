@@ -6,7 +6,7 @@
  * (src/commands/kernel_driver.ts), so this file loads no FFI by itself.
  * @module
  */
-import type { Backend } from "../nbd/backend.ts";
+import type { Backend } from "../block/backend.ts";
 import type { NetlinkAttachedDevice, NetlinkAttachOptions } from "../nbd/netlink_attach.ts";
 import { IvbsSession } from "../ivbs/session.ts";
 import type { Logger } from "../log.ts";

@@ -3,7 +3,7 @@
  * the NBD side reports. Only conditions a caller catches get a class.
  * @module
  */
-import type { Errno } from "../nbd/backend.ts";
+import type { Errno } from "../block/backend.ts";
 import { Status } from "./wire.ts";
 
 /** Why a mount (IvbsSession.open) failed; stable codes for the daemon and the HTTP API. */

@@ -34,7 +34,7 @@
  * ```
  * @module
  */
-import { type Backend, BackendError } from "../nbd/backend.ts";
+import { type Backend, BackendError } from "../block/backend.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { Admission } from "../io/admission.ts";

@@ -8,7 +8,7 @@
  * socket's file mode, and TCP listens on loopback addresses only.
  * @module
  */
-import { type Backend, backendWithClose } from "./backend.ts";
+import { type Backend, backendWithClose } from "../block/backend.ts";
 import { type ExportEntry, HandshakeError, negotiate, type NegotiatedExport } from "./handshake.ts";
 import { MAX_STRING } from "./handshake.ts";
 import { type ServeOptions, serveTransmission } from "./serve.ts";

@@ -4,7 +4,7 @@
  * the serve loop, so each describes a backend the same way.
  * @module
  */
-import type { Backend } from "./backend.ts";
+import type { Backend } from "../block/backend.ts";
 import { TransmissionFlag } from "./wire.ts";
 
 /** The transmission flags that describe `backend` honestly (for NBD_SET_FLAGS or a handshake). */

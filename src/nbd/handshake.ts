@@ -21,7 +21,7 @@
 import { FrameReader } from "../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../io/stream.ts";
 import type { Logger } from "../log.ts";
-import type { Backend } from "./backend.ts";
+import type { Backend } from "../block/backend.ts";
 import { transmissionFlags } from "./flags.ts";
 
 /** 'NBDMAGIC': first 8 bytes the server sends. */

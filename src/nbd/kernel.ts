@@ -40,7 +40,7 @@ import {
 } from "../../ffi/libc.ts";
 import { ConnStream } from "../io/fd_stream.ts";
 import { type Logger, logger } from "../log.ts";
-import type { Backend } from "./backend.ts";
+import type { Backend } from "../block/backend.ts";
 import { nbdIndex, readNbdDevice } from "./devices.ts";
 import { transmissionFlags } from "./flags.ts";
 import { serveTransmission } from "./serve.ts";

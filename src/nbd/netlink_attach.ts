@@ -26,7 +26,7 @@
 import { close } from "../../ffi/libc.ts";
 import { ConnStream } from "../io/fd_stream.ts";
 import { type Logger, logger } from "../log.ts";
-import type { Backend } from "./backend.ts";
+import type { Backend } from "../block/backend.ts";
 import {
   type AttachedDevice,
   type AttachOptions,

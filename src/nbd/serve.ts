@@ -31,15 +31,15 @@
  *   the returned promise settles (the kernel's NBD_DO_IT returns only then).
  * @module
  */
-import { BackendError } from "./backend.ts";
-import type { Backend } from "./backend.ts";
+import { BackendError } from "../block/backend.ts";
+import type { Backend } from "../block/backend.ts";
 import { FrameReader } from "../io/frame_reader.ts";
 import type { ByteStream } from "../io/stream.ts";
 import { Admission } from "../io/admission.ts";
 import { type Frame, FrameWriter } from "../io/frame_writer.ts";
 import { type Logger, logger } from "../log.ts";
 import { type IoKind, IoStats } from "./stats.ts";
-import { BufferPool } from "./buffer_pool.ts";
+import { BufferPool } from "../io/buffer_pool.ts";
 import {
   Command,
   CommandFlag,

@@ -13,7 +13,7 @@
  * ```
  * @module
  */
-import type { Errno } from "./backend.ts";
+import type { Errno } from "../block/backend.ts";
 
 /** Magic at the start of every request. */
 export const REQUEST_MAGIC = 0x25609513;

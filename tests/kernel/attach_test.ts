@@ -4,8 +4,8 @@
  * `deno task test:kernel`, which boots the VM.
  */
 import assert from "node:assert/strict";
-import { MemoryBackend } from "../../src/nbd/backend.ts";
-import type { Backend } from "../../src/nbd/backend.ts";
+import { MemoryBackend } from "../../src/block/backend.ts";
+import type { Backend } from "../../src/block/backend.ts";
 import { attachDevice, NbdAttachError } from "../../src/nbd/kernel.ts";
 import { findFreeDevice, listNbdDevices } from "../../src/nbd/devices.ts";
 import {

@@ -5,7 +5,7 @@
  * new socket through RECONFIGURE while I/O waits instead of failing.
  */
 import assert from "node:assert/strict";
-import { MemoryBackend } from "../../src/nbd/backend.ts";
+import { MemoryBackend } from "../../src/block/backend.ts";
 import { NbdNetlink } from "../../src/nbd/netlink.ts";
 import {
   attachNetlink,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BufferPool } from "../src/nbd/buffer_pool.ts";
+import { BufferPool } from "../src/io/buffer_pool.ts";
 
 Deno.test("BufferPool hands back a given buffer for the next request of its size class", () => {
   const pool = new BufferPool(8 * 1024 * 1024);

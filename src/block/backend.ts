@@ -1,6 +1,8 @@
 /**
- * What the NBD side serves: a block-addressed store. The IVBS session is one
- * backend; `MemoryBackend` makes NBD tests independent of IVBS.
+ * The block-backend contract: a block-addressed store that the NBD side serves
+ * and the stores implement (the IVBS session is one backend; `MemoryBackend`
+ * makes NBD tests independent of IVBS). It lives below both NBD and IVBS so
+ * neither layer imports the other.
  * @module
  */
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type Backend, backendWithClose, MemoryBackend } from "../src/nbd/backend.ts";
+import { type Backend, backendWithClose, MemoryBackend } from "../src/block/backend.ts";
 
 Deno.test("backendWithClose forwards reads, writes and every optional capability", async () => {
   const memory = new MemoryBackend(8192);
