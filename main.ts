@@ -8,13 +8,13 @@
 
 import type { OneShotName } from "./src/commands/one_shot.ts";
 
-export interface Command {
+export interface Subcommand {
   summary: string;
   run(args: string[]): Promise<number>;
 }
 
 /** Subcommands by name; each module exports `run(args): Promise<exit code>`. */
-const COMMANDS: Record<string, Command> = {
+const COMMANDS: Record<string, Subcommand> = {
   serve: {
     summary: "run the daemon: HTTP API and status page, mounts from --config FILE",
     run: async (args) => (await import("./src/commands/serve.ts")).run(args),
@@ -56,7 +56,7 @@ const COMMANDS: Record<string, Command> = {
 };
 
 /** A client command for scripts (exit codes in `ivbsnetd NAME --help`). */
-function oneShot(name: OneShotName, summary: string): Command {
+function oneShot(name: OneShotName, summary: string): Subcommand {
   return {
     summary,
     run: async (args) => (await import("./src/commands/one_shot.ts")).runOneShot(name, args),

@@ -7,7 +7,7 @@ import { parseFlags, UsageError } from "../args.ts";
 import { ApiClient, DEFAULT_SERVER } from "../cli/api_client.ts";
 import { HELP, runInteractive } from "../cli/netdclient.ts";
 import { StdioTerminal } from "../cli/prompt.ts";
-import { EXIT_OK, EXIT_USAGE } from "./one_shot.ts";
+import { EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
 export const CLIENT_HELP = [
   "usage: ivbsnetd client [--server URL] [--token TOKEN]",

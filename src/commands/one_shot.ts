@@ -23,11 +23,7 @@ import {
   unmountCommand,
 } from "../cli/commands.ts";
 import { ByteSource, readRawSecret } from "../cli/prompt.ts";
-
-export const EXIT_OK = 0;
-export const EXIT_FAILED = 1;
-export const EXIT_USAGE = 2;
-export const EXIT_UNREACHABLE = 3;
+import { EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE } from "./exit_codes.ts";
 
 export type OneShotName =
   | "mount"

@@ -26,15 +26,15 @@ import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
 import type { MountDriver } from "../daemon/driver.ts";
+import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
 /** How the command gets its mount driver; `run` passes the real one, tests a fake. */
 export interface ServeDependencies {
   createDriver(config: DaemonConfig): Promise<MountDriver> | MountDriver;
 }
 
-export const EXIT_OK = 0;
-export const EXIT_FAILED = 1;
-export const EXIT_CONFIG = 2;
+/** A bad config or bad flags (the shared usage code). */
+const EXIT_CONFIG = EXIT_USAGE;
 
 export const SERVE_HELP = [
   "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT] [--replace]",

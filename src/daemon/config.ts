@@ -19,6 +19,7 @@
 import { z } from "zod";
 import { isLoopbackHost } from "../loopback.ts";
 import { DEFAULT_LIVENESS, type LivenessOptions } from "../ivbs/liveness.ts";
+import type { ProxyAddress } from "../ivbs/wire.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
 import { looseMode } from "../file_mode.ts";
@@ -28,11 +29,6 @@ import { jsonSyntaxWhere, mixedFormatKeys, mixedFormatMessage } from "./config_c
 const DEFAULT_IVBS_PORT = 11417;
 
 export interface ListenAddress {
-  host: string;
-  port: number;
-}
-
-export interface ProxyAddress {
   host: string;
   port: number;
 }

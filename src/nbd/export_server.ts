@@ -48,7 +48,8 @@ export interface ExportServerOptions {
   log?: Logger;
 }
 
-export interface ExportInfo {
+/** An export as the NBD server sees it: its clients now and their counters. */
+export interface ExportActivity {
   readonly name: string;
   readonly description?: string;
   /** Clients currently in the transmission phase on this export. */
@@ -208,7 +209,7 @@ export class ExportServer {
     return true;
   }
 
-  exports(): ExportInfo[] {
+  exports(): ExportActivity[] {
     const clients = [...this.#clients.values()];
     return [...this.#exports.values()].map((record) => ({
       name: record.name,

@@ -146,14 +146,17 @@ export class HandshakeError extends Error {
   }
 }
 
-/** `exports` is read live, so exports added or removed later apply to the next option. */
-export type ExportTable = ReadonlyMap<string, ExportEntry>;
+/**
+ * The exports a client may choose from, by name. Read live, so exports added or
+ * removed later apply to the next option.
+ */
+export type ExportsByName = ReadonlyMap<string, ExportEntry>;
 
 /**
  * The export a client means by `name`: an exact match, or for the empty
  * ("default") name the only export when exactly one exists.
  */
-export function findExport(exports: ExportTable, name: string): ExportEntry | undefined {
+export function findExport(exports: ExportsByName, name: string): ExportEntry | undefined {
   const exact = exports.get(name);
   if (exact || name !== "" || exports.size !== 1) return exact;
   return exports.values().next().value;
@@ -167,7 +170,7 @@ export function findExport(exports: ExportTable, name: string): ExportEntry | un
  */
 export async function negotiate(
   stream: ByteStream,
-  exports: ExportTable,
+  exports: ExportsByName,
   options: HandshakeOptions = {},
 ): Promise<NegotiatedExport | null> {
   const session = new HandshakeSession(stream, exports, options);
@@ -194,7 +197,7 @@ export async function negotiate(
 /** Per-connection handshake state; only `negotiate` drives it. */
 class HandshakeSession {
   readonly #stream: ByteStream;
-  readonly #exports: ExportTable;
+  readonly #exports: ExportsByName;
   readonly #maxOptions: number;
   readonly #log?: Logger;
   readonly reader: FrameReader;
@@ -207,7 +210,7 @@ class HandshakeSession {
   /** A backend opened for NBD_OPT_INFO, kept for a following GO on the same export. */
   #pending: { entry: ExportEntry; backend: Backend } | null = null;
 
-  constructor(stream: ByteStream, exports: ExportTable, options: HandshakeOptions) {
+  constructor(stream: ByteStream, exports: ExportsByName, options: HandshakeOptions) {
     this.#stream = stream;
     this.#exports = exports;
     this.#maxOptions = options.maxOptions ?? 256;

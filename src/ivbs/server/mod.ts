@@ -24,7 +24,7 @@ import {
   type ServerStats,
 } from "./connection.ts";
 import { InjectedStatuses } from "./faults.ts";
-import { ProxyListener, type ProxyState } from "./proxy.ts";
+import { ProxyListener, type ProxyView } from "./proxy.ts";
 import {
   FileStore,
   type ImageInfo,
@@ -34,7 +34,7 @@ import {
 } from "./store.ts";
 import { ServerConfigError, type ServerUser, UserTable } from "./users.ts";
 
-export type { ConnectionLimits, ImageInfo, ProxyState, ServerImage, ServerStats, ServerUser };
+export type { ConnectionLimits, ImageInfo, ProxyView, ServerImage, ServerStats, ServerUser };
 export { ImageConfigError } from "./store.ts";
 export { ProxyListenError } from "./proxy.ts";
 export { ServerConfigError };
@@ -63,7 +63,7 @@ export interface IvbsServerOptions {
 
 export interface IvbsTestServer {
   /** Live view of every proxy. */
-  readonly proxies: readonly ProxyState[];
+  readonly proxies: readonly ProxyView[];
   /** Addresses of the running proxies. */
   addresses(): { host: string; port: number }[];
   /** Closes the listener and all its connections (clients see EOF or a reset). */
@@ -126,7 +126,7 @@ function checkOptions(options: IvbsServerOptions): void {
 }
 
 /** Own enumerable getters, so the view reads live and also spreads and serializes. */
-function liveView(proxy: ProxyListener): ProxyState {
+function liveView(proxy: ProxyListener): ProxyView {
   return {
     index: proxy.index,
     name: proxy.name,
@@ -152,7 +152,7 @@ function liveView(proxy: ProxyListener): ProxyState {
 class IvbsServer implements IvbsTestServer {
   readonly stats: ServerStats = { connectionsAccepted: 0, requests: {}, injected: 0 };
   readonly #proxies: ProxyListener[] = [];
-  readonly #views: ProxyState[] = [];
+  readonly #views: ProxyView[] = [];
   readonly #store: ImageStore;
   readonly #injected = new InjectedStatuses();
   readonly #log: Logger;
@@ -184,7 +184,7 @@ class IvbsServer implements IvbsTestServer {
     });
   }
 
-  get proxies(): readonly ProxyState[] {
+  get proxies(): readonly ProxyView[] {
     return this.#views;
   }
 

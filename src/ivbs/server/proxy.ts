@@ -7,7 +7,7 @@ import type { ProxyAddress } from "../wire.ts";
 import { type ConnectionContext, ServerConnection } from "./connection.ts";
 
 /** A proxy as the server's users see it (a live view). */
-export interface ProxyState {
+export interface ProxyView {
   index: number;
   name: string;
   host: string;
@@ -34,7 +34,7 @@ export class ProxyListenError extends Error {
   }
 }
 
-export class ProxyListener implements ProxyState {
+export class ProxyListener implements ProxyView {
   readonly index: number;
   readonly name: string;
   readonly host: string;
