@@ -26,7 +26,7 @@ import {
   stallServing,
   startAttachProcess,
   startServerProcess,
-} from "../tests/kernel/failover_rig.ts";
+} from "./rigs/failover_rig.ts";
 
 const USAGE = `usage: deno run -A bench/kernel_failover_stall.ts [options]
   --seconds N     length of each phase, no faults then faults (default 20)

@@ -6,7 +6,7 @@
  * `kill -9` then start, SIGTERM then start (planned restart), and
  * `serve --replace` (the new daemon stops the old one once it is ready).
  * Reports, per kind and round, the longest I/O stall fio saw, fio's errors,
- * the kernel's "I/O error" lines and any other error line (tests/kernel/kernel_log.ts),
+ * the kernel's "I/O error" lines and any other error line (bench/rigs/kernel_log.ts),
  * and when the new daemon was listening and had the device back.
  * A measurement, not a test (tests/kernel/restart_test.ts asserts).
  *
@@ -16,11 +16,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import {
-  RESTART_KINDS,
-  type RestartOutcome,
-  restartUnderFio,
-} from "../tests/kernel/restart_rig.ts";
+import { RESTART_KINDS, type RestartOutcome, restartUnderFio } from "./rigs/restart_rig.ts";
 
 const USAGE = `usage: deno run -A bench/restart_stall.ts [options]
   --rounds N          rounds; each runs every restart kind once, interleaved (default 1)

@@ -7,7 +7,7 @@
  * @module
  */
 import { renderLive, renderStatusPage } from "../src/http/status_page.ts";
-import { fakePageData } from "../tests/status_page_data.ts";
+import { fakePageData } from "./rigs/status_page_data.ts";
 
 const data = fakePageData(16, 72);
 

@@ -7,7 +7,7 @@
  * (no stack, no Deno.serve notice).
  */
 import assert from "node:assert/strict";
-import { DaemonProcess, startIvbs, USER, writeConfig } from "./daemon_harness.ts";
+import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 import { hasTool, runTool } from "./tools.ts";
 
 const MIB = 1024 * 1024;

@@ -14,7 +14,7 @@ import {
   startIvbs,
   USER,
   writeConfig,
-} from "./daemon_harness.ts";
+} from "../bench/rigs/daemon_harness.ts";
 import { hasTool, runTool } from "./tools.ts";
 
 const TOKEN = "process-test-token-1";

@@ -6,7 +6,7 @@
  * replays what was in flight; the data lives in IVBS, not in the daemon.
  */
 import assert from "node:assert/strict";
-import { DaemonProcess, startIvbs, USER, writeConfig } from "./daemon_harness.ts";
+import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 import { hasTool, runTool } from "./tools.ts";
 
 const MIB = 1024 * 1024;

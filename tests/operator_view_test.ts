@@ -10,7 +10,7 @@ import { ProxyRegistry } from "../src/daemon/proxy_registry.ts";
 import { IoStats } from "../src/nbd/stats.ts";
 import { sparkline } from "../src/http/sparkline.ts";
 import { renderLive } from "../src/http/status_page.ts";
-import { fakePageData } from "./status_page_data.ts";
+import { fakePageData } from "../bench/rigs/status_page_data.ts";
 
 function recordingLog() {
   const lines: { level: string; message: string; fields?: object }[] = [];

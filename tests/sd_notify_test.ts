@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { notifySystemd } from "../src/daemon/sd_notify.ts";
 import { hasTool } from "./tools.ts";
-import { DaemonProcess, startIvbs, USER, writeConfig } from "./daemon_harness.ts";
+import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 
 const HAS_PYTHON = await hasTool("python3");
 if (!HAS_PYTHON) console.warn("sd_notify_test: python3 is not installed; skipped");

@@ -13,7 +13,7 @@ import {
   startIvbs,
   USER,
   writeConfig,
-} from "../daemon_harness.ts";
+} from "../../bench/rigs/daemon_harness.ts";
 
 const MIB = 1024 * 1024;
 const skip = kernelSkipReason();

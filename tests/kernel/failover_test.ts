@@ -23,7 +23,7 @@ import {
   sleep,
   startAttachProcess,
   startServerProcess,
-} from "./failover_rig.ts";
+} from "../../bench/rigs/failover_rig.ts";
 
 const skip = skipReason();
 if (skip) console.log(`SKIP kernel failover test: ${skip}`);

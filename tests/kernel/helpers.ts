@@ -6,6 +6,7 @@ import { startIvbsServer } from "../../src/ivbs/server/mod.ts";
 import type { IvbsTestServer } from "../../src/ivbs/server/mod.ts";
 import { IvbsSession } from "../../src/ivbs/session.ts";
 import type { Logger } from "../../src/log.ts";
+import { type Ran, sh } from "../../bench/rigs/sh.ts";
 
 export const MiB = 1024 * 1024;
 export const DEVICE = "/dev/nbd0";
@@ -28,19 +29,7 @@ export function skipReason(): string | null {
 
 export const quiet: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
-export interface Ran {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs a program to completion and returns its exit code and output. */
-export async function sh(program: string, ...args: string[]): Promise<Ran> {
-  const out = await new Deno.Command(program, { args, stdout: "piped", stderr: "piped" })
-    .output();
-  const decode = (bytes: Uint8Array) => new TextDecoder().decode(bytes);
-  return { code: out.code, stdout: decode(out.stdout), stderr: decode(out.stderr) };
-}
+export { type Ran, sh };
 
 /** Like sh, but throws with the output when the program fails. */
 export async function run(program: string, ...args: string[]): Promise<Ran> {

@@ -20,7 +20,7 @@ import {
   startIvbs,
   USER,
   writeConfig,
-} from "../daemon_harness.ts";
+} from "../../bench/rigs/daemon_harness.ts";
 import {
   lifecycle,
   mountedOn,
@@ -28,7 +28,7 @@ import {
   type RestartKind,
   restartUnderFio,
   until,
-} from "./restart_rig.ts";
+} from "../../bench/rigs/restart_rig.ts";
 import { record, sh } from "./helpers.ts";
 
 const MIB = 1024 * 1024;

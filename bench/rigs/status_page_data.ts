@@ -2,11 +2,11 @@
  * Status page data for N mounts with full graphs, proxies and events: for the
  * render test and the render benchmark (bench/status_page_bench.ts).
  */
-import type { DaemonEvent } from "../src/daemon/events.ts";
-import { type HistoryPoint, mountKey } from "../src/daemon/history.ts";
-import type { MountInfo } from "../src/daemon/mount_table.ts";
-import type { ProxyInfo } from "../src/daemon/proxy_registry.ts";
-import type { StatusPageData } from "../src/http/status_page.ts";
+import type { DaemonEvent } from "../../src/daemon/events.ts";
+import { type HistoryPoint, mountKey } from "../../src/daemon/history.ts";
+import type { MountInfo } from "../../src/daemon/mount_table.ts";
+import type { ProxyInfo } from "../../src/daemon/proxy_registry.ts";
+import type { StatusPageData } from "../../src/http/status_page.ts";
 
 const GIB = 1024 * 1024 * 1024;
 

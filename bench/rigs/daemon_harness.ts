@@ -1,13 +1,13 @@
 /**
- * Test helpers that run the real program: `deno run -A main.ts serve` as a
- * child process, and the one-shot client commands as separate processes, the
- * way a script would. Used by daemon_process_test.ts and kernel/daemon_kernel_test.ts.
+ * The real program run as child processes, for tests and benchmarks alike:
+ * `deno run -A main.ts serve`, and the one-shot client commands as separate
+ * processes, the way a script would (daemon_process_test.ts, kernel tests, the restart rig).
  * @module
  */
 import { fileURLToPath } from "node:url";
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { type IvbsTestServer, startIvbsServer } from "../../src/ivbs/server/mod.ts";
 
-export const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+export const MAIN = fileURLToPath(new URL("../../main.ts", import.meta.url));
 export const USER = { username: "alice", password: "alice-pw-5931" };
 
 export interface RunResult {

@@ -6,7 +6,7 @@
  * tests/kernel/failover_test.ts and bench/kernel_failover_stall.ts.
  * @module
  */
-import { sh } from "./helpers.ts";
+import { sh } from "./sh.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
 const TAIL_LINES = 400;

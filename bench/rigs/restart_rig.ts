@@ -12,9 +12,9 @@ import {
   startIvbs,
   USER,
   writeConfig,
-} from "../daemon_harness.ts";
+} from "./daemon_harness.ts";
 import { errorLines, logMark } from "./kernel_log.ts";
-import { sh } from "./helpers.ts";
+import { sh } from "./sh.ts";
 
 const MIB = 1024 * 1024;
 
