@@ -1,6 +1,6 @@
 /**
  * The few libc calls ivbsnetd needs, through Deno FFI: open, close,
- * socket, connect, socketpair, shutdown, ioctl, recv / send, and poll on a worker thread. Each
+ * socket, connect, setsockopt, ioctl, recv / send, and poll on a worker thread. Each
  * wrapper throws a LibcError naming the call and errno on failure. No NBD or
  * IVBS semantics here; the NBD ioctl numbers are only numbers.
  *
@@ -42,21 +42,17 @@ export const AF_UNIX = 1;
 export const SOCK_STREAM = 1;
 export const SOCK_DGRAM = 2;
 export const SOCK_CLOEXEC = 0o2000000;
-export const SHUT_RDWR = 2;
 /** setsockopt(2) level and options (asm-generic/socket.h). */
 export const SOL_SOCKET = 1;
 export const SO_SNDBUF = 7;
-export const SO_RCVBUF = 8;
-/** Like SO_SNDBUF / SO_RCVBUF but above net.core.[wr]mem_max; needs CAP_NET_ADMIN. */
+/** Like SO_SNDBUF but above net.core.wmem_max; needs CAP_NET_ADMIN. */
 export const SO_SNDBUFFORCE = 32;
-export const SO_RCVBUFFORCE = 33;
 /** recv/send flag: fail with EAGAIN instead of blocking. */
 const MSG_DONTWAIT = 0x40;
 /** send(2) flag: EPIPE instead of SIGPIPE when the peer is gone. */
 const MSG_NOSIGNAL = 0x4000;
 /** poll(2) events. */
 export const POLLIN = 0x001;
-export const POLLOUT = 0x004;
 const EINTR = 4;
 const EAGAIN = 11;
 
@@ -98,10 +94,8 @@ export class LibcError extends Error {
 const SYMBOLS = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
-  socketpair: { parameters: ["i32", "i32", "i32", "buffer"], result: "i32" },
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  shutdown: { parameters: ["i32", "i32"], result: "i32" },
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
   // ioctl is variadic; every NBD ioctl takes one integer argument, passed as
   // an unsigned long like the kernel reads it.
@@ -151,13 +145,6 @@ export function close(fd: number): void {
   check(lib().close(fd), `close(${fd})`);
 }
 
-/** socketpair(2); returns both fds. */
-export function socketpair(domain: number, type: number, protocol = 0): [number, number] {
-  const fds = new Int32Array(2);
-  check(lib().socketpair(domain, type, protocol, fds), "socketpair");
-  return [fds[0], fds[1]];
-}
-
 /** socket(2); returns the fd. */
 export function socket(domain: number, type: number, protocol = 0): number {
   return check(lib().socket(domain, type, protocol), "socket");
@@ -184,10 +171,6 @@ export function connectUnix(fd: number, path: string): void {
   // An abstract name is exactly its bytes: trailing NULs would be part of it.
   const length = abstract ? 2 + bytes.length : address.length;
   check(lib().connect(fd, address, length), `connect(${fd}, ${path})`);
-}
-
-export function shutdown(fd: number, how: number): void {
-  check(lib().shutdown(fd, how), `shutdown(${fd})`);
 }
 
 /** setsockopt(2) with an int value. */

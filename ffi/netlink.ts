@@ -15,9 +15,6 @@ export const AF_NETLINK = 16;
 export const SOCK_RAW = 3;
 /** Protocol number of generic netlink (linux/netlink.h). */
 export const NETLINK_GENERIC = 16;
-/** setsockopt level and option to join a multicast group (linux/netlink.h, linux/socket.h). */
-export const SOL_NETLINK = 270;
-export const NETLINK_ADD_MEMBERSHIP = 1;
 
 const SYMBOLS = {
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },

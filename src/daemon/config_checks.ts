@@ -73,11 +73,6 @@ function lineAndColumn(text: string, offset: number): string {
   return `line ${before.split("\n").length} column ${offset - before.lastIndexOf("\n")}`;
 }
 
-/** True for 0.0.0.0, ::, and an empty host: every interface. */
-export function isWildcardHost(host: string): boolean {
-  return host === "0.0.0.0" || host === "::" || host === "";
-}
-
 /**
  * Why the HTTP API must not start on `listen` (or null): without a token, the
  * API mounts, unmounts and shuts down for anyone who can reach it, so it may

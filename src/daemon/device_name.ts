@@ -19,8 +19,3 @@ export function parseDeviceName(text: string): DeviceName | null {
   const index = Number(match[1]);
   return { device: `/dev/nbd${index}`, index };
 }
-
-/** "/dev/nbd3" → "nbd3", for URLs and compact tables. */
-export function shortDeviceName(device: string): string {
-  return device.startsWith("/dev/") ? device.slice("/dev/".length) : device;
-}

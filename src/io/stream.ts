@@ -1,6 +1,6 @@
 /**
  * The byte stream every reader loop and writer works over. `Deno.Conn` fits it
- * as it is; a raw socketpair fd gets a wrapper (`src/io/fd_stream.ts`).
+ * as it is; the kernel socket is wrapped by `src/io/conn_stream.ts`.
  * @module
  */
 

@@ -38,7 +38,7 @@ import {
   socket,
   SOL_SOCKET,
 } from "../../ffi/libc.ts";
-import { ConnStream } from "../io/fd_stream.ts";
+import { ConnStream } from "../io/conn_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../block/backend.ts";
 import { nbdIndex, readNbdDevice } from "./devices.ts";

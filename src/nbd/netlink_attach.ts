@@ -24,7 +24,7 @@
  * @module
  */
 import { close } from "../../ffi/libc.ts";
-import { ConnStream } from "../io/fd_stream.ts";
+import { ConnStream } from "../io/conn_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../block/backend.ts";
 import {
