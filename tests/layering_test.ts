@@ -1,0 +1,214 @@
+/**
+ * The import graph points only down the stack: commands → http / cli → daemon
+ * → nbd / ivbs → block → io → ffi. Every import (static, dynamic, type-only,
+ * re-export) of every module in src/, ffi/ and main.ts is checked against the
+ * layer table below; the README's layer table names the same folders.
+ */
+import assert from "node:assert/strict";
+import { dirname, join, normalize, relative } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+
+/** A layer: the folder (or file) it owns and the layers it may import. */
+interface Layer {
+  name: string;
+  /** Repository-relative folder ending in "/", or a single file. */
+  path: string;
+  mayImport: readonly string[];
+}
+
+/**
+ * The stack, top first. The shared helpers (src/*.ts: log, args, error_info…)
+ * may be imported from every layer but ffi, and import only each other.
+ */
+const LAYERS: readonly Layer[] = [
+  { name: "main", path: "main.ts", mayImport: ["commands"] },
+  {
+    name: "commands",
+    path: "src/commands/",
+    mayImport: ["http", "cli", "daemon", "ivbs-server", "nbd", "ivbs", "block", "io", "ffi"],
+  },
+  { name: "http", path: "src/http/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
+  { name: "cli", path: "src/cli/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
+  { name: "daemon", path: "src/daemon/", mayImport: ["nbd", "ivbs", "block", "io", "ffi"] },
+  { name: "ivbs-server", path: "src/ivbs/server/", mayImport: ["ivbs", "block", "io", "ffi"] },
+  { name: "nbd", path: "src/nbd/", mayImport: ["block", "io", "ffi"] },
+  { name: "ivbs", path: "src/ivbs/", mayImport: ["block", "io", "ffi"] },
+  { name: "block", path: "src/block/", mayImport: ["io", "ffi"] },
+  { name: "io", path: "src/io/", mayImport: ["ffi"] },
+  { name: "ffi", path: "ffi/", mayImport: [] },
+];
+const HELPERS = "helpers";
+
+/** The layer a repository-relative path belongs to: the longest matching folder. */
+export function layerOf(path: string): string | null {
+  let best: Layer | null = null;
+  for (const layer of LAYERS) {
+    const owns = layer.path.endsWith("/") ? path.startsWith(layer.path) : path === layer.path;
+    if (owns && (best === null || layer.path.length > best.path.length)) best = layer;
+  }
+  if (best) return best.name;
+  if (/^src\/[^/]+\.ts$/.test(path)) return HELPERS;
+  return null;
+}
+
+/** Whether a module of layer `from` may import one of layer `to`. */
+export function mayImport(from: string, to: string): boolean {
+  if (from === to) return true;
+  if (from === HELPERS) return false;
+  if (to === HELPERS) return from !== "ffi";
+  return LAYERS.find((layer) => layer.name === from)?.mayImport.includes(to) ?? false;
+}
+
+/** The source with comments blanked out, so a JSDoc example's import does not count. */
+function withoutComments(source: string): string {
+  let out = "";
+  let i = 0;
+  while (i < source.length) {
+    const c = source[i];
+    const next = source[i + 1];
+    if (c === "/" && next === "/") {
+      while (i < source.length && source[i] !== "\n") i++;
+    } else if (c === "/" && next === "*") {
+      const end = source.indexOf("*/", i + 2);
+      const stop = end < 0 ? source.length : end + 2;
+      out += source.slice(i, stop).replace(/[^\n]/g, " ");
+      i = stop;
+    } else if (c === '"' || c === "'" || c === "`") {
+      let j = i + 1;
+      while (j < source.length && source[j] !== c) j += source[j] === "\\" ? 2 : 1;
+      out += source.slice(i, j + 1);
+      i = j + 1;
+    } else {
+      out += c;
+      i++;
+    }
+  }
+  return out;
+}
+
+const STATIC_IMPORT = /(?:^|[;}\s])(?:import|export)\s[^;"'`]*?\bfrom\s*["']([^"']+)["']/g;
+const BARE_IMPORT = /(?:^|[;}\s])import\s*["']([^"']+)["']/g;
+const DYNAMIC_IMPORT = /\bimport\(\s*["']([^"']+)["']\s*\)/g;
+
+/** The relative specifiers a module imports (packages like "hono" are not layers). */
+export function importsOf(source: string): string[] {
+  const code = withoutComments(source);
+  const found: string[] = [];
+  for (const pattern of [STATIC_IMPORT, BARE_IMPORT, DYNAMIC_IMPORT]) {
+    for (const match of code.matchAll(pattern)) found.push(match[1]);
+  }
+  return found.filter((specifier) => specifier.startsWith("."));
+}
+
+/** Each import of `files` (repository-relative path → source) that points up or sideways. */
+export function layeringViolations(files: ReadonlyMap<string, string>): string[] {
+  const problems: string[] = [];
+  for (const [path, source] of files) {
+    const from = layerOf(path);
+    for (const specifier of importsOf(source)) {
+      const target = normalize(join(dirname(path), specifier));
+      const to = layerOf(target);
+      if (from === null || to === null) {
+        problems.push(`${path} imports ${target}, which is in no layer`);
+      } else if (!mayImport(from, to)) {
+        problems.push(`${path} (${from}) imports ${target} (${to})`);
+      }
+    }
+  }
+  return problems.sort();
+}
+
+function* typeScriptFiles(dir: string): Generator<string> {
+  for (const entry of Deno.readDirSync(dir)) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory) yield* typeScriptFiles(path);
+    else if (entry.name.endsWith(".ts")) yield path;
+  }
+}
+
+/** main.ts and every module under src/ and ffi/ of the checkout at `root`. */
+export function productModules(root: string): Map<string, string> {
+  const paths = [
+    join(root, "main.ts"),
+    ...typeScriptFiles(join(root, "src")),
+    ...typeScriptFiles(join(root, "ffi")),
+  ];
+  return new Map(paths.map((path) => [relative(root, path), Deno.readTextFileSync(path)]));
+}
+
+Deno.test("every import in main.ts, src/ and ffi/ points down the layer stack", () => {
+  assert.deepEqual(layeringViolations(productModules(ROOT)), []);
+});
+
+Deno.test("every folder in src/ is a layer of the table", () => {
+  const folders = [...Deno.readDirSync(join(ROOT, "src"))]
+    .filter((entry) => entry.isDirectory)
+    .map((entry) => `src/${entry.name}/`);
+  assert.deepEqual(
+    folders.filter((folder) => !LAYERS.some((layer) => layer.path === folder)),
+    [],
+  );
+});
+
+Deno.test("the README's layer table names exactly the layer folders", () => {
+  const readme = Deno.readTextFileSync(join(ROOT, "README.md"));
+  const section = readme.slice(readme.indexOf("| layer "));
+  const rows = section.slice(0, section.search(/\n(?!\|)/)).split("\n").slice(2);
+  // The second column names each layer's folder (or main.ts); the helpers' row is src/*.ts.
+  const folders = rows.map((row) => row.split("|")[2].trim().replaceAll("`", ""));
+  assert.deepEqual(
+    folders.filter((folder) => folder !== "src/*.ts").sort(),
+    LAYERS.map((layer) => layer.path).sort(),
+  );
+});
+
+Deno.test("an import up the stack or across siblings is a violation", () => {
+  const files = new Map([
+    ["src/daemon/serve_command.ts", 'import { createApp } from "../http/app.ts";'],
+    ["src/daemon/demo.ts", 'const m = await import("../ivbs/server/mod.ts");'],
+    ["src/ivbs/errors.ts", 'import type { Errno } from "../nbd/backend.ts";'],
+    ["src/nbd/serve.ts", 'export { IvbsSession } from "../ivbs/session.ts";'],
+    ["src/io/stream.ts", 'import {\n  type Backend,\n} from "../block/backend.ts";'],
+    ["src/log.ts", 'import { Daemon } from "./daemon/daemon.ts";'],
+    ["ffi/libc.ts", 'import { logger } from "../src/log.ts";'],
+    ["main.ts", 'import { Daemon } from "./src/daemon/daemon.ts";'],
+  ]);
+  assert.deepEqual(layeringViolations(files), [
+    "ffi/libc.ts (ffi) imports src/log.ts (helpers)",
+    "main.ts (main) imports src/daemon/daemon.ts (daemon)",
+    "src/daemon/demo.ts (daemon) imports src/ivbs/server/mod.ts (ivbs-server)",
+    "src/daemon/serve_command.ts (daemon) imports src/http/app.ts (http)",
+    "src/io/stream.ts (io) imports src/block/backend.ts (block)",
+    "src/ivbs/errors.ts (ivbs) imports src/nbd/backend.ts (nbd)",
+    "src/log.ts (helpers) imports src/daemon/daemon.ts (daemon)",
+    "src/nbd/serve.ts (nbd) imports src/ivbs/session.ts (ivbs)",
+  ]);
+});
+
+Deno.test("imports down the stack, of shared helpers and inside a layer are allowed", () => {
+  const files = new Map([
+    ["main.ts", 'const c = await import("./src/commands/serve.ts");'],
+    ["src/commands/serve.ts", 'import { createApp } from "../http/app.ts";'],
+    ["src/daemon/config.ts", 'import type { ProxyAddress } from "../ivbs/wire.ts";'],
+    ["src/ivbs/server/mod.ts", 'import { Op } from "../wire.ts";'],
+    ["src/ivbs/session.ts", 'import { Backend } from "../block/backend.ts";\nimport "../log.ts";'],
+    ["src/nbd/kernel.ts", 'import { ioctl } from "../../ffi/libc.ts";'],
+    ["src/args.ts", 'import { errorMessage } from "./error_info.ts";\nimport { z } from "zod";'],
+  ]);
+  assert.deepEqual(layeringViolations(files), []);
+});
+
+Deno.test("an import in a comment or a JSDoc example is not a dependency", () => {
+  const source = [
+    "/**",
+    " * ```ts",
+    ' * import { startIvbsServer } from "./server/mod.ts";',
+    " * ```",
+    " */",
+    '// import { Daemon } from "../daemon/daemon.ts";',
+    'const url = "http://example"; import { a } from "./wire.ts";',
+  ].join("\n");
+  assert.deepEqual(importsOf(source), ["./wire.ts"]);
+});
