@@ -120,7 +120,8 @@ function lib(): Libc {
   return libc;
 }
 
-function errno(): number {
+/** errno of the last failed call on this thread (every libc handle shares it). */
+export function errno(): number {
   const at = lib().__errno_location();
   return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
 }

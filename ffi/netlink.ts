@@ -9,7 +9,7 @@
  * recv and poll come from ffi/libc.ts.
  * @module
  */
-import { LibcError } from "./libc.ts";
+import { errno, LibcError } from "./libc.ts";
 
 export const AF_NETLINK = 16;
 export const SOCK_RAW = 3;
@@ -24,7 +24,6 @@ const SYMBOLS = {
     result: "isize",
     nonblocking: true,
   },
-  __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
@@ -33,11 +32,6 @@ let symbols: Symbols | null = null;
 function lib(): Symbols {
   symbols ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
   return symbols;
-}
-
-function errno(): number {
-  const at = lib().__errno_location();
-  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
 }
 
 /**

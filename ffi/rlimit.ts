@@ -5,7 +5,7 @@
  * No policy here, only the calls. Needs `--allow-ffi`; libc is opened on first use.
  * @module
  */
-import { LibcError } from "./libc.ts";
+import { errno, LibcError } from "./libc.ts";
 
 /** RLIMIT_NOFILE from asm-generic/resource.h (x86-64 and aarch64). */
 export const RLIMIT_NOFILE = 7;
@@ -15,7 +15,6 @@ export const RLIM_INFINITY = 0xffff_ffff_ffff_ffffn;
 const SYMBOLS = {
   getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
   setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
-  __errno_location: { parameters: [], result: "pointer" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 let libc: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] | null = null;
@@ -23,11 +22,6 @@ let libc: Deno.DynamicLibrary<typeof SYMBOLS>["symbols"] | null = null;
 function lib() {
   libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
   return libc;
-}
-
-function errno(): number {
-  const at = lib().__errno_location();
-  return at === null ? 0 : new Deno.UnsafePointerView(at).getInt32();
 }
 
 /** A resource limit: `struct rlimit { rlim_t rlim_cur, rlim_max; }` (two u64). */

@@ -21,6 +21,7 @@
  */
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
+import { writeAll } from "../io/stream.ts";
 
 export interface HttpServerOptions {
   hostname: string;
@@ -559,11 +560,6 @@ async function writeResponse(
   out.set(head);
   if (!noBody) out.set(body, head.length);
   await writeAll(conn, out);
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  let written = 0;
-  while (written < bytes.length) written += await conn.write(bytes.subarray(written));
 }
 
 /**
