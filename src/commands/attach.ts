@@ -17,7 +17,7 @@ import { errorCode } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { type Backend, MemoryBackend } from "../block/backend.ts";
 import { IvbsSession } from "../ivbs/session.ts";
-import { onStopSignal } from "../signals.ts";
+import { onStopSignal } from "./signals.ts";
 
 export const HELP = `usage: ivbsnetd attach --device /dev/nbdN SOURCE [options]
 

@@ -25,7 +25,7 @@ import {
 } from "../nbd/export_server.ts";
 import { IvbsMountError } from "../ivbs/errors.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../ivbs/session.ts";
-import { untilStopSignal } from "../signals.ts";
+import { untilStopSignal } from "./signals.ts";
 
 export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT] [options] SOURCE
 

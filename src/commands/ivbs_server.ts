@@ -7,7 +7,7 @@ import { z } from "zod";
 import { parseFlags, parsePort, parseSeconds, parseSize, SIZE_UNITS, UsageError } from "../args.ts";
 import { errorMessage } from "../error_info.ts";
 import { logger } from "../log.ts";
-import { untilStopSignal } from "../signals.ts";
+import { untilStopSignal } from "./signals.ts";
 import { DEFAULT_PORT } from "../ivbs/wire.ts";
 import { type AdminServer, serveAdmin } from "../ivbs/server/admin.ts";
 import {

@@ -9,9 +9,9 @@ import { parseFlags, UsageError } from "../args.ts";
 import { createApp } from "../http/app.ts";
 import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
-import { onStopSignal } from "../signals.ts";
+import { onStopSignal } from "./signals.ts";
 import { errorMessage } from "../error_info.ts";
-import { onUncaughtError } from "../fatal.ts";
+import { onUncaughtError } from "./fatal.ts";
 import {
   ConfigError,
   type DaemonConfig,
