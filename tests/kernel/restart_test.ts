@@ -4,7 +4,7 @@
  * kernel picked takes a continuous fio write+verify job (crc32c, iodepth 16)
  * while the daemon is killed with SIGKILL, or stopped with SIGTERM, and started
  * again; fio finishes with verification passing, no I/O error, and no nbd
- * error in the kernel log (tests/kernel/kernel_log.ts says which lines count).
+ * error in the kernel log (bench/rigs/kernel_log.ts says which lines count).
  * Also: a device whose daemon never returns fails its I/O after D and can be
  * detached with nbd-client -d; a state file naming devices that are gone is
  * cleaned up with one log line per mount.
