@@ -18,11 +18,7 @@
  */
 import { type Logger, logger } from "../../log.ts";
 import { opName, type ProxyAddress } from "../wire.ts";
-import {
-  type ConnectionLimits,
-  DEFAULT_CONNECTION_LIMITS,
-  type ServerStats,
-} from "./connection.ts";
+import { type ConnectionLimits, DEFAULT_CONNECTION_LIMITS, type ServerStats } from "./context.ts";
 import { InjectedStatuses } from "./faults.ts";
 import { ProxyListener, type ProxyState } from "./proxy.ts";
 import {
