@@ -93,7 +93,7 @@ export class ServerConnection {
       pool: this.#pool,
       listProxies: () => this.listProxies(),
     });
-    this.#idle = new IdleTimeout(ctx.idleTimeoutMs, () => ctx.stalled(), (idleMs) => {
+    this.#idle = new IdleTimeout(ctx.idleTimeoutMs, ctx.clock, () => ctx.stalled(), (idleMs) => {
       ctx.log.info("closing idle connection", {
         proxy: ctx.proxyName,
         peer: this.peer,
@@ -252,6 +252,7 @@ export class ServerConnection {
 
   /** Waits for a request slot and `cost` bytes; a reader waiting for them counts as paused. */
   async #waitForRoom(cost: number): Promise<void> {
+    this.#ctx.stats.readerWaits++;
     this.#idle.readerPaused();
     await this.#admission.acquire(1, cost); // rejects once the connection closes
     this.#idle.readerResumed();

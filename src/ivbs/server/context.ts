@@ -4,6 +4,7 @@
  * @module
  */
 import type { Logger } from "../../log.ts";
+import type { Clock } from "../../clock.ts";
 import type { InjectedStatuses } from "./faults.ts";
 import type { ImageStore } from "./store.ts";
 import type { UserTable } from "./users.ts";
@@ -15,6 +16,8 @@ export interface ServerStats {
   requests: Record<string, number>;
   /** Requests answered with an injected status. */
   injected: number;
+  /** Times a connection's reader stopped for want of room: backpressure reached a client. */
+  readerWaits: number;
 }
 
 /** Bounds that keep one connection's memory finite. */
@@ -42,6 +45,8 @@ export interface ConnectionContext {
   replyDelayMs?: { min: number; max: number };
   limits: ConnectionLimits;
   log: Logger;
+  /** The idle timeout runs on it. */
+  clock: Clock;
   /** True while the proxy answers nothing and reads nothing. */
   stalled(): boolean;
   /** Resolves when the proxy is no longer stalled. */

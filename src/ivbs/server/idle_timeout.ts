@@ -5,25 +5,30 @@
  * packets, so that time is not idleness.
  * @module
  */
+import type { Clock, TimerHandle } from "../../clock.ts";
 
 export class IdleTimeout {
   readonly #timeoutMs: number;
+  readonly #clock: Clock;
   readonly #stalled: () => boolean;
   readonly #onIdle: (idleMs: number) => void;
   // Time of the last packet from the client; the check re-arms itself.
-  #lastActivity = performance.now();
+  #lastActivity: number;
   #readerPaused = false;
-  #idleTimer: ReturnType<typeof setTimeout> | undefined;
+  #idleTimer: TimerHandle | undefined;
   #stopped = false;
 
   constructor(
     timeoutMs: number,
+    clock: Clock,
     /** True while the proxy is stalled (reads nothing). */
     stalled: () => boolean,
     /** The client was idle for `idleMs` ≥ timeoutMs; the timer is stopped. */
     onIdle: (idleMs: number) => void,
   ) {
     this.#timeoutMs = timeoutMs;
+    this.#clock = clock;
+    this.#lastActivity = clock.now();
     this.#stalled = stalled;
     this.#onIdle = onIdle;
   }
@@ -34,7 +39,7 @@ export class IdleTimeout {
 
   /** A packet (or part of one) arrived from the client. */
   activity(): void {
-    this.#lastActivity = performance.now();
+    this.#lastActivity = this.#clock.now();
   }
 
   /** The reader waits (for room, or for the proxy to be unstalled). */
@@ -45,21 +50,21 @@ export class IdleTimeout {
   /** The reader reads again: idleness counts from now. */
   readerResumed(): void {
     this.#readerPaused = false;
-    this.#lastActivity = performance.now();
+    this.#lastActivity = this.#clock.now();
   }
 
   stop(): void {
     this.#stopped = true;
-    clearTimeout(this.#idleTimer);
+    this.#clock.clearTimeout(this.#idleTimer);
   }
 
   #armIdle(delayMs: number): void {
-    this.#idleTimer = setTimeout(() => this.#checkIdle(), Math.max(1, delayMs));
+    this.#idleTimer = this.#clock.setTimeout(() => this.#checkIdle(), Math.max(1, delayMs));
   }
 
   #checkIdle(): void {
     if (this.#stopped) return;
-    const now = performance.now();
+    const now = this.#clock.now();
     const timeout = this.#timeoutMs;
     // A paused reader cannot see the client's packets: that time is not idleness.
     if (this.#readerPaused || this.#stalled()) {
