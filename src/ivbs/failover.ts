@@ -9,6 +9,7 @@
  */
 import { errorMessage } from "../error_info.ts";
 import type { Logger } from "../log.ts";
+import type { Clock } from "../clock.ts";
 import type { IvbsConnection } from "./connection.ts";
 import { ConnectionLostError, IvbsMountError } from "./errors.ts";
 import { isDefinitive } from "./attach.ts";
@@ -38,6 +39,8 @@ export interface FailoverHost {
 export interface FailoverOptions {
   backoff: Backoff;
   failureMemoryMs: number | undefined;
+  /** Backoff sleeps and the failure memory run on it. */
+  clock: Clock;
   /** Aborted when the session closes: backoff sleeps end at once. */
   signal: AbortSignal;
   log: Logger;
@@ -47,6 +50,7 @@ export class Failover {
   readonly proxies: ProxyList;
   readonly #host: FailoverHost;
   readonly #signal: AbortSignal;
+  readonly #clock: Clock;
   readonly #log: Logger;
 
   #reconnectActive = false;
@@ -58,10 +62,12 @@ export class Failover {
   constructor(configured: ProxyAddress[], host: FailoverHost, options: FailoverOptions) {
     this.#host = host;
     this.#signal = options.signal;
+    this.#clock = options.clock;
     this.#log = options.log;
     this.proxies = new ProxyList(configured, {
       backoff: options.backoff,
       failureMemoryMs: options.failureMemoryMs,
+      now: () => options.clock.now(),
     });
   }
 
@@ -186,11 +192,11 @@ export class Failover {
     if (signal.aborted) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
-        clearTimeout(timer);
+        this.#clock.clearTimeout(timer);
         signal.removeEventListener("abort", done);
         resolve();
       };
-      const timer = setTimeout(done, ms);
+      const timer = this.#clock.setTimeout(done, ms);
       signal.addEventListener("abort", done);
     });
   }

@@ -42,6 +42,7 @@
 import { type Backend, BackendError } from "../nbd/backend.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
+import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { Admission } from "../io/admission.ts";
 import type { IvbsConnection, Reply } from "./connection.ts";
 import { ConnectionLostError, IvbsMountError, statusAction, statusErrno } from "./errors.ts";
@@ -92,6 +93,12 @@ export interface IvbsSessionOptions {
   liveness?: Partial<LivenessOptions>;
   onEvent?: (event: IvbsSessionEvent) => void;
   log?: Logger;
+  /**
+   * Time for the session's own timers (I/O timeout, retry and reconnect
+   * backoff, failure memory); default the real clock. A connection's timers
+   * (connect, dead peer, keepalive, liveness) always run on the real clock.
+   */
+  clock?: Clock;
 }
 
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
@@ -131,8 +138,9 @@ export class IvbsSession implements Backend {
 
   /** Every accepted chunk until answered; those waiting for a connection, in replay order. */
   readonly #requests = new RequestTable();
-  readonly #retryTimers = new Set<ReturnType<typeof setTimeout>>();
-  #ioTimer: ReturnType<typeof setTimeout> | undefined;
+  readonly #clock: Clock;
+  readonly #retryTimers = new Set<TimerHandle>();
+  #ioTimer: TimerHandle | undefined;
 
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -162,6 +170,7 @@ export class IvbsSession implements Backend {
     this.#maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
     this.#onEvent = options.onEvent;
     this.#log = options.log ?? logger("ivbs");
+    this.#clock = options.clock ?? SYSTEM_CLOCK;
     this.#budget = new Admission(
       Infinity,
       options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
@@ -199,6 +208,7 @@ export class IvbsSession implements Backend {
     }, {
       backoff: this.#backoff,
       failureMemoryMs: options.failureMemoryMs,
+      clock: this.#clock,
       signal: this.#abort.signal,
       log: this.#log,
     });
@@ -412,7 +422,7 @@ export class IvbsSession implements Backend {
   /** Tracks one piece until it is answered, times out or the session closes. */
   #submit(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
     return new Promise<void>((resolve, reject) => {
-      const deadline = this.#ioTimeoutMs > 0 ? performance.now() + this.#ioTimeoutMs : Infinity;
+      const deadline = this.#ioTimeoutMs > 0 ? this.#clock.now() + this.#ioTimeoutMs : Infinity;
       const chunk = this.#requests.add(kind, offset, buffer, deadline, resolve, reject);
       this.#armIoTimer();
       this.#dispatch(chunk);
@@ -450,7 +460,7 @@ export class IvbsSession implements Backend {
         return;
       case "retry": {
         if (!this.#countRetry(chunk, conn, reply.status)) return;
-        const timer = setTimeout(() => {
+        const timer = this.#clock.setTimeout(() => {
           this.#retryTimers.delete(timer);
           this.#dispatch(chunk);
         }, backoffDelay(this.#backoff, chunk.attempts));
@@ -537,13 +547,13 @@ export class IvbsSession implements Backend {
     if (this.#ioTimer !== undefined || this.#ioTimeoutMs === 0) return;
     const deadline = this.#requests.nextDeadline();
     if (deadline === undefined) return;
-    const delay = Math.max(0, deadline - performance.now());
-    this.#ioTimer = setTimeout(() => this.#expire(), delay);
+    const delay = Math.max(0, deadline - this.#clock.now());
+    this.#ioTimer = this.#clock.setTimeout(() => this.#expire(), delay);
   }
 
   #expire(): void {
     this.#ioTimer = undefined;
-    for (const chunk of this.#requests.expired(performance.now())) {
+    for (const chunk of this.#requests.expired(this.#clock.now())) {
       this.#log.warn("IVBS request timed out", {
         image: this.image,
         op: chunk.kind,
@@ -606,9 +616,9 @@ export class IvbsSession implements Backend {
   async #shutdown(): Promise<void> {
     this.#closed = true;
     this.#abort.abort();
-    clearTimeout(this.#ioTimer);
+    this.#clock.clearTimeout(this.#ioTimer);
     this.#ioTimer = undefined;
-    for (const timer of this.#retryTimers) clearTimeout(timer);
+    for (const timer of this.#retryTimers) this.#clock.clearTimeout(timer);
     this.#retryTimers.clear();
     const error = this.#shutdownError();
     this.#requests.failAll(error);
