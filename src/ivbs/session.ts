@@ -114,7 +114,6 @@ function definedOnly<T extends object>(values: T | undefined): Partial<T> {
 export class IvbsSession implements Backend {
   readonly image: string;
 
-  readonly #username: string;
   readonly #forceReadOnly: boolean;
   readonly #ioTimeoutMs: number;
   readonly #backoff: Backoff;
@@ -163,7 +162,6 @@ export class IvbsSession implements Backend {
 
   private constructor(options: IvbsSessionOptions) {
     this.image = options.image;
-    this.#username = options.username;
     this.#forceReadOnly = options.readOnly ?? false;
     this.#ioTimeoutMs = options.ioTimeoutMs ?? 120_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
