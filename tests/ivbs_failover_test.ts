@@ -11,7 +11,7 @@ import { captureLog, FAKE_USER, fakeProxy, type Packet, serveWell } from "./ivbs
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
 import { MiB, USER, withServer } from "./ivbs_test_server.ts";
 import { ManualClock } from "./manual_clock.ts";
-import { EventRecorder, until } from "./wait.ts";
+import { EventRecorder, eventually } from "./wait.ts";
 
 /** Short timeouts so every fault resolves within a fraction of a second. */
 const FAST: Partial<IvbsSessionOptions> = {
@@ -53,7 +53,7 @@ Deno.test("IvbsSession keeps a connection idle for 3x the proxy's idle timeout u
     await session.write(0, new Uint8Array(4096).fill(7));
     // Both sides run on the real clock here (the client's keepalive timer lives in its
     // connection): wait for the keepalives of three idle timeouts (one per third).
-    await until("9 keepalives", () => (server.stats.requests.KEEPALIVE ?? 0) >= 9);
+    await eventually("9 keepalives", () => (server.stats.requests.KEEPALIVE ?? 0) >= 9);
     assert.deepEqual(await session.read(0, 4096), new Uint8Array(4096).fill(7));
     assert.equal(session.stats.reconnects, 0, "the proxy never closed us");
     assert.equal(session.stats.failovers, 0);
@@ -412,7 +412,7 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
         async () => { // stop the proxy in use, restart it
           const i = Math.max(0, indexInUse(server, session));
           await server.stopProxy(i);
-          await until(
+          await eventually(
             "the session left the stopped proxy",
             () => indexInUse(server, session) !== i,
           );
@@ -421,7 +421,7 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
         async () => { // stall the proxy in use past the dead-peer timeout, then restart it
           const i = Math.max(0, indexInUse(server, session));
           server.stallProxy(i, true);
-          await until(
+          await eventually(
             "the session left the stalled proxy",
             () => indexInUse(server, session) !== i,
           );
@@ -441,7 +441,10 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
           const j = (i + 1) % 3;
           await server.stopProxy(i);
           await server.stopProxy(j);
-          await until("the session left both", () => ![i, j].includes(indexInUse(server, session)));
+          await eventually(
+            "the session left both",
+            () => ![i, j].includes(indexInUse(server, session)),
+          );
           await server.startProxy(i);
           await server.startProxy(j);
         },
@@ -452,7 +455,7 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
           await action();
           // The next fault hits a session that is serving again.
           const done = session.stats.reads + session.stats.writes;
-          await until(
+          await eventually(
             "50 more requests",
             () => session.stats.reads + session.stats.writes >= done + 50,
           );

@@ -16,7 +16,7 @@ import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
 import { USER, withServer } from "./ivbs_test_server.ts";
-import { EventRecorder, until } from "./wait.ts";
+import { EventRecorder, eventually } from "./wait.ts";
 
 const RULES: LivenessOptions = {
   silenceMs: 500,
@@ -172,14 +172,14 @@ Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an 
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
-      await until("200 requests", () => completed(session) >= 200);
+      await eventually("200 requests", () => completed(session) >= 200);
       const stalled = indexInUse(server, session);
       server.stallProxy(stalled, true);
       await recorder.waitFor((e) => e.type === "failover");
       // Stopped before it resumes, so it cannot apply replayed writes late (README).
       await server.stopProxy(stalled);
       server.stallProxy(stalled, false);
-      await until("600 requests", () => completed(session) >= 600);
+      await eventually("600 requests", () => completed(session) >= 600);
       faulting = false;
     })();
     const result = await runWorkload(session, model, {
@@ -242,11 +242,11 @@ Deno.test("IvbsSession keeps a proxy whose replies stop while it answers probes:
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
-      await until("100 requests", () => completed(session) >= 100);
+      await eventually("100 requests", () => completed(session) >= 100);
       const held = indexInUse(server, session);
       server.holdReplies(held, true);
       // Three answered probes: silent on data for longer than silenceMs + probeTimeoutMs.
-      await until("3 answered probes", () => session.stats.probesAnswered >= 3);
+      await eventually("3 answered probes", () => session.stats.probesAnswered >= 3);
       server.holdReplies(held, false);
       faulting = false;
     })();

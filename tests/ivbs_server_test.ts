@@ -36,7 +36,7 @@ import {
 import { ImageConfigError, MEMORY_CHUNK_SIZE, MemoryStore } from "../src/ivbs/server/store.ts";
 import { setLogLevel } from "../src/log.ts";
 import { ManualClock } from "./manual_clock.ts";
-import { until } from "./wait.ts";
+import { eventually } from "./wait.ts";
 
 // Expected refusals are logged at info/warn; keep the test output readable.
 setLogLevel("error");
@@ -528,7 +528,10 @@ Deno.test("a client that does not read its replies stops being read (bounded buf
       for (let i = 0; i < count; i++) {
         await client.send(encodeReadRequest(client.sessionId, i + 1, 0, length));
       }
-      await until("the server stops reading for want of room", () => server.stats.readerWaits > 0);
+      await eventually(
+        "the server stops reading for want of room",
+        () => server.stats.readerWaits > 0,
+      );
       const read = server.stats.requests.READ ?? 0;
       assert.ok(read < count, `the server read all ${count} requests while the client read none`);
       for (let i = 0; i < count; i++) {

@@ -1,7 +1,7 @@
 /**
  * Waiting in tests for something to happen rather than for time to pass:
  * `EventRecorder` resolves when the code under test reports an event,
- * `until` when a counter or state it exposes reaches a value (polled, with a
+ * `eventually` when a counter or state it exposes reaches a value (polled, with a
  * deadline that names what was awaited).
  * @module
  */
@@ -33,17 +33,22 @@ export class EventRecorder<E> {
 }
 
 /**
- * Resolves once `condition()` holds, checking every few milliseconds; throws
- * after `limitMs` naming `what` (a hang becomes a clear failure).
+ * Resolves with the first truthy value of `condition()`, checking every few
+ * milliseconds; throws after `timeoutMs` naming `what` (a hang becomes a clear
+ * failure). The same contract as operator_fixture.ts's `eventually`.
  */
-export async function until(
+export async function eventually<T>(
   what: string,
-  condition: () => boolean,
-  limitMs = 10_000,
-): Promise<void> {
-  const deadline = performance.now() + limitMs;
-  while (!condition()) {
-    if (performance.now() > deadline) throw new Error(`not reached within ${limitMs} ms: ${what}`);
+  condition: () => T | undefined | null | false | Promise<T | undefined | null | false>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const value = await condition();
+    if (value) return value;
+    if (performance.now() > deadline) {
+      throw new Error(`not reached within ${timeoutMs} ms: ${what}`);
+    }
     await new Promise((resolve) => setTimeout(resolve, 5));
   }
 }
