@@ -472,6 +472,8 @@ Deno.test("IvbsConnection counts bytes still arriving inside a long reply as lif
       await peer.send(encodeReadReplyHeader(peer.sessionId, packet.header.sequence, length));
       for (let at = 0; at < length; at += 1024) {
         await peer.send(data.subarray(at, at + 1024));
+        // Real time on purpose: the trickle must outlast the connection's probe timeout,
+        // and the connection's liveness timers run on the real clock.
         await new Promise((resolve) => setTimeout(resolve, 15));
       }
     }

@@ -10,6 +10,8 @@ import { decodeReadRequest, Status } from "../src/ivbs/wire.ts";
 import { captureLog, FAKE_USER, fakeProxy, type Packet, serveWell } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
 import { MiB, USER, withServer } from "./ivbs_test_server.ts";
+import { ManualClock } from "./manual_clock.ts";
+import { EventRecorder, eventually } from "./wait.ts";
 
 /** Short timeouts so every fault resolves within a fraction of a second. */
 const FAST: Partial<IvbsSessionOptions> = {
@@ -20,19 +22,21 @@ const FAST: Partial<IvbsSessionOptions> = {
 };
 
 function open(server: IvbsTestServer, extra: Partial<IvbsSessionOptions> = {}) {
-  const events: IvbsSessionEvent[] = [];
+  const recorder = new EventRecorder<IvbsSessionEvent>();
   const log = captureLog();
   const session = IvbsSession.open({
     proxies: server.addresses(),
     image: "disk",
     ...USER,
     log,
-    onEvent: (event) => events.push(event),
+    onEvent: recorder.push,
     ...FAST,
     ...extra,
   });
-  return { session, events, log };
+  return { session, events: recorder.all, recorder, log };
 }
+
+const isProxyFailed = (event: IvbsSessionEvent) => event.type === "proxy-failed";
 
 function label(server: IvbsTestServer, index: number): string {
   return `127.0.0.1:${server.proxies[index].port}`;
@@ -42,14 +46,14 @@ function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
   return server.proxies.findIndex((p) => session.proxy === `127.0.0.1:${p.port}`);
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
 Deno.test("IvbsSession keeps a connection idle for 3x the proxy's idle timeout usable, by keepalive", async () => {
   await withServer({ idleTimeoutMs: 1_000 }, async (server) => {
     const { session: opening } = open(server, { deadPeerTimeoutMs: 2_000 });
     const session = await opening;
     await session.write(0, new Uint8Array(4096).fill(7));
-    await sleep(3_200);
+    // Both sides run on the real clock here (the client's keepalive timer lives in its
+    // connection): wait for the keepalives of three idle timeouts (one per third).
+    await eventually("9 keepalives", () => (server.stats.requests.KEEPALIVE ?? 0) >= 9);
     assert.deepEqual(await session.read(0, 4096), new Uint8Array(4096).fill(7));
     assert.equal(session.stats.reconnects, 0, "the proxy never closed us");
     assert.equal(session.stats.failovers, 0);
@@ -259,6 +263,7 @@ Deno.test("IvbsSession backs off instead of looping when its only proxy says USE
     return true;
   });
   // A tight loop would reconnect hundreds of times in 600 ms; backoff (10..100 ms) keeps it near ten.
+  // Real time on purpose: a tight loop is a rate, and only the real clock shows its cost.
   assert.ok(proxy.accepted < 40, `reconnected ${proxy.accepted} times`);
   assert.ok(events.filter((e) => e.type === "failover").length >= 2);
   await session.close();
@@ -302,9 +307,12 @@ Deno.test("IvbsSession stops loudly when the image has another size after a fail
 
 Deno.test("IvbsSession fails over to a proxy it only knows from LIST_PROXIES", async () => {
   await withServer({}, async (server) => {
-    const { session: opening } = open(server, { proxies: [server.addresses()[0]] });
+    const { session: opening, recorder } = open(server, { proxies: [server.addresses()[0]] });
     const session = await opening;
-    while (!session.knownProxies().includes(label(server, 1))) await sleep(5);
+    await recorder.waitFor((e) =>
+      e.type === "proxies-listed" && e.proxies.includes(label(server, 1))
+    );
+    assert.ok(session.knownProxies().includes(label(server, 1)));
     await session.write(0, new Uint8Array(512).fill(4));
     await server.stopProxy(0);
     assert.deepEqual(await session.read(0, 512), new Uint8Array(512).fill(4));
@@ -337,7 +345,8 @@ Deno.test("IvbsSession declares a stalled proxy dead and fails over without an e
 
 Deno.test("IvbsSession fails pending requests with EIO when every proxy is down past the I/O timeout, then recovers", async () => {
   await withServer({}, async (server) => {
-    const { session: opening, events } = open(server, { ioTimeoutMs: 400 });
+    const clock = new ManualClock();
+    const { session: opening, events, recorder } = open(server, { ioTimeoutMs: 400, clock });
     const session = await opening;
     server.stallProxy(0, true);
     const pending = Array.from(
@@ -350,12 +359,16 @@ Deno.test("IvbsSession fails pending requests with EIO when every proxy is down 
           return true;
         }),
     );
-    await server.stopProxy(0);
     await server.stopProxy(1);
+    await server.stopProxy(0);
+    await recorder.waitFor(isProxyFailed, 2); // every proxy tried: none answers
+    clock.advance(400); // the I/O timeout
     await Promise.all(pending);
     assert.equal(events.filter((e) => e.type === "io-timeout").length, 5);
     assert.equal(session.proxy, null);
+    await recorder.waitFor(isProxyFailed, 4); // the next round failed too: backing off
     await server.startProxy(1);
+    clock.advance(FAST.backoff!.maxMs); // the backoff before the next round
     await session.write(0, new Uint8Array(512).fill(5));
     assert.deepEqual(await session.read(0, 512), new Uint8Array(512).fill(5));
     assert.equal(session.proxy, label(server, 1));
@@ -365,15 +378,19 @@ Deno.test("IvbsSession fails pending requests with EIO when every proxy is down 
 
 Deno.test("IvbsSession with ioTimeoutMs 0 waits for a proxy to come back instead of failing", async () => {
   await withServer({}, async (server) => {
-    const { session: opening } = open(server, { ioTimeoutMs: 0 });
+    const clock = new ManualClock();
+    const { session: opening, recorder } = open(server, { ioTimeoutMs: 0, clock });
     const session = await opening;
-    await server.stopProxy(0);
     await server.stopProxy(1);
+    await server.stopProxy(0);
     let settled = false;
     const read = session.read(0, 512).finally(() => settled = true);
-    await sleep(600); // longer than any timeout configured here
+    await recorder.waitFor(isProxyFailed, 2); // every proxy tried: none answers
+    clock.advance(3_600_000); // an hour
+    await recorder.waitFor(isProxyFailed, 4); // still trying, still waiting
     assert.equal(settled, false);
     await server.startProxy(0);
+    clock.advance(FAST.backoff!.maxMs); // the backoff before the next round
     assert.equal((await read).length, 512);
     await session.close();
   });
@@ -395,13 +412,19 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
         async () => { // stop the proxy in use, restart it
           const i = Math.max(0, indexInUse(server, session));
           await server.stopProxy(i);
-          await sleep(150);
+          await eventually(
+            "the session left the stopped proxy",
+            () => indexInUse(server, session) !== i,
+          );
           await server.startProxy(i);
         },
         async () => { // stall the proxy in use past the dead-peer timeout, then restart it
           const i = Math.max(0, indexInUse(server, session));
           server.stallProxy(i, true);
-          await sleep(400);
+          await eventually(
+            "the session left the stalled proxy",
+            () => indexInUse(server, session) !== i,
+          );
           // Stopped before it resumes: a stalled test proxy would otherwise execute the
           // writes still queued in its socket after we replayed them elsewhere and wrote
           // newer data: IVBS v1 has no fencing, so no client can stop a hung proxy that
@@ -418,7 +441,10 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
           const j = (i + 1) % 3;
           await server.stopProxy(i);
           await server.stopProxy(j);
-          await sleep(150);
+          await eventually(
+            "the session left both",
+            () => ![i, j].includes(indexInUse(server, session)),
+          );
           await server.startProxy(i);
           await server.startProxy(j);
         },
@@ -427,7 +453,12 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
       for (let round = 0; round < 2; round++) {
         for (const action of actions) {
           await action();
-          await sleep(100);
+          // The next fault hits a session that is serving again.
+          const done = session.stats.reads + session.stats.writes;
+          await eventually(
+            "50 more requests",
+            () => session.stats.reads + session.stats.writes >= done + 50,
+          );
         }
       }
       faulting = false;

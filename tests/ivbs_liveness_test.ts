@@ -16,6 +16,7 @@ import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
 import { USER, withServer } from "./ivbs_test_server.ts";
+import { EventRecorder, eventually } from "./wait.ts";
 
 const RULES: LivenessOptions = {
   silenceMs: 500,
@@ -144,41 +145,41 @@ Deno.test("default liveness settings detect a stall in well under 2 s, checks in
 
 /** A session with every liveness and dead-peer setting at its default. */
 async function openDefault(server: IvbsTestServer) {
-  const events: IvbsSessionEvent[] = [];
+  const recorder = new EventRecorder<IvbsSessionEvent>();
   const session = await IvbsSession.open({
     proxies: server.addresses(),
     image: "disk",
     ...USER,
     log: captureLog(),
-    onEvent: (event) => events.push(event),
+    onEvent: recorder.push,
   });
-  return { session, events };
+  return { session, events: recorder.all, recorder };
 }
 
 function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
   return server.proxies.findIndex((p) => session.proxy === `127.0.0.1:${p.port}`);
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+/** Requests the session completed so far. */
+const completed = (session: IvbsSession) => session.stats.reads + session.stats.writes;
 
-async function until(condition: () => boolean): Promise<void> {
-  while (!condition()) await sleep(10);
-}
+// These run on the real clock on purpose: the probes, the dead-peer timeout and
+// the test server's reply delays are the connection's own timers, under real load.
 
 Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an unanswered probe, long before the dead-peer timeout, with every block intact", async () => {
   await withServer({ ports: [0, 0] }, async (server) => {
-    const { session, events } = await openDefault(server);
+    const { session, events, recorder } = await openDefault(server);
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
-      await until(() => session.stats.reads + session.stats.writes >= 200);
+      await eventually("200 requests", () => completed(session) >= 200);
       const stalled = indexInUse(server, session);
       server.stallProxy(stalled, true);
-      await until(() => events.some((e) => e.type === "failover"));
+      await recorder.waitFor((e) => e.type === "failover");
       // Stopped before it resumes, so it cannot apply replayed writes late (README).
       await server.stopProxy(stalled);
       server.stallProxy(stalled, false);
-      await until(() => session.stats.reads + session.stats.writes >= 600);
+      await eventually("600 requests", () => completed(session) >= 600);
       faulting = false;
     })();
     const result = await runWorkload(session, model, {
@@ -241,11 +242,11 @@ Deno.test("IvbsSession keeps a proxy whose replies stop while it answers probes:
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
-      await until(() => session.stats.reads + session.stats.writes >= 100);
+      await eventually("100 requests", () => completed(session) >= 100);
       const held = indexInUse(server, session);
       server.holdReplies(held, true);
       // Three answered probes: silent on data for longer than silenceMs + probeTimeoutMs.
-      await until(() => session.stats.probesAnswered >= 3);
+      await eventually("3 answered probes", () => session.stats.probesAnswered >= 3);
       server.holdReplies(held, false);
       faulting = false;
     })();

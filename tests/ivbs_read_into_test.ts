@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { BackendError } from "../src/block/backend.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
+import { ManualClock } from "./manual_clock.ts";
 import {
   decodeReadRequest,
   encodeHeader,
@@ -163,6 +164,7 @@ Deno.test("IvbsSession.readInto never writes to the target after it failed with 
       return true;
     })
   );
+  const clock = new ManualClock();
   const session = await IvbsSession.open({
     proxies: [proxy.address],
     image: "disk",
@@ -171,11 +173,14 @@ Deno.test("IvbsSession.readInto never writes to the target after it failed with 
     ...FAST,
     deadPeerTimeoutMs: 60_000,
     ioTimeoutMs: 50,
+    clock,
   });
   try {
     const target = new Uint8Array(64 * 1024);
+    const reading = session.readInto(0, target);
+    clock.advance(50); // the I/O timeout
     await assert.rejects(
-      session.readInto(0, target),
+      reading,
       (error) => error instanceof BackendError && error.errno === "EIO",
     );
     late.resolve();

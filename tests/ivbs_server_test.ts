@@ -35,6 +35,8 @@ import {
 } from "../src/ivbs/server/mod.ts";
 import { ImageConfigError, MEMORY_CHUNK_SIZE, MemoryStore } from "../src/ivbs/server/store.ts";
 import { setLogLevel } from "../src/log.ts";
+import { ManualClock } from "./manual_clock.ts";
+import { eventually } from "./wait.ts";
 
 // Expected refusals are logged at info/warn; keep the test output readable.
 setLogLevel("error");
@@ -198,8 +200,6 @@ async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boo
     clearTimeout(timer);
   }
 }
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 // ---- greeting, login, attach ----
 
@@ -528,15 +528,12 @@ Deno.test("a client that does not read its replies stops being read (bounded buf
       for (let i = 0; i < count; i++) {
         await client.send(encodeReadRequest(client.sessionId, i + 1, 0, length));
       }
-      // Wait until the server stops taking requests.
-      let last = -1;
-      for (let stable = 0; stable < 5;) {
-        await sleep(20);
-        const now = server.stats.requests.READ ?? 0;
-        stable = now === last ? stable + 1 : 0;
-        last = now;
-      }
-      assert.ok(last < count, `the server read all ${count} requests while the client read none`);
+      await eventually(
+        "the server stops reading for want of room",
+        () => server.stats.readerWaits > 0,
+      );
+      const read = server.stats.requests.READ ?? 0;
+      assert.ok(read < count, `the server read all ${count} requests while the client read none`);
       for (let i = 0; i < count; i++) {
         const reply = await client.reply();
         assert.equal(reply.header.status, Status.OK);
@@ -551,9 +548,11 @@ Deno.test("a client that does not read its replies stops being read (bounded buf
 // ---- connection lifetime ----
 
 Deno.test("a connection that sends nothing for idleTimeoutMs is closed", async () => {
-  await withServer({ idleTimeoutMs: 200 }, async (server) => {
+  const clock = new ManualClock();
+  await withServer({ idleTimeoutMs: 200, clock }, async (server) => {
     const client = await RawClient.connect(server.addresses()[0]);
     try {
+      clock.advance(200);
       assert.equal(await client.next(), null);
     } finally {
       client.close();
@@ -561,16 +560,19 @@ Deno.test("a connection that sends nothing for idleTimeoutMs is closed", async (
   });
 });
 
-Deno.test("keepalives keep a connection open past the idle timeout", async () => {
-  await withServer({ idleTimeoutMs: 400 }, async (server) => {
+Deno.test("keepalives keep a connection open past the idle timeout, and it closes once they stop", async () => {
+  const clock = new ManualClock();
+  await withServer({ idleTimeoutMs: 400, clock }, async (server) => {
     const client = await RawClient.connect(server.addresses()[0]);
     try {
-      // 20 keepalives 50 ms apart: about 1 s, well past 400 ms.
+      // 20 keepalives 50 ms apart: 1 s, well past 400 ms.
       for (let i = 0; i < 20; i++) {
         const reply = await client.call(encodeEmpty(client.sessionId, Op.KEEPALIVE, i));
         assert.equal(reply.header.sequence, i);
-        await sleep(50);
+        clock.advance(50);
       }
+      clock.advance(400);
+      assert.equal(await client.next(), null);
     } finally {
       client.close();
     }
@@ -643,7 +645,8 @@ Deno.test("stopProxy closes its connections and port; startProxy listens on the 
 });
 
 Deno.test("stallProxy keeps connections open but answers nothing, keepalive included, until unstalled", async () => {
-  await withServer({ idleTimeoutMs: 200 }, async (server) => {
+  const clock = new ManualClock();
+  await withServer({ idleTimeoutMs: 200, clock }, async (server) => {
     const client = await attached(server, "disk", 0);
     let late: RawClient | undefined;
     try {
@@ -651,8 +654,10 @@ Deno.test("stallProxy keeps connections open but answers nothing, keepalive incl
       assert.equal(server.proxies[0].stalled, true);
       await client.send(encodeEmpty(client.sessionId, Op.KEEPALIVE, 9));
       const reply = client.reply();
-      // Longer than the idle timeout too: a stalled proxy does not close idle connections.
-      assert.equal(await settlesWithin(reply, 400), false, "a stalled proxy answered");
+      // Twice the idle timeout: a stalled proxy does not close idle connections.
+      clock.advance(400);
+      // Silence has no event to wait for: a short real wait, far above a loopback answer.
+      assert.equal(await settlesWithin(reply, 100), false, "a stalled proxy answered");
       const connecting = RawClient.connect(server.addresses()[0]);
       assert.equal(await settlesWithin(connecting, 100), false, "a stalled proxy sent GREETING");
       assert.equal(server.proxies[0].connections, 2);
@@ -678,11 +683,13 @@ Deno.test("holdReplies holds READ/WRITE replies back but answers KEEPALIVE, unti
       const read = client.nextSequence();
       await client.send(encodeWriteRequest(client.sessionId, write, 0, pattern(512, 5)));
       await client.send(encodeReadRequest(client.sessionId, read, 0, 512));
-      const keepalive = await client.call(encodeEmpty(client.sessionId, Op.KEEPALIVE, 99));
-      assert.equal(keepalive.header.op, Op.KEEPALIVE, "the keepalive overtook the held replies");
-      assert.equal(keepalive.header.sequence, 99);
+      // Unheld, the WRITE and READ replies would leave before the keepalive's.
+      for (const sequence of [99, 100]) {
+        const keepalive = await client.call(encodeEmpty(client.sessionId, Op.KEEPALIVE, sequence));
+        assert.equal(keepalive.header.op, Op.KEEPALIVE, "the keepalive overtook the held replies");
+        assert.equal(keepalive.header.sequence, sequence);
+      }
       const held = client.reply();
-      assert.equal(await settlesWithin(held, 200), false, "a held reply was sent");
 
       server.holdReplies(0, false);
       const replies = [await held, await client.reply()];

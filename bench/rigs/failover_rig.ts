@@ -301,7 +301,7 @@ export async function stallServing(
   return { proxy: target, wasServing: serving !== null };
 }
 
-/** Lines the attach process logs once per failover (src/ivbs/session.ts). */
+/** Lines the attach process logs once per failover (src/ivbs/failover.ts) and retry (session.ts). */
 export const FAILOVER_LINE = /IVBS connection failed; failing over/;
 export const RETRY_LINE = /IVBS request retried/;
 

@@ -11,6 +11,11 @@
  * A request no proxy could serve within the I/O timeout fails with EIO while
  * the session keeps trying to reconnect.
  *
+ * This module is the Backend face and the per-request policy (retry, relogin,
+ * fail over, time out); attach.ts opens and attaches a connection, failover.ts
+ * chooses the next proxy and paces reconnects, request_table.ts keeps the
+ * requests until answered and in replay order.
+ *
  * @example Mount an image on the IVBS test server, write and read back
  * ```ts
  * import { startIvbsServer } from "./server/mod.ts";
@@ -37,13 +42,9 @@
 import { type Backend, BackendError } from "../block/backend.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
+import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { Admission } from "../io/admission.ts";
-import {
-  type ConnectionEndCause,
-  IvbsConnection,
-  type Reply,
-  type RequestOwner,
-} from "./connection.ts";
+import type { IvbsConnection, Reply } from "./connection.ts";
 import { ConnectionLostError, IvbsMountError, statusAction, statusErrno } from "./errors.ts";
 import { DEFAULT_LIVENESS, LatencyWindow, type LivenessOptions } from "./liveness.ts";
 import {
@@ -51,26 +52,20 @@ import {
   backoffDelay,
   DEFAULT_BACKOFF,
   proxyLabel,
-  ProxyList,
+  type ProxyList,
 } from "./proxy_list.ts";
-import {
-  type AttachReply,
-  decodeAttachReply,
-  encodeAttachRequest,
-  encodeHeader,
-  encodeLogin,
-  encodeReadRequest,
-  encodeWriteRequest,
-  hashPassword,
-  IvbsProtocolError,
-  MAX_IO_LENGTH,
-  Op,
-  type ProxyAddress,
-  SESSION_ID_SIZE,
-  Status,
-  statusName,
-  WRITE_PREFIX_SIZE,
-} from "./wire.ts";
+import { checkNames, ImageAttacher } from "./attach.ts";
+import { Failover } from "./failover.ts";
+import { type Chunk, type Kind, RequestTable } from "./request_table.ts";
+import type { FailoverCause, IvbsSessionEvent, IvbsSessionStats } from "./session_events.ts";
+import { type AttachReply, MAX_IO_LENGTH, type ProxyAddress, statusName } from "./wire.ts";
+
+export {
+  FAILOVER_CAUSES,
+  type FailoverCause,
+  type IvbsSessionEvent,
+  type IvbsSessionStats,
+} from "./session_events.ts";
 
 export interface IvbsSessionOptions {
   /** Configured fallback list; LIST_PROXIES from the proxies is tried first. */
@@ -98,91 +93,16 @@ export interface IvbsSessionOptions {
   liveness?: Partial<LivenessOptions>;
   onEvent?: (event: IvbsSessionEvent) => void;
   log?: Logger;
-}
-
-/**
- * Why the session left a proxy: the connection's end (closed by the proxy, an
- * I/O or protocol error, dead-peer timeout, liveness probe unanswered) or a
- * status that asks for another proxy (USE_ANOTHER_PROXY, EXPIRED, login refused).
- */
-export type FailoverCause = ConnectionEndCause | "status";
-
-export const FAILOVER_CAUSES: readonly FailoverCause[] = [
-  "closed",
-  "error",
-  "status",
-  "dead-peer",
-  "probe-timeout",
-];
-
-export type IvbsSessionEvent =
-  /** `replayed`: requests re-sent on this connection (waiting since the previous one failed). */
-  | { type: "connected"; proxy: string; proxyName: string; replayed: number }
-  /** `cause` classifies `reason` for metrics and the events view. */
-  | { type: "failover"; from: string; reason: string; cause: FailoverCause }
-  /** Connecting, logging in or attaching on `proxy` failed (it goes to the back of the list). */
-  | { type: "proxy-failed"; proxy: string; reason: string }
-  /** A LIST_PROXIES arrived ("host:port" each). */
-  | { type: "proxies-listed"; proxies: string[] }
-  | { type: "retry"; op: string; status: string; attempt: number }
-  | { type: "io-timeout"; op: string }
-  /** The session stopped for good (e.g. the image changed size); every request fails with EIO. */
-  | { type: "failed"; reason: string };
-
-export interface IvbsSessionStats {
-  /** Requests (≤ 32 MiB pieces) accepted and not yet answered, including those awaiting a proxy. */
-  inFlight: number;
-  /** Completed successfully. */
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
-  /** Connections lost while mounted. */
-  failovers: number;
-  /** Connections re-established after a loss. */
-  reconnects: number;
-  /** Requests re-sent after NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN. */
-  retries: number;
-  /** Every KEEPALIVE, probes included. */
-  keepalivesSent: number;
-  /** KEEPALIVEs sent because a proxy looked hung, and those it answered. */
-  probesSent: number;
-  probesAnswered: number;
-  /** `failovers` split by cause. */
-  failoverCauses: Record<FailoverCause, number>;
-}
-
-type Kind = "READ" | "WRITE";
-
-/** One request of at most MAX_IO_LENGTH bytes, as the session tracks it until answered. */
-interface Chunk extends RequestOwner {
-  id: number;
-  kind: Kind;
-  offset: number;
-  length: number;
-  /** Encoded once; each connection stamps its session id and a sequence into it. */
-  packet: Uint8Array;
-  /** READ: where the data lands (a view into the caller's result). */
-  target: Uint8Array | undefined;
-  /** Large WRITE: the caller's data, sent after `packet` without a copy. */
-  body: Uint8Array | undefined;
-  deadline: number;
-  attempts: number;
-  done: boolean;
-  resolve: () => void;
-  reject: (error: Error) => void;
+  /**
+   * Time for the session's own timers (I/O timeout, retry and reconnect
+   * backoff, failure memory); default the real clock. A connection's timers
+   * (connect, dead peer, keepalive, liveness) always run on the real clock.
+   */
+  clock?: Clock;
 }
 
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
 const DEFAULT_MAX_RETRIES = 20;
-const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
-const EMPTY = new Uint8Array(0);
-/**
- * WRITEs from this size on go out from the caller's buffer instead of being
- * copied into the packet (the copy cost a quarter of the CPU at 1 MiB); smaller
- * ones are copied and coalesced with their neighbours into one socket write.
- */
-const UNCOPIED_WRITE_MIN = 64 * 1024;
 
 /** The keys of `values` that are set (undefined must not override a default). */
 function definedOnly<T extends object>(values: T | undefined): Partial<T> {
@@ -191,75 +111,35 @@ function definedOnly<T extends object>(values: T | undefined): Partial<T> {
   ) as Partial<T>;
 }
 
-/** Errors that end a mount attempt on every proxy, not only the one that said so. */
-function isDefinitive(error: unknown): error is IvbsMountError {
-  return error instanceof IvbsMountError &&
-    (error.code === "LOGIN_DENIED" || error.code === "IMAGE_NOT_FOUND" ||
-      error.code === "ACCESS_DENIED");
-}
-
-/**
- * Names the protocol cannot carry fail here, with the code a proxy would have
- * answered, instead of as an encoding error on every proxy. The codec decides
- * what fits (trial encodings), so no layout is repeated here.
- */
-function checkNames(options: IvbsSessionOptions): void {
-  const refuse = (code: "IMAGE_NOT_FOUND" | "LOGIN_DENIED", encode: () => void) => {
-    try {
-      encode();
-    } catch (error) {
-      if (!(error instanceof IvbsProtocolError)) throw error;
-      throw new IvbsMountError(code, `cannot send to IVBS: ${error.message}`);
-    }
-  };
-  refuse("IMAGE_NOT_FOUND", () => encodeAttachRequest(NO_SESSION_ID, 0, options.image));
-  refuse(
-    "LOGIN_DENIED",
-    () =>
-      encodeLogin(NO_SESSION_ID, 0, { username: options.username, passwordHash: hashPassword("") }),
-  );
-}
-
 export class IvbsSession implements Backend {
   readonly image: string;
 
-  readonly #username: string;
-  readonly #passwordHash: string;
   readonly #forceReadOnly: boolean;
-  readonly #deadPeerMs: number;
   readonly #ioTimeoutMs: number;
-  readonly #connectTimeoutMs: number;
   readonly #backoff: Backoff;
   readonly #maxRetries: number;
   readonly #onEvent: ((event: IvbsSessionEvent) => void) | undefined;
   readonly #log: Logger;
-  readonly #proxies: ProxyList;
   /** Bytes of READ/WRITE in flight (one request over the bound goes alone). */
   readonly #budget: Admission;
   readonly #abort = new AbortController();
-  readonly #liveness: Readonly<LivenessOptions>;
-  /** Reply latencies over successive connections, for the liveness threshold. */
-  readonly #latencies = new LatencyWindow();
+  readonly #attacher: ImageAttacher;
+  readonly #failover: Failover;
+  /** Which proxy to use next (the failover's list). */
+  readonly #proxies: ProxyList;
 
   #size = 0;
   #readOnly = false;
   #conn: IvbsConnection | null = null;
   /** Connections being set up or torn down, so close() can wait for them. */
   readonly #settling = new Set<Promise<unknown>>();
-  #reconnectActive = false;
-  /** Whether the connection in use answered a request OK; connections lost in a row without. */
-  #connServed = false;
-  #quickFailures = 0;
-  #reconnectDone: Promise<void> = Promise.resolve();
   readonly #relogins = new WeakMap<IvbsConnection, Promise<void>>();
 
-  /** Every accepted chunk until answered, in acceptance order (= deadline order). */
-  readonly #outstanding = new Map<number, Chunk>();
-  /** Chunks waiting for a connection; replayed in order when one is up. */
-  readonly #waiting = new Set<Chunk>();
-  readonly #retryTimers = new Set<ReturnType<typeof setTimeout>>();
-  #ioTimer: ReturnType<typeof setTimeout> | undefined;
-  #nextId = 1;
+  /** Every accepted chunk until answered; those waiting for a connection, in replay order. */
+  readonly #requests = new RequestTable();
+  readonly #clock: Clock;
+  readonly #retryTimers = new Set<TimerHandle>();
+  #ioTimer: TimerHandle | undefined;
 
   #closed = false;
   #closing: Promise<void> | null = null;
@@ -282,25 +162,55 @@ export class IvbsSession implements Backend {
 
   private constructor(options: IvbsSessionOptions) {
     this.image = options.image;
-    this.#username = options.username;
-    this.#passwordHash = hashPassword(options.password);
     this.#forceReadOnly = options.readOnly ?? false;
-    this.#deadPeerMs = options.deadPeerTimeoutMs ?? 15_000;
     this.#ioTimeoutMs = options.ioTimeoutMs ?? 120_000;
-    this.#connectTimeoutMs = options.connectTimeoutMs ?? 5_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
     this.#maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
     this.#onEvent = options.onEvent;
     this.#log = options.log ?? logger("ivbs");
-    this.#proxies = new ProxyList(options.proxies, {
-      backoff: this.#backoff,
-      failureMemoryMs: options.failureMemoryMs,
-    });
+    this.#clock = options.clock ?? SYSTEM_CLOCK;
     this.#budget = new Admission(
       Infinity,
       options.maxInFlightBytes ?? DEFAULT_MAX_IN_FLIGHT_BYTES,
     );
-    this.#liveness = { ...DEFAULT_LIVENESS, ...definedOnly(options.liveness) };
+    this.#attacher = new ImageAttacher({
+      image: options.image,
+      username: options.username,
+      password: options.password,
+      connectTimeoutMs: options.connectTimeoutMs ?? 5_000,
+      deadPeerTimeoutMs: options.deadPeerTimeoutMs ?? 15_000,
+      liveness: { ...DEFAULT_LIVENESS, ...definedOnly(options.liveness) },
+      // Reply latencies over successive connections, for the liveness threshold.
+      latencies: new LatencyWindow(),
+      onProxyList: (proxies) => {
+        this.#proxies.updateListed(proxies);
+        this.#emit({ type: "proxies-listed", proxies: proxies.map(proxyLabel) });
+      },
+      onKeepalive: () => this.#stats.keepalivesSent++,
+      onProbe: (event) => {
+        if (event === "sent") this.#stats.probesSent++;
+        else this.#stats.probesAnswered++;
+      },
+      signal: this.#abort.signal,
+      track: (promise) => this.#track(promise),
+      log: this.#log,
+    });
+    this.#failover = new Failover(options.proxies, {
+      image: options.image,
+      isClosed: () => this.#closed,
+      isStopped: () => this.#closed || this.#fatal !== null,
+      waitingCount: () => this.#requests.waitingCount,
+      establish: (address) => this.#attacher.establish(address),
+      reattach: (conn, reply) => this.#reattach(conn, reply),
+      emit: (event) => this.#emit(event),
+    }, {
+      backoff: this.#backoff,
+      failureMemoryMs: options.failureMemoryMs,
+      clock: this.#clock,
+      signal: this.#abort.signal,
+      log: this.#log,
+    });
+    this.#proxies = this.#failover.proxies;
   }
 
   /**
@@ -353,7 +263,7 @@ export class IvbsSession implements Backend {
   get stats(): IvbsSessionStats {
     return {
       ...this.#stats,
-      inFlight: this.#outstanding.size,
+      inFlight: this.#requests.size,
       failoverCauses: { ...this.#stats.failoverCauses },
     };
   }
@@ -417,119 +327,31 @@ export class IvbsSession implements Backend {
   // ---- mounting and failover ----
 
   async #mount(): Promise<void> {
-    const failures: string[] = [];
-    let protocolOnly = true;
-    for (const address of this.#proxies.candidates()) {
-      try {
-        const { conn, reply } = await this.#establish(address);
-        this.#size = reply.size;
-        this.#readOnly = this.#forceReadOnly || reply.readOnly;
-        this.#adopt(conn, 0);
-        return;
-      } catch (error) {
-        if (isDefinitive(error)) throw error;
-        this.#proxies.markFailed(address);
-        this.#emit({
-          type: "proxy-failed",
-          proxy: proxyLabel(address),
-          reason: errorMessage(error),
-        });
-        const protocol = error instanceof IvbsProtocolError ||
-          (error instanceof ConnectionLostError && error.protocol);
-        if (!protocol) protocolOnly = false;
-        failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
-      }
-    }
-    const code = protocolOnly ? "PROTOCOL" : "NO_PROXY";
-    throw new IvbsMountError(
-      code,
-      `cannot mount IVBS image "${this.image}": no proxy answered (${failures.join("; ")})`,
-    );
+    const { conn, reply } = await this.#failover.mount();
+    this.#size = reply.size;
+    this.#readOnly = this.#forceReadOnly || reply.readOnly;
+    this.#adopt(conn, 0);
   }
 
-  /** Connect, GREETING, LOGIN, ATTACH on one proxy. Closes the connection on failure. */
-  async #establish(address: ProxyAddress): Promise<{ conn: IvbsConnection; reply: AttachReply }> {
-    const conn = await IvbsConnection.open(address, {
-      connectTimeoutMs: this.#connectTimeoutMs,
-      deadPeerTimeoutMs: this.#deadPeerMs,
-      onProxyList: (proxies) => {
-        this.#proxies.updateListed(proxies);
-        this.#emit({ type: "proxies-listed", proxies: proxies.map(proxyLabel) });
-      },
-      onKeepalive: () => this.#stats.keepalivesSent++,
-      liveness: {
-        options: this.#liveness,
-        latencies: this.#latencies,
-        onProbe: (event) => {
-          if (event === "sent") this.#stats.probesSent++;
-          else this.#stats.probesAnswered++;
-        },
-      },
-      signal: this.#abort.signal,
-      log: this.#log,
-    });
-    const handshake = this.#handshake(conn);
-    this.#track(handshake);
-    try {
-      return { conn, reply: await handshake };
-    } catch (error) {
-      await conn.close(`handshake failed: ${errorMessage(error)}`);
-      throw error;
-    }
-  }
-
-  async #handshake(conn: IvbsConnection): Promise<AttachReply> {
-    // A session closing mid-handshake must not wait for this proxy.
-    const onAbort = () => conn.close("session closed");
-    this.#abort.signal.addEventListener("abort", onAbort);
-    try {
-      await this.#login(conn);
-      const attach = await conn.attach(this.image);
-      switch (attach.status) {
-        case Status.OK:
-          break;
-        case Status.NOT_FOUND:
-          throw new IvbsMountError(
-            "IMAGE_NOT_FOUND",
-            `IVBS image "${this.image}" not found (proxy ${conn.label})`,
-          );
-        case Status.PERMISSION_DENIED:
-          throw new IvbsMountError(
-            "ACCESS_DENIED",
-            `IVBS user "${this.#username}" may not use image "${this.image}" (proxy ${conn.label})`,
-          );
-        default:
-          throw new ConnectionLostError(
-            conn.label,
-            `ATTACH_TO_IMAGE "${this.image}" answered ${statusName(attach.status)}`,
-          );
-      }
-      const reply = decodeAttachReply(attach.payload);
-      // Learn the other proxies now rather than at the next periodic push.
-      conn.listProxies().catch(() => {});
-      return reply;
-    } finally {
-      this.#abort.signal.removeEventListener("abort", onAbort);
-    }
-  }
-
-  async #login(conn: IvbsConnection): Promise<void> {
-    const reply = await conn.login(this.#username, this.#passwordHash);
-    if (reply.status === Status.OK) return;
-    if (reply.status === Status.PERMISSION_DENIED) {
-      throw new IvbsMountError(
-        "LOGIN_DENIED",
-        `IVBS proxy ${conn.label} refused login of user "${this.#username}": wrong username or password`,
+  /** A reconnect succeeded: adopt the connection unless the session closed or the image changed. */
+  #reattach(conn: IvbsConnection, reply: AttachReply): Promise<void> | void {
+    if (this.#closed) return conn.close("session closed");
+    if (reply.size !== this.#size) {
+      return conn.close("image size changed").then(() =>
+        this.#failSession(
+          `IVBS image "${this.image}" is ${reply.size} bytes on proxy ${conn.label}, ` +
+            `was ${this.#size} bytes when mounted`,
+        )
       );
     }
-    throw new ConnectionLostError(conn.label, `LOGIN answered ${statusName(reply.status)}`);
+    this.#stats.reconnects++;
+    this.#adopt(conn, this.#requests.waitingCount);
   }
 
   /** Makes `conn` the connection in use and replays every waiting request on it, once. */
   #adopt(conn: IvbsConnection, replayed: number): void {
     this.#conn = conn;
-    this.#connServed = false;
-    this.#proxies.markHealthy(conn.address);
+    this.#failover.adopted(conn);
     this.#log.info("IVBS image attached", {
       image: this.image,
       proxy: conn.label,
@@ -540,9 +362,7 @@ export class IvbsSession implements Backend {
     });
     this.#emit({ type: "connected", proxy: conn.label, proxyName: conn.proxyName, replayed });
     conn.ended.then((reason) => this.#connectionLost(conn, reason, conn.endCause));
-    const waiting = [...this.#waiting];
-    this.#waiting.clear();
-    for (const chunk of waiting) this.#dispatch(chunk);
+    for (const chunk of this.#requests.takeWaiting()) this.#dispatch(chunk);
   }
 
   /** The connection in use failed: count it, log it once, start reconnecting. */
@@ -551,83 +371,9 @@ export class IvbsSession implements Backend {
     this.#conn = null;
     this.#track(conn.close(reason));
     if (this.#closed || this.#fatal !== null) return;
-    this.#proxies.markFailed(conn.address);
     this.#stats.failovers++;
     this.#stats.failoverCauses[cause]++;
-    // A proxy that fails us before serving anything (USE_ANOTHER_PROXY to every
-    // request, say) must not make us reconnect in a tight loop.
-    this.#quickFailures = this.#connServed ? 0 : this.#quickFailures + 1;
-    const delayMs = this.#quickFailures >= 2
-      ? Math.round(this.#proxies.backoffMs(this.#quickFailures - 1))
-      : 0;
-    this.#log.warn("IVBS connection failed; failing over", {
-      image: this.image,
-      from: conn.label,
-      reason,
-      cause,
-      inFlight: this.#outstanding.size,
-      candidates: this.#proxies.candidates().map(proxyLabel).join(","),
-      delayMs,
-    });
-    this.#emit({ type: "failover", from: conn.label, reason, cause });
-    this.#startReconnect(delayMs);
-  }
-
-  #startReconnect(delayMs = 0): void {
-    if (this.#reconnectActive || this.#closed || this.#fatal !== null) return;
-    this.#reconnectActive = true;
-    this.#reconnectDone = this.#reconnect(delayMs);
-  }
-
-  async #reconnect(delayMs: number): Promise<void> {
-    try {
-      if (delayMs > 0) await this.#sleep(delayMs);
-      for (let round = 1; !this.#closed && this.#fatal === null; round++) {
-        const failures: string[] = [];
-        for (const address of this.#proxies.candidates()) {
-          if (this.#closed || this.#fatal !== null) return;
-          try {
-            const { conn, reply } = await this.#establish(address);
-            if (this.#closed) {
-              await conn.close("session closed");
-              return;
-            }
-            if (reply.size !== this.#size) {
-              await conn.close("image size changed");
-              this.#failSession(
-                `IVBS image "${this.image}" is ${reply.size} bytes on proxy ${conn.label}, ` +
-                  `was ${this.#size} bytes when mounted`,
-              );
-              return;
-            }
-            this.#stats.reconnects++;
-            this.#adopt(conn, this.#waiting.size);
-            return;
-          } catch (error) {
-            this.#proxies.markFailed(address);
-            this.#emit({
-              type: "proxy-failed",
-              proxy: proxyLabel(address),
-              reason: errorMessage(error),
-            });
-            failures.push(`${proxyLabel(address)}: ${errorMessage(error)}`);
-          }
-        }
-        if (this.#closed) return;
-        const delayMs = Math.round(this.#proxies.backoffMs(round));
-        this.#log.warn("no IVBS proxy usable; retrying", {
-          image: this.image,
-          round,
-          delayMs,
-          waiting: this.#waiting.size,
-          failures: failures.join("; "),
-        });
-        await this.#sleep(delayMs);
-      }
-    } finally {
-      // Cleared in the same turn as adopt(), so a loss right after it starts a new loop.
-      this.#reconnectActive = false;
-    }
+    this.#failover.lost(conn, reason, cause, this.#requests.size);
   }
 
   /** Stops for good: the image changed under us. Every request fails with EIO. */
@@ -640,7 +386,7 @@ export class IvbsSession implements Backend {
     });
     this.#emit({ type: "failed", reason });
     const error = new BackendError(reason, "EIO");
-    for (const chunk of [...this.#outstanding.values()]) this.#finish(chunk, error);
+    this.#requests.failAll(error);
     this.#budget.rejectAll(error);
   }
 
@@ -673,43 +419,9 @@ export class IvbsSession implements Backend {
 
   /** Tracks one piece until it is answered, times out or the session closes. */
   #submit(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
-    const length = buffer.length;
-    let packet: Uint8Array;
-    let body: Uint8Array | undefined;
-    if (kind === "READ") {
-      packet = encodeReadRequest(NO_SESSION_ID, 0, offset, length);
-    } else if (length < UNCOPIED_WRITE_MIN) {
-      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
-    } else {
-      // Header and offset only, with data_len covering the data sent after it.
-      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, EMPTY);
-      encodeHeader(
-        {
-          sessionId: NO_SESSION_ID,
-          op: Op.WRITE,
-          dataLen: WRITE_PREFIX_SIZE + length,
-          sequence: 0,
-        },
-        packet,
-      );
-      body = buffer;
-    }
     return new Promise<void>((resolve, reject) => {
-      const chunk: Chunk = {
-        id: this.#nextId++,
-        kind,
-        offset,
-        length,
-        packet,
-        target: kind === "READ" ? buffer : undefined,
-        body,
-        deadline: this.#ioTimeoutMs > 0 ? performance.now() + this.#ioTimeoutMs : Infinity,
-        attempts: 0,
-        done: false,
-        resolve,
-        reject,
-      };
-      this.#outstanding.set(chunk.id, chunk);
+      const deadline = this.#ioTimeoutMs > 0 ? this.#clock.now() + this.#ioTimeoutMs : Infinity;
+      const chunk = this.#requests.add(kind, offset, buffer, deadline, resolve, reject);
       this.#armIoTimer();
       this.#dispatch(chunk);
     });
@@ -722,10 +434,10 @@ export class IvbsSession implements Backend {
     if (this.#fatal !== null) return this.#finish(chunk, new BackendError(this.#fatal, "EIO"));
     const conn = this.#conn;
     if (conn === null || !conn.isOpen) {
-      this.#waiting.add(chunk);
+      this.#requests.park(chunk);
       if (conn !== null) {
         this.#connectionLost(conn, conn.endReason ?? "connection closed", conn.endCause);
-      } else this.#startReconnect();
+      } else this.#failover.startReconnect();
       return;
     }
     conn.request(chunk.packet, { target: chunk.target, body: chunk.body, owner: chunk }).then(
@@ -738,7 +450,7 @@ export class IvbsSession implements Backend {
     if (chunk.done) return;
     switch (statusAction(reply.status)) {
       case "ok":
-        if (conn === this.#conn) this.#connServed = true;
+        if (conn === this.#conn) this.#failover.served();
         return this.#finish(chunk);
       case "relogin":
         if (!this.#countRetry(chunk, conn, reply.status)) return;
@@ -746,7 +458,7 @@ export class IvbsSession implements Backend {
         return;
       case "retry": {
         if (!this.#countRetry(chunk, conn, reply.status)) return;
-        const timer = setTimeout(() => {
+        const timer = this.#clock.setTimeout(() => {
           this.#retryTimers.delete(timer);
           this.#dispatch(chunk);
         }, backoffDelay(this.#backoff, chunk.attempts));
@@ -813,7 +525,7 @@ export class IvbsSession implements Backend {
   #relogin(conn: IvbsConnection): Promise<void> {
     let pending = this.#relogins.get(conn);
     if (pending === undefined) {
-      pending = this.#login(conn).catch((error) => {
+      pending = this.#attacher.login(conn).catch((error) => {
         const cause = conn.isOpen ? "status" : conn.endCause;
         this.#connectionLost(conn, `login again failed: ${errorMessage(error)}`, cause);
         throw error;
@@ -824,30 +536,22 @@ export class IvbsSession implements Backend {
   }
 
   #finish(chunk: Chunk, error?: Error): void {
-    if (chunk.done) return;
-    chunk.done = true;
-    this.#outstanding.delete(chunk.id);
-    this.#waiting.delete(chunk);
-    if (error) chunk.reject(error);
-    else chunk.resolve();
+    this.#requests.finish(chunk, error);
   }
 
   // ---- I/O timeout: one timer for the oldest request ----
 
   #armIoTimer(): void {
     if (this.#ioTimer !== undefined || this.#ioTimeoutMs === 0) return;
-    const oldest = this.#outstanding.values().next();
-    if (oldest.done) return;
-    const delay = Math.max(0, oldest.value.deadline - performance.now());
-    this.#ioTimer = setTimeout(() => this.#expire(), delay);
+    const deadline = this.#requests.nextDeadline();
+    if (deadline === undefined) return;
+    const delay = Math.max(0, deadline - this.#clock.now());
+    this.#ioTimer = this.#clock.setTimeout(() => this.#expire(), delay);
   }
 
   #expire(): void {
     this.#ioTimer = undefined;
-    const now = performance.now();
-    // Acceptance order is deadline order: stop at the first one still in time.
-    for (const chunk of this.#outstanding.values()) {
-      if (chunk.deadline > now) break;
+    for (const chunk of this.#requests.expired(this.#clock.now())) {
       this.#log.warn("IVBS request timed out", {
         image: this.image,
         op: chunk.kind,
@@ -907,35 +611,20 @@ export class IvbsSession implements Backend {
     settled.then(() => this.#settling.delete(settled));
   }
 
-  /** Backoff sleep that close() cuts short. */
-  #sleep(ms: number): Promise<void> {
-    const signal = this.#abort.signal;
-    if (signal.aborted) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        signal.removeEventListener("abort", done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      signal.addEventListener("abort", done);
-    });
-  }
-
   async #shutdown(): Promise<void> {
     this.#closed = true;
     this.#abort.abort();
-    clearTimeout(this.#ioTimer);
+    this.#clock.clearTimeout(this.#ioTimer);
     this.#ioTimer = undefined;
-    for (const timer of this.#retryTimers) clearTimeout(timer);
+    for (const timer of this.#retryTimers) this.#clock.clearTimeout(timer);
     this.#retryTimers.clear();
     const error = this.#shutdownError();
-    for (const chunk of [...this.#outstanding.values()]) this.#finish(chunk, error);
+    this.#requests.failAll(error);
     this.#budget.rejectAll(error);
     const conn = this.#conn;
     this.#conn = null;
     if (conn !== null) await conn.close("session closed");
-    await this.#reconnectDone;
+    await this.#failover.reconnectDone;
     while (this.#settling.size > 0) await Promise.all(this.#settling);
   }
 }

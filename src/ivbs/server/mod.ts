@@ -17,12 +17,9 @@
  * @module
  */
 import { type Logger, logger } from "../../log.ts";
+import { type Clock, SYSTEM_CLOCK } from "../../clock.ts";
 import { opName, type ProxyAddress } from "../wire.ts";
-import {
-  type ConnectionLimits,
-  DEFAULT_CONNECTION_LIMITS,
-  type ServerStats,
-} from "./connection.ts";
+import { type ConnectionLimits, DEFAULT_CONNECTION_LIMITS, type ServerStats } from "./context.ts";
 import { InjectedStatuses } from "./faults.ts";
 import { ProxyListener, type ProxyView } from "./proxy.ts";
 import {
@@ -59,6 +56,8 @@ export interface IvbsServerOptions {
   connectionLimits?: Partial<ConnectionLimits>;
   /** Logger (extension; default component "ivbs-server"). */
   log?: Logger;
+  /** Time for the connections' idle timeout (extension; default the real clock). */
+  clock?: Clock;
 }
 
 export interface IvbsTestServer {
@@ -150,7 +149,12 @@ function liveView(proxy: ProxyListener): ProxyView {
 }
 
 class IvbsServer implements IvbsTestServer {
-  readonly stats: ServerStats = { connectionsAccepted: 0, requests: {}, injected: 0 };
+  readonly stats: ServerStats = {
+    connectionsAccepted: 0,
+    requests: {},
+    injected: 0,
+    readerWaits: 0,
+  };
   readonly #proxies: ProxyListener[] = [];
   readonly #views: ProxyView[] = [];
   readonly #store: ImageStore;
@@ -172,6 +176,7 @@ class IvbsServer implements IvbsTestServer {
       replyDelayMs: options.replyDelayMs,
       limits: { ...DEFAULT_CONNECTION_LIMITS, ...options.connectionLimits },
       log: this.#log,
+      clock: options.clock ?? SYSTEM_CLOCK,
     };
     const hooks = {
       listProxies: () => this.#advertised(),

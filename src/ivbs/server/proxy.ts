@@ -4,7 +4,8 @@
  * @module
  */
 import type { ProxyAddress } from "../wire.ts";
-import { type ConnectionContext, ServerConnection } from "./connection.ts";
+import type { ConnectionContext } from "./context.ts";
+import { ServerConnection } from "./connection.ts";
 
 /** A proxy as the server's users see it (a live view). */
 export interface ProxyView {

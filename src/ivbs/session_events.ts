@@ -1,0 +1,58 @@
+/**
+ * What an IVBS session reports: its events (for logs, metrics and the events
+ * view), its counters, and why it left a proxy.
+ * @module
+ */
+import type { ConnectionEndCause } from "./connection.ts";
+
+/**
+ * Why the session left a proxy: the connection's end (closed by the proxy, an
+ * I/O or protocol error, dead-peer timeout, liveness probe unanswered) or a
+ * status that asks for another proxy (USE_ANOTHER_PROXY, EXPIRED, login refused).
+ */
+export type FailoverCause = ConnectionEndCause | "status";
+
+export const FAILOVER_CAUSES: readonly FailoverCause[] = [
+  "closed",
+  "error",
+  "status",
+  "dead-peer",
+  "probe-timeout",
+];
+
+export type IvbsSessionEvent =
+  /** `replayed`: requests re-sent on this connection (waiting since the previous one failed). */
+  | { type: "connected"; proxy: string; proxyName: string; replayed: number }
+  /** `cause` classifies `reason` for metrics and the events view. */
+  | { type: "failover"; from: string; reason: string; cause: FailoverCause }
+  /** Connecting, logging in or attaching on `proxy` failed (it goes to the back of the list). */
+  | { type: "proxy-failed"; proxy: string; reason: string }
+  /** A LIST_PROXIES arrived ("host:port" each). */
+  | { type: "proxies-listed"; proxies: string[] }
+  | { type: "retry"; op: string; status: string; attempt: number }
+  | { type: "io-timeout"; op: string }
+  /** The session stopped for good (e.g. the image changed size); every request fails with EIO. */
+  | { type: "failed"; reason: string };
+
+export interface IvbsSessionStats {
+  /** Requests (≤ 32 MiB pieces) accepted and not yet answered, including those awaiting a proxy. */
+  inFlight: number;
+  /** Completed successfully. */
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  /** Connections lost while mounted. */
+  failovers: number;
+  /** Connections re-established after a loss. */
+  reconnects: number;
+  /** Requests re-sent after NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN. */
+  retries: number;
+  /** Every KEEPALIVE, probes included. */
+  keepalivesSent: number;
+  /** KEEPALIVEs sent because a proxy looked hung, and those it answered. */
+  probesSent: number;
+  probesAnswered: number;
+  /** `failovers` split by cause. */
+  failoverCauses: Record<FailoverCause, number>;
+}
