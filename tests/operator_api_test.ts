@@ -15,7 +15,8 @@ import type { DaemonEvent } from "../src/daemon/events.ts";
 import type { ProxyInfo } from "../src/daemon/proxy_registry.ts";
 import { NbdTestClient } from "./nbd_test_client.ts";
 import { DaemonProcess, writeConfig } from "../bench/rigs/daemon_harness.ts";
-import { eventually, operatorFixture, quietLog, USER } from "./operator_fixture.ts";
+import { operatorFixture, quietLog, USER } from "./operator_fixture.ts";
+import { eventually } from "./wait.ts";
 import type { Daemon } from "../src/daemon/daemon.ts";
 
 function appOf(daemon: Daemon) {

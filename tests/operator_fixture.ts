@@ -69,18 +69,3 @@ export async function operatorFixture(
     },
   };
 }
-
-/** Polls `condition` every 10 ms (up to `timeoutMs`); the failure names what was awaited. */
-export async function eventually<T>(
-  what: string,
-  condition: () => T | undefined | null | false | Promise<T | undefined | null | false>,
-  timeoutMs = 10_000,
-): Promise<T> {
-  const end = performance.now() + timeoutMs;
-  while (performance.now() < end) {
-    const value = await condition();
-    if (value) return value;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  throw new Error(`not reached: ${what}`);
-}

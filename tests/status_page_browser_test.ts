@@ -13,7 +13,8 @@ import { exportKey } from "../src/daemon/history.ts";
 import type { Daemon } from "../src/daemon/daemon.ts";
 import { hasTool } from "./tools.ts";
 import { NbdTestClient, runLoad } from "./nbd_test_client.ts";
-import { eventually, operatorFixture, quietLog, USER } from "./operator_fixture.ts";
+import { operatorFixture, quietLog, USER } from "./operator_fixture.ts";
+import { eventually } from "./wait.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "chromium";
 const chromiumMissing = !(await hasTool(CHROMIUM));

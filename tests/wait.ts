@@ -35,7 +35,7 @@ export class EventRecorder<E> {
 /**
  * Resolves with the first truthy value of `condition()`, checking every few
  * milliseconds; throws after `timeoutMs` naming `what` (a hang becomes a clear
- * failure). The same contract as operator_fixture.ts's `eventually`.
+ * failure).
  */
 export async function eventually<T>(
   what: string,
