@@ -18,7 +18,8 @@
  * the daemon and the IVBS test server; peer: both nbdkit processes).
  *
  * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
- *          [--only SUBSTRING[,SUBSTRING]] [--out FILE]
+ *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
+ *   --before DIR: also run the export pair of another checkout (before/after, same run).
  * @module
  */
 import { parseArgs } from "node:util";
@@ -47,11 +48,11 @@ interface Setup {
   teardown(): Promise<void>;
 }
 
-function deno(name: string, args: string[]): Child {
-  return new Child(name, Deno.execPath(), ["run", "--allow-all", MAIN, ...args]);
+function deno(name: string, args: string[], main = MAIN): Child {
+  return new Child(name, Deno.execPath(), ["run", "--allow-all", main, ...args]);
 }
 
-async function startIvbsServer(dir: string): Promise<{ child: Child; port: number }> {
+async function startIvbsServer(dir: string, main = MAIN): Promise<{ child: Child; port: number }> {
   const port = freePort();
   const child = deno("ivbs-server", [
     "ivbs-server",
@@ -61,7 +62,7 @@ async function startIvbsServer(dir: string): Promise<{ child: Child; port: numbe
     `bench:${IMAGE_SIZE}`,
     "--user",
     "bench:bench",
-  ]);
+  ], main);
   await waitFor("the IVBS test server", () => portOpen(port));
   await Deno.writeTextFile(`${dir}/password`, "bench\n", { mode: 0o600 });
   return { child, port };
@@ -101,36 +102,47 @@ async function startNbdkitPeers(dir: string): Promise<Child[]> {
   return [memory, proxy];
 }
 
-async function setupHost(dir: string): Promise<Setup> {
-  const server = await startIvbsServer(dir);
-  const ivbsnetd = deno("ivbsnetd export", [
+/** `ivbsnetd export` (from the tree of `main`) in front of its own IVBS test server. */
+async function startExportPair(
+  dir: string,
+  label: string,
+  main = MAIN,
+): Promise<{ export: Child; server: Child; uri: string }> {
+  const server = await startIvbsServer(dir, main);
+  const socket = `${dir}/${label}.sock`;
+  const child = deno(`${label} export`, [
     "export",
     "--socket",
-    `${dir}/ivbsnetd.sock`,
+    socket,
     "--name",
     "bench",
     ...ivbsArgs(dir, server.port),
-  ]);
-  await waitFor("the ivbsnetd export", () => exists(`${dir}/ivbsnetd.sock`));
+  ], main);
+  await waitFor(`the ${label} export`, () => exists(socket));
+  return { export: child, server: server.child, uri: `nbd+unix:///bench?socket=${socket}` };
+}
+
+/** `before`: another checkout whose export pair runs interleaved beside ours (before/after). */
+async function setupHost(dir: string, before?: string): Promise<Setup> {
+  const ours = await startExportPair(dir, "ivbsnetd");
+  const old = before ? await startExportPair(dir, "before", `${before}/main.ts`) : undefined;
   const peers = await startNbdkitPeers(dir);
-  const uri = (socket: string, name = "") => `nbd+unix:///${name}?socket=${dir}/${socket}`;
-  const children = [ivbsnetd, server.child, ...peers];
-  const target = (label: string, fio: FioTarget, processes: Child[]) => ({
+  const uri = (socket: string) => `nbd+unix:///?socket=${dir}/${socket}`;
+  const children = [ours.export, ours.server, ...(old ? [old.export, old.server] : []), ...peers];
+  const target = (label: string, uri: string, processes: Child[]): RoundTarget => ({
     label,
-    fio,
+    fio: { kind: "nbd-uri", uri },
     processes,
   });
   return {
     targets: [
-      target("ivbsnetd", { kind: "nbd-uri", uri: uri("ivbsnetd.sock", "bench") }, [
-        ivbsnetd,
-        server.child,
-      ]),
-      target("peer", { kind: "nbd-uri", uri: uri("peer.sock") }, peers),
-      target("ceiling", { kind: "nbd-uri", uri: uri("memory.sock") }, [peers[0]]),
+      target("ivbsnetd", ours.uri, [ours.export, ours.server]),
+      ...(old ? [target("before", old.uri, [old.export, old.server])] : []),
+      target("peer", uri("peer.sock"), peers),
+      target("ceiling", uri("memory.sock"), [peers[0]]),
     ],
     children,
-    ivbsnetd,
+    ivbsnetd: ours.export,
     teardown: async () => {
       for (const child of children) await child.stop();
     },
@@ -212,6 +224,8 @@ async function main() {
       seconds: { type: "string", default: "5" },
       out: { type: "string" },
       only: { type: "string" },
+      before: { type: "string" },
+      "no-ceiling": { type: "boolean" },
     },
   });
   const setting = positionals[0];
@@ -225,7 +239,8 @@ async function main() {
   const seconds = Number(values.seconds);
   const loadBefore = loadAverage();
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
-  const setup = setting === "host" ? await setupHost(dir) : await setupKernel(dir);
+  const setup = setting === "host" ? await setupHost(dir, values.before) : await setupKernel(dir);
+  if (values["no-ceiling"]) setup.targets = setup.targets.filter((t) => t.label !== "ceiling");
   const workloads = WORKLOADS.filter((w) =>
     !values.only || values.only.split(",").some((o) => w.name.includes(o))
   );
