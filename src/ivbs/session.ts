@@ -57,19 +57,16 @@ import {
   type AttachReply,
   decodeAttachReply,
   encodeAttachRequest,
-  encodeHeader,
   encodeLogin,
   encodeReadRequest,
-  encodeWriteRequest,
+  encodeWriteRequestHeader,
   hashPassword,
   IvbsProtocolError,
   MAX_IO_LENGTH,
-  Op,
   type ProxyAddress,
   SESSION_ID_SIZE,
   Status,
   statusName,
-  WRITE_PREFIX_SIZE,
 } from "./wire.ts";
 
 export interface IvbsSessionOptions {
@@ -176,13 +173,6 @@ interface Chunk extends RequestOwner {
 const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
 const DEFAULT_MAX_RETRIES = 20;
 const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
-const EMPTY = new Uint8Array(0);
-/**
- * WRITEs from this size on go out from the caller's buffer instead of being
- * copied into the packet (the copy cost a quarter of the CPU at 1 MiB); smaller
- * ones are copied and coalesced with their neighbours into one socket write.
- */
-const UNCOPIED_WRITE_MIN = 64 * 1024;
 
 /** The keys of `values` that are set (undefined must not override a default). */
 function definedOnly<T extends object>(values: T | undefined): Partial<T> {
@@ -678,20 +668,11 @@ export class IvbsSession implements Backend {
     let body: Uint8Array | undefined;
     if (kind === "READ") {
       packet = encodeReadRequest(NO_SESSION_ID, 0, offset, length);
-    } else if (length < UNCOPIED_WRITE_MIN) {
-      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
     } else {
-      // Header and offset only, with data_len covering the data sent after it.
-      packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, EMPTY);
-      encodeHeader(
-        {
-          sessionId: NO_SESSION_ID,
-          op: Op.WRITE,
-          dataLen: WRITE_PREFIX_SIZE + length,
-          sequence: 0,
-        },
-        packet,
-      );
+      // Header and offset only, with data_len covering the data sent after it: the data
+      // goes from the caller's buffer (the frame writer copies a small one once, into its
+      // gathered write, and sends a large one uncopied), never into a fresh packet.
+      packet = encodeWriteRequestHeader(NO_SESSION_ID, 0, offset, length);
       body = buffer;
     }
     return new Promise<void>((resolve, reject) => {
