@@ -23,7 +23,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type FioTarget, WORKLOADS } from "./fio.ts";
+import { WORKLOADS } from "./fio.ts";
 import { Child, exists, freePort, portOpen, type Usage, waitFor } from "./processes.ts";
 import {
   comparisonTable,
