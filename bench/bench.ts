@@ -11,35 +11,48 @@
  *           /dev/nbd1 → nbd-client → nbdkit nbd → nbdkit memory "peer"
  *           /dev/nbd2 → nbd-client → nbdkit memory             "ceiling"
  *
- * usage: deno run -A bench/bench.ts host|kernel [--seconds 10] [--out FILE]
+ * Targets run interleaved (bench/rounds.ts): a warm-up, then `--rounds` rounds
+ * in which every target runs every workload once, the order rotating; each
+ * cell is the median (min–max) over the rounds, ratios to the peer are taken
+ * per round, and CPU µs per I/O counts every process of a target (ivbsnetd:
+ * the daemon and the IVBS test server; peer: both nbdkit processes).
+ *
+ * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
+ *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
+ *   --before DIR: also run the export pair of another checkout (before/after, same run).
  * @module
  */
 import { parseArgs } from "node:util";
-import { type FioResult, type FioTarget, runFio, type Workload, WORKLOADS } from "./fio.ts";
+import { WORKLOADS } from "./fio.ts";
 import { Child, exists, freePort, portOpen, type Usage, waitFor } from "./processes.ts";
+import {
+  comparisonTable,
+  fmt,
+  hostLine,
+  loadAverage,
+  type RoundTarget,
+  runRounds,
+  type Samples,
+} from "./rounds.ts";
 
 const IMAGE_SIZE = "2G";
 const FIO_FILE_SIZE = "1G";
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-interface Target {
-  label: "ivbsnetd" | "peer" | "ceiling";
-  fio: FioTarget;
-}
+const WARMUP_SECONDS = 2;
 
 interface Setup {
-  targets: Target[];
+  targets: RoundTarget[];
   children: Child[];
   /** The ivbsnetd process whose CPU and RSS we report. */
   ivbsnetd: Child;
   teardown(): Promise<void>;
 }
 
-function deno(name: string, args: string[]): Child {
-  return new Child(name, Deno.execPath(), ["run", "--allow-all", MAIN, ...args]);
+function deno(name: string, args: string[], main = MAIN): Child {
+  return new Child(name, Deno.execPath(), ["run", "--allow-all", main, ...args]);
 }
 
-async function startIvbsServer(dir: string): Promise<{ child: Child; port: number }> {
+async function startIvbsServer(dir: string, main = MAIN): Promise<{ child: Child; port: number }> {
   const port = freePort();
   const child = deno("ivbs-server", [
     "ivbs-server",
@@ -49,7 +62,7 @@ async function startIvbsServer(dir: string): Promise<{ child: Child; port: numbe
     `bench:${IMAGE_SIZE}`,
     "--user",
     "bench:bench",
-  ]);
+  ], main);
   await waitFor("the IVBS test server", () => portOpen(port));
   await Deno.writeTextFile(`${dir}/password`, "bench\n", { mode: 0o600 });
   return { child, port };
@@ -68,6 +81,7 @@ function ivbsArgs(dir: string, port: number): string[] {
   ];
 }
 
+/** [nbdkit memory, nbdkit nbd in front of it]. */
 async function startNbdkitPeers(dir: string): Promise<Child[]> {
   const memory = new Child("nbdkit memory", "nbdkit", [
     "--foreground",
@@ -88,28 +102,47 @@ async function startNbdkitPeers(dir: string): Promise<Child[]> {
   return [memory, proxy];
 }
 
-async function setupHost(dir: string): Promise<Setup> {
-  const server = await startIvbsServer(dir);
-  const ivbsnetd = deno("ivbsnetd export", [
+/** `ivbsnetd export` (from the tree of `main`) in front of its own IVBS test server. */
+async function startExportPair(
+  dir: string,
+  label: string,
+  main = MAIN,
+): Promise<{ export: Child; server: Child; uri: string }> {
+  const server = await startIvbsServer(dir, main);
+  const socket = `${dir}/${label}.sock`;
+  const child = deno(`${label} export`, [
     "export",
     "--socket",
-    `${dir}/ivbsnetd.sock`,
+    socket,
     "--name",
     "bench",
     ...ivbsArgs(dir, server.port),
-  ]);
-  await waitFor("the ivbsnetd export", () => exists(`${dir}/ivbsnetd.sock`));
+  ], main);
+  await waitFor(`the ${label} export`, () => exists(socket));
+  return { export: child, server: server.child, uri: `nbd+unix:///bench?socket=${socket}` };
+}
+
+/** `before`: another checkout whose export pair runs interleaved beside ours (before/after). */
+async function setupHost(dir: string, before?: string): Promise<Setup> {
+  const ours = await startExportPair(dir, "ivbsnetd");
+  const old = before ? await startExportPair(dir, "before", `${before}/main.ts`) : undefined;
   const peers = await startNbdkitPeers(dir);
-  const uri = (socket: string, name = "") => `nbd+unix:///${name}?socket=${dir}/${socket}`;
-  const children = [ivbsnetd, server.child, ...peers];
+  const uri = (socket: string) => `nbd+unix:///?socket=${dir}/${socket}`;
+  const children = [ours.export, ours.server, ...(old ? [old.export, old.server] : []), ...peers];
+  const target = (label: string, uri: string, processes: Child[]): RoundTarget => ({
+    label,
+    fio: { kind: "nbd-uri", uri },
+    processes,
+  });
   return {
     targets: [
-      { label: "ivbsnetd", fio: { kind: "nbd-uri", uri: uri("ivbsnetd.sock", "bench") } },
-      { label: "peer", fio: { kind: "nbd-uri", uri: uri("peer.sock") } },
-      { label: "ceiling", fio: { kind: "nbd-uri", uri: uri("memory.sock") } },
+      target("ivbsnetd", ours.uri, [ours.export, ours.server]),
+      ...(old ? [target("before", old.uri, [old.export, old.server])] : []),
+      target("peer", uri("peer.sock"), peers),
+      target("ceiling", uri("memory.sock"), [peers[0]]),
     ],
     children,
-    ivbsnetd,
+    ivbsnetd: ours.export,
     teardown: async () => {
       for (const child of children) await child.stop();
     },
@@ -148,9 +181,17 @@ async function setupKernel(dir: string): Promise<Setup> {
   const children = [ivbsnetd, server.child, ...peers];
   return {
     targets: [
-      { label: "ivbsnetd", fio: { kind: "block-device", path: "/dev/nbd0" } },
-      { label: "peer", fio: { kind: "block-device", path: "/dev/nbd1" } },
-      { label: "ceiling", fio: { kind: "block-device", path: "/dev/nbd2" } },
+      {
+        label: "ivbsnetd",
+        fio: { kind: "block-device", path: "/dev/nbd0" },
+        processes: [ivbsnetd, server.child],
+      },
+      { label: "peer", fio: { kind: "block-device", path: "/dev/nbd1" }, processes: peers },
+      {
+        label: "ceiling",
+        fio: { kind: "block-device", path: "/dev/nbd2" },
+        processes: [peers[0]],
+      },
     ],
     children,
     ivbsnetd,
@@ -174,89 +215,82 @@ async function ddWrite(path: string): Promise<number> {
   return (1024 * 1024 * 1024) / Number(match[1]) / 1e6;
 }
 
-function fmt(value: number, digits = 0): string {
-  return value.toLocaleString("en-US", {
-    minimumFractionDigits: digits,
-    maximumFractionDigits: digits,
-  });
-}
-
-function row(workload: Workload, results: Record<string, FioResult>): string {
-  const ours = results.ivbsnetd;
-  const peer = results.peer;
-  const ceiling = results.ceiling;
-  const digits = workload.unit === "MB/s" ? 1 : 0;
-  const ratio = peer.value > 0 ? ours.value / peer.value : 0;
-  const p99Ratio = peer.p99Us > 0 ? ours.p99Us / peer.p99Us : 0;
-  return `| ${workload.name} | ${workload.unit} | ${fmt(ours.value, digits)} | ${
-    fmt(peer.value, digits)
-  } | ${fmt(ceiling.value, digits)} | **${ratio.toFixed(2)}** | ${fmt(ours.p50Us)} / ${
-    fmt(ours.p99Us)
-  } | ${fmt(peer.p50Us)} / ${fmt(peer.p99Us)} | ${p99Ratio.toFixed(2)} |`;
-}
-
 async function main() {
   const { values, positionals } = parseArgs({
     args: Deno.args,
     allowPositionals: true,
     options: {
-      seconds: { type: "string", default: "10" },
+      rounds: { type: "string", default: "3" },
+      seconds: { type: "string", default: "5" },
       out: { type: "string" },
       only: { type: "string" },
+      before: { type: "string" },
+      "no-ceiling": { type: "boolean" },
     },
   });
   const setting = positionals[0];
   if (setting !== "host" && setting !== "kernel") {
-    console.error("usage: bench.ts host|kernel [--seconds N] [--out FILE] [--only SUBSTRING]");
+    console.error(
+      "usage: bench.ts host|kernel [--rounds N] [--seconds N] [--out FILE] [--only SUBSTRING]",
+    );
     Deno.exit(2);
   }
+  const rounds = Number(values.rounds);
   const seconds = Number(values.seconds);
+  const loadBefore = loadAverage();
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
-  const setup = setting === "host" ? await setupHost(dir) : await setupKernel(dir);
-  const lines: string[] = [];
+  const setup = setting === "host" ? await setupHost(dir, values.before) : await setupKernel(dir);
+  if (values["no-ceiling"]) setup.targets = setup.targets.filter((t) => t.label !== "ceiling");
+  const workloads = WORKLOADS.filter((w) =>
+    !values.only || values.only.split(",").some((o) => w.name.includes(o))
+  );
+  const extra: string[] = [];
+  let samples: Samples;
   let usage: Usage | undefined;
   try {
-    const workloads = WORKLOADS.filter((w) => !values.only || w.name.includes(values.only));
-    for (const workload of workloads) {
-      const results: Record<string, FioResult> = {};
-      for (const target of setup.targets) {
-        results[target.label] = await runFio(target.fio, workload, {
-          seconds,
-          fileSize: FIO_FILE_SIZE,
-        });
-      }
-      const line = row(workload, results);
-      console.log(line);
-      lines.push(line);
-    }
+    samples = await runRounds(setup.targets, workloads, {
+      rounds,
+      seconds,
+      warmupSeconds: WARMUP_SECONDS,
+      fileSize: FIO_FILE_SIZE,
+    });
     if (setting === "kernel") {
       const dd = [];
       for (const target of setup.targets) {
         if (target.fio.kind === "block-device") dd.push(await ddWrite(target.fio.path));
       }
-      const line = `| dd 1 GiB bs=1M oflag=direct | MB/s | ${fmt(dd[0], 1)} | ${fmt(dd[1], 1)} | ${
-        fmt(dd[2], 1)
-      } | **${(dd[0] / dd[1]).toFixed(2)}** | | | |`;
-      console.log(line);
-      lines.push(line);
+      extra.push(
+        `dd 1 GiB bs=1M oflag=direct, one run each: ivbsnetd ${fmt(dd[0], 1)} MB/s, peer ${
+          fmt(dd[1], 1)
+        } MB/s, ceiling ${fmt(dd[2], 1)} MB/s (**${(dd[0] / dd[1]).toFixed(2)}×** the peer).`,
+        "",
+      );
     }
     usage = setup.ivbsnetd.usage();
   } finally {
     await setup.teardown();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
-  const cpuModel = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
+  const { lines, notes } = comparisonTable(
+    workloads,
+    samples,
+    setup.targets.map((t) => t.label),
+    "peer",
+  );
   const report = [
     `## Setting ${setting === "host" ? "A: host, fio nbd engine" : "B: kernel /dev/nbdX"}`,
     "",
-    `${new Date().toISOString()}; ${navigator.hardwareConcurrency} CPUs (${cpuModel}); ` +
-    `fio ${seconds} s per time-based job; image ${IMAGE_SIZE}, fio size ${FIO_FILE_SIZE}.`,
+    `${new Date().toISOString()}; ${hostLine()} at the end (${loadBefore} at the start; the ` +
+    `host is shared with other work); ${rounds} interleaved rounds of ${seconds} s per ` +
+    `time-based job after a ${WARMUP_SECONDS} s warm-up each; image ${IMAGE_SIZE}, fio size ` +
+    `${FIO_FILE_SIZE}. Each cell: median (min–max) over the rounds; ratios are taken per round ` +
+    "against the peer (2 hops: nbdkit nbd → nbdkit memory); CPU µs per I/O counts all of a " +
+    "target's processes (ivbsnetd: the daemon + the IVBS test server; peer: both nbdkits).",
     "",
-    "| workload | unit | ivbsnetd | peer (2 hops) | ceiling (1 hop) | ivbsnetd / peer | " +
-    "ivbsnetd p50 / p99 µs | peer p50 / p99 µs | p99 ratio |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ...lines,
     "",
+    ...extra,
+    ...(notes.length > 0 ? [...notes.map((n) => `- ${n}`), ""] : []),
     `ivbsnetd process: ${usage?.cpuSeconds.toFixed(1)} s CPU, peak RSS ${
       usage?.peakRssMiB.toFixed(0)
     } MiB over the whole run.`,

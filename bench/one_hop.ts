@@ -17,27 +17,19 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { type FioResult, runFio, type Workload, WORKLOADS } from "./fio.ts";
+import { WORKLOADS } from "./fio.ts";
 import { Child, exists, waitFor } from "./processes.ts";
+import { comparisonTable, hostLine, loadAverage, type RoundTarget, runRounds } from "./rounds.ts";
 
 const IMAGE_SIZE = "2G";
 const FIO_FILE_SIZE = "1G";
 const WARMUP_SECONDS = 2;
 
-interface Target {
-  label: string;
-  child: Child;
+interface Server extends RoundTarget {
   socket: string;
-  uri: string;
 }
 
-interface Sample {
-  result: FioResult;
-  /** Server CPU per completed I/O, µs. */
-  cpuUsPerIo: number;
-}
-
-function startExport(label: string, main: string, dir: string): Target {
+function startExport(label: string, main: string, dir: string): Server {
   const socket = `${dir}/${label}.sock`;
   const child = new Child(label, Deno.execPath(), [
     "run",
@@ -51,10 +43,11 @@ function startExport(label: string, main: string, dir: string): Target {
     "--memory",
     IMAGE_SIZE,
   ]);
-  return { label, child, socket, uri: `nbd+unix:///bench?socket=${socket}` };
+  const uri = `nbd+unix:///bench?socket=${socket}`;
+  return { label, processes: [child], socket, fio: { kind: "nbd-uri", uri } };
 }
 
-function startNbdkit(dir: string): Target {
+function startNbdkit(dir: string): Server {
   const socket = `${dir}/nbdkit.sock`;
   const child = new Child("nbdkit", "nbdkit", [
     "--foreground",
@@ -63,31 +56,8 @@ function startNbdkit(dir: string): Target {
     "memory",
     IMAGE_SIZE,
   ]);
-  return { label: "nbdkit", child, socket, uri: `nbd+unix:///?socket=${socket}` };
-}
-
-async function measure(target: Target, workload: Workload, seconds: number): Promise<Sample> {
-  const before = target.child.usage().cpuSeconds;
-  const result = await runFio({ kind: "nbd-uri", uri: target.uri }, workload, {
-    seconds,
-    fileSize: FIO_FILE_SIZE,
-    rampSeconds: 0,
-  });
-  const cpu = target.child.usage().cpuSeconds - before;
-  return { result, cpuUsPerIo: result.ios > 0 ? (cpu * 1e6) / result.ios : 0 };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
-}
-
-/** "median (min–max)" with `digits` decimals. */
-function spread(values: number[], digits = 0): string {
-  const f = (v: number) =>
-    v.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
-  return `${f(median(values))} (${f(Math.min(...values))}–${f(Math.max(...values))})`;
+  const uri = `nbd+unix:///?socket=${socket}`;
+  return { label: "nbdkit", processes: [child], socket, fio: { kind: "nbd-uri", uri } };
 }
 
 async function main() {
@@ -108,7 +78,7 @@ async function main() {
     !w.size && (!values.only || values.only.split(",").some((o) => w.name.includes(o)))
   );
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-onehop-" });
-  const targets: Target[] = [
+  const targets: Server[] = [
     startExport("ivbsnetd", new URL("../main.ts", import.meta.url).pathname, dir),
     startNbdkit(dir),
   ];
@@ -117,69 +87,35 @@ async function main() {
     const [label, tree] = spec.split("=", 2);
     targets.push(startExport(label, `${tree}/main.ts`, dir));
   }
-  // samples[workload][target] = one Sample per round
-  const samples = new Map<string, Map<string, Sample[]>>();
+  const loadBefore = loadAverage();
+  let samples;
   try {
     for (const target of targets) await waitFor(target.label, () => exists(target.socket));
-    for (const workload of workloads) {
-      samples.set(workload.name, new Map(targets.map((t) => [t.label, []])));
-      for (const target of targets) await measure(target, workload, WARMUP_SECONDS);
-    }
-    for (let round = 0; round < rounds; round++) {
-      for (const workload of workloads) {
-        for (let i = 0; i < targets.length; i++) {
-          const target = targets[(i + round) % targets.length];
-          const sample = await measure(target, workload, seconds);
-          samples.get(workload.name)!.get(target.label)!.push(sample);
-          console.error(
-            `round ${round + 1} ${workload.name} ${target.label}: ${
-              sample.result.value.toFixed(0)
-            } ${workload.unit}, p50 ${sample.result.p50Us.toFixed(0)} µs, ${
-              sample.cpuUsPerIo.toFixed(1)
-            } µs CPU/IO`,
-          );
-        }
-      }
-    }
+    samples = await runRounds(targets, workloads, {
+      rounds,
+      seconds,
+      warmupSeconds: WARMUP_SECONDS,
+      fileSize: FIO_FILE_SIZE,
+    });
   } finally {
-    for (const target of targets) await target.child.stop();
+    for (const target of targets) for (const child of target.processes) await child.stop();
     await Deno.remove(dir, { recursive: true }).catch(() => {});
   }
 
   const ours = targets.filter((t) => t.label !== "nbdkit").map((t) => t.label);
-  const lines: string[] = [];
-  for (const workload of workloads) {
-    const byTarget = samples.get(workload.name)!;
-    const peer = byTarget.get("nbdkit")!;
-    for (const label of [...ours, "nbdkit"]) {
-      const list = byTarget.get(label)!;
-      const ratio = label === "nbdkit"
-        ? ""
-        : spread(list.map((s, r) => s.result.value / peer[r].result.value), 2);
-      lines.push(
-        `| ${workload.name} | ${label} | ${
-          spread(list.map((s) => s.result.value))
-        } ${workload.unit} | ${ratio} | ${spread(list.map((s) => s.result.p50Us))} | ${
-          spread(list.map((s) => s.result.p99Us))
-        } | ${spread(list.map((s) => s.cpuUsPerIo), 1)} |`,
-      );
-    }
-  }
-  const cpuModel = /model name\s*:\s*(.*)/.exec(Deno.readTextFileSync("/proc/cpuinfo"))?.[1];
-  const load = Deno.readTextFileSync("/proc/loadavg").split(" ").slice(0, 3).join(" ");
+  const { lines, notes } = comparisonTable(workloads, samples, [...ours, "nbdkit"], "nbdkit");
   const report = [
     "## One hop: fio nbd engine → `ivbsnetd export --memory` vs `nbdkit memory`",
     "",
-    `${new Date().toISOString()}; ${navigator.hardwareConcurrency} CPUs (${cpuModel}); ` +
-    `load average at the end ${load}; ${rounds} interleaved rounds of ${seconds} s per job ` +
-    `(after a ${WARMUP_SECONDS} s warm-up each); image ${IMAGE_SIZE}, fio size ${FIO_FILE_SIZE}. ` +
-    "Each cell: median (min–max) over the rounds; ratio = that round's figure / nbdkit's; " +
+    `${new Date().toISOString()}; ${hostLine()} at the end (${loadBefore} at the start; the ` +
+    `host is shared); ${rounds} interleaved rounds of ${seconds} s per job (after a ` +
+    `${WARMUP_SECONDS} s warm-up each); image ${IMAGE_SIZE}, fio size ${FIO_FILE_SIZE}. ` +
+    "Each cell: median (min–max) over the rounds; ratios = that round's figure / nbdkit's; " +
     "CPU = server process user+system time per completed I/O.",
     "",
-    "| workload | server | throughput | / nbdkit | p50 µs | p99 µs | CPU µs per I/O |",
-    "|---|---|---:|---:|---:|---:|---:|",
     ...lines,
     "",
+    ...(notes.length > 0 ? [...notes.map((n) => `- ${n}`), ""] : []),
   ].join("\n");
   console.log(report);
   if (values.out) await Deno.writeTextFile(values.out, report);

@@ -16,9 +16,20 @@ Deno.test("BufferPool hands back a given buffer for the next request of its size
   assert.notEqual(pool.take(512 * 1024).buffer, first.buffer);
 });
 
-Deno.test("BufferPool neither pools small buffers nor holds more than its bound", () => {
+Deno.test("BufferPool pools page-sized buffers: a 4 KiB read reuses the last one", () => {
+  const pool = new BufferPool(1024 * 1024);
+  const page = pool.take(4096);
+  pool.give(page);
+  assert.equal(pool.pooledBytes, 4096);
+  assert.equal(pool.take(4096).buffer, page.buffer);
+  // A 4 KiB WRITE with the IVBS offset prefix falls in the next class.
+  const write = pool.take(4096 + 8);
+  assert.equal(write.buffer.byteLength, 8192);
+});
+
+Deno.test("BufferPool neither pools sub-page buffers nor holds more than its bound", () => {
   const pool = new BufferPool(2 * 1024 * 1024);
-  const small = pool.take(4096);
+  const small = pool.take(4095);
   pool.give(small);
   assert.equal(pool.pooledBytes, 0);
   const buffers = [pool.take(1 << 20), pool.take(1 << 20), pool.take(1 << 20)];

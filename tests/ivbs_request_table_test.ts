@@ -1,9 +1,8 @@
 import assert from "node:assert/strict";
-import { type Chunk, RequestTable, UNCOPIED_WRITE_MIN } from "../src/ivbs/request_table.ts";
+import { type Chunk, RequestTable } from "../src/ivbs/request_table.ts";
 import {
   decodeHeader,
   decodeReadRequest,
-  decodeWriteRequest,
   HEADER_SIZE,
   Op,
   WRITE_PREFIX_SIZE,
@@ -40,18 +39,15 @@ Deno.test("RequestTable encodes a READ with its range and lands it in the caller
   assert.equal(chunk.body, undefined);
 });
 
-Deno.test("RequestTable copies a small WRITE into its packet and sends a large one from the caller's buffer", () => {
+Deno.test("RequestTable sends every WRITE from the caller's buffer, after a header-and-offset packet", () => {
   const { add } = table();
-  const small = new Uint8Array(512).fill(3);
-  const smallChunk = add("WRITE", 0, small);
-  assert.equal(smallChunk.body, undefined);
-  assert.deepEqual(decodeWriteRequest(smallChunk.packet.subarray(HEADER_SIZE)).data, small);
-
-  const large = new Uint8Array(UNCOPIED_WRITE_MIN).fill(9);
-  const largeChunk = add("WRITE", 4096, large);
-  assert.equal(largeChunk.body, large, "not copied");
-  assert.equal(largeChunk.packet.length, HEADER_SIZE + WRITE_PREFIX_SIZE);
-  assert.equal(decodeHeader(largeChunk.packet).dataLen, WRITE_PREFIX_SIZE + large.length);
+  for (const size of [512, 4096, 1024 * 1024]) {
+    const data = new Uint8Array(size).fill(9);
+    const chunk = add("WRITE", 4096, data);
+    assert.equal(chunk.body, data, `${size} bytes: not copied into the packet`);
+    assert.equal(chunk.packet.length, HEADER_SIZE + WRITE_PREFIX_SIZE);
+    assert.equal(decodeHeader(chunk.packet).dataLen, WRITE_PREFIX_SIZE + size);
+  }
 });
 
 Deno.test("RequestTable answers a request once: a late second answer is ignored", () => {

@@ -24,6 +24,7 @@ import {
   encodeReadReply,
   encodeReadRequest,
   encodeWriteRequest,
+  encodeWriteRequestHeader,
   GREETING_SIZE,
   hashPassword,
   HEADER_SIZE,
@@ -34,6 +35,7 @@ import {
   MAX_PROXY_ENTRIES,
   Op,
   opName,
+  stampHeader,
   Status,
   statusName,
 } from "../src/ivbs/wire.ts";
@@ -133,6 +135,28 @@ Deno.test("READ and WRITE requests match their fixtures", () => {
     encodeReadReply(SID, 7, new Uint8Array([9, 8])),
     hex(SID_HEX + "0000012c 00000000 00000002 00000007 0908"),
   );
+});
+
+Deno.test("encodeWriteRequestHeader is a WRITE packet cut before its data, data_len counting it", () => {
+  const data = new Uint8Array([1, 2, 3]);
+  const head = encodeWriteRequestHeader(SID, 8, 8, data.length);
+  assert.deepEqual(head, hex(SID_HEX + "0000012d 00000000 0000000b 00000008 0000000000000008"));
+  const whole = new Uint8Array(head.length + data.length);
+  whole.set(head);
+  whole.set(data, head.length);
+  assert.deepEqual(whole, encodeWriteRequest(SID, 8, 8, data));
+  assert.throws(() => encodeWriteRequestHeader(SID, 0, 0, MAX_IO_LENGTH + 1), IvbsProtocolError);
+});
+
+Deno.test("stampHeader writes the session id and sequence in place and leaves the rest", () => {
+  const packet = encodeReadRequest(new Uint8Array(32), 0, 4096, 512);
+  assert.equal(stampHeader(packet, SID, 7), Op.READ);
+  assert.deepEqual(packet, encodeReadRequest(SID, 7, 4096, 512));
+  assert.throws(() => stampHeader(packet.subarray(0, HEADER_SIZE - 1), SID, 1), IvbsProtocolError);
+  const unknown = encodeEmpty(SID, Op.KEEPALIVE, 0);
+  unknown.set([0, 0, 0x7f, 0x7f], 32);
+  assert.throws(() => stampHeader(unknown, SID, 1), /unknown op/);
+  assert.throws(() => stampHeader(encodeEmpty(SID, Op.KEEPALIVE, 0), SID.subarray(1), 1));
 });
 
 Deno.test("LIST_PROXIES matches the fixture: count u32, then host[64] + port u16 per entry", () => {

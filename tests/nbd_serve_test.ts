@@ -270,9 +270,9 @@ Deno.test("serveTransmission reuses read buffers without mixing up pipelined rep
   const { peer, finish } = await start(backend);
   const offsets = new Map<bigint, number>();
   for (let round = 0; round < 3; round++) {
-    // Pooled sizes (>= 64 KiB), several size classes, all in flight at once.
+    // Pooled sizes (from a 4 KiB page up), several size classes, all in flight at once.
     for (let i = 0; i < 48; i++) {
-      const length = [64, 128, 192, 1024][i % 4] * 1024;
+      const length = [4, 64, 8, 128, 192, 1024][i % 6] * 1024;
       const offset = ((i * 7 + round * 13) % 64) * 128 * 1024;
       offsets.set(await peer.send(Command.READ, offset, length), offset);
     }

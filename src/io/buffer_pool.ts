@@ -2,14 +2,17 @@
  * Reuses large payload buffers. A fresh ArrayBuffer of 1 MiB costs far more
  * than the copy into it: allocating and filling one measured 0.97 ms against
  * 0.023 ms for filling an existing one on the host, and 4.0 ms against 0.36 ms
- * in the NBD VM (fresh pages fault in one by one). Bounded: at most
+ * in the NBD VM (fresh pages fault in one by one). Small ones are pooled too:
+ * a fresh 4 KiB ArrayBuffer (malloc, zero-fill, a GC-tracked backing store)
+ * showed up at 1.3 µs per qd1 request in the export's CPU profile, plus the
+ * garbage collections it brings (bench/results/profile_qd1.md). Bounded: at most
  * `maxPooledBytes` wait in the pool; the rest is left to the GC. Used by the
  * NBD serve loop and the IVBS test server alike, so it lives with the byte I/O.
  * @module
  */
 
-/** Buffers smaller than this are cheap to allocate and are not pooled. */
-const MIN_POOLED = 64 * 1024;
+/** Buffers smaller than a page are not pooled (headers and odd sizes: on-heap, cheap). */
+const MIN_POOLED = 4 * 1024;
 
 export class BufferPool {
   readonly #free = new Map<number, ArrayBuffer[]>();

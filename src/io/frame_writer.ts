@@ -139,7 +139,9 @@ export class FrameWriter<F extends Frame = Frame> {
         try {
           for (const bytes of this.#writes) {
             this.#onActivity?.();
-            await writeAll(this.#stream, bytes);
+            // One promise per write in the common case (all of it taken at once).
+            const n = await this.#stream.write(bytes);
+            if (n < bytes.length) await writeAll(this.#stream, bytes.subarray(n));
           }
         } catch (error) {
           this.#fail(error);

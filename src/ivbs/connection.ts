@@ -27,7 +27,6 @@ import {
   DEFAULT_IDLE_TIMEOUT_S,
   encodeAttachRequest,
   encodeEmpty,
-  encodeHeader,
   encodeLogin,
   HEADER_SIZE,
   IvbsProtocolError,
@@ -37,6 +36,7 @@ import {
   type PacketHeader,
   type ProxyAddress,
   SESSION_ID_SIZE,
+  stampHeader,
   Status,
 } from "./wire.ts";
 
@@ -312,24 +312,20 @@ export class IvbsConnection {
     if (this.#sessionId === null) {
       return Promise.reject(new IvbsProtocolError("request before GREETING"));
     }
-    let header: PacketHeader;
+    const sequence = this.#nextSequence();
+    let op: OpCode;
     try {
-      header = decodeHeader(packet);
+      op = stampHeader(packet, this.#sessionId, sequence);
     } catch (error) {
       return Promise.reject(error);
     }
-    const sequence = this.#nextSequence();
-    encodeHeader(
-      { sessionId: this.#sessionId, op: header.op, dataLen: header.dataLen, sequence },
-      packet,
-    );
     const probe = options.probe === true;
     return new Promise<Reply>((resolve, reject) => {
       const now = performance.now();
       // The dead-peer clock starts when we start waiting, not at the last reply.
       if (this.#pending.size === 0) this.#lastReplyAt = now;
       this.#pending.set(sequence, {
-        op: header.op,
+        op,
         sentAt: now,
         probe,
         target: options.target,

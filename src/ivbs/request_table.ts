@@ -22,14 +22,7 @@
  * @module
  */
 import type { RequestOwner } from "./connection.ts";
-import {
-  encodeHeader,
-  encodeReadRequest,
-  encodeWriteRequest,
-  Op,
-  SESSION_ID_SIZE,
-  WRITE_PREFIX_SIZE,
-} from "./wire.ts";
+import { encodeReadRequest, encodeWriteRequestHeader, SESSION_ID_SIZE } from "./wire.ts";
 
 export type Kind = "READ" | "WRITE";
 
@@ -43,7 +36,7 @@ export interface Chunk extends RequestOwner {
   packet: Uint8Array;
   /** READ: where the data lands (a view into the caller's result). */
   target: Uint8Array | undefined;
-  /** Large WRITE: the caller's data, sent after `packet` without a copy. */
+  /** WRITE: the caller's data, sent after `packet` (never copied into it). */
   body: Uint8Array | undefined;
   deadline: number;
   attempts: number;
@@ -53,15 +46,7 @@ export interface Chunk extends RequestOwner {
 }
 
 const NO_SESSION_ID = new Uint8Array(SESSION_ID_SIZE);
-const EMPTY = new Uint8Array(0);
-/**
- * WRITEs from this size on go out from the caller's buffer instead of being
- * copied into the packet (the copy cost a quarter of the CPU at 1 MiB); smaller
- * ones are copied and coalesced with their neighbours into one socket write.
- */
-export const UNCOPIED_WRITE_MIN = 64 * 1024;
-
-/** The packet for one piece, and for a large WRITE the caller's data sent after it. */
+/** The packet for one piece, and for a WRITE the caller's data sent after it. */
 export function encodeChunk(
   kind: Kind,
   offset: number,
@@ -72,20 +57,11 @@ export function encodeChunk(
   let body: Uint8Array | undefined;
   if (kind === "READ") {
     packet = encodeReadRequest(NO_SESSION_ID, 0, offset, length);
-  } else if (length < UNCOPIED_WRITE_MIN) {
-    packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, buffer);
   } else {
-    // Header and offset only, with data_len covering the data sent after it.
-    packet = encodeWriteRequest(NO_SESSION_ID, 0, offset, EMPTY);
-    encodeHeader(
-      {
-        sessionId: NO_SESSION_ID,
-        op: Op.WRITE,
-        dataLen: WRITE_PREFIX_SIZE + length,
-        sequence: 0,
-      },
-      packet,
-    );
+    // Header and offset only, with data_len covering the data sent after it: the data
+    // goes from the caller's buffer (the frame writer copies a small one once, into its
+    // gathered write, and sends a large one uncopied), never into a fresh packet.
+    packet = encodeWriteRequestHeader(NO_SESSION_ID, 0, offset, length);
     body = buffer;
   }
   return { packet, body };

@@ -151,6 +151,27 @@ export function encodeHeader(
 }
 
 /**
+ * Stamps `sessionId` and `sequence` into an encoded packet in place and returns
+ * its op: the per-request path of a client connection, which needs neither a
+ * decoded header object nor the rest rewritten. Throws like decodeHeader on a
+ * short packet or an unknown op.
+ */
+export function stampHeader(packet: Uint8Array, sessionId: Uint8Array, sequence: number): OpCode {
+  if (packet.length < HEADER_SIZE) {
+    throw new IvbsProtocolError(`short header: ${packet.length} of ${HEADER_SIZE} bytes`);
+  }
+  if (sessionId.length !== SESSION_ID_SIZE) {
+    throw new IvbsProtocolError(`session id must be 32 bytes, got ${sessionId.length}`);
+  }
+  const dv = view(packet);
+  const op = dv.getUint32(OFF_OP);
+  if (!isKnownOp(op)) throw new IvbsProtocolError(`unknown op ${op}`);
+  packet.set(sessionId, 0);
+  dv.setUint32(OFF_SEQUENCE, sequence >>> 0);
+  return op;
+}
+
+/**
  * Decodes and validates a header: rejects short input, unknown ops and a
  * `data_len` over the protocol limit, so the caller never allocates without bound.
  */
@@ -383,6 +404,23 @@ export function encodeWriteRequest(
   const bytes = packet({ sessionId, op: Op.WRITE, sequence }, WRITE_PREFIX_SIZE + data.length);
   putU64(view(bytes), HEADER_SIZE, offset, "offset");
   bytes.set(data, HEADER_SIZE + WRITE_PREFIX_SIZE);
+  return bytes;
+}
+
+/**
+ * A WRITE packet without its data: header and offset, with data_len counting
+ * the `length` data bytes the sender writes right after it from where they lie.
+ */
+export function encodeWriteRequestHeader(
+  sessionId: Uint8Array,
+  sequence: number,
+  offset: number,
+  length: number,
+): Uint8Array {
+  checkIoLength(length);
+  const bytes = new Uint8Array(HEADER_SIZE + WRITE_PREFIX_SIZE);
+  encodeHeader({ sessionId, op: Op.WRITE, sequence, dataLen: WRITE_PREFIX_SIZE + length }, bytes);
+  putU64(view(bytes), HEADER_SIZE, offset, "offset");
   return bytes;
 }
 

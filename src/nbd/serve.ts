@@ -114,9 +114,10 @@ class Transmission {
   readonly #stats: IoStats;
   readonly #admission: Admission;
   readonly #writer: FrameWriter<ReplyFrame>;
-  /** Requests received and not yet fully answered, by an id of ours. */
-  readonly #inFlight = new Map<number, Promise<void>>();
-  #nextId = 0;
+  /** Requests received whose reply is not written (or dropped) yet. */
+  #inFlight = 0;
+  /** Resolved when #inFlight drops to 0 while run() waits for it. */
+  #allAnswered: PromiseWithResolvers<void> | null = null;
   /**
    * Client handles whose reply is not queued yet. A handle leaves this set when
    * its reply is queued, not when the write settles: a client may reuse it as
@@ -158,11 +159,14 @@ class Transmission {
       failure = error;
       this.#log.error("NBD request stream failed; answering what is in flight", {
         error,
-        inFlight: this.#inFlight.size,
+        inFlight: this.#inFlight,
       });
     }
     // Every request already read gets its answer before we return.
-    while (this.#inFlight.size > 0) await Promise.all(this.#inFlight.values());
+    if (this.#inFlight > 0) {
+      this.#allAnswered = Promise.withResolvers();
+      await this.#allAnswered.promise;
+    }
     if (failure !== null) throw failure;
     if (this.#writer.error !== null) throw this.#writer.error;
     return end;
@@ -175,7 +179,8 @@ class Transmission {
       if (!this.#admission.tryAcquire(1, 0)) await this.#admission.acquire(1, 0);
       let request: NbdRequest | null;
       try {
-        request = await this.#readHeader();
+        const more = await this.#reader.readFull(this.#header, "NBD request header", true);
+        request = more ? decodeRequest(this.#header) : null;
       } catch (error) {
         this.#admission.release(1, 0);
         throw error;
@@ -187,55 +192,67 @@ class Transmission {
       }
       if (request.type === Command.DISC) {
         this.#admission.release(1, 0);
-        this.#log.debug("NBD disconnect requested", { inFlight: this.#inFlight.size });
+        this.#log.debug("NBD disconnect requested", { inFlight: this.#inFlight });
         return "disc";
       }
       if (this.#stop?.aborted) {
         this.#admission.release(1, 0);
         return "stopped";
       }
-      await this.#accept(request);
+      // Synchronous unless it has to wait (a WRITE payload, a full byte budget): a READ
+      // costs no promise here.
+      const accepting = this.#accept(request);
+      if (accepting !== undefined) await accepting;
     }
   }
 
-  async #readHeader(): Promise<NbdRequest | null> {
-    if (!await this.#reader.readFull(this.#header, "NBD request header", true)) return null;
-    return decodeRequest(this.#header);
-  }
-
-  /** Validates, reads the payload, and dispatches; holds one request slot on entry. */
-  async #accept(request: NbdRequest): Promise<void> {
+  /**
+   * Validates, reads the payload, and dispatches; holds one request slot on
+   * entry. Returns a promise only when it has to wait.
+   */
+  #accept(request: NbdRequest): Promise<void> | undefined {
     const started = performance.now();
     if (this.#handles.has(request.handle)) {
       this.#admission.release(1, 0);
       throw new NbdProtocolError(`duplicate NBD handle ${request.handle} while in flight`);
     }
     const rejected = this.#validate(request);
-    let payload: Uint8Array | null = null;
+    if (request.type === Command.WRITE) return this.#acceptWrite(request, rejected, started);
     let reserved = 0;
-    if (request.type === Command.WRITE) {
-      if (request.length > MAX_PAYLOAD) {
-        this.#dispatch(request, NbdError.EINVAL, null, 0, started);
-        throw new NbdProtocolError(
-          `NBD WRITE of ${request.length} bytes exceeds ${MAX_PAYLOAD}; closing`,
+    if (request.type === Command.READ && rejected === NbdError.OK) {
+      reserved = request.length;
+      if (!this.#admission.tryAcquire(0, reserved)) {
+        return this.#admission.acquire(0, reserved).then(() =>
+          this.#dispatch(request, rejected, null, reserved, started)
         );
       }
-      if (rejected !== NbdError.OK) {
-        await this.#reader.skip(request.length, "rejected NBD WRITE payload");
-      } else {
-        reserved = request.length;
-        if (!this.#admission.tryAcquire(0, reserved)) await this.#admission.acquire(0, reserved);
-        payload = this.#pool.take(request.length);
-        try {
-          await this.#reader.readFull(payload, "NBD WRITE payload");
-        } catch (error) {
-          this.#admission.release(1, reserved);
-          throw error;
-        }
-      }
-    } else if (request.type === Command.READ && rejected === NbdError.OK) {
+    }
+    this.#dispatch(request, rejected, null, reserved, started);
+    return undefined;
+  }
+
+  /** #accept for a WRITE: reads (or skips) its payload first. */
+  async #acceptWrite(request: NbdRequest, rejected: number, started: number): Promise<void> {
+    let payload: Uint8Array | null = null;
+    let reserved = 0;
+    if (request.length > MAX_PAYLOAD) {
+      this.#dispatch(request, NbdError.EINVAL, null, 0, started);
+      throw new NbdProtocolError(
+        `NBD WRITE of ${request.length} bytes exceeds ${MAX_PAYLOAD}; closing`,
+      );
+    }
+    if (rejected !== NbdError.OK) {
+      await this.#reader.skip(request.length, "rejected NBD WRITE payload");
+    } else {
       reserved = request.length;
       if (!this.#admission.tryAcquire(0, reserved)) await this.#admission.acquire(0, reserved);
+      payload = this.#pool.take(request.length);
+      try {
+        await this.#reader.readFull(payload, "NBD WRITE payload");
+      } catch (error) {
+        this.#admission.release(1, reserved);
+        throw error;
+      }
     }
     this.#dispatch(request, rejected, payload, reserved, started);
   }
@@ -296,21 +313,20 @@ class Transmission {
     started: number,
   ): void {
     this.#stats.inFlight++;
-    const id = this.#nextId++;
+    this.#inFlight++;
     this.#handles.add(request.handle);
-    const done = this.#answer(request, rejected, payload, started).finally(() => {
-      this.#inFlight.delete(id);
-      this.#stats.inFlight--;
-      this.#admission.release(1, reserved);
-    });
-    this.#inFlight.set(id, done);
+    this.#answer(request, rejected, payload, reserved, started);
   }
 
-  /** Runs the request (unless rejected) and queues its reply. Never rejects. */
+  /**
+   * Runs the request (unless rejected) and queues its reply; the reply's
+   * `written` callback (#settle) ends it. Never rejects.
+   */
   async #answer(
     request: NbdRequest,
     rejected: number,
     payload: Uint8Array | null,
+    reserved: number,
     started: number,
   ): Promise<void> {
     let error = rejected;
@@ -326,13 +342,19 @@ class Transmission {
     this.#stats.observe(kind, request.length, performance.now() - started, error === NbdError.OK);
     this.#handles.delete(request.handle);
     const body = error === NbdError.OK && data !== null && data.length > 0 ? data : undefined;
-    await new Promise<void>((written) => {
-      this.#writer.send(new ReplyFrame(request.handle, error, body, written));
-    });
-    if (data !== null && request.type === Command.READ && this.#backend.readInto) {
-      this.#pool.give(data);
-    }
+    const pooled = data !== null && request.type === Command.READ && this.#backend.readInto
+      ? data
+      : null;
+    this.#writer.send(new ReplyFrame(request.handle, error, body, reserved, pooled, this.#settle));
   }
+
+  /** A reply written or dropped: its buffer, its admission and its in-flight count go back. */
+  readonly #settle = (frame: ReplyFrame): void => {
+    if (frame.pooled !== null) this.#pool.give(frame.pooled);
+    this.#admission.release(1, frame.reserved);
+    this.#stats.inFlight--;
+    if (--this.#inFlight === 0) this.#allAnswered?.resolve();
+  };
 
   async #execute(request: NbdRequest, payload: Uint8Array | null): Promise<Uint8Array | null> {
     const backend = this.#backend;
@@ -419,15 +441,23 @@ function positive(value: number, name: string): number {
   return value;
 }
 
-/** A reply on its way: header, then (READ) the data uncopied; `written` ends its wait. */
+/** A reply on its way: header, then (READ) the data; once written or dropped it settles. */
 class ReplyFrame implements Frame {
   readonly head: Uint8Array;
   constructor(
     handle: bigint,
     error: number,
     readonly body: Uint8Array | undefined,
-    readonly written: () => void,
+    /** Payload bytes admitted for the request. */
+    readonly reserved: number,
+    /** The READ buffer to give back to the pool once written. */
+    readonly pooled: Uint8Array | null,
+    readonly settle: (frame: ReplyFrame) => void,
   ) {
     this.head = encodeReply(handle, error);
+  }
+
+  written(): void {
+    this.settle(this);
   }
 }
