@@ -4,6 +4,7 @@
  * image, access denied) told apart from those that only rule out this proxy.
  * @module
  */
+import type { Clock } from "../clock.ts";
 import { errorMessage } from "../error_info.ts";
 import type { Logger } from "../log.ts";
 import { IvbsConnection } from "./connection.ts";
@@ -69,6 +70,8 @@ export interface AttachSettings {
   onProbe: (event: "sent" | "answered") => void;
   /** Aborted when the session closes: a handshake in progress gives up. */
   signal: AbortSignal;
+  /** Time for each connection's connect, dead-peer, keepalive and liveness timers. */
+  clock: Clock;
   /** Registers a promise the session's close() must wait for. */
   track: (promise: Promise<unknown>) => void;
   log: Logger;
@@ -98,6 +101,7 @@ export class ImageAttacher {
         onProbe: settings.onProbe,
       },
       signal: settings.signal,
+      clock: settings.clock,
       log: settings.log,
     });
     const handshake = this.#handshake(conn);

@@ -12,6 +12,7 @@
  * With `liveness` it also probes a proxy it suspects of hanging (liveness.ts).
  * @module
  */
+import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { FrameReader } from "../io/frame_reader.ts";
 import type { ByteStream } from "../io/stream.ts";
 import { type Frame, FrameWriter } from "../io/frame_writer.ts";
@@ -61,6 +62,8 @@ export interface ConnectionOptions {
   };
   /** Aborting closes the connection (or abandons the connect). */
   signal?: AbortSignal;
+  /** Time for the connect, dead-peer, keepalive and liveness timers (default the real clock). */
+  clock?: Clock;
   log?: Logger;
 }
 
@@ -98,7 +101,7 @@ export interface RequestOptions {
 
 interface Pending {
   op: OpCode;
-  /** performance.now() when queued: a reply's latency, the oldest wait. */
+  /** The clock's time when queued: a reply's latency, the oldest wait. */
   sentAt: number;
   /** KEEPALIVE sent as a liveness probe. */
   probe: boolean;
@@ -161,6 +164,7 @@ export class IvbsConnection {
   readonly #tcp: ByteStream;
   readonly #reader: FrameReader;
   readonly #log: Logger;
+  readonly #clock: Clock;
   readonly #deadPeerMs: number;
   readonly #onProxyList: ((proxies: ProxyAddress[]) => void) | undefined;
   readonly #onKeepalive: (() => void) | undefined;
@@ -180,10 +184,10 @@ export class IvbsConnection {
   #endReason: string | null = null;
   #endCause: ConnectionEndCause = "closed";
   #resolveEnded!: (reason: string) => void;
-  #tick: ReturnType<typeof setInterval> | undefined;
-  #lastSentAt = performance.now();
+  #tick: TimerHandle | undefined;
+  #lastSentAt: number;
   /** Last reply to one of our requests, or when we started waiting for one. */
-  #lastReplyAt = performance.now();
+  #lastReplyAt: number;
   #keepaliveOutstanding = false;
   /** The reader's byte count at the last check: bytes flowing inside a long reply are life too. */
   #receivedAtCheck = 0;
@@ -198,17 +202,20 @@ export class IvbsConnection {
     this.label = proxyLabel(address);
     this.#reader = new FrameReader(tcp);
     this.#log = options.log ?? logger("ivbs");
+    const clock = options.clock ?? SYSTEM_CLOCK;
+    this.#clock = clock;
+    this.#lastSentAt = this.#lastReplyAt = clock.now();
     this.#deadPeerMs = options.deadPeerTimeoutMs ?? 15_000;
     this.#onProxyList = options.onProxyList;
     this.#onKeepalive = options.onKeepalive;
     if (options.liveness && options.liveness.options.probeTimeoutMs > 0) {
       const { options: settings, latencies } = options.liveness;
-      this.#liveness = new LivenessMonitor(settings, latencies, performance.now());
+      this.#liveness = new LivenessMonitor(settings, latencies, clock.now());
       this.#onProbe = options.liveness.onProbe;
     }
     this.#writer = new FrameWriter(tcp, {
       onError: (error) => this.#fail(`write failed: ${reasonFor(error)}`, causeOf(error)),
-      onActivity: () => this.#lastSentAt = performance.now(),
+      onActivity: () => this.#lastSentAt = clock.now(),
     });
     this.ended = new Promise((resolve) => this.#resolveEnded = resolve);
     // Callers of open() see greeting failures through open(); nobody else awaits it.
@@ -223,10 +230,11 @@ export class IvbsConnection {
   ): Promise<IvbsConnection> {
     const label = proxyLabel(address);
     const timeoutMs = options.connectTimeoutMs ?? 5_000;
+    const clock = options.clock ?? SYSTEM_CLOCK;
     const controller = new AbortController();
     const abort = () => controller.abort();
     options.signal?.addEventListener("abort", abort);
-    const timer = setTimeout(abort, timeoutMs);
+    const timer = clock.setTimeout(abort, timeoutMs);
     let tcp: Deno.TcpConn;
     try {
       if (options.signal?.aborted) throw new Error("aborted");
@@ -236,7 +244,7 @@ export class IvbsConnection {
         signal: controller.signal,
       });
     } catch (error) {
-      clearTimeout(timer);
+      clock.clearTimeout(timer);
       options.signal?.removeEventListener("abort", abort);
       const why = controller.signal.aborted && !options.signal?.aborted
         ? `no TCP connection within ${timeoutMs} ms`
@@ -249,8 +257,8 @@ export class IvbsConnection {
     const onAbort = () => connection.#fail("connection attempt aborted", "closed");
     options.signal?.removeEventListener("abort", abort);
     options.signal?.addEventListener("abort", onAbort);
-    clearTimeout(timer);
-    const greetingTimer = setTimeout(
+    clock.clearTimeout(timer);
+    const greetingTimer = clock.setTimeout(
       () => connection.#fail(`no GREETING within ${timeoutMs} ms`, "error"),
       timeoutMs,
     );
@@ -262,7 +270,7 @@ export class IvbsConnection {
       throw error;
     } finally {
       // The signal covers the attempt only; the owner closes an open connection itself.
-      clearTimeout(greetingTimer);
+      clock.clearTimeout(greetingTimer);
       options.signal?.removeEventListener("abort", onAbort);
     }
   }
@@ -321,7 +329,7 @@ export class IvbsConnection {
     }
     const probe = options.probe === true;
     return new Promise<Reply>((resolve, reject) => {
-      const now = performance.now();
+      const now = this.#clock.now();
       // The dead-peer clock starts when we start waiting, not at the last reply.
       if (this.#pending.size === 0) this.#lastReplyAt = now;
       this.#pending.set(sequence, {
@@ -421,7 +429,7 @@ export class IvbsConnection {
       this.#greeted.resolve();
       return;
     }
-    const now = performance.now();
+    const now = this.#clock.now();
     this.#liveness?.arrived(now);
     const pending = header.sequence === 0 ? undefined : this.#pending.get(header.sequence);
     if (pending === undefined) return await this.#handlePush(header);
@@ -508,12 +516,14 @@ export class IvbsConnection {
     let period = Math.min(this.#keepaliveMs(), this.#deadPeerMs) / 4;
     if (this.#liveness) period = Math.min(period, this.#liveness.checkEveryMs);
     this.#tickEveryMs = Math.max(5, Math.min(1000, period));
-    this.#lastTickAt = performance.now();
-    this.#tick = setInterval(() => this.#onTick(), this.#tickEveryMs);
+    this.#lastTickAt = this.#clock.now();
+    this.#tick = this.#clock.setTimeout(this.#onTick, this.#tickEveryMs);
   }
 
-  #onTick(): void {
-    const now = performance.now();
+  /** One check: dead peer, liveness, keepalive due. Re-arms itself (the clock has one-shot timers only). */
+  readonly #onTick = (): void => {
+    this.#tick = this.#clock.setTimeout(this.#onTick, this.#tickEveryMs);
+    const now = this.#clock.now();
     const waiting = this.#pending.size > 0 || this.#keepaliveOutstanding;
     if (waiting && now - this.#lastReplyAt >= this.#deadPeerMs) {
       this.#fail(`no reply for ${this.#deadPeerMs} ms (dead peer)`, "dead-peer");
@@ -558,12 +568,12 @@ export class IvbsConnection {
         // The connection ended; its owner learns that through `ended`.
       });
     }
-  }
+  };
 
   #sendKeepalive(probe: boolean): Promise<Reply> {
     if (this.#endReason === null && this.#sessionId !== null) {
       this.#keepaliveOutstanding = true;
-      this.#liveness?.keepaliveSent(performance.now());
+      this.#liveness?.keepaliveSent(this.#clock.now());
     }
     this.#keepalivesSent++;
     this.#onKeepalive?.();
@@ -583,7 +593,7 @@ export class IvbsConnection {
     if (this.#endReason !== null) return;
     this.#endReason = reason;
     this.#endCause = cause;
-    clearInterval(this.#tick);
+    this.#clock.clearTimeout(this.#tick);
     try {
       this.#tcp.close();
     } catch {

@@ -9,8 +9,8 @@
  * both clocks restart. The dead-peer timeout stays the outer bound.
  *
  * Time is always passed in (`now`, milliseconds on one monotonic clock), so the
- * decisions are tested with explicit times; the connection feeds
- * `performance.now()`.
+ * decisions are tested with explicit times; the connection feeds its clock's
+ * `now()` (src/clock.ts) and runs the checks on that clock's timers.
  * @module
  */
 

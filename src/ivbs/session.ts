@@ -94,9 +94,9 @@ export interface IvbsSessionOptions {
   onEvent?: (event: IvbsSessionEvent) => void;
   log?: Logger;
   /**
-   * Time for the session's own timers (I/O timeout, retry and reconnect
-   * backoff, failure memory); default the real clock. A connection's timers
-   * (connect, dead peer, keepalive, liveness) always run on the real clock.
+   * Time for every timer of the session: its own (I/O timeout, retry and
+   * reconnect backoff, failure memory) and its connections' (connect, dead
+   * peer, keepalive, liveness); default the real clock.
    */
   clock?: Clock;
 }
@@ -192,6 +192,7 @@ export class IvbsSession implements Backend {
         else this.#stats.probesAnswered++;
       },
       signal: this.#abort.signal,
+      clock: this.#clock,
       track: (promise) => this.#track(promise),
       log: this.#log,
     });
