@@ -18,7 +18,9 @@ import {
   SESSION_ID_SIZE,
   Status,
 } from "../src/ivbs/wire.ts";
-import { closedPort, fakeProxy, type Packet } from "./ivbs_fake_proxy.ts";
+import { closedPort, type FakePeer, fakeProxy, type Packet } from "./ivbs_fake_proxy.ts";
+import { ManualClock } from "./manual_clock.ts";
+import { EventRecorder, eventually } from "./wait.ts";
 
 const NO_ID = new Uint8Array(SESSION_ID_SIZE);
 
@@ -190,58 +192,97 @@ Deno.test("IvbsConnection reports EOF at a frame boundary as the proxy closing",
   await proxy.close();
 });
 
-Deno.test("IvbsConnection declares a silent proxy dead while a request is pending", async () => {
+/**
+ * A fake proxy that records every packet it reads (`seen`, awaitable) and
+ * answers only what `answer` accepts; the connection runs on `clock`.
+ */
+function recordingProxy(
+  answer: (packet: Packet) => boolean,
+  greet: (peer: FakePeer) => Promise<void> = (peer) => peer.greet(),
+) {
+  const seen = new EventRecorder<Packet>();
   const proxy = fakeProxy(async (peer) => {
-    await peer.greet();
-    while (await peer.next()); // reads, never answers
-  });
-  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 150 });
-  await assert.rejects(
-    conn.request(encodeReadRequest(NO_ID, 0, 0, 16), { target: new Uint8Array(16) }),
-    (error: unknown) => error instanceof ConnectionLostError && /dead peer/.test(error.reason),
-  );
-  await conn.close();
-  await proxy.close();
-});
-
-Deno.test("IvbsConnection sends KEEPALIVE when idle and stays open", async () => {
-  const keepalives = Promise.withResolvers<number>();
-  let count = 0;
-  const proxy = fakeProxy(async (peer) => {
-    await peer.greet("idle", 1); // keepalive due after a third of 1 s
+    await greet(peer);
     for (let packet = await peer.next(); packet; packet = await peer.next()) {
-      if (packet.header.op === Op.KEEPALIVE && ++count === 2) keepalives.resolve(count);
-      await peer.reply(packet);
+      seen.push(packet);
+      if (answer(packet)) await peer.reply(packet);
     }
   });
-  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 5_000 });
-  assert.equal(await keepalives.promise, 2);
-  assert.ok(conn.keepalivesSent >= 2);
-  assert.equal(conn.isOpen, true);
+  return { proxy, seen, clock: new ManualClock() };
+}
+
+const isOp = (op: number) => (packet: Packet) => packet.header.op === op;
+
+Deno.test("IvbsConnection declares a silent proxy dead deadPeerTimeoutMs after a request, not before", async () => {
+  const { proxy, seen, clock } = recordingProxy(() => false); // reads, never answers
+  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 1_000, clock });
+  const read = conn.request(encodeReadRequest(NO_ID, 0, 0, 16), { target: new Uint8Array(16) });
+  await seen.waitFor(isOp(Op.READ));
+  clock.advance(999);
+  assert.equal(conn.isOpen, true, "still within the dead-peer timeout");
+  clock.advance(1);
+  assert.equal(conn.isOpen, false, "dead at deadPeerTimeoutMs");
+  await assert.rejects(
+    read,
+    (error: unknown) => error instanceof ConnectionLostError && /dead peer/.test(error.reason),
+  );
+  assert.equal(conn.endCause, "dead-peer");
+  await conn.close();
+  await proxy.close();
+});
+
+Deno.test("IvbsConnection sends a KEEPALIVE every third of the proxy's idle timeout and stays open", async () => {
+  const { proxy, seen, clock } = recordingProxy(() => true, (peer) => peer.greet("idle", 3));
+  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 5_000, clock });
+  clock.advance(999);
+  assert.equal(conn.keepalivesSent, 0, "nothing due before a third of 3 s");
+  clock.advance(1);
+  assert.equal(conn.keepalivesSent, 1, "due at a third of 3 s");
+  await seen.waitFor(isOp(Op.KEEPALIVE));
+  // A request's reply arrives after the keepalive's: the connection read that too.
   const login = await conn.login("alice", hashPassword("x"));
   assert.equal(login.status, Status.OK);
+  clock.advance(1_000);
+  assert.equal(conn.keepalivesSent, 2, "due again a third of 3 s after the last packet sent");
+  await seen.waitFor(isOp(Op.KEEPALIVE), 2);
+  assert.equal(conn.isOpen, true);
   await conn.close();
   await proxy.close();
 });
 
-Deno.test("IvbsConnection declares a proxy dead when it stops answering keepalives", async () => {
-  const proxy = fakeProxy(async (peer) => {
-    await peer.greet("mute", 1);
-    while (await peer.next()); // swallows keepalives
-  });
-  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 200 });
+Deno.test("IvbsConnection declares a proxy dead deadPeerTimeoutMs after a keepalive it never answered", async () => {
+  const { proxy, seen, clock } = recordingProxy(() => false, (peer) => peer.greet("mute", 3));
+  const conn = await IvbsConnection.open(proxy.address, { deadPeerTimeoutMs: 2_000, clock });
+  clock.advance(1_000); // a third of 3 s idle: the keepalive
+  assert.equal(conn.keepalivesSent, 1);
+  await seen.waitFor(isOp(Op.KEEPALIVE));
+  clock.advance(1_999);
+  assert.equal(conn.isOpen, true, "still within the dead-peer timeout");
+  clock.advance(1);
+  assert.equal(conn.isOpen, false, "dead at deadPeerTimeoutMs");
   assert.match(await conn.ended, /dead peer/);
-  assert.ok(conn.keepalivesSent >= 1);
+  assert.equal(conn.keepalivesSent, 1);
   await conn.close();
   await proxy.close();
 });
 
-Deno.test("IvbsConnection.open fails when no GREETING arrives in time", async () => {
+Deno.test("IvbsConnection.open fails when no GREETING arrives within connectTimeoutMs", async () => {
+  const clock = new ManualClock();
+  const accepted = Promise.withResolvers<void>();
   const proxy = fakeProxy(async (peer) => {
+    accepted.resolve();
     await peer.next(); // never greets
   });
+  const opening = IvbsConnection.open(proxy.address, { connectTimeoutMs: 150, clock });
+  let settled = false;
+  opening.catch(() => {}).finally(() => settled = true); // how it settled is asserted below
+  await accepted.promise;
+  // The TCP connect's timer, then the GREETING's: wait until open() armed the second.
+  await eventually("the wait for GREETING", () => clock.armed >= 2);
+  clock.advance(150);
+  await eventually("open() gives up", () => settled);
   await assert.rejects(
-    IvbsConnection.open(proxy.address, { connectTimeoutMs: 150 }),
+    opening,
     (error: unknown) =>
       error instanceof ConnectionLostError && /no GREETING within 150 ms/.test(error.reason),
   );
@@ -387,40 +428,47 @@ function silentLog() {
   return { debug: nop, info: nop, warn: nop, error: nop };
 }
 
-// ---- liveness probes (thresholds in tens of ms so each case resolves quickly) ----
+// ---- liveness probes ----
 
 const QUICK_PROBES = { silenceMs: 50, slowFactor: 4, slowFloorMs: 50, probeTimeoutMs: 100 };
 
-function probing(onProbe?: (event: "sent" | "answered") => void) {
+function probing(onProbe?: (event: "sent" | "answered") => void, clock?: ManualClock) {
   return {
     deadPeerTimeoutMs: 60_000, // never the reason here
     liveness: { options: QUICK_PROBES, latencies: new LatencyWindow(), onProbe },
+    clock,
   };
 }
 
-Deno.test("IvbsConnection probes a proxy that goes silent with a request waiting, and ends with probe-timeout when the probe goes unanswered", async () => {
-  const ops: number[] = [];
-  const proxy = fakeProxy(async (peer) => {
-    await peer.greet();
-    for (let packet = await peer.next(); packet; packet = await peer.next()) {
-      ops.push(packet.header.op); // reads everything, answers nothing
-    }
-  });
-  const probes: string[] = [];
-  const conn = await IvbsConnection.open(proxy.address, probing((e) => probes.push(e)));
+Deno.test("IvbsConnection probes a proxy silent for silenceMs with a request waiting, and ends with probe-timeout probeTimeoutMs later", async () => {
+  const { proxy, seen, clock } = recordingProxy(() => false); // reads everything, answers nothing
+  const probes = new EventRecorder<string>();
+  const conn = await IvbsConnection.open(proxy.address, probing(probes.push, clock));
+  const read = conn.request(encodeReadRequest(NO_ID, 0, 0, 16), { target: new Uint8Array(16) });
+  await seen.waitFor(isOp(Op.READ));
+  clock.advance(49);
+  assert.deepEqual(probes.all, [], "no probe before silenceMs");
+  clock.advance(1);
+  assert.deepEqual(probes.all, ["sent"]);
+  await seen.waitFor(isOp(Op.KEEPALIVE));
+  clock.advance(99);
+  assert.equal(conn.isOpen, true, "the probe still has time to be answered");
+  clock.advance(1);
+  assert.equal(conn.isOpen, false, "dead probeTimeoutMs after the probe");
   await assert.rejects(
-    conn.request(encodeReadRequest(NO_ID, 0, 0, 16), { target: new Uint8Array(16) }),
+    read,
     (error: unknown) =>
       error instanceof ConnectionLostError && /no answer to a liveness probe/.test(error.reason),
   );
   assert.equal(conn.endCause, "probe-timeout");
-  assert.deepEqual(probes, ["sent"]);
+  assert.deepEqual(probes.all, ["sent"]);
   await conn.close();
   await proxy.close();
-  assert.deepEqual(ops, [Op.READ, Op.KEEPALIVE]);
+  assert.deepEqual(seen.all.map((p) => p.header.op), [Op.READ, Op.KEEPALIVE]);
 });
 
 Deno.test("IvbsConnection keeps a proxy that answers its probes while it holds a reply back", async () => {
+  const readHeld = Promise.withResolvers<void>();
   const proxy = fakeProxy(async (peer) => {
     await peer.greet();
     let held: Packet | undefined;
@@ -428,31 +476,33 @@ Deno.test("IvbsConnection keeps a proxy that answers its probes while it holds a
     for (let packet = await peer.next(); packet; packet = await peer.next()) {
       if (packet.header.op === Op.READ) {
         held = packet;
+        readHeld.resolve();
         continue;
       }
       await peer.reply(packet);
-      // Three probes answered: silent on the READ for far longer than a probe timeout.
+      // Three probes answered: silent on the READ for longer than a probe timeout.
       if (packet.header.op === Op.KEEPALIVE && ++answered === 3 && held) {
         const { length } = decodeReadRequest(held.payload);
         await peer.send(encodeReadReply(peer.sessionId, held.header.sequence, pattern(0, length)));
       }
     }
   });
-  const probes: string[] = [];
-  const conn = await IvbsConnection.open(proxy.address, probing((e) => probes.push(e)));
-  const reply = await conn.request(encodeReadRequest(NO_ID, 0, 0, 64), {
-    target: new Uint8Array(64),
-  });
+  const clock = new ManualClock();
+  const probes = new EventRecorder<string>();
+  const answered = (e: string) => e === "answered";
+  const conn = await IvbsConnection.open(proxy.address, probing(probes.push, clock));
+  const read = conn.request(encodeReadRequest(NO_ID, 0, 0, 64), { target: new Uint8Array(64) });
+  await readHeld.promise;
+  for (let round = 1; round <= 3; round++) {
+    clock.advance(QUICK_PROBES.silenceMs); // silent again since the last answer: probe
+    assert.equal(probes.count((e) => e === "sent"), round);
+    await probes.waitFor(answered, round);
+    assert.equal(conn.isOpen, true, `probe ${round} answered`);
+  }
+  const reply = await read;
   assert.deepEqual(reply.payload, pattern(0, 64));
   assert.equal(conn.isOpen, true);
-  assert.deepEqual(probes.slice(0, 6), [
-    "sent",
-    "answered",
-    "sent",
-    "answered",
-    "sent",
-    "answered",
-  ]);
+  assert.deepEqual(probes.all, ["sent", "answered", "sent", "answered", "sent", "answered"]);
   await conn.close();
   await proxy.close();
 });
@@ -472,8 +522,8 @@ Deno.test("IvbsConnection counts bytes still arriving inside a long reply as lif
       await peer.send(encodeReadReplyHeader(peer.sessionId, packet.header.sequence, length));
       for (let at = 0; at < length; at += 1024) {
         await peer.send(data.subarray(at, at + 1024));
-        // Real time on purpose: the trickle must outlast the connection's probe timeout,
-        // and the connection's liveness timers run on the real clock.
+        // Real time on purpose: what counts is bytes the connection's reader took from
+        // a real socket between its checks, which a test cannot see to move a clock by.
         await new Promise((resolve) => setTimeout(resolve, 15));
       }
     }

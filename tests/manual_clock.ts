@@ -15,6 +15,7 @@ export class ManualClock implements Clock {
   #now: number;
   readonly #timers = new Map<TimerHandle, Timer>();
   #nextHandle = 1;
+  #armed = 0;
 
   constructor(start = 1_000) {
     this.#now = start;
@@ -26,12 +27,18 @@ export class ManualClock implements Clock {
 
   setTimeout(callback: () => void, ms: number): TimerHandle {
     const handle = this.#nextHandle++;
+    this.#armed++;
     this.#timers.set(handle, { at: this.#now + Math.max(0, ms), callback });
     return handle;
   }
 
   clearTimeout(handle: TimerHandle | undefined): void {
     if (handle !== undefined) this.#timers.delete(handle);
+  }
+
+  /** Timers set so far, fired or not (a test can wait for code to arm one). */
+  get armed(): number {
+    return this.#armed;
   }
 
   /** Timers not yet fired. */
