@@ -66,7 +66,7 @@ export interface AttachSettings {
   latencies: LatencyWindow;
   /** A LIST_PROXIES arrived on any connection. */
   onProxyList: (proxies: ProxyAddress[]) => void;
-  onKeepalive: () => void;
+  onKeepalive: (event: "sent" | "answered") => void;
   onProbe: (event: "sent" | "answered") => void;
   /** Aborted when the session closes: a handshake in progress gives up. */
   signal: AbortSignal;

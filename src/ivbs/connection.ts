@@ -50,8 +50,8 @@ export interface ConnectionOptions {
   deadPeerTimeoutMs?: number;
   /** Called with each LIST_PROXIES the proxy sends (push or reply). */
   onProxyList?: (proxies: ProxyAddress[]) => void;
-  /** Called each time a KEEPALIVE is sent (for the session's counters). */
-  onKeepalive?: () => void;
+  /** A KEEPALIVE (probes included) was sent, or its answer came back (for the session's counters). */
+  onKeepalive?: (event: "sent" | "answered") => void;
   /** Probe a proxy suspected of hanging (none without it: dead-peer timeout only). */
   liveness?: {
     options: Readonly<LivenessOptions>;
@@ -167,7 +167,7 @@ export class IvbsConnection {
   readonly #clock: Clock;
   readonly #deadPeerMs: number;
   readonly #onProxyList: ((proxies: ProxyAddress[]) => void) | undefined;
-  readonly #onKeepalive: (() => void) | undefined;
+  readonly #onKeepalive: ((event: "sent" | "answered") => void) | undefined;
   readonly #liveness: LivenessMonitor | undefined;
   readonly #onProbe: ((event: "sent" | "answered") => void) | undefined;
 
@@ -465,6 +465,7 @@ export class IvbsConnection {
     if (header.op === Op.KEEPALIVE) {
       this.#keepaliveOutstanding = false;
       this.#liveness?.keepaliveAnswered(now);
+      this.#onKeepalive?.("answered");
       if (pending.probe) this.#onProbe?.("answered");
     } else {
       this.#liveness?.replied(now - pending.sentAt);
@@ -576,7 +577,7 @@ export class IvbsConnection {
       this.#liveness?.keepaliveSent(this.#clock.now());
     }
     this.#keepalivesSent++;
-    this.#onKeepalive?.();
+    this.#onKeepalive?.("sent");
     return this.request(encodeEmpty(this.#stampId(), Op.KEEPALIVE, 0), { probe });
   }
 

@@ -155,6 +155,7 @@ export class IvbsSession implements Backend {
     reconnects: 0,
     retries: 0,
     keepalivesSent: 0,
+    keepalivesAnswered: 0,
     probesSent: 0,
     probesAnswered: 0,
     failoverCauses: { closed: 0, error: 0, status: 0, "dead-peer": 0, "probe-timeout": 0 },
@@ -186,7 +187,10 @@ export class IvbsSession implements Backend {
         this.#proxies.updateListed(proxies);
         this.#emit({ type: "proxies-listed", proxies: proxies.map(proxyLabel) });
       },
-      onKeepalive: () => this.#stats.keepalivesSent++,
+      onKeepalive: (event) => {
+        if (event === "sent") this.#stats.keepalivesSent++;
+        else this.#stats.keepalivesAnswered++;
+      },
       onProbe: (event) => {
         if (event === "sent") this.#stats.probesSent++;
         else this.#stats.probesAnswered++;

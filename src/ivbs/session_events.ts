@@ -48,8 +48,9 @@ export interface IvbsSessionStats {
   reconnects: number;
   /** Requests re-sent after NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN. */
   retries: number;
-  /** Every KEEPALIVE, probes included. */
+  /** Every KEEPALIVE, probes included, and those the proxy answered. */
   keepalivesSent: number;
+  keepalivesAnswered: number;
   /** KEEPALIVEs sent because a proxy looked hung, and those it answered. */
   probesSent: number;
   probesAnswered: number;
