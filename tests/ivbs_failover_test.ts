@@ -47,19 +47,26 @@ function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
 }
 
 Deno.test("IvbsSession keeps a connection idle for 3x the proxy's idle timeout usable, by keepalive", async () => {
-  await withServer({ idleTimeoutMs: 1_000 }, async (server) => {
-    const { session: opening } = open(server, { deadPeerTimeoutMs: 2_000 });
+  // The proxy's idle timeout and the session's keepalives on one manual clock.
+  const clock = new ManualClock();
+  const idleMs = 3_000;
+  await withServer({ idleTimeoutMs: idleMs, clock }, async (server) => {
+    const { session: opening } = open(server, { deadPeerTimeoutMs: 2_000, clock });
     const session = await opening;
     await session.write(0, new Uint8Array(4096).fill(7));
-    // Both sides run on the real clock here (the client's keepalive timer lives in its
-    // connection): wait for the keepalives of three idle timeouts (one per third).
-    await eventually("9 keepalives", () => (server.stats.requests.KEEPALIVE ?? 0) >= 9);
+    for (let keepalive = 1; keepalive <= 9; keepalive++) {
+      clock.advance(idleMs / 3); // idle for a third of the proxy's timeout: a keepalive is due
+      assert.equal(session.stats.keepalivesSent, keepalive);
+      await eventually(
+        `keepalive ${keepalive} answered`,
+        () => session.stats.keepalivesAnswered === keepalive,
+      );
+    }
     assert.deepEqual(await session.read(0, 4096), new Uint8Array(4096).fill(7));
     assert.equal(session.stats.reconnects, 0, "the proxy never closed us");
     assert.equal(session.stats.failovers, 0);
     assert.equal(server.stats.connectionsAccepted, 1);
-    assert.ok(session.stats.keepalivesSent >= 1);
-    assert.equal(server.stats.requests.KEEPALIVE, session.stats.keepalivesSent);
+    assert.equal(server.stats.requests.KEEPALIVE, 9);
     await session.close();
   });
 });
@@ -321,15 +328,20 @@ Deno.test("IvbsSession fails over to a proxy it only knows from LIST_PROXIES", a
   });
 });
 
-Deno.test("IvbsSession declares a stalled proxy dead and fails over without an error", async () => {
+Deno.test("IvbsSession declares a stalled proxy dead after deadPeerTimeoutMs and fails over without an error", async () => {
   await withServer({}, async (server) => {
-    const { session: opening, events } = open(server);
+    const clock = new ManualClock();
+    const { session: opening, events } = open(server, { clock });
     const session = await opening;
     server.stallProxy(0, true);
     const writes = Array.from(
       { length: 16 },
       (_, i) => session.write(i * 4096, new Uint8Array(4096).fill(i + 1)),
     );
+    await eventually("16 writes sent", () => session.stats.inFlight === 16);
+    assert.equal(events.filter((e) => e.type === "failover").length, 0);
+    clock.advance(FAST.deadPeerTimeoutMs!); // (the connection tests pin the exact moment)
+    await eventually("the failover", () => events.some((e) => e.type === "failover"));
     await Promise.all(writes);
     for (let i = 0; i < 16; i++) {
       assert.deepEqual(await session.read(i * 4096, 4096), new Uint8Array(4096).fill(i + 1));
