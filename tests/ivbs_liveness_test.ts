@@ -16,6 +16,7 @@ import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
 import { USER, withServer } from "./ivbs_test_server.ts";
+import { ManualClock } from "./manual_clock.ts";
 import { EventRecorder, eventually } from "./wait.ts";
 
 const RULES: LivenessOptions = {
@@ -144,7 +145,7 @@ Deno.test("default liveness settings detect a stall in well under 2 s, checks in
 // ---- against the IVBS test server ----
 
 /** A session with every liveness and dead-peer setting at its default. */
-async function openDefault(server: IvbsTestServer) {
+async function openDefault(server: IvbsTestServer, clock?: ManualClock) {
   const recorder = new EventRecorder<IvbsSessionEvent>();
   const session = await IvbsSession.open({
     proxies: server.addresses(),
@@ -152,8 +153,22 @@ async function openDefault(server: IvbsTestServer) {
     ...USER,
     log: captureLog(),
     onEvent: recorder.push,
+    clock,
   });
   return { session, events: recorder.all, recorder };
+}
+
+/** How often the connection checks liveness with the default settings (ms). */
+const CHECK_MS = new LivenessMonitor(DEFAULT_LIVENESS, new LatencyWindow(), 0).checkEveryMs;
+
+/**
+ * Moves `clock` one liveness check at a time, letting the sockets run between
+ * checks, until `condition` holds: under load, when the proxy last sent a byte
+ * depends on what the socket delivered, so the test waits for the outcome
+ * rather than naming its millisecond.
+ */
+function checkUntil(what: string, clock: ManualClock, condition: () => boolean): Promise<true> {
+  return eventually(what, () => condition() || (clock.advance(CHECK_MS), false));
 }
 
 function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
@@ -163,18 +178,21 @@ function indexInUse(server: IvbsTestServer, session: IvbsSession): number {
 /** Requests the session completed so far. */
 const completed = (session: IvbsSession) => session.stats.reads + session.stats.writes;
 
-// These run on the real clock on purpose: the probes, the dead-peer timeout and
-// the test server's reply delays are the connection's own timers, under real load.
-
 Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an unanswered probe, long before the dead-peer timeout, with every block intact", async () => {
   await withServer({ ports: [0, 0] }, async (server) => {
-    const { session, events, recorder } = await openDefault(server);
+    const clock = new ManualClock();
+    const { session, events, recorder } = await openDefault(server, clock);
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
       await eventually("200 requests", () => completed(session) >= 200);
       const stalled = indexInUse(server, session);
       server.stallProxy(stalled, true);
+      const start = clock.now();
+      await checkUntil("a probe", clock, () => session.stats.probesSent >= 1);
+      await checkUntil("the failover", clock, () => events.some((e) => e.type === "failover"));
+      const detectedAfter = clock.now() - start;
+      assert.ok(detectedAfter < 2_000, `stall detected after ${detectedAfter} ms of the clock`);
       await recorder.waitFor((e) => e.type === "failover");
       // Stopped before it resumes, so it cannot apply replayed writes late (README).
       await server.stopProxy(stalled);
@@ -182,6 +200,7 @@ Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an 
       await eventually("600 requests", () => completed(session) >= 600);
       faulting = false;
     })();
+    fault.catch(() => faulting = false); // a failed fault stops the workload; rethrown below
     const result = await runWorkload(session, model, {
       blockSize: 4096,
       blocks: 512,
@@ -211,6 +230,9 @@ Deno.test("IvbsSession abandons a stalled proxy under pipelined load through an 
 
 // The test server delays KEEPALIVE replies too: 500-700 ms is slower than
 // silenceMs (so it is probed) and every answer still beats probeTimeoutMs.
+// Real time on purpose: the server's reply delays race the connection's probe
+// timeout through real sockets; a manual clock would have to move while
+// replies are in flight, which makes the margin (50 ms) depend on the host.
 Deno.test("IvbsSession keeps a slow proxy (500-700 ms per reply, keepalives included) under pipelined load: its probes are answered, 0 failovers", async () => {
   await withServer({ replyDelayMs: { min: 500, max: 700 } }, async (server) => {
     const { session, events } = await openDefault(server);
@@ -238,7 +260,8 @@ Deno.test("IvbsSession keeps a slow proxy (500-700 ms per reply, keepalives incl
 
 Deno.test("IvbsSession keeps a proxy whose replies stop while it answers probes: 0 failovers, every request completes", async () => {
   await withServer({}, async (server) => {
-    const { session, events } = await openDefault(server);
+    const clock = new ManualClock();
+    const { session, events } = await openDefault(server, clock);
     const model = new BlockModel(4096, 512, "bytes");
     let faulting = true;
     const fault = (async () => {
@@ -246,10 +269,19 @@ Deno.test("IvbsSession keeps a proxy whose replies stop while it answers probes:
       const held = indexInUse(server, session);
       server.holdReplies(held, true);
       // Three answered probes: silent on data for longer than silenceMs + probeTimeoutMs.
-      await eventually("3 answered probes", () => session.stats.probesAnswered >= 3);
+      // Time stands still while a probe waits for its answer.
+      const start = clock.now();
+      for (let probe = 1; probe <= 3; probe++) {
+        await checkUntil(`probe ${probe}`, clock, () => session.stats.probesSent >= probe);
+        await eventually(`probe ${probe} answered`, () => session.stats.probesAnswered >= probe);
+      }
+      const silentFor = clock.now() - start;
+      const { silenceMs, probeTimeoutMs } = DEFAULT_LIVENESS;
+      assert.ok(silentFor > silenceMs + probeTimeoutMs, `silent on data for ${silentFor} ms`);
       server.holdReplies(held, false);
       faulting = false;
     })();
+    fault.catch(() => faulting = false); // a failed fault stops the workload; rethrown below
     const result = await runWorkload(session, model, {
       blockSize: 4096,
       blocks: 512,
