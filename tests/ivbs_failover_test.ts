@@ -431,6 +431,8 @@ Deno.test("IvbsSession keeps every block intact with zero errors while proxies f
           await server.startProxy(i);
         },
         async () => { // stall the proxy in use past the dead-peer timeout, then restart it
+          // Real time on purpose (250 ms): this soak mixes every timer of the session with
+          // real socket faults; the dead-peer case on a manual clock is above.
           const i = Math.max(0, indexInUse(server, session));
           server.stallProxy(i, true);
           await eventually(
