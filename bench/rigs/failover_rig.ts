@@ -6,6 +6,7 @@
  * tests/kernel/failover_test.ts and bench/kernel_failover_stall.ts.
  * @module
  */
+import type { ProxyView } from "../../src/ivbs/server/proxy.ts";
 import { sh } from "./sh.ts";
 
 const MAIN = new URL("../../main.ts", import.meta.url).pathname;
@@ -129,16 +130,6 @@ export class LineChild {
       if (waiter.pattern.test(line)) waiter.resolve(line);
     }
   }
-}
-
-export interface ProxyView {
-  index: number;
-  name: string;
-  host: string;
-  port: number;
-  running: boolean;
-  stalled: boolean;
-  connections: number;
 }
 
 /** The IVBS test server as a subprocess, with its admin API. */
