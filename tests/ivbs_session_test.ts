@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { BackendError } from "../src/block/backend.ts";
 import { IvbsMountError } from "../src/ivbs/errors.ts";
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import type { IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import {
   IvbsSession,
   type IvbsSessionEvent,
@@ -9,31 +9,23 @@ import {
 } from "../src/ivbs/session.ts";
 import { encodeHeader, MAX_IO_LENGTH, Op, Status } from "../src/ivbs/wire.ts";
 import { captureLog, closedPort, fakeProxy } from "./ivbs_fake_proxy.ts";
+import { MiB, USER, withServer as withTestServer } from "./ivbs_test_server.ts";
 import { BlockModel, runWorkload } from "./ivbs_workload.ts";
 
-const USER = { username: "alice", password: "correct horse" };
-const MiB = 1024 * 1024;
-
-async function withServer(
+/** The session tests' store: alice's writable disk, a read-only image and one only bob may attach. */
+function withServer(
   options: Partial<Parameters<typeof startIvbsServer>[0]>,
   body: (server: IvbsTestServer) => Promise<void>,
 ): Promise<void> {
-  const server = await startIvbsServer({
+  return withTestServer({
     users: [USER, { username: "bob", password: "hunter2" }],
     images: [
       { name: "disk", size: 4 * MiB },
       { name: "ro", size: 1 * MiB, readOnly: true },
       { name: "private", size: 1 * MiB, users: ["bob"] },
     ],
-    listProxiesIntervalMs: 0,
-    log: captureLog(),
     ...options,
-  });
-  try {
-    await body(server);
-  } finally {
-    await server.close();
-  }
+  }, body);
 }
 
 function sessionOptions(
