@@ -119,26 +119,6 @@ Deno.test("closeAll waits for an add in progress, then nothing is left listening
   }
 });
 
-Deno.test("configured exports fail one by one with their IVBS code", async () => {
-  const { table, cleanup } = await fixture();
-  try {
-    const outcomes = await table.addConfigured([
-      { ...REQUEST, name: "good", readOnly: false },
-      { ...REQUEST, name: "bad-login", password: "wrong", readOnly: false },
-      { ...REQUEST, name: "no-image", image: "gone", readOnly: false },
-    ]);
-    assert.deepEqual(
-      outcomes.map((
-        o,
-      ) => [o.request.name, o.export?.state ?? (o.error as Error & { code?: string }).code]),
-      [["good", "ready"], ["bad-login", "LOGIN_DENIED"], ["no-image", "IMAGE_NOT_FOUND"]],
-    );
-    assert.deepEqual(table.list().map((e) => e.name), ["good"]);
-  } finally {
-    await cleanup();
-  }
-});
-
 Deno.test("prepareStateDir tightens an open directory to 0700 and refuses a symlink", async () => {
   const dir = await Deno.makeTempDir();
   try {

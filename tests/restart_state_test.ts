@@ -165,8 +165,9 @@ Deno.test("keepDevices shutdown releases persistent devices and a new daemon tak
   try {
     const first = new PersistentFakeDriver(kernel);
     const old = new Daemon({ config: configFor(dir, mounts), driver: first, log: recorder() });
-    const [outcome] = await old.mountConfigured();
-    assert.equal(outcome.mount?.device, "/dev/nbd0", "the kernel picked the device");
+    await old.reconcile();
+    const [mounted] = old.table.list();
+    assert.equal(mounted.device, "/dev/nbd0", "the kernel picked the device");
     assert.deepEqual(
       old.proxies.list().flatMap((p) => p.usedBy),
       ["/dev/nbd0"],
@@ -190,8 +191,12 @@ Deno.test("keepDevices shutdown releases persistent devices and a new daemon tak
     const restored = await next.restore();
     assert.equal(restored[0].mount?.device, "/dev/nbd0", log.lines.join("\n"));
     assert.deepEqual(second.reattached.map((r) => [r.index, r.backendId]), [[0, "fake:1"]]);
-    assert.deepEqual(await next.mountConfigured(), [], "the configured mount is not made twice");
-    assert.deepEqual(next.table.list().map((m) => m.device), ["/dev/nbd0"]);
+    await next.reconcile();
+    assert.deepEqual(
+      next.table.list().map((m) => [m.device, m.state]),
+      [["/dev/nbd0", "mounted"]],
+      "the configured mount claims the device taken over and is not made twice",
+    );
 
     await next.shutdown("SIGINT");
     assert.equal(kernel.size, 0, "detached");

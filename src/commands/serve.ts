@@ -9,7 +9,7 @@ import { parseFlags, UsageError } from "../args.ts";
 import { createApp } from "../http/app.ts";
 import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
-import { onStopSignal } from "./signals.ts";
+import { onReloadSignal, onStopSignal } from "./signals.ts";
 import { errorMessage } from "../error_info.ts";
 import { onUncaughtError } from "./fatal.ts";
 import {
@@ -77,7 +77,7 @@ export function startServing(
   config: DaemonConfig,
   driver: MountDriver,
   log: Logger = logger("daemon"),
-  http: { maxConnections?: number } = {},
+  http: { maxConnections?: number; reload?: () => Promise<DaemonConfig> } = {},
 ): Serving {
   const daemon = new Daemon({ config, driver, log });
   const app = createApp({
@@ -92,6 +92,7 @@ export function startServing(
     history: daemon.history,
     listen: config.http.listen,
     hostname: machineName(),
+    reload: http.reload && (() => daemon.reload(http.reload!)),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
@@ -176,14 +177,16 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     console.error(`ivbsnetd serve: ${error.message}`);
     return EXIT_CONFIG;
   }
+  let listen: ListenAddress | null = null;
   if (values.listen !== undefined) {
-    const listen = parseListenAddress(values.listen);
+    listen = parseListenAddress(values.listen);
     if (!listen) {
       console.error(`ivbsnetd serve: --listen ${values.listen} is not host:port`);
       return EXIT_CONFIG;
     }
     config.http.listen = listen;
   }
+  const reloadConfig = configReloader(values.config, listen, log);
   const unsafe = unsafeListenProblem(config.http.listen, config.http.token);
   if (unsafe) {
     console.error(`ivbsnetd serve: ${unsafe}`);
@@ -196,7 +199,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   if (values.replace && !await replacePrevious(config.stateDir, log)) return EXIT_FAILED;
   let serving: Serving;
   try {
-    serving = startServing(config, driver, log, { maxConnections });
+    serving = startServing(config, driver, log, { maxConnections, reload: reloadConfig });
   } catch (error) {
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
@@ -238,26 +241,47 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     const up = restored.filter((o) => o.mount).length;
     log.info("devices taken over", { devices: up, dropped: restored.length - up });
   }
-  const [outcomes, exported] = await Promise.all([
-    daemon.mountConfigured(),
-    daemon.exportConfigured(),
-  ]);
-  if (outcomes.length > 0) {
-    const up = outcomes.filter((o) => o.mount).length;
-    log.info("configured mounts done", { mounted: up, failed: outcomes.length - up });
-  }
-  if (exported.length > 0) {
-    const up = exported.filter((o) => o.export).length;
-    log.info("configured exports done", { ready: up, failed: exported.length - up });
-  }
-  // Type=notify: units ordered after us (_netdev mounts) start once the devices are there.
-  const mounted = daemon.table.list().filter((m) => m.state === "mounted").length;
-  tellSystemd(`READY=1\nSTATUS=${mounted} devices mounted, ${exported.length} exports`, log);
+  const removeReload = reloadOnSighup(daemon, reloadConfig, log);
+  await daemon.reconcile();
+  // Type=notify: units ordered after us (_netdev mounts) start once every
+  // desired item was tried; STATUS= follows each change from then on.
+  tellSystemd(`READY=1\nSTATUS=${daemon.reconciliation.statusLine()}`, log);
+  daemon.reconciliation.onStatus((line) => tellSystemd(`STATUS=${line}`, log));
   daemon.onStop(() => Promise.resolve(tellSystemd("STOPPING=1", log)));
   await daemon.done;
+  removeReload();
   removeSignals();
   removeFatal();
   return fatal ? EXIT_FAILED : EXIT_OK;
+}
+
+/**
+ * The config file again, for a reload (SIGHUP, POST /api/reload), with the
+ * same --listen override; a broken one throws its ConfigError.
+ */
+function configReloader(
+  path: string | undefined,
+  listen: ListenAddress | null,
+  log: Logger,
+): () => Promise<DaemonConfig> {
+  return async () => {
+    const { config, warnings } = await loadServeConfig(path);
+    for (const warning of warnings) log.warn(warning);
+    if (listen) config.http.listen = listen;
+    return config;
+  };
+}
+
+/** SIGHUP re-reads the config (a refusal is logged by the daemon); returns the unsubscriber. */
+function reloadOnSighup(
+  daemon: Daemon,
+  load: () => Promise<DaemonConfig>,
+  log: Logger,
+): () => void {
+  return onReloadSignal(() => {
+    log.info("SIGHUP: reloading the config");
+    daemon.reload(load).catch(() => {});
+  });
 }
 
 /** sd_notify when systemd started us; a failure to tell it is logged, never fatal. */

@@ -1,6 +1,7 @@
 /**
  * SIGINT and SIGTERM: how a person (Ctrl-C) or a service manager stops the
- * foreground commands (serve, demo, attach, export, ivbs-server).
+ * foreground commands (serve, demo, attach, export, ivbs-server); SIGHUP:
+ * how it asks `serve` to reload its config.
  * @module
  */
 
@@ -26,4 +27,10 @@ export function untilStopSignal(): Promise<Deno.Signal> {
       resolve(signal);
     });
   });
+}
+
+/** Calls `handler` on every SIGHUP (reload the config) until the returned function is called. */
+export function onReloadSignal(handler: () => void): () => void {
+  Deno.addSignalListener("SIGHUP", handler);
+  return () => Deno.removeSignalListener("SIGHUP", handler);
 }

@@ -106,6 +106,8 @@ export interface DaemonConfig {
   /** Directory for runtime files such as the export socket; created with mode 0700. */
   stateDir: string;
   exports: ExportSettings;
+  /** Retries of desired mounts and exports that are not up: capped, jittered, forever. */
+  reconcile: { backoff: { initialMs: number; maxMs: number } };
 }
 
 export interface LoadedConfig {
@@ -297,6 +299,14 @@ const CurrentSchema = z.strictObject({
     readOnly: z.boolean().default(false),
   })).default([]),
   stateDir: AbsolutePathSchema("stateDir").optional(),
+  reconcile: z.strictObject({
+    backoff: z.strictObject({
+      initialMs: positiveMs("initialMs").default(1_000),
+      maxMs: positiveMs("maxMs").default(30_000),
+    }).prefault({}).refine((b) => b.initialMs <= b.maxMs, {
+      message: "initialMs must not exceed maxMs",
+    }),
+  }).prefault({}),
   exports: z.strictObject({
     listen: z.strictObject({
       socket: SocketPathSchema.optional(),
@@ -422,6 +432,7 @@ function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
       })),
     },
     format: "current",
+    reconcile: data.reconcile,
     http: data.http,
     ivbs: data.ivbs,
     nbd: data.nbd,

@@ -1,16 +1,18 @@
 /**
- * The daemon's lifecycle: mount and export what the config lists (a failing
- * mount or export is logged and does not stop the others), run until asked to
- * stop, then stop the front-ends first (no new requests), detach every device
- * and close the NBD exports. Front-ends such as the HTTP server register
- * themselves with `onStop`.
+ * The daemon's lifecycle: take over what the previous daemon left, reconcile
+ * the desired mounts and exports (the config's and the API's; see
+ * reconciliation.ts) until asked to stop, then stop the front-ends first (no
+ * new requests), stop reconciling, detach every device and close the NBD
+ * exports. Front-ends such as the HTTP server register themselves with `onStop`.
  * @module
  */
 import { type Logger, logger } from "../log.ts";
-import type { ConfiguredExport, ConfiguredMount, DaemonConfig } from "./config.ts";
+import type { Clock } from "../clock.ts";
+import type { DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
-import { type ExportOutcome, ExportTable } from "./export_table.ts";
-import { type MountInfo, MountTable } from "./mount_table.ts";
+import { ApiExportTable, ApiMountTable } from "./api_tables.ts";
+import type { MountInfo } from "./mount_table.ts";
+import { Reconciliation, type ReloadResult } from "./reconciliation.ts";
 import { EventLog, type EventLogOptions } from "./events.ts";
 import {
   exportKey,
@@ -25,7 +27,7 @@ import {
   type SessionOwner,
   type SessionWatch,
 } from "./proxy_registry.ts";
-import { type ExportRecord, readState, StateFileError, StateWriter } from "./state_file.ts";
+import { readState, StateFileError, StateWriter } from "./state_file.ts";
 import { errorMessage } from "../error_info.ts";
 
 export interface MountOutcome {
@@ -44,12 +46,17 @@ export interface DaemonOptions {
   events?: EventLogOptions;
   /** The graphs' sampling (interval, points kept). */
   history?: HistoryOptions;
+  /** The reconciler's timers (tests pass a manual clock) and jitter. */
+  clock?: Clock;
+  random?: () => number;
 }
 
 export class Daemon {
   readonly config: DaemonConfig;
-  readonly table: MountTable;
-  readonly exports: ExportTable;
+  readonly table: ApiMountTable;
+  readonly exports: ApiExportTable;
+  /** Desired mounts and exports, kept up. */
+  readonly reconciliation: Reconciliation;
   readonly startedAt = Date.now();
   /** Recent events: every info/warn/error line of the tables, sessions and export server. */
   readonly events: EventLog;
@@ -65,13 +72,8 @@ export class Daemon {
   readonly #state: StateWriter;
   /** False once a second live daemon was seen on the same stateDir: its file is not ours. */
   #ownsState = true;
-  /**
-   * Exports added through the API (the config's are the config's business), as
-   * the state file keeps them; they outlive a restart the way devices do.
-   */
-  #savedExports: ExportRecord[] = [];
-  /** Exports the previous daemon served, to serve again (see exportConfigured). */
-  #exportsToRestore: ExportRecord[] = [];
+  /** Stopped for good: the API's exports are not kept for a next daemon. */
+  #forgetApiExports = false;
   readonly #stopHooks: (() => Promise<void>)[] = [];
   #finish!: () => void;
   #stopping: Promise<void> | null = null;
@@ -93,23 +95,28 @@ export class Daemon {
       });
     });
     const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
-    this.table = new MountTable(options.driver, {
+    this.table = new ApiMountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
       log: this.#log,
       watchSession,
       deviceLog: (context) => this.events.wrap(logFor("nbd"), "nbd", context),
       onPersistentChange: () => void this.saveState(),
     });
-    this.exports = new ExportTable(options.driver, {
+    this.exports = new ApiExportTable(options.driver, {
       settings: options.config.exports,
       stateDir: options.config.stateDir,
       log: this.#log,
       serverLog: this.events.wrap(logFor("export"), "export"),
       watchSession,
-      onChange: () => {
-        this.#savedExports = this.#exportRecords();
-        void this.saveState();
-      },
+    });
+    this.reconciliation = new Reconciliation({
+      config: options.config,
+      table: this.table,
+      exports: this.exports,
+      log: this.events.wrap(logFor("reconcile"), "reconcile"),
+      clock: options.clock,
+      random: options.random,
+      onApiExportsChange: () => void this.saveState(),
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
@@ -162,12 +169,8 @@ export class Daemon {
   /** Writes the state file from the mount table (the mounts that outlive the daemon). */
   async saveState(): Promise<void> {
     if (!this.#ownsState) return;
-    await this.#state.write(this.table.persistentRecords(), this.#savedExports);
-  }
-
-  #exportRecords(): ExportRecord[] {
-    const configured = new Set(this.config.exports.items.map((item) => item.name));
-    return this.exports.records().filter((record) => !configured.has(record.name));
+    const exports = this.#forgetApiExports ? [] : this.reconciliation.apiExportRecords();
+    await this.#state.write(this.table.persistentRecords(), exports);
   }
 
   /**
@@ -194,8 +197,7 @@ export class Daemon {
       });
       return [];
     }
-    this.#exportsToRestore = state.exports;
-    this.#savedExports = state.exports;
+    this.reconciliation.restoreExports(state.exports);
     if (state.mounts.length === 0) return [];
     this.#log.info("taking over devices from the previous daemon", {
       pid: state.pid,
@@ -238,70 +240,31 @@ export class Daemon {
   }
 
   /**
-   * Mounts every configured image concurrently; never throws (outcomes say what
-   * failed). A configured mount already served (taken over from the previous
-   * daemon: same image and user, and same device unless "auto") is skipped.
+   * Starts reconciling the desired mounts and exports; resolves once each was
+   * tried once (READY=1 waits for it), failing ones go on being retried.
+   * Never throws.
    */
-  async mountConfigured(): Promise<MountOutcome[]> {
-    const served = this.table.list();
-    const pending = this.config.mounts.filter((mount) =>
-      !served.some((m) =>
-        m.image === mount.image && m.username === mount.username &&
-        (mount.device === "auto" || mount.device === m.device)
-      )
-    );
-    return await Promise.all(pending.map((mount) => this.#mountOne(mount)));
-  }
-
-  /** Starts serving every configured export; never throws (outcomes say what failed). */
-  async exportConfigured(): Promise<ExportOutcome[]> {
-    return await this.exports.addConfigured([
-      ...this.config.exports.items,
-      ...this.#exportsFromState(),
-    ]);
+  async reconcile(): Promise<void> {
+    await this.reconciliation.firstPass();
   }
 
   /**
-   * The exports the previous daemon served through the API, with their users'
-   * passwords from the config (the state file holds none); one log line for
-   * each whose user the config does not know.
+   * Re-reads the config with `load` and applies its mounts and exports (see
+   * Reconciliation.reload). A config `load` refuses (its error is rethrown)
+   * is an error line and event, and the running state is kept.
    */
-  #exportsFromState(): ConfiguredExport[] {
-    const configured = new Set(this.config.exports.items.map((item) => item.name));
-    const restorable: ConfiguredExport[] = [];
-    for (const record of this.#exportsToRestore) {
-      if (configured.has(record.name)) continue;
-      const user = this.config.users.find((u) => u.username === record.username);
-      if (!user) {
-        this.#log.error("cannot serve an export again: its user is not in the config", {
-          export: record.name,
-          image: record.image,
-          user: record.username,
-        });
-        continue;
-      }
-      restorable.push({ ...record, password: user.password });
-    }
-    this.#exportsToRestore = [];
-    return restorable;
-  }
-
-  async #mountOne(mount: ConfiguredMount): Promise<MountOutcome> {
-    const request = { device: mount.device, image: mount.image };
+  async reload(load: () => Promise<DaemonConfig>): Promise<ReloadResult> {
+    if (this.stopping) throw new ReloadError("the daemon is shutting down", "SHUTTING_DOWN");
+    let config: DaemonConfig;
     try {
-      const info = await this.table.mount(mount);
-      return { request, mount: info };
+      config = await load();
     } catch (error) {
-      const err = error instanceof Error ? error : new Error(String(error));
-      this.#log.error("configured mount failed", {
-        device: mount.device,
-        image: mount.image,
-        user: mount.username,
-        code: (err as { code?: string }).code,
-        error: err.message,
+      this.#log.error("config reload refused; the running state is kept", {
+        error: errorMessage(error),
       });
-      return { request, error: err };
+      throw error;
     }
+    return await this.reconciliation.reload(config);
   }
 
   /**
@@ -320,6 +283,7 @@ export class Daemon {
     });
     this.#stopping = (async () => {
       this.#stopHistory();
+      this.reconciliation.reconciler.stop();
       for (const hook of this.#stopHooks) {
         try {
           await hook();
@@ -330,7 +294,7 @@ export class Daemon {
       await Promise.all([this.table.closeAll({ keepDevices }), this.exports.closeAll()]);
       if (!keepDevices) {
         // Stopped for good: the next daemon starts from the config alone.
-        this.#savedExports = [];
+        this.#forgetApiExports = true;
         await this.saveState();
       }
       const left = this.table.size;
@@ -342,6 +306,14 @@ export class Daemon {
       this.#finish();
     })();
     return this.#stopping;
+  }
+}
+
+/** A reload that cannot run now. */
+export class ReloadError extends Error {
+  constructor(message: string, readonly code: "SHUTTING_DOWN") {
+    super(message);
+    this.name = "ReloadError";
   }
 }
 

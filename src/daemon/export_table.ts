@@ -11,105 +11,25 @@ import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { type Backend, backendWithClose } from "../block/backend.ts";
 import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
-import {
-  type ConfiguredExport,
-  EXPORT_NAME_PATTERN,
-  EXPORT_NAME_RULE,
-  type ExportSettings,
-} from "./config.ts";
+import { EXPORT_NAME_PATTERN, EXPORT_NAME_RULE, type ExportSettings } from "./config.ts";
 import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
 import type { ExportRecord } from "./state_file.ts";
 import type { WatchSession } from "./proxy_registry.ts";
-import { RateSampler, type Throughput } from "./rate.ts";
+import { RateSampler } from "./rate.ts";
+import {
+  ExportError,
+  type ExportErrorCode,
+  type ExportInfo,
+  type ExportListenInfo,
+  type ExportRequest,
+  type ExportSnapshot,
+  type ExportState,
+  PASSTHROUGH_CODES,
+} from "./export_types.ts";
+import { parentDir, prepareStateDir } from "./state_dir.ts";
 
-/** Why an export was refused; `code` is stable (the HTTP layer maps it to a status). */
-export type ExportErrorCode =
-  | "INVALID_NAME"
-  | "DUPLICATE"
-  | "UNKNOWN_EXPORT"
-  | "BUSY" // being added or removed
-  | "SHUTTING_DOWN"
-  | "LISTEN_FAILED" // the export socket or port cannot be opened
-  // Passed through from IvbsSession.open (IvbsMountError):
-  | "LOGIN_DENIED"
-  | "IMAGE_NOT_FOUND"
-  | "ACCESS_DENIED"
-  | "NO_PROXY"
-  | "PROTOCOL"
-  | "OPEN_FAILED"; // anything else
-
-const PASSTHROUGH_CODES = new Set<string>([
-  "LOGIN_DENIED",
-  "IMAGE_NOT_FOUND",
-  "ACCESS_DENIED",
-  "NO_PROXY",
-  "PROTOCOL",
-]);
-
-export class ExportError extends Error {
-  constructor(message: string, readonly code: ExportErrorCode) {
-    super(message);
-    this.name = "ExportError";
-  }
-}
-
-export interface ExportRequest {
-  name: string;
-  image: string;
-  username: string;
-  password: string;
-  readOnly?: boolean;
-}
-
-export type ExportState = "adding" | "ready" | "removing";
-
-/** What views show of an export. Never carries the password. */
-export interface ExportInfo {
-  name: string;
-  image: string;
-  username: string;
-  state: ExportState;
-  sizeBytes: number;
-  readOnly: boolean;
-  /** The unix socket clients connect to. */
-  socket: string;
-  /** `nbd+unix:///NAME?socket=PATH`, for qemu-img, nbdinfo, fio… */
-  uri: string;
-  /** `nbd://127.0.0.1:PORT/NAME` when exports also listen on TCP. */
-  tcpUri: string | null;
-  /** Clients in the transmission phase now (each with its own IVBS session). */
-  clients: number;
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
-  errors: number;
-  /** Over every client session so far, open or closed. */
-  failovers: number;
-  reconnects: number;
-  createdAt: string;
-  throughput: Throughput;
-}
-
-/** Everything metrics need about one export (live counters, read at scrape time). */
-export interface ExportSnapshot {
-  info: ExportInfo;
-  stats: DeviceIoStats | null;
-}
-
-/** Where the export server listens (or will listen, before the first export). */
-export interface ExportListenInfo {
-  listening: boolean;
-  socket: string;
-  tcp: string | null;
-}
-
-export interface ExportOutcome {
-  request: { name: string; image: string };
-  export?: ExportInfo;
-  error?: Error;
-}
+export * from "./export_types.ts";
+export { prepareStateDir } from "./state_dir.ts";
 
 export interface ExportTableOptions {
   settings: ExportSettings;
@@ -200,9 +120,12 @@ export class ExportTable {
   /**
    * Serves `request.image` as export `request.name`. The image and credentials
    * are checked once now (one IVBS session, closed again) so a wrong password
-   * fails here and not at the first client.
+   * fails here and not at the first client. `quiet` (the reconciler's
+   * attempts, which log their own changes) puts its progress lines at debug.
    */
-  async add(request: ExportRequest): Promise<ExportInfo> {
+  async add(request: ExportRequest, options: { quiet?: boolean } = {}): Promise<ExportInfo> {
+    const progress = (message: string, fields: object) =>
+      options.quiet ? this.#log.debug(message, fields) : this.#log.info(message, fields);
     if (this.#closing) throw new ExportError("the daemon is shutting down", "SHUTTING_DOWN");
     if (!EXPORT_NAME_PATTERN.test(request.name)) {
       throw new ExportError(
@@ -234,7 +157,7 @@ export class ExportTable {
       rate: new RateSampler(this.#now),
     };
     this.#entries.set(entry.name, entry);
-    this.#log.info("adding export", {
+    progress("adding export", {
       export: entry.name,
       image: entry.image,
       user: entry.username,
@@ -255,7 +178,7 @@ export class ExportTable {
     } finally {
       finish();
     }
-    this.#log.info("export ready", {
+    progress("export ready", {
       export: entry.name,
       image: entry.image,
       size: entry.sizeBytes,
@@ -402,26 +325,6 @@ export class ExportTable {
     }));
   }
 
-  /** Exports the config lists; a failing one is logged and does not stop the others. */
-  async addConfigured(items: readonly ConfiguredExport[]): Promise<ExportOutcome[]> {
-    return await Promise.all(items.map(async (item): Promise<ExportOutcome> => {
-      const request = { name: item.name, image: item.image };
-      try {
-        return { request, export: await this.add(item) };
-      } catch (error) {
-        const err = error instanceof Error ? error : new Error(String(error));
-        this.#log.error("configured export failed", {
-          export: item.name,
-          image: item.image,
-          user: item.username,
-          code: errorCode(err),
-          error: err.message,
-        });
-        return { request, error: err };
-      }
-    }));
-  }
-
   /**
    * Refuses new exports, waits for adds in progress, then closes the export
    * server: every client is disconnected, its session closed, the socket
@@ -464,6 +367,36 @@ export class ExportTable {
   #liveStats(): Map<string, { clients: number; stats: DeviceIoStats }> {
     const exports = this.#server?.exports() ?? [];
     return new Map(exports.map((e) => [e.name, { clients: e.clients, stats: e.stats }]));
+  }
+
+  /** The row of an export that is desired but not served (yet): where it will be, no I/O. */
+  desiredRow(
+    spec: { name: string; image: string; username: string; readOnly: boolean },
+    status: Pick<ExportInfo, "state" | "reason" | "nextRetryAt" | "attempts">,
+  ): ExportInfo {
+    const tcp = this.#tcpAddress();
+    return {
+      name: spec.name,
+      image: spec.image,
+      username: spec.username,
+      ...status,
+      sizeBytes: 0,
+      readOnly: spec.readOnly,
+      socket: this.#settings.socket,
+      uri: this.#uri(spec.name),
+      tcpUri: tcp === null ? null : `nbd://${tcp}/${spec.name}`,
+      clients: 0,
+      inFlight: 0,
+      reads: 0,
+      writes: 0,
+      bytesRead: 0,
+      bytesWritten: 0,
+      errors: 0,
+      failovers: 0,
+      reconnects: 0,
+      createdAt: null,
+      throughput: { readBytesPerSec: 0, writeBytesPerSec: 0 },
+    };
   }
 
   #uri(name: string): string {
@@ -519,40 +452,4 @@ function trackClose(backend: MountBackend, onClose: () => void): Backend {
       onClose();
     }
   });
-}
-
-function parentDir(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash <= 0 ? "/" : path.slice(0, slash);
-}
-
-/**
- * Creates the state directory with mode 0700, or checks an existing one: it
- * must be a real directory (not a symlink) owned by us; one others can enter is
- * tightened to 0700. In /tmp someone else could have made it first.
- */
-export async function prepareStateDir(dir: string, log: Logger): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true, mode: 0o700 });
-  const info = await Deno.lstat(dir);
-  if (!info.isDirectory) {
-    throw new Error(
-      `state directory ${dir} is ${info.isSymlink ? "a symlink" : "not a directory"}`,
-    );
-  }
-  let uid: number | null = null;
-  try {
-    uid = Deno.uid();
-  } catch {
-    // No sys permission: the owner cannot be compared.
-  }
-  if (uid !== null && info.uid !== null && info.uid !== uid) {
-    throw new Error(`state directory ${dir} belongs to uid ${info.uid}, not to us (uid ${uid})`);
-  }
-  if (info.mode !== null && (info.mode & 0o077) !== 0) {
-    log.warn("state directory was open to others; setting mode 0700", {
-      dir,
-      mode: (info.mode & 0o777).toString(8),
-    });
-    await Deno.chmod(dir, 0o700);
-  }
 }

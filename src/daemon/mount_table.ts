@@ -11,6 +11,7 @@ import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./d
 import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
+import type { DesiredState } from "./desired_status.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -69,7 +70,16 @@ export interface MountInfo {
   device: string;
   image: string;
   username: string;
-  state: MountState;
+  /**
+   * The table's own states while it holds the mount; a desired mount that is
+   * not up yet shows the reconciler's "pending", "attaching" or "failing"
+   * (with `reason`, `nextRetryAt`, `attempts`).
+   */
+  state: MountState | Exclude<DesiredState, "ready">;
+  reason?: string;
+  nextRetryAt?: string;
+  /** Attempts the reconciler made since the mount was last up. */
+  attempts?: number;
   sizeBytes: number;
   readOnly: boolean;
   /** IVBS proxy in use, "host:port"; null while reconnecting or before the session is open. */
@@ -84,7 +94,8 @@ export interface MountInfo {
   failovers: number;
   reconnects: number;
   retries: number;
-  mountedAt: string;
+  /** When the table took it (null while only desired). */
+  mountedAt: string | null;
   /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
   throughput: Throughput;
 }
@@ -197,8 +208,12 @@ export class MountTable {
   /**
    * Mounts `request.image` on a device. Resolves once the device is attached;
    * on failure nothing stays half-done (the session is closed, the slot freed).
+   * `quiet` (the reconciler's attempts, which log their own changes) puts the
+   * progress lines at debug.
    */
-  async mount(request: MountRequest): Promise<MountInfo> {
+  async mount(request: MountRequest, options: { quiet?: boolean } = {}): Promise<MountInfo> {
+    const progress = (message: string, fields: object) =>
+      options.quiet ? this.#log.debug(message, fields) : this.#log.info(message, fields);
     if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
     const wanted = request.device === undefined || request.device === "auto"
       ? "auto"
@@ -227,7 +242,7 @@ export class MountTable {
       request.readOnly ?? false,
     );
     this.#entries.set(device, entry);
-    this.#log.info("mounting", { device, image: request.image, user: request.username });
+    progress("mounting", { device, image: request.image, user: request.username });
     try {
       await this.#connect(entry, request, kernelPicks ? "auto" : device);
     } catch (error) {
@@ -236,7 +251,7 @@ export class MountTable {
     } finally {
       finish();
     }
-    this.#log.info("mounted", {
+    progress("mounted", {
       device: entry.device,
       image: entry.image,
       size: entry.backend?.size,

@@ -32,6 +32,7 @@ import { registerOperatorRoutes } from "./operator_routes.ts";
 import type { EventLog } from "../daemon/events.ts";
 import type { History } from "../daemon/history.ts";
 import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
+import type { ReloadResult } from "../daemon/reconciliation.ts";
 import { renderProxyMetrics } from "../daemon/proxy_metrics.ts";
 import {
   DeviceNameSchema,
@@ -63,6 +64,8 @@ export interface AppOptions {
   listen?: ListenAddress;
   /** This machine's name, accepted as Host when listening on all interfaces. */
   hostname?: string;
+  /** Re-reads the config (`POST /api/reload`); absent = 503. */
+  reload?: () => Promise<ReloadResult>;
 }
 
 export const VERSION = "0.1.0";
@@ -260,6 +263,7 @@ export function createApp(options: AppOptions): Hono {
     events: options.events,
     proxies: options.proxies,
     renderLive: async () => renderLive(await pageData()),
+    reload: options.reload,
   });
 
   registerLegacyRoutes(app, { table, token, requestShutdown: options.requestShutdown });

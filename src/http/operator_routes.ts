@@ -2,7 +2,9 @@
  * The operator's routes: `GET /api/proxies` (every IVBS proxy known and its
  * health), `GET /api/events?since=SEQ&limit=N` (the recent events ring, oldest
  * first after the cursor, so a follower polls with the `next` it was given) and
- * `GET /status/live` (the changing part of the status page, for its refresh).
+ * `GET /status/live` (the changing part of the status page, for its refresh)
+ * and `POST /api/reload` (re-read the config: `{added, removed, unchanged}`;
+ * a broken config is 400 and the running state is kept).
  * @module
  */
 import type { Hono } from "hono";
@@ -10,6 +12,8 @@ import { z } from "zod";
 import type { EventLog } from "../daemon/events.ts";
 import { MAX_EVENT_PAGE } from "../daemon/events.ts";
 import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
+import type { ReloadResult } from "../daemon/reconciliation.ts";
+import { errorCode, errorMessage } from "../error_info.ts";
 import { validate } from "./validation.ts";
 
 export interface OperatorRouteOptions {
@@ -17,6 +21,8 @@ export interface OperatorRouteOptions {
   proxies?: ProxyRegistry;
   /** The live part of the status page, rendered now. */
   renderLive(): Promise<string>;
+  /** Re-reads the config; throws a ConfigError (code "CONFIG") for a broken one. */
+  reload?: () => Promise<ReloadResult>;
 }
 
 const Count = (name: string, max: number) =>
@@ -38,6 +44,18 @@ export function registerOperatorRoutes(app: Hono, options: OperatorRouteOptions)
     if (!events) return c.json({ events: [], next: query.since ?? 0, missed: 0, capacity: 0 });
     const page = events.since(query.since ?? 0, query.limit ?? MAX_EVENT_PAGE);
     return c.json({ ...page, capacity: events.capacity });
+  });
+
+  app.post("/api/reload", async (c) => {
+    if (!options.reload) return c.json({ error: "this daemon cannot reload its config" }, 503);
+    try {
+      return c.json(await options.reload());
+    } catch (error) {
+      const code = errorCode(error);
+      if (code === "CONFIG") return c.json({ error: errorMessage(error), code }, 400);
+      if (code === "SHUTTING_DOWN") return c.json({ error: errorMessage(error), code }, 503);
+      throw error;
+    }
   });
 
   app.get("/status/live", async (c) => {
