@@ -61,8 +61,14 @@ Deno.test("serve runs against the IVBS test server, obeys the one-shot client an
 
     const list = await ivbsnetd(["list", ...server, "--json"]);
     assert.equal(list.code, 0, list.stderr);
-    const images = (JSON.parse(list.stdout) as { image: string }[]).map((m) => m.image);
-    assert.deepEqual(images, kernel ? ["disk", "disk"] : []);
+    // Configured mounts that are not up are listed, failing (and retried).
+    const listed = JSON.parse(list.stdout) as { image: string; state: string }[];
+    assert.deepEqual(
+      listed.map((m) => `${m.image}:${m.state}`).sort(),
+      kernel
+        ? ["disk:mounted", "disk:mounted", "no-such-image:failing"]
+        : ["disk:failing", "no-such-image:failing"],
+    );
 
     const all = await ivbsnetd(["list", ...server, "--all"]);
     assert.equal(all.code, 0, all.stderr);
@@ -86,7 +92,14 @@ Deno.test("serve runs against the IVBS test server, obeys the one-shot client an
     await ivbs.close();
     await Deno.remove(dir, { recursive: true });
     assert.equal(code, 0, stderr);
-    assert.match(stderr, /configured mount failed device=\/dev\/nbd1 image=no-such-image/);
+    assert.match(
+      stderr,
+      /WARN +\[reconcile\] mount failing; retrying with backoff device=\/dev\/nbd1 image=no-such-image/,
+    );
+    if (!kernel) {
+      // The refused API mount is a warn line (and event) naming it.
+      assert.match(stderr, /WARN +\[daemon\] mount refused device=auto image=disk .*code=NO_MODULE/);
+    }
     assert.match(stderr, /shutting down reason=SIGTERM/);
     assert.match(stderr, /stopped; every device detached/);
     assert.ok(
@@ -184,7 +197,7 @@ Deno.test("serve exports an IVBS image to nbdinfo and qemu-io, takes exports fro
       assert.equal(list.code, 0, list.stderr);
       const exports = JSON.parse(list.stdout) as { name: string; state: string }[];
       names = exports.filter((e) => e.state === "ready").map((e) => e.name);
-      if (names.length > 0 && exports.every((e) => e.state === "ready")) break;
+      if (names.length > 0 && exports.every((e) => ["ready", "failing"].includes(e.state))) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
     assert.deepEqual(names, ["vm1"], "the export of a missing image failed alone");
@@ -271,7 +284,7 @@ Deno.test("serve exports an IVBS image to nbdinfo and qemu-io, takes exports fro
     assert.equal(result.code, 0, result.stderr);
     assert.match(
       result.stderr,
-      /configured export failed export=broken image=no-such-image .*code=IMAGE_NOT_FOUND/,
+      /export failing; retrying with backoff export=broken image=no-such-image .*code=IMAGE_NOT_FOUND/,
     );
     assert.match(result.stderr, /stopped; every device detached, every export closed/);
     assert.ok(!(await exists(socket)), "the socket is removed at shutdown");
