@@ -108,7 +108,7 @@ Deno.test({
       const ready = await withListener(notify, async () => {
         daemon = await DaemonProcess.start(path, { env: { NOTIFY_SOCKET: notify } });
       });
-      assert.equal(ready, "READY=1\nSTATUS=0 devices mounted, 1 exports");
+      assert.equal(ready, "READY=1\nSTATUS=1 ready");
       const exports = await (await fetch(`${daemon!.url}/api/exports`)).json();
       assert.equal(exports.exports[0].state, "ready", "ready means the export is up");
       const stopping = await withListener(notify, async () => {

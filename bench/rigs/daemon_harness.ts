@@ -126,6 +126,11 @@ export class DaemonProcess {
     return new DaemonProcess(child, url, rest, stderr);
   }
 
+  /** Sends `signal` without waiting (e.g. SIGHUP: reload the config). */
+  signal(signal: Deno.Signal): void {
+    this.#child.kill(signal);
+  }
+
   /** Sends `signal` and waits for the exit; resolves with the code and all output. */
   async stop(signal: Deno.Signal = "SIGTERM"): Promise<RunResult> {
     try {
