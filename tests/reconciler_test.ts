@@ -514,3 +514,14 @@ Deno.test("reload retries a failing item at once with the config's new password"
     await t.cleanup();
   }
 });
+
+Deno.test("the config's reconcile.backoff defaults to 1 s … 30 s and refuses initialMs above maxMs", () => {
+  assert.deepEqual(parseConfig("{}", "t.json").config.reconcile, {
+    backoff: { initialMs: 1_000, maxMs: 30_000 },
+  });
+  assert.throws(
+    () =>
+      parseConfig(JSON.stringify({ reconcile: { backoff: { initialMs: 5, maxMs: 1 } } }), "t.json"),
+    /reconcile\.backoff: initialMs must not exceed maxMs/,
+  );
+});
