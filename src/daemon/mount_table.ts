@@ -2,112 +2,48 @@
  * THE mount table: which image is on which /dev/nbdX, and the lifecycle of each
  * mount (mounting → mounted → unmounting → gone). The HTTP API, the status page,
  * the config loader and the CLI are thin views of this one table.
+ *
+ * A mount is made in two steps: its IVBS sessions are opened, one per
+ * connection of the device (mount_sessions.ts), then handed to the kernel
+ * (the driver's attach, or reattach when a previous daemon left the device).
  * @module
  */
 import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
-import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
-import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
-import { RateSampler, type Throughput } from "./rate.ts";
+import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
+import {
+  closeSessions,
+  combinedBackend,
+  connectionInfos,
+  type MountSessions,
+  openSessions,
+  type SessionRequest,
+} from "./mount_sessions.ts";
+import {
+  type DeviceInfo,
+  MountError,
+  type MountErrorCode,
+  type MountInfo,
+  type MountRequest,
+  type MountSnapshot,
+  type MountState,
+  PASSTHROUGH_CODES,
+} from "./mount_types.ts";
+import type { WatchSession } from "./proxy_registry.ts";
+import { RateSampler } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
 
-/** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
-export type MountErrorCode =
-  | "INVALID_DEVICE" // not an NBD device name
-  | "UNKNOWN_DEVICE" // no such device (or beyond nbd.devices)
-  | "NO_MODULE" // the kernel has no NBD devices at all
-  | "BUSY" // device mounted, being mounted, or used by another process
-  | "NO_FREE_DEVICE"
-  | "NOT_MOUNTED"
-  | "SHUTTING_DOWN"
-  | "DETACH_FAILED"
-  // Passed through from IvbsSession.open (IvbsMountError) and attachDevice (NbdAttachError):
-  | "LOGIN_DENIED"
-  | "IMAGE_NOT_FOUND"
-  | "ACCESS_DENIED"
-  | "NO_PROXY"
-  | "PROTOCOL"
-  | "NOT_ROOT"
-  | "NO_DEVICE"
-  | "IOCTL"
-  | "MOUNT_FAILED"; // anything else
-
-const PASSTHROUGH_CODES = new Set<string>([
-  "LOGIN_DENIED",
-  "IMAGE_NOT_FOUND",
-  "ACCESS_DENIED",
-  "NO_PROXY",
-  "PROTOCOL",
-  "NO_MODULE",
-  "NOT_ROOT",
-  "BUSY",
-  "NO_DEVICE",
-  "IOCTL",
-]);
-
-export class MountError extends Error {
-  constructor(message: string, readonly code: MountErrorCode) {
-    super(message);
-    this.name = "MountError";
-  }
-}
-
-export type MountState = "mounting" | "mounted" | "reconnecting" | "unmounting";
-
-export interface MountRequest {
-  /** "/dev/nbdN", "nbdN", "auto" or absent (= auto). */
-  device?: string;
-  image: string;
-  username: string;
-  password: string;
-  readOnly?: boolean;
-}
-
-/** What views show of a mount. Never carries the password. */
-export interface MountInfo {
-  device: string;
-  image: string;
-  username: string;
-  state: MountState;
-  sizeBytes: number;
-  readOnly: boolean;
-  /** IVBS proxy in use, "host:port"; null while reconnecting or before the session is open. */
-  proxy: string | null;
-  /** Kernel requests being served right now. */
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
-  errors: number;
-  failovers: number;
-  reconnects: number;
-  retries: number;
-  mountedAt: string;
-  /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
-  throughput: Throughput;
-}
-
-/** A device as `lista` shows it: the kernel's view joined with the table's. */
-export interface DeviceInfo {
-  device: string;
-  index: number;
-  /** Attached (by us or by another process). */
-  inUse: boolean;
-  sizeBytes: number;
-  pid: number | null;
-  /** The image this daemon has on it, if any. */
-  image: string | null;
-  state: MountState | "free" | "foreign";
-}
-
-/** Everything metrics need about one mount (live objects, read at scrape time). */
-export interface MountSnapshot {
-  info: MountInfo;
-  attachment: DeviceAttachment | null;
-  backend: MountBackend | null;
-}
+export {
+  type ConnectionInfo,
+  type DeviceInfo,
+  MountError,
+  type MountErrorCode,
+  type MountInfo,
+  type MountRequest,
+  type MountSnapshot,
+  type MountState,
+} from "./mount_types.ts";
 
 interface Entry {
   device: string;
@@ -116,18 +52,19 @@ interface Entry {
   readOnly: boolean;
   state: "mounting" | "mounted" | "unmounting";
   mountedAt: Date;
-  backend: MountBackend | null;
+  /** One IVBS session per connection (none until they are open). */
+  sessions: MountSessions;
   attachment: DeviceAttachment | null;
   /** Settles when the mount attempt has finished either way. */
   settled: Promise<unknown>;
   rate: RateSampler;
-  /** The proxy registry's view of this mount's session. */
-  watch?: SessionWatch;
 }
 
 export interface MountTableOptions {
   /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
   deviceCount: number;
+  /** Connections per device when a request does not say (nbd.connections); default 1. */
+  connections?: number;
   log?: Logger;
   /** Clock for throughput sampling (tests pass a fake one). */
   now?: () => number;
@@ -142,6 +79,7 @@ export interface MountTableOptions {
 export class MountTable {
   readonly #driver: MountDriver;
   readonly #deviceCount: number;
+  readonly #connections: number;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
@@ -157,6 +95,7 @@ export class MountTable {
     this.#deviceLog = options.deviceLog;
     this.#driver = driver;
     this.#deviceCount = options.deviceCount;
+    this.#connections = options.connections ?? 1;
     this.#log = options.log ?? logger("mounts");
     this.#now = options.now ?? (() => performance.now());
     this.#onPersistentChange = options.onPersistentChange ?? (() => {});
@@ -227,9 +166,15 @@ export class MountTable {
       request.readOnly ?? false,
     );
     this.#entries.set(device, entry);
-    this.#log.info("mounting", { device, image: request.image, user: request.username });
+    const connections = this.#connectionCount(request.connections);
+    this.#log.info("mounting", {
+      device,
+      image: request.image,
+      user: request.username,
+      connections,
+    });
     try {
-      await this.#connect(entry, request, kernelPicks ? "auto" : device);
+      await this.#connect(entry, request, kernelPicks ? "auto" : device, connections);
     } catch (error) {
       this.#entries.delete(entry.device);
       throw error;
@@ -239,7 +184,8 @@ export class MountTable {
     this.#log.info("mounted", {
       device: entry.device,
       image: entry.image,
-      size: entry.backend?.size,
+      size: entry.sessions.backends[0]?.size,
+      connections,
     });
     if (entry.attachment?.persistent) this.#onPersistentChange();
     return this.#info(entry);
@@ -270,30 +216,26 @@ export class MountTable {
     this.#entries.set(record.device, entry);
     this.#log.info("taking over", { device: record.device, image: record.image });
     try {
-      try {
-        entry.backend = await this.#driver.openBackend({
-          image: record.image,
-          username: record.username,
-          password,
-          readOnly: record.readOnly,
-        });
-      } catch (error) {
-        throw this.#wrap(error, `Cannot open IVBS image ${record.image}`);
-      }
+      const credentials = { ...record, password };
+      const owner = { device: record.device, image: record.image };
+      await this.#openSessions(entry, credentials, record.connections ?? 1, owner);
+      const backend = entry.sessions.backends[0];
       const blockSize = record.options.blockSize;
-      const size = Math.floor(entry.backend.size / blockSize) * blockSize;
+      const size = Math.floor(backend.size / blockSize) * blockSize;
       if (size !== record.sizeBytes) {
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         throw new MountError(
-          `Cannot take over ${record.device}: image ${record.image} is ${entry.backend.size} bytes, the device ${record.sizeBytes}`,
+          `Cannot take over ${record.device}: image ${record.image} is ${backend.size} bytes, the device ${record.sizeBytes}`,
           "MOUNT_FAILED",
         );
       }
       try {
         if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-        entry.attachment = await driver.reattach(record, entry.backend);
+        entry.attachment = await driver.reattach(record, entry.sessions.backends, {
+          log: this.#deviceLog?.({ device: record.device }),
+        });
       } catch (error) {
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         throw this.#wrap(error, `Cannot take over ${record.device}`);
       }
       this.#watch(entry, entry.attachment);
@@ -305,6 +247,38 @@ export class MountTable {
     }
     this.#log.info("taken over", { device: record.device, image: record.image });
     return this.#info(entry);
+  }
+
+  /** Connections for a request: its own or the default, within what the driver can attach. */
+  #connectionCount(requested: number | undefined): number {
+    const wanted = requested ?? this.#connections;
+    const most = this.#driver.maxConnections ?? 1;
+    if (wanted > most) {
+      this.#log.warn("fewer connections than asked: this attach path serves fewer", {
+        asked: wanted,
+        connections: most,
+      });
+    }
+    return Math.max(1, Math.min(wanted, most));
+  }
+
+  /** Step one of a mount: the sessions, one per connection (all or none). */
+  async #openSessions(
+    entry: Entry,
+    request: SessionRequest,
+    count: number,
+    owner: { device: string; image: string },
+  ): Promise<void> {
+    try {
+      entry.sessions = await openSessions(
+        this.#driver,
+        request,
+        count,
+        () => this.#watchSession?.(owner),
+      );
+    } catch (error) {
+      throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
+    }
   }
 
   /** A mount being made; `finish` settles it once the attempt is over, either way. */
@@ -322,7 +296,7 @@ export class MountTable {
       readOnly,
       state: "mounting",
       mountedAt: new Date(),
-      backend: null,
+      sessions: { backends: [], watches: [] },
       attachment: null,
       settled: new Promise<void>((resolve) => finish = resolve),
       rate: new RateSampler(this.#now),
@@ -345,6 +319,7 @@ export class MountTable {
         readOnly: entry.readOnly,
         sizeBytes: persistent.sizeBytes,
         options: { ...persistent.options },
+        connections: persistent.connections,
       });
     }
     return records;
@@ -377,31 +352,23 @@ export class MountTable {
     }
   }
 
-  async #connect(entry: Entry, request: MountRequest, device: string): Promise<void> {
-    // One context for the session's and the attachment's log lines: where the
+  async #connect(
+    entry: Entry,
+    request: MountRequest,
+    device: string,
+    connections: number,
+  ): Promise<void> {
+    // One context for the sessions' and the attachment's log lines: where the
     // kernel picks the device, it names the placeholder until the pick is known.
     const owner = { device: entry.device, image: request.image };
-    entry.watch = this.#watchSession?.(owner);
-    try {
-      entry.backend = await this.#driver.openBackend({
-        image: request.image,
-        username: request.username,
-        password: request.password,
-        readOnly: entry.readOnly,
-        onEvent: entry.watch?.onEvent,
-        log: entry.watch?.log,
-      });
-    } catch (error) {
-      entry.watch?.closed();
-      throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
-    }
+    await this.#openSessions(entry, { ...request, readOnly: entry.readOnly }, connections, owner);
     try {
       if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-      entry.attachment = await this.#driver.attach(device, entry.backend, {
+      entry.attachment = await this.#driver.attach(device, entry.sessions.backends, {
         log: this.#deviceLog?.(owner),
       });
     } catch (error) {
-      await this.#closeBackend(entry);
+      await this.#closeSessions(entry);
       const where = device === "auto" ? "an NBD device" : device;
       throw this.#wrap(error, `Cannot attach ${request.image} to ${where}`);
     }
@@ -411,9 +378,9 @@ export class MountTable {
       entry.device = entry.attachment.device;
       this.#entries.set(entry.device, entry);
       owner.device = entry.device;
-      entry.watch?.renamed();
+      for (const watch of entry.sessions.watches) watch?.renamed();
     }
-    entry.readOnly = entry.backend.readOnly;
+    entry.readOnly = entry.sessions.backends[0].readOnly;
     this.#watch(entry, entry.attachment);
   }
 
@@ -446,18 +413,15 @@ export class MountTable {
       error: error ?? undefined,
     });
     entry.state = "unmounting";
-    await this.#closeBackend(entry);
+    await this.#closeSessions(entry);
     this.#entries.delete(entry.device);
     if (attachment.persistent) this.#onPersistentChange();
   }
 
-  async #closeBackend(entry: Entry): Promise<void> {
-    try {
-      await entry.backend?.close();
-    } catch (error) {
-      this.#log.warn("closing the IVBS session failed", { device: entry.device, error });
-    }
-    entry.watch?.closed();
+  async #closeSessions(entry: Entry): Promise<void> {
+    await closeSessions(entry.sessions, (error) => {
+      this.#log.warn("closing an IVBS session failed", { device: entry.device, error });
+    });
   }
 
   /** Detaches `device` and closes its session. */
@@ -494,7 +458,7 @@ export class MountTable {
         "DETACH_FAILED",
       );
     }
-    await this.#closeBackend(entry);
+    await this.#closeSessions(entry);
     this.#entries.delete(entry.device);
     if (entry.attachment?.persistent) this.#onPersistentChange();
     this.#log.info("unmounted", { device: entry.device, image: entry.image });
@@ -520,7 +484,7 @@ export class MountTable {
         await persistent.release().catch((error) => {
           this.#log.error("releasing a device at shutdown failed", { device: entry.device, error });
         });
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         this.#log.info("left attached for the next daemon", {
           device: entry.device,
           image: entry.image,
@@ -545,7 +509,7 @@ export class MountTable {
     return this.#sorted().map((entry) => ({
       info: this.#info(entry),
       attachment: entry.attachment,
-      backend: entry.backend,
+      backend: combinedBackend(entry.sessions.backends),
     }));
   }
 
@@ -576,24 +540,26 @@ export class MountTable {
   }
 
   #state(entry: Entry): MountState {
-    if (entry.state === "mounted" && entry.backend?.proxy === null) return "reconnecting";
+    const reconnecting = entry.sessions.backends.some((backend) => backend.proxy === null);
+    if (entry.state === "mounted" && reconnecting) return "reconnecting";
     return entry.state;
   }
 
   #info(entry: Entry): MountInfo {
     const io = entry.attachment?.stats;
-    const session = entry.backend?.stats;
+    const session = combinedBackend(entry.sessions.backends)?.stats;
     const bytesRead = io?.bytesRead ?? session?.bytesRead ?? 0;
     const bytesWritten = io?.bytesWritten ?? session?.bytesWritten ?? 0;
     const throughput = entry.rate.update(bytesRead, bytesWritten);
+    const first = entry.sessions.backends[0];
     return {
       device: entry.device,
       image: entry.image,
       username: entry.username,
       state: this.#state(entry),
-      sizeBytes: entry.backend?.size ?? 0,
+      sizeBytes: first?.size ?? 0,
       readOnly: entry.readOnly,
-      proxy: entry.backend?.proxy ?? null,
+      proxy: first?.proxy ?? null,
       inFlight: io?.inFlight ?? session?.inFlight ?? 0,
       reads: io?.reads ?? 0,
       writes: io?.writes ?? 0,
@@ -605,6 +571,7 @@ export class MountTable {
       retries: session?.retries ?? 0,
       mountedAt: entry.mountedAt.toISOString(),
       throughput,
+      connections: connectionInfos(entry.sessions.backends, entry.attachment),
     };
   }
 }
