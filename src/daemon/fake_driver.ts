@@ -129,6 +129,10 @@ export class FakeMountDriver implements MountDriver {
   /** While set, openBackend waits for it (to observe the "mounting" state). */
   openGate: Promise<void> | null = null;
   openCalls = 0;
+  /** The connection index of every openBackend request, in call order. */
+  readonly openedConnections: number[] = [];
+  /** The session of this connection index fails to open (NO_PROXY). */
+  failConnection: number | null = null;
 
   constructor(options: FakeDriverOptions) {
     this.options = options;
@@ -136,7 +140,12 @@ export class FakeMountDriver implements MountDriver {
 
   async openBackend(request: OpenBackendRequest): Promise<MountBackend> {
     this.openCalls++;
+    const connection = request.connection ?? 0;
+    this.openedConnections.push(connection);
     if (this.openGate) await this.openGate;
+    if (connection === this.failConnection) {
+      throw new FakeDriverError(`no proxy for connection ${connection}`, "NO_PROXY");
+    }
     if (this.options.users[request.username] !== request.password) {
       throw new FakeDriverError(`login as ${request.username} refused`, "LOGIN_DENIED");
     }

@@ -15,11 +15,16 @@ import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 import {
   closeSessions,
   combinedBackend,
-  connectionInfos,
-  type MountSessions,
   openSessions,
   type SessionRequest,
 } from "./mount_sessions.ts";
+import {
+  type MountEntry,
+  mountInfo,
+  mountRecord,
+  mountState,
+  newMountEntry,
+} from "./mount_entry.ts";
 import {
   type DeviceInfo,
   MountError,
@@ -27,11 +32,10 @@ import {
   type MountInfo,
   type MountRequest,
   type MountSnapshot,
-  type MountState,
+  type MountTableOptions,
   PASSTHROUGH_CODES,
 } from "./mount_types.ts";
 import type { WatchSession } from "./proxy_registry.ts";
-import { RateSampler } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
 
 export {
@@ -43,38 +47,8 @@ export {
   type MountRequest,
   type MountSnapshot,
   type MountState,
+  type MountTableOptions,
 } from "./mount_types.ts";
-
-interface Entry {
-  device: string;
-  image: string;
-  username: string;
-  readOnly: boolean;
-  state: "mounting" | "mounted" | "unmounting";
-  mountedAt: Date;
-  /** One IVBS session per connection (none until they are open). */
-  sessions: MountSessions;
-  attachment: DeviceAttachment | null;
-  /** Settles when the mount attempt has finished either way. */
-  settled: Promise<unknown>;
-  rate: RateSampler;
-}
-
-export interface MountTableOptions {
-  /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
-  deviceCount: number;
-  /** Connections per device when a request does not say (nbd.connections); default 1. */
-  connections?: number;
-  log?: Logger;
-  /** Clock for throughput sampling (tests pass a fake one). */
-  now?: () => number;
-  /** Follows each mount's IVBS session (proxy registry, session log lines). */
-  watchSession?: WatchSession;
-  /** The kernel attachment's logger for `device` (its lines name the device). */
-  deviceLog?: (context: { device: string }) => Logger;
-  /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
-  onPersistentChange?: () => void;
-}
 
 export class MountTable {
   readonly #driver: MountDriver;
@@ -84,7 +58,7 @@ export class MountTable {
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
   readonly #deviceLog: ((context: { device: string }) => Logger) | undefined;
-  readonly #entries = new Map<string, Entry>();
+  readonly #entries = new Map<string, MountEntry>();
   readonly #onPersistentChange: () => void;
   /** Keys of mounts waiting for the kernel to pick their device. */
   #pendingSeq = 0;
@@ -159,7 +133,8 @@ export class MountTable {
       ? this.#pickFree(devices, request.image)
       : wanted;
     if (!kernelPicks) this.#checkAvailable(device, devices);
-    const { entry, finish } = this.#newEntry(
+    const { entry, finish } = newMountEntry(
+      this.#now,
       device,
       request.image,
       request.username,
@@ -188,7 +163,7 @@ export class MountTable {
       connections,
     });
     if (entry.attachment?.persistent) this.#onPersistentChange();
-    return this.#info(entry);
+    return mountInfo(entry);
   }
 
   /**
@@ -207,7 +182,8 @@ export class MountTable {
     if (existing) {
       throw new MountError(`Cannot take over ${record.device}: already ${existing.state}`, "BUSY");
     }
-    const { entry, finish } = this.#newEntry(
+    const { entry, finish } = newMountEntry(
+      this.#now,
       record.device,
       record.image,
       record.username,
@@ -246,7 +222,7 @@ export class MountTable {
       finish();
     }
     this.#log.info("taken over", { device: record.device, image: record.image });
-    return this.#info(entry);
+    return mountInfo(entry);
   }
 
   /** Connections for a request: its own or the default, within what the driver can attach. */
@@ -264,7 +240,7 @@ export class MountTable {
 
   /** Step one of a mount: the sessions, one per connection (all or none). */
   async #openSessions(
-    entry: Entry,
+    entry: MountEntry,
     request: SessionRequest,
     count: number,
     owner: { device: string; image: string },
@@ -281,46 +257,12 @@ export class MountTable {
     }
   }
 
-  /** A mount being made; `finish` settles it once the attempt is over, either way. */
-  #newEntry(
-    device: string,
-    image: string,
-    username: string,
-    readOnly: boolean,
-  ): { entry: Entry; finish: () => void } {
-    let finish!: () => void;
-    const entry: Entry = {
-      device,
-      image,
-      username,
-      readOnly,
-      state: "mounting",
-      mountedAt: new Date(),
-      sessions: { backends: [], watches: [] },
-      attachment: null,
-      settled: new Promise<void>((resolve) => finish = resolve),
-      rate: new RateSampler(this.#now),
-    };
-    return { entry, finish };
-  }
-
   /** State records of the mounts that outlive the daemon. */
   persistentRecords(): MountRecord[] {
     const records: MountRecord[] = [];
     for (const entry of this.#sorted()) {
-      const persistent = entry.attachment?.persistent;
-      if (!persistent || entry.state === "unmounting") continue;
-      records.push({
-        device: entry.device,
-        index: persistent.index,
-        backendId: persistent.backendId,
-        image: entry.image,
-        username: entry.username,
-        readOnly: entry.readOnly,
-        sizeBytes: persistent.sizeBytes,
-        options: { ...persistent.options },
-        connections: persistent.connections,
-      });
+      const record = mountRecord(entry);
+      if (record) records.push(record);
     }
     return records;
   }
@@ -353,7 +295,7 @@ export class MountTable {
   }
 
   async #connect(
-    entry: Entry,
+    entry: MountEntry,
     request: MountRequest,
     device: string,
     connections: number,
@@ -384,7 +326,7 @@ export class MountTable {
     this.#watch(entry, entry.attachment);
   }
 
-  #watch(entry: Entry, attachment: DeviceAttachment): void {
+  #watch(entry: MountEntry, attachment: DeviceAttachment): void {
     entry.state = "mounted";
     // The device can go away without us asking (nbd-client -d, a protocol error).
     attachment.done.then(
@@ -404,7 +346,11 @@ export class MountTable {
     return new MountError(message, "MOUNT_FAILED");
   }
 
-  async #onDetached(entry: Entry, attachment: DeviceAttachment, error: unknown): Promise<void> {
+  async #onDetached(
+    entry: MountEntry,
+    attachment: DeviceAttachment,
+    error: unknown,
+  ): Promise<void> {
     if (this.#entries.get(entry.device) !== entry || entry.state === "unmounting") return;
     if (entry.attachment !== attachment) return;
     this.#log.warn("device detached without an unmount request", {
@@ -418,7 +364,7 @@ export class MountTable {
     if (attachment.persistent) this.#onPersistentChange();
   }
 
-  async #closeSessions(entry: Entry): Promise<void> {
+  async #closeSessions(entry: MountEntry): Promise<void> {
     await closeSessions(entry.sessions, (error) => {
       this.#log.warn("closing an IVBS session failed", { device: entry.device, error });
     });
@@ -446,7 +392,7 @@ export class MountTable {
     await this.#detach(entry);
   }
 
-  async #detach(entry: Entry): Promise<void> {
+  async #detach(entry: MountEntry): Promise<void> {
     entry.state = "unmounting";
     this.#log.info("unmounting", { device: entry.device, image: entry.image });
     try {
@@ -501,13 +447,13 @@ export class MountTable {
 
   /** Mounts, ordered by device number. */
   list(): MountInfo[] {
-    return this.#sorted().map((entry) => this.#info(entry));
+    return this.#sorted().map((entry) => mountInfo(entry));
   }
 
   /** Mounts with their live objects, for metrics. */
   snapshots(): MountSnapshot[] {
     return this.#sorted().map((entry) => ({
-      info: this.#info(entry),
+      info: mountInfo(entry),
       attachment: entry.attachment,
       backend: combinedBackend(entry.sessions.backends),
     }));
@@ -529,49 +475,13 @@ export class MountTable {
         sizeBytes: d.sizeBytes,
         pid: d.pid,
         image: entry?.image ?? null,
-        state: entry ? this.#state(entry) : d.inUse ? "foreign" : "free",
+        state: entry ? mountState(entry) : d.inUse ? "foreign" : "free",
       };
     });
   }
 
-  #sorted(): Entry[] {
-    const index = (e: Entry) => parseDeviceName(e.device)?.index ?? 0;
+  #sorted(): MountEntry[] {
+    const index = (e: MountEntry) => parseDeviceName(e.device)?.index ?? 0;
     return [...this.#entries.values()].sort((a, b) => index(a) - index(b));
-  }
-
-  #state(entry: Entry): MountState {
-    const reconnecting = entry.sessions.backends.some((backend) => backend.proxy === null);
-    if (entry.state === "mounted" && reconnecting) return "reconnecting";
-    return entry.state;
-  }
-
-  #info(entry: Entry): MountInfo {
-    const io = entry.attachment?.stats;
-    const session = combinedBackend(entry.sessions.backends)?.stats;
-    const bytesRead = io?.bytesRead ?? session?.bytesRead ?? 0;
-    const bytesWritten = io?.bytesWritten ?? session?.bytesWritten ?? 0;
-    const throughput = entry.rate.update(bytesRead, bytesWritten);
-    const first = entry.sessions.backends[0];
-    return {
-      device: entry.device,
-      image: entry.image,
-      username: entry.username,
-      state: this.#state(entry),
-      sizeBytes: first?.size ?? 0,
-      readOnly: entry.readOnly,
-      proxy: first?.proxy ?? null,
-      inFlight: io?.inFlight ?? session?.inFlight ?? 0,
-      reads: io?.reads ?? 0,
-      writes: io?.writes ?? 0,
-      bytesRead,
-      bytesWritten,
-      errors: io?.errors ?? 0,
-      failovers: session?.failovers ?? 0,
-      reconnects: session?.reconnects ?? 0,
-      retries: session?.retries ?? 0,
-      mountedAt: entry.mountedAt.toISOString(),
-      throughput,
-      connections: connectionInfos(entry.sessions.backends, entry.attachment),
-    };
   }
 }

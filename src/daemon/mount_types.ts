@@ -4,7 +4,9 @@
  * the views' types do not come with the table's mechanics.
  * @module
  */
+import type { Logger } from "../log.ts";
 import type { DeviceAttachment, MountBackend } from "./driver.ts";
+import type { WatchSession } from "./proxy_registry.ts";
 import type { Throughput } from "./rate.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
@@ -123,4 +125,20 @@ export interface MountSnapshot {
   attachment: DeviceAttachment | null;
   /** The mount's sessions as one: the first one's proxy, counters summed. */
   backend: MountBackend | null;
+}
+
+export interface MountTableOptions {
+  /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
+  deviceCount: number;
+  /** Connections per device when a request does not say (nbd.connections); default 1. */
+  connections?: number;
+  log?: Logger;
+  /** Clock for throughput sampling (tests pass a fake one). */
+  now?: () => number;
+  /** Follows each mount's IVBS session (proxy registry, session log lines). */
+  watchSession?: WatchSession;
+  /** The kernel attachment's logger for `device` (its lines name the device). */
+  deviceLog?: (context: { device: string }) => Logger;
+  /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
+  onPersistentChange?: () => void;
 }
