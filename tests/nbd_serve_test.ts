@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { type Backend, BackendError, MemoryBackend } from "../src/block/backend.ts";
-import { transmissionFlags } from "../src/nbd/flags.ts";
+import { canMultiConn, transmissionFlags } from "../src/nbd/flags.ts";
 import { serveTransmission } from "../src/nbd/serve.ts";
 import { IoStats } from "../src/nbd/stats.ts";
 import {
@@ -604,10 +604,13 @@ Deno.test("serveTransmission uses a given reader that already holds buffered req
 
 Deno.test("transmissionFlags advertises only what the backend supports", () => {
   const F = TransmissionFlag;
-  assert.equal(transmissionFlags(new MemoryBackend(4096)), F.HAS_FLAGS | F.SEND_WRITE_ZEROES);
+  assert.equal(
+    transmissionFlags(new MemoryBackend(4096)),
+    F.HAS_FLAGS | F.SEND_WRITE_ZEROES | F.CAN_MULTI_CONN,
+  );
   assert.equal(
     transmissionFlags(new MemoryBackend(4096, { readOnly: true })),
-    F.HAS_FLAGS | F.READ_ONLY,
+    F.HAS_FLAGS | F.READ_ONLY | F.CAN_MULTI_CONN,
   );
   const full: Backend = {
     size: 4096,
@@ -621,7 +624,22 @@ Deno.test("transmissionFlags advertises only what the backend supports", () => {
   assert.equal(
     transmissionFlags(full),
     F.HAS_FLAGS | F.SEND_FLUSH | F.SEND_FUA | F.SEND_TRIM,
+    "a backend with a volatile cache of its own is not multi-conn: a FLUSH could not reach it",
   );
+});
+
+Deno.test("canMultiConn holds for backends whose answered writes are stored (no flush)", () => {
+  assert.equal(canMultiConn(new MemoryBackend(4096)), true);
+  const memory = new MemoryBackend(4096);
+  const cached: Backend = {
+    size: memory.size,
+    readOnly: false,
+    read: (offset, length) => memory.read(offset, length),
+    write: (offset, data) => memory.write(offset, data),
+    flush: () => Promise.resolve(),
+    close: () => Promise.resolve(),
+  };
+  assert.equal(canMultiConn(cached), false);
 });
 
 Deno.test("serveTransmission serves an IVBS image from the test server, every byte checked", async () => {
