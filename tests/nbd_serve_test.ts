@@ -364,6 +364,45 @@ Deno.test("serveTransmission rejects out-of-range, oversize and unknown requests
     ["unknown command", () => peer.send(42, 0, 0), NbdError.EINVAL],
     ["TRIM the backend lacks", () => peer.send(Command.TRIM, 0, 4096), NbdError.EINVAL],
     ["unknown flag", () => peer.send(Command.READ, 0, 512, { flags: 1 << 9 }), NbdError.EINVAL],
+    ["zero-length READ", () => peer.send(Command.READ, 0, 0), NbdError.EINVAL],
+    ["zero-length WRITE", () => peer.send(Command.WRITE, 0, 0), NbdError.ENOSPC],
+    ["zero-length WRITE_ZEROES", () => peer.send(Command.WRITE_ZEROES, 0, 0), NbdError.ENOSPC],
+    [
+      "NO_HOLE on READ",
+      () => peer.send(Command.READ, 0, 512, { flags: CommandFlag.NO_HOLE }),
+      NbdError.EINVAL,
+    ],
+    [
+      "NO_HOLE on WRITE, payload skipped",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 1), flags: CommandFlag.NO_HOLE }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FAST_ZERO on WRITE, payload skipped",
+      () =>
+        peer.send(Command.WRITE, 0, 512, { data: pattern(512, 2), flags: CommandFlag.FAST_ZERO }),
+      NbdError.EINVAL,
+    ],
+    [
+      "DF on WRITE, payload skipped",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 3), flags: CommandFlag.DF }),
+      NbdError.EINVAL,
+    ],
+    [
+      "DF on READ without structured replies",
+      () => peer.send(Command.READ, 0, 512, { flags: CommandFlag.DF }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FUA on WRITE when SEND_FUA was not advertised",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 4), flags: CommandFlag.FUA }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FLUSH when SEND_FLUSH was not advertised",
+      () => peer.send(Command.FLUSH, 0, 0),
+      NbdError.EINVAL,
+    ],
   ];
   for (const [what, send, error] of cases) {
     const handle = await send();
