@@ -98,7 +98,10 @@ Deno.test("serve runs against the IVBS test server, obeys the one-shot client an
     );
     if (!kernel) {
       // The refused API mount is a warn line (and event) naming it.
-      assert.match(stderr, /WARN +\[daemon\] mount refused device=auto image=disk .*code=NO_MODULE/);
+      assert.match(
+        stderr,
+        /WARN +\[daemon\] mount refused device=auto image=disk .*code=NO_MODULE/,
+      );
     }
     assert.match(stderr, /shutting down reason=SIGTERM/);
     assert.match(stderr, /stopped; every device detached/);

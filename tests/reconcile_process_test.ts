@@ -49,11 +49,10 @@ function freePort(): number {
 
 /** A stand-in for systemd: every datagram sent to `path`, in order. */
 class NotifyListener {
-  readonly messages: string[] = [];
   readonly #child: Deno.ChildProcess;
   readonly #done: Promise<void>;
 
-  private constructor(child: Deno.ChildProcess, done: Promise<void>) {
+  private constructor(child: Deno.ChildProcess, done: Promise<void>, readonly messages: string[]) {
     this.#child = child;
     this.#done = done;
   }
@@ -72,7 +71,7 @@ class NotifyListener {
       stderr: "null",
     }).spawn();
     const lines = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let listener!: NotifyListener;
+    const messages: string[] = [];
     let bound!: () => void;
     const isBound = new Promise<void>((resolve) => bound = resolve);
     const done = (async () => {
@@ -86,11 +85,11 @@ class NotifyListener {
           const line = buffer.slice(0, newline);
           buffer = buffer.slice(newline + 1);
           if (line === "bound") bound();
-          else listener.messages.push(JSON.parse(line));
+          else messages.push(JSON.parse(line));
         }
       }
     })();
-    listener = new NotifyListener(child, done);
+    const listener = new NotifyListener(child, done, messages);
     await isBound;
     return listener;
   }

@@ -16,10 +16,11 @@ import { errorCode } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import type { MountDriver } from "./driver.ts";
 import { ExportTable, type ExportTableOptions } from "./export_table.ts";
-import type { ExportInfo, ExportRequest } from "./export_types.ts";
+import type { ExportInfo, ExportRequest, ExportSnapshot } from "./export_types.ts";
 import {
   type MountInfo,
   type MountRequest,
+  type MountSnapshot,
   MountTable,
   type MountTableOptions,
 } from "./mount_table.ts";
@@ -36,8 +37,23 @@ export interface DesiredHooks<Request, Info> {
    * desired one not up (pending or failing), which then stops being desired.
    */
   dropDesired(id: string): Promise<boolean>;
-  /** The table's rows with the desired items' status, and rows for those not up. */
+  /**
+   * The table's rows with the desired items' status (decorated in place), and
+   * rows for those not up.
+   */
   view(rows: Info[]): Info[];
+}
+
+/** Snapshots for metrics with the same rows as the views: desired items not up have no I/O. */
+function viewSnapshots<Info, Snapshot extends { info: Info }>(
+  base: Snapshot[],
+  view: ((rows: Info[]) => Info[]) | undefined,
+  empty: (info: Info) => Snapshot,
+): Snapshot[] {
+  if (!view) return base;
+  return view(base.map((s) => s.info)).map((info) =>
+    base.find((s) => s.info === info) ?? empty(info)
+  );
 }
 
 function refusal(error: unknown): { code: string; reason: string } {
@@ -121,6 +137,14 @@ export class ApiMountTable extends MountTable {
     const rows = super.list();
     return this.#hooks?.view(rows) ?? rows;
   }
+
+  override snapshots(): MountSnapshot[] {
+    return viewSnapshots(
+      super.snapshots(),
+      this.#hooks?.view,
+      (info) => ({ info, attachment: null, backend: null }),
+    );
+  }
 }
 
 export class ApiExportTable extends ExportTable {
@@ -176,5 +200,9 @@ export class ApiExportTable extends ExportTable {
   override list(): ExportInfo[] {
     const rows = super.list();
     return this.#hooks?.view(rows) ?? rows;
+  }
+
+  override snapshots(): ExportSnapshot[] {
+    return viewSnapshots(super.snapshots(), this.#hooks?.view, (info) => ({ info, stats: null }));
   }
 }

@@ -129,7 +129,10 @@ export class Reconciliation {
     for (const mount of this.#table.list()) {
       if (mount.state !== "mounted" || this.#claimed.has(mount.device)) continue;
       const user = this.#config.users.find((u) => u.username === mount.username);
-      if (user) this.#acceptMount({ ...mount, password: user.password }, mount);
+      if (!user) continue;
+      const { device, image, username, readOnly } = mount;
+      const request = { device, image, username, readOnly, password: user.password };
+      this.#acceptMount({ ...request, connections: mount.connections.length || undefined }, mount);
     }
   }
 
@@ -212,6 +215,7 @@ export class Reconciliation {
       username: request.username,
       password: request.password,
       readOnly: request.readOnly ?? false,
+      ...(request.connections === undefined ? {} : { connections: request.connections }),
     };
     const item = mountItem(this.#table, this.#claimed, spec, "api");
     this.reconciler.adopt(item, item.upOn(info.device));
@@ -263,10 +267,12 @@ export class Reconciliation {
     const attempting = (row: MountInfo) =>
       row.state === "mounting" &&
       waiting.some((r) => r.item.spec.image === row.image && r.item.spec.username === row.username);
-    const shown = rows.filter((row) => !attempting(row)).map((row) => {
+    const shown = rows.filter((row) => !attempting(row));
+    for (const row of shown) {
+      // Rows are fresh objects on every read: decorated in place, so snapshots keep theirs.
       const item = this.#items("mount").find((r) => r.item.device === row.device);
-      return item ? { ...row, attempts: item.status.attempts } : row;
-    });
+      if (item) row.attempts = item.status.attempts;
+    }
     return [...shown, ...waiting.map((r) => desiredMountRow(r.item, r.status))];
   }
 
@@ -308,5 +314,6 @@ function desiredMountRow(item: MountItem, status: ReconciledItem["status"]): Mou
     retries: 0,
     mountedAt: null,
     throughput: { readBytesPerSec: 0, writeBytesPerSec: 0 },
+    connections: [],
   };
 }
