@@ -14,6 +14,7 @@ import { captureLog } from "./ivbs_fake_proxy.ts";
 import { NbdTestClient } from "./nbd_test_client.ts";
 import { hasTool } from "./tools.ts";
 import { eventually } from "./wait.ts";
+import { type EventView, freePort, getJson } from "./support/daemon_api.ts";
 
 const TOKEN = "reconcile-process-token";
 const MIB = 1024 * 1024;
@@ -29,22 +30,6 @@ interface ExportView {
   reason?: string;
   nextRetryAt?: string;
   attempts?: number;
-}
-
-interface EventView {
-  time: string;
-  level: string;
-  component: string;
-  message: string;
-  export?: string;
-  fields: Record<string, unknown>;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
 }
 
 /** A stand-in for systemd: every datagram sent to `path`, in order. */
@@ -99,12 +84,6 @@ class NotifyListener {
     await this.#done;
     await this.#child.status;
   }
-}
-
-async function getJson<T>(url: string): Promise<T> {
-  const response = await fetch(url);
-  assert.equal(response.status, 200, url);
-  return await response.json() as T;
 }
 
 function reload(url: string, token?: string): Promise<Response> {

@@ -60,6 +60,29 @@ function refusal(error: unknown): { code: string; reason: string } {
   return { code: errorCode(error) ?? "FAILED", reason: shortReason(error) };
 }
 
+/**
+ * An API action: its failure is a warn line naming the item (`names`), its
+ * success is told to the desired state.
+ */
+async function asked<Request, Info>(
+  log: Logger,
+  refused: string,
+  names: object,
+  action: () => Promise<Info>,
+  request: Request,
+  hooks: DesiredHooks<Request, Info> | null,
+): Promise<Info> {
+  let info: Info;
+  try {
+    info = await action();
+  } catch (error) {
+    log.warn(refused, { ...names, ...refusal(error) });
+    throw error;
+  }
+  hooks?.accepted(request, info);
+  return info;
+}
+
 export class ApiMountTable extends MountTable {
   readonly #log: Logger;
   #hooks: DesiredHooks<MountRequest, MountInfo> | null = null;
@@ -77,20 +100,13 @@ export class ApiMountTable extends MountTable {
 
   override async mount(request: MountRequest, options: { quiet?: boolean } = {}) {
     if (options.quiet) return await super.mount(request, options);
-    let info: MountInfo;
-    try {
-      info = await super.mount(request);
-    } catch (error) {
-      this.#log.warn("mount refused", {
-        device: request.device ?? "auto",
-        image: request.image,
-        user: request.username,
-        ...refusal(error),
-      });
-      throw error;
-    }
-    this.#hooks?.accepted(request, info);
-    return info;
+    const names = {
+      device: request.device ?? "auto",
+      image: request.image,
+      user: request.username,
+    };
+    const mount = () => super.mount(request);
+    return await asked(this.#log, "mount refused", names, mount, request, this.#hooks);
   }
 
   override async unmount(deviceText: string): Promise<void> {
@@ -162,20 +178,13 @@ export class ApiExportTable extends ExportTable {
 
   override async add(request: ExportRequest, options: { quiet?: boolean } = {}) {
     if (options.quiet) return await super.add(request, options);
-    let info: ExportInfo;
-    try {
-      info = await super.add(request);
-    } catch (error) {
-      this.#log.warn("export refused", {
-        export: request.name.slice(0, 140),
-        image: request.image,
-        user: request.username,
-        ...refusal(error),
-      });
-      throw error;
-    }
-    this.#hooks?.accepted(request, info);
-    return info;
+    const names = {
+      export: request.name.slice(0, 140),
+      image: request.image,
+      user: request.username,
+    };
+    const add = () => super.add(request);
+    return await asked(this.#log, "export refused", names, add, request, this.#hooks);
   }
 
   override async remove(name: string): Promise<void> {

@@ -13,3 +13,16 @@ export type DesiredState = "pending" | "attaching" | "ready" | "failing";
 export interface DesiredStatus extends ReconcileFields {
   state: DesiredState;
 }
+
+/** The I/O counters of an item that is desired but not up: nothing yet. */
+export const NO_IO = {
+  inFlight: 0,
+  reads: 0,
+  writes: 0,
+  bytesRead: 0,
+  bytesWritten: 0,
+  errors: 0,
+  failovers: 0,
+  reconnects: 0,
+  throughput: { readBytesPerSec: 0, writeBytesPerSec: 0 },
+} as const;

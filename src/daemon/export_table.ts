@@ -27,6 +27,7 @@ import {
   PASSTHROUGH_CODES,
 } from "./export_types.ts";
 import { parentDir, prepareStateDir } from "./state_dir.ts";
+import { NO_IO } from "./desired_status.ts";
 
 export * from "./export_types.ts";
 export { prepareStateDir } from "./state_dir.ts";
@@ -386,16 +387,9 @@ export class ExportTable {
       uri: this.#uri(spec.name),
       tcpUri: tcp === null ? null : `nbd://${tcp}/${spec.name}`,
       clients: 0,
-      inFlight: 0,
-      reads: 0,
-      writes: 0,
-      bytesRead: 0,
-      bytesWritten: 0,
-      errors: 0,
-      failovers: 0,
-      reconnects: 0,
+      ...NO_IO,
+      throughput: { ...NO_IO.throughput },
       createdAt: null,
-      throughput: { readBytesPerSec: 0, writeBytesPerSec: 0 },
     };
   }
 

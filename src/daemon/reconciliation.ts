@@ -30,6 +30,7 @@ import {
   NEVER,
 } from "./desired_items.ts";
 import type { ExportInfo } from "./export_types.ts";
+import { NO_IO } from "./desired_status.ts";
 import type { MountInfo, MountRequest } from "./mount_table.ts";
 import { type ReconciledItem, Reconciler, statusLine } from "./reconciler.ts";
 import type { ExportRecord } from "./state_file.ts";
@@ -303,17 +304,10 @@ function desiredMountRow(item: MountItem, status: ReconciledItem["status"]): Mou
     sizeBytes: 0,
     readOnly: item.spec.readOnly,
     proxy: null,
-    inFlight: 0,
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-    errors: 0,
-    failovers: 0,
-    reconnects: 0,
+    ...NO_IO,
+    throughput: { ...NO_IO.throughput },
     retries: 0,
     mountedAt: null,
-    throughput: { readBytesPerSec: 0, writeBytesPerSec: 0 },
     connections: [],
   };
 }

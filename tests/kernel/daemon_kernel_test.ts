@@ -14,6 +14,7 @@ import {
   USER,
   writeConfig,
 } from "../../bench/rigs/daemon_harness.ts";
+import { readBlock } from "./helpers.ts";
 
 const MIB = 1024 * 1024;
 const skip = kernelSkipReason();
@@ -55,19 +56,6 @@ async function writeBlock(device: string, offset: number, data: Uint8Array): Pro
   let done = 0;
   while (done < data.length) done += await file.write(data.subarray(done));
   await file.syncData();
-}
-
-async function readBlock(device: string, offset: number, length: number): Promise<Uint8Array> {
-  using file = await Deno.open(device, { read: true });
-  await file.seek(offset, Deno.SeekMode.Start);
-  const data = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = await file.read(data.subarray(done));
-    if (n === null) break;
-    done += n;
-  }
-  return data.subarray(0, done);
 }
 
 Deno.test({

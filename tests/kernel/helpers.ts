@@ -144,3 +144,17 @@ export async function within<T>(ms: number, what: string, promise: Promise<T>): 
     clearTimeout(timer);
   }
 }
+
+/** Reads `length` bytes of a block device at `offset` (fewer at its end). */
+export async function readBlock(device: string, offset: number, length: number): Promise<Uint8Array> {
+  using file = await Deno.open(device, { read: true });
+  await file.seek(offset, Deno.SeekMode.Start);
+  const data = new Uint8Array(length);
+  let done = 0;
+  while (done < length) {
+    const n = await file.read(data.subarray(done));
+    if (n === null) break;
+    done += n;
+  }
+  return data.subarray(0, done);
+}

@@ -18,7 +18,8 @@ import {
 import { startIvbsServer } from "../../src/ivbs/server/mod.ts";
 import { hasTool, runTool } from "../tools.ts";
 import { eventually } from "../wait.ts";
-import { quiet } from "./helpers.ts";
+import { quiet, readBlock } from "./helpers.ts";
+import { type EventView, freePort, getJson } from "../support/daemon_api.ts";
 
 const MIB = 1024 * 1024;
 const BACKOFF = { initialMs: 500, maxMs: 4_000 };
@@ -33,41 +34,6 @@ interface MountView {
   state: string;
   reason?: string;
   attempts?: number;
-}
-
-interface EventView {
-  time: string;
-  level: string;
-  component: string;
-  message: string;
-  device?: string;
-  fields: Record<string, unknown>;
-}
-
-async function getJson<T>(url: string): Promise<T> {
-  const response = await fetch(url);
-  assert.equal(response.status, 200, url);
-  return await response.json() as T;
-}
-
-function freePort(): number {
-  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (listener.addr as Deno.NetAddr).port;
-  listener.close();
-  return port;
-}
-
-async function readBlock(device: string, offset: number, length: number): Promise<Uint8Array> {
-  using file = await Deno.open(device, { read: true });
-  await file.seek(offset, Deno.SeekMode.Start);
-  const data = new Uint8Array(length);
-  let done = 0;
-  while (done < length) {
-    const n = await file.read(data.subarray(done));
-    if (n === null) break;
-    done += n;
-  }
-  return data.subarray(0, done);
 }
 
 Deno.test({
