@@ -8,8 +8,15 @@
 import assert from "node:assert/strict";
 import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
-import type { MountBackend, OpenBackendRequest } from "../src/daemon/driver.ts";
-import { FakeDriverError, FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import type { MountBackend, OpenBackendRequest, ReattachRequest } from "../src/daemon/driver.ts";
+import {
+  FakeAttachment,
+  type FakeBackend,
+  FakeDriverError,
+  FakeMountDriver,
+} from "../src/daemon/fake_driver.ts";
+import { writeState } from "../src/daemon/state_file.ts";
+import { errorCode } from "../src/error_info.ts";
 import { Reconciler, type UpItem } from "../src/daemon/reconciler.ts";
 import { ManualClock } from "./manual_clock.ts";
 import { eventually } from "./wait.ts";
@@ -531,4 +538,87 @@ Deno.test("the config's reconcile.backoff defaults to 1 s … 30 s and refuses i
       parseConfig(JSON.stringify({ reconcile: { backoff: { initialMs: 5, maxMs: 1 } } }), "t.json"),
     /reconcile\.backoff: initialMs must not exceed maxMs/,
   );
+});
+
+/** The switchable fake with devices a previous daemon left (netlink-like takeover). */
+class TakeoverDriver extends SwitchableDriver {
+  readonly kernel = new Map<number, string>();
+  reattachCalls = 0;
+
+  reattach(request: ReattachRequest, backends: readonly MountBackend[]) {
+    this.reattachCalls++;
+    if (this.kernel.get(request.index) !== request.backendId) {
+      return Promise.reject(new FakeDriverError("gone", "NO_DEVICE"));
+    }
+    const device = `/dev/nbd${request.index}`;
+    const attachment = new FakeAttachment(device, backends as FakeBackend[], () => {
+      this.attached.delete(device);
+      this.kernel.delete(request.index);
+    });
+    this.attached.set(device, attachment);
+    return Promise.resolve(attachment);
+  }
+
+  isStillAttached(index: number, backendId: string): Promise<boolean> {
+    return Promise.resolve(this.kernel.get(index) === backendId);
+  }
+}
+
+Deno.test("a device the previous daemon left is taken over once IVBS answers, by its configured mount or as the API's", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-takeover-" });
+  const record = (index: number, image: string) => ({
+    device: `/dev/nbd${index}`,
+    index,
+    backendId: `ivbsnetd:${index}`,
+    image,
+    username: "u",
+    readOnly: false,
+    sizeBytes: 4096,
+    options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+  });
+  try {
+    await writeState(`${dir}/state`, [record(1, "other"), record(2, "third")]);
+    const driver = new TakeoverDriver({
+      devices: 4,
+      images: { other: { size: 4096 }, third: { size: 4096 } },
+      users: { u: "p" },
+    });
+    driver.kernel.set(1, "ivbsnetd:1");
+    driver.kernel.set(2, "ivbsnetd:2");
+    driver.ivbsDown = true;
+    const clock = new ManualClock();
+    const config = parseConfig(
+      JSON.stringify({
+        users: USERS,
+        nbd: { devices: 4 },
+        stateDir: `${dir}/state`,
+        mounts: [{ device: "auto", image: "other", user: "u" }],
+      }),
+      "t.json",
+    ).config;
+    const daemon = new Daemon({ config, driver, log: quietLog, logFor: () => quietLog, clock });
+    try {
+      const restored = await daemon.restore();
+      assert.deepEqual(restored.map((o) => errorCode(o.error)), ["NO_PROXY", "NO_PROXY"]);
+      await daemon.reconcile();
+      assert.deepEqual(
+        daemon.table.list().map((m) => [m.device, m.image, m.state]),
+        [["auto", "other", "failing"], ["/dev/nbd2", "third", "failing"]],
+        "the configured mount waits for nbd1; nbd2 (the API's) is desired on its own",
+      );
+      driver.ivbsDown = false;
+      clock.advance(1_000);
+      await eventually(
+        "both taken over",
+        () => daemon.table.list().filter((m) => m.state === "mounted").length === 2,
+      );
+      assert.deepEqual(daemon.table.list().map((m) => m.device), ["/dev/nbd1", "/dev/nbd2"]);
+      assert.ok(driver.reattachCalls >= 2, "taken over, not mounted afresh");
+      assert.deepEqual([...driver.kernel.keys()].sort(), [1, 2], "the same kernel devices");
+    } finally {
+      await daemon.shutdown("test");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -118,6 +118,8 @@ export class Daemon {
       clock: options.clock,
       random: options.random,
       onApiExportsChange: () => void this.saveState(),
+      stillAttached: (record) =>
+        this.#driver.isStillAttached?.(record.index, record.backendId) ?? Promise.resolve(false),
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
@@ -227,12 +229,13 @@ export class Daemon {
         return { request, mount: await this.table.adopt(record, user.password) };
       } catch (error) {
         const err = error instanceof Error ? error : new Error(String(error));
-        this.#log.error("taking over a device failed", {
+        this.#log.error("taking over a device failed; retrying while it waits for us", {
           device: record.device,
           image: record.image,
           code: (err as { code?: string }).code,
           error: err.message,
         });
+        this.reconciliation.retryTakeover(record, user.password);
         return { request, error: err };
       }
     }));

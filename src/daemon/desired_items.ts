@@ -8,6 +8,7 @@
 import type { ApiExportTable, ApiMountTable } from "./api_tables.ts";
 import type { ConfiguredExport, ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { DesiredItem, UpItem } from "./reconciler.ts";
+import type { MountRecord } from "./state_file.ts";
 
 export interface MountItem extends DesiredItem {
   readonly kind: "mount";
@@ -16,7 +17,12 @@ export interface MountItem extends DesiredItem {
   readonly device: string | null;
   /** Its watch once up on `device` without the reconciler (an accepted API mount). */
   upOn(device: string): UpItem;
+  /** A device the previous daemon left for it, to take over (retried) while still attached. */
+  takeOver(record: MountRecord): void;
 }
+
+/** Whether a device the previous daemon left still carries its backend id. */
+export type StillAttached = (record: MountRecord) => Promise<boolean>;
 
 export interface ExportItem extends DesiredItem {
   readonly kind: "export";
@@ -49,8 +55,10 @@ export function mountItem(
   spec: ConfiguredMount,
   origin: "config" | "api",
   keySuffix = "",
+  stillAttached: StillAttached = () => Promise.resolve(false),
 ): MountItem {
   let device: string | null = null;
+  let leftOver: MountRecord | null = null;
   const label = itemLabel("mount", spec);
   const watch = (on: string): UpItem => {
     device = on;
@@ -68,6 +76,9 @@ export function mountItem(
     origin,
     spec,
     upOn: watch,
+    takeOver(record) {
+      leftOver = record;
+    },
     get device() {
       return device;
     },
@@ -78,6 +89,13 @@ export function mountItem(
         m.username === spec.username && (spec.device === "auto" || spec.device === m.device)
       );
       if (held) return watch(held.device);
+      if (leftOver) {
+        // Until the kernel drops it (nbd.deadConnTimeoutS), the device waits for us.
+        if (await stillAttached(leftOver)) {
+          return watch((await table.adopt(leftOver, spec.password, { quiet: true })).device);
+        }
+        leftOver = null;
+      }
       const info = await table.mount(spec, { quiet: true });
       return watch(info.device);
     },
@@ -123,6 +141,7 @@ export function configItems(
   table: ApiMountTable,
   exports: ApiExportTable,
   claimed: ClaimedDevices,
+  stillAttached?: StillAttached,
 ): Item[] {
   const seen = new Map<string, number>();
   const suffix = (label: string): string => {
@@ -132,7 +151,7 @@ export function configItems(
   };
   return [
     ...config.mounts.map((m) =>
-      mountItem(table, claimed, m, "config", suffix(itemLabel("mount", m)))
+      mountItem(table, claimed, m, "config", suffix(itemLabel("mount", m)), stillAttached)
     ),
     ...config.exports.items.map((e) =>
       exportItem(exports, e, "config", suffix(itemLabel("export", e)))

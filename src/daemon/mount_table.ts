@@ -174,9 +174,16 @@ export class MountTable {
    * Takes over a device a previous daemon left attached (its state record):
    * logs in, attaches the image, and hands the kernel a new socket. Throws
    * NO_DEVICE when the device no longer carries the record's backend id and
-   * MOUNT_FAILED when the image's size differs from the device's.
+   * MOUNT_FAILED when the image's size differs from the device's. `quiet` as
+   * for mount().
    */
-  async adopt(record: MountRecord, password: string): Promise<MountInfo> {
+  async adopt(
+    record: MountRecord,
+    password: string,
+    options: { quiet?: boolean } = {},
+  ): Promise<MountInfo> {
+    const progress = (message: string, fields: object) =>
+      options.quiet ? this.#log.debug(message, fields) : this.#log.info(message, fields);
     if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
     const driver = this.#driver;
     if (!driver.reattach) {
@@ -194,7 +201,7 @@ export class MountTable {
       record.readOnly,
     );
     this.#entries.set(record.device, entry);
-    this.#log.info("taking over", { device: record.device, image: record.image });
+    progress("taking over", { device: record.device, image: record.image });
     try {
       const credentials = { ...record, password };
       const owner = { device: record.device, image: record.image };
@@ -225,7 +232,7 @@ export class MountTable {
     } finally {
       finish();
     }
-    this.#log.info("taken over", { device: record.device, image: record.image });
+    progress("taken over", { device: record.device, image: record.image });
     return mountInfo(entry);
   }
 

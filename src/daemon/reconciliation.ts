@@ -28,12 +28,13 @@ import {
   type MountItem,
   mountItem,
   NEVER,
+  type StillAttached,
 } from "./desired_items.ts";
 import type { ExportInfo } from "./export_types.ts";
 import { NO_IO } from "./desired_status.ts";
 import type { MountInfo, MountRequest } from "./mount_table.ts";
 import { type ReconciledItem, Reconciler, statusLine } from "./reconciler.ts";
-import type { ExportRecord } from "./state_file.ts";
+import type { ExportRecord, MountRecord } from "./state_file.ts";
 
 /** What a reload did, by item label ("mount /dev/nbd1: disk (alice)"). */
 export interface ReloadResult {
@@ -53,6 +54,8 @@ export interface ReconciliationOptions {
   random?: () => number;
   /** The API's exports changed (the state file keeps them). */
   onApiExportsChange(): void;
+  /** Whether a device the previous daemon left still waits for us. */
+  stillAttached?: StillAttached;
 }
 
 /** Sections a reload cannot change in a running daemon. */
@@ -66,6 +69,7 @@ export class Reconciliation {
   readonly #log: Logger;
   readonly #onApiExportsChange: () => void;
   readonly #statusListeners: ((line: string) => void)[] = [];
+  readonly #stillAttached: StillAttached | undefined;
   #config: DaemonConfig;
 
   constructor(options: ReconciliationOptions) {
@@ -74,6 +78,7 @@ export class Reconciliation {
     this.#exports = options.exports;
     this.#log = options.log;
     this.#onApiExportsChange = options.onApiExportsChange;
+    this.#stillAttached = options.stillAttached;
     this.reconciler = new Reconciler<Item>({
       backoff: options.config.reconcile.backoff,
       clock: options.clock,
@@ -85,7 +90,15 @@ export class Reconciliation {
       },
     });
     this.#connectTables();
-    for (const item of configItems(this.#config, this.#table, this.#exports, this.#claimed)) {
+    for (
+      const item of configItems(
+        this.#config,
+        this.#table,
+        this.#exports,
+        this.#claimed,
+        this.#stillAttached,
+      )
+    ) {
       this.reconciler.add(item);
     }
   }
@@ -117,6 +130,26 @@ export class Reconciliation {
       const spec = { ...record, password: user.password };
       this.reconciler.add(exportItem(this.#exports, spec, "api"));
     }
+  }
+
+  /**
+   * A device the previous daemon left that could not be taken over now (IVBS
+   * unreachable…): the configured mount it matches (or else a mount of its
+   * own, as the API's was) takes it over on its next attempts, while the
+   * kernel keeps it waiting; after that it is mounted afresh.
+   */
+  retryTakeover(record: MountRecord, password: string): void {
+    const matching = this.#items("mount").find(({ item }) =>
+      item.origin === "config" && item.device === null && item.spec.image === record.image &&
+      item.spec.username === record.username &&
+      (item.spec.device === "auto" || item.spec.device === record.device)
+    );
+    if (matching) return matching.item.takeOver(record);
+    const { device, image, username, readOnly } = record;
+    const spec = { device, image, username, readOnly, password };
+    const item = mountItem(this.#table, this.#claimed, spec, "api", "", this.#stillAttached);
+    item.takeOver(record);
+    this.reconciler.add(item);
   }
 
   /**
@@ -154,7 +187,13 @@ export class Reconciliation {
    */
   async reload(next: DaemonConfig): Promise<ReloadResult> {
     const current = this.reconciler.list().filter((r) => r.item.origin === "config");
-    const nextItems = configItems(next, this.#table, this.#exports, this.#claimed);
+    const nextItems = configItems(
+      next,
+      this.#table,
+      this.#exports,
+      this.#claimed,
+      this.#stillAttached,
+    );
     const diff = diffDesired(current.map((r) => r.item.key), nextItems);
     const label = (key: string) => key.replace(/^config /, "");
     const restartNeeded = RESTART_SECTIONS.filter((section) =>
