@@ -11,6 +11,8 @@ import { eventStream, eventStreamResponse, HEARTBEAT_MS } from "../src/http/even
 import { registerOperatorRoutes } from "../src/http/operator_routes.ts";
 import { startHttpServer } from "../src/http/server.ts";
 import { Hono } from "hono";
+import { ApiClient } from "../src/cli/api_client.ts";
+import { eventsCommand } from "../src/cli/commands.ts";
 import { ManualClock } from "./manual_clock.ts";
 import { eventually } from "./wait.ts";
 
@@ -184,6 +186,42 @@ Deno.test("over a socket, events arrive as they are recorded; a follower that le
     await eventually("the stream was cancelled", () => cancelled === 1);
     await eventually("the connection left the table", () => server.connections === 0);
   } finally {
+    await server.close();
+  }
+});
+
+Deno.test("ivbsnetd events --follow reads one event stream instead of polling", async () => {
+  const events = eventsWith(2);
+  const app = new Hono();
+  registerOperatorRoutes(app, { events, renderLive: () => Promise.resolve("") });
+  const requests: string[] = [];
+  const server = startHttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    log: quietLog,
+    handler: (request) => {
+      requests.push(`${new URL(request.url).search} ${request.headers.get("accept")}`);
+      return app.fetch(request);
+    },
+  });
+  const abort = new AbortController();
+  const lines: string[] = [];
+  try {
+    const following = eventsCommand(
+      new ApiClient({ server: `127.0.0.1:${server.addr.port}` }),
+      { print: (line) => lines.push(line) },
+      { follow: true, since: 1, json: true, signal: abort.signal },
+    );
+    await eventually("the past event was printed", () => lines.length === 1);
+    events.record("warn", "ivbs", "failover started");
+    events.record("info", "ivbs", "failover done");
+    await eventually("both new events were printed", () => lines.length === 3);
+    abort.abort();
+    await following;
+    assert.deepEqual(lines.map((line) => JSON.parse(line).seq), [2, 3, 4]);
+    assert.deepEqual(requests, ["?since=1 text/event-stream"], "one request, no polling");
+  } finally {
+    abort.abort();
     await server.close();
   }
 });
