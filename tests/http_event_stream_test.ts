@@ -225,3 +225,44 @@ Deno.test("ivbsnetd events --follow reads one event stream instead of polling", 
     await server.close();
   }
 });
+
+Deno.test("a quiet stream outlives the request timeout: heartbeats on the clock keep it open", async () => {
+  const clock = new ManualClock();
+  const events = eventsWith(0);
+  const server = startHttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    log: quietLog,
+    clock,
+    requestTimeoutMs: 10_000,
+    idleTimeoutMs: 30_000,
+    handler: () => eventStreamResponse({ events, since: null, clock }),
+  });
+  try {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    await conn.write(
+      encoder.encode("GET / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n"),
+    );
+    let text = "";
+    const buffer = new Uint8Array(4096);
+    const readUntil = async (pattern: RegExp) => {
+      while (!pattern.test(text)) {
+        const n = await conn.read(buffer);
+        if (n === null) throw new Error(`closed before ${pattern}: ${text}`);
+        text += decoder.decode(buffer.subarray(0, n));
+      }
+    };
+    await readUntil(/ivbsnetd events/);
+    for (let beat = 1; beat <= 3; beat++) {
+      await eventually("the stream waits for an event", () => clock.pending > 0);
+      clock.advance(HEARTBEAT_MS); // longer than the request and half the idle timeout
+      await readUntil(new RegExp(`(: keep-alive\\n\\n[^]*){${beat}}`));
+    }
+    events.record("info", "test", "still here");
+    await readUntil(/"still here"/);
+    conn.close();
+    await eventually("the connection left the table", () => server.connections === 0);
+  } finally {
+    await server.close();
+  }
+});

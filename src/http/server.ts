@@ -151,10 +151,12 @@ export class HttpServer {
       maxChunkLineBytes: MAX_CHUNK_LINE_BYTES,
     });
     // Each write of an answer gets the request timeout; a stalled reader is cut.
+    // Between writes no timer runs: a quiet stream (events) is not a stalled one.
     const timedOut = {
       write: async (data: Uint8Array) => {
         this.#arm(c, requestTimeoutMs);
         const n = await conn.write(data);
+        this.#clock.clearTimeout(c.timer);
         slot.touch();
         return n;
       },
