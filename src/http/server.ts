@@ -22,7 +22,7 @@ import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { writeAll } from "../io/stream.ts";
-import { closeQuietly, Listener, type Slot } from "../io/listener.ts";
+import { Listener, type Slot } from "../io/listener.ts";
 import { HttpError, type RequestHead } from "./message.ts";
 import { ConnectionGone, MessageReader } from "./message_reader.ts";
 import { REASONS, writeResponse } from "./response_writer.ts";
@@ -318,4 +318,3 @@ function isDisconnect(error: unknown): boolean {
     error instanceof Deno.errors.NotConnected;
 }
 
-export { closeQuietly };
