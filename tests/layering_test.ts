@@ -51,7 +51,8 @@ export function layerOf(path: string): string | null {
     if (owns && (best === null || layer.path.length > best.path.length)) best = layer;
   }
   if (best) return best.name;
-  if (/^src\/[^/]+\.ts$/.test(path)) return HELPERS;
+  // deno.json is data (src/version.ts reads its "version"), importable like a helper.
+  if (/^src\/[^/]+\.ts$/.test(path) || path === "deno.json") return HELPERS;
   return null;
 }
 
