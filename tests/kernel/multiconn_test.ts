@@ -144,12 +144,12 @@ Deno.test({
       const windows: string[] = [];
       for (let round = 1; round <= ROUNDS; round++) {
         // I/O must be flowing on more than one connection before the kill.
-        const before = await until("I/O flows on several connections", async () => {
+        const before = await until("I/O flows on several connections", () => {
           const recent = samples.slice(-4);
-          if (recent.length < 4) return null;
+          if (recent.length < 4) return Promise.resolve(null);
           const [a, b] = [recent[0], recent[recent.length - 1]];
           const flowing = a.connections.filter((c, i) => moved(b.connections[i]) > moved(c));
-          return flowing.length >= 2 ? b : null;
+          return Promise.resolve(flowing.length >= 2 ? b : null);
         }, 60_000);
         // The proxy with the fewest connections (at least one): others keep some.
         const load = labels.map((label) => before.connections.filter((c) => c.proxy === label));
@@ -163,14 +163,13 @@ Deno.test({
         const killedAt = performance.now();
         ivbs.stallProxy(victim.index, true);
         // Failed over: every victim connection is on another proxy and has moved data there.
-        const after = await until("the stopped proxy's connections fail over", async () => {
+        const after = await until("the hung proxy's connections fail over", () => {
           const last = samples[samples.length - 1];
-          if (!last || last.at <= killedAt) return null;
-          const back = victims.every((i) => {
+          const back = last !== undefined && last.at > killedAt && victims.every((i) => {
             const c = last.connections[i];
             return c.proxy !== null && c.proxy !== victim.label;
           });
-          return back ? last : null;
+          return Promise.resolve(back ? last : null);
         }, 60_000);
         await ivbs.stopProxy(victim.index);
         ivbs.stallProxy(victim.index, false);
@@ -178,7 +177,8 @@ Deno.test({
         const delta = (i: number) => moved(after.connections[i]) - moved(s0.connections[i]);
         const survived = survivors.map((i) => `${i}:+${(delta(i) / MIB).toFixed(1)}M`);
         const waited = victims.map((i) => `${i}:+${(delta(i) / MIB).toFixed(1)}M`);
-        const line = `round ${round}: hung then stopped ${victim.label} (connections ${victims}); ` +
+        const line =
+          `round ${round}: hung then stopped ${victim.label} (connections ${victims}); ` +
           `${(after.at - s0.at).toFixed(0)} ms window, survivors ${survived.join(" ")}, ` +
           `failed over ${waited.join(" ")}`;
         windows.push(line);
