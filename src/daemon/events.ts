@@ -79,6 +79,8 @@ export class EventLog {
   #start = 0;
   #count = 0;
   #lastSeq = 0;
+  /** Woken after each record (followers then read the ring: no queue per follower). */
+  readonly #listeners = new Set<() => void>();
 
   constructor(options: EventLogOptions = {}) {
     this.capacity = Math.max(1, Math.floor(options.capacity ?? DEFAULT_EVENT_CAPACITY));
@@ -127,7 +129,18 @@ export class EventLog {
     this.#ring[at] = event;
     if (this.#count < this.capacity) this.#count++;
     else this.#start = (this.#start + 1) % this.capacity;
+    for (const listener of [...this.#listeners]) listener();
     return event;
+  }
+
+  /**
+   * Calls `listener` after every recorded event until the returned function is
+   * called. It carries no event: a follower reads `since(cursor)`, so a slow
+   * one costs no memory and learns from `missed` what the ring dropped.
+   */
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /** Events with `seq > since`, oldest first, at most `limit`. */
