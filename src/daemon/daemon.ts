@@ -27,6 +27,7 @@ import {
 } from "./proxy_registry.ts";
 import { type ExportRecord, readState, StateFileError, StateWriter } from "./state_file.ts";
 import { errorMessage } from "../error_info.ts";
+import { daemonGone } from "./daemon_process.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -186,7 +187,7 @@ export class Daemon {
       return [];
     }
     if (state === null || (state.mounts.length === 0 && state.exports.length === 0)) return [];
-    if (state.pid !== Deno.pid && !await processGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
+    if (state.pid !== Deno.pid && !await daemonGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
       this.#ownsState = false;
       this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
         stateDir,
@@ -347,19 +348,3 @@ export class Daemon {
 
 /** How long restore() waits for the daemon that wrote the state file to exit. */
 const PREVIOUS_DAEMON_EXIT_MS = 15_000;
-
-/** Whether process `pid` has exited (or does within `waitMs`). */
-async function processGone(pid: number, waitMs: number): Promise<boolean> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      // A zombie (state Z) has exited; it only waits for its parent.
-      if (/^\d+ \(.*\) Z/.test(stat)) return true;
-    } catch {
-      return true;
-    }
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}
