@@ -10,13 +10,18 @@ import type { ServeDependencies } from "./serve.ts";
 
 /** Serve dependencies that mount on this machine's /dev/nbdX devices. */
 export async function kernelServeDependencies(): Promise<ServeDependencies> {
-  const [{ createSystemDriver }, kernel, devices, { logger }] = await Promise.all([
+  const [{ createSystemDriver }, kernel, devices, health, { logger }] = await Promise.all([
     import("../daemon/system_driver.ts"),
     import("../nbd/kernel.ts"),
     import("../nbd/devices.ts"),
+    import("../nbd/host_health.ts"),
     import("../log.ts"),
   ]);
-  const api = { attachDevice: kernel.attachDevice, listNbdDevices: devices.listNbdDevices };
+  const api = {
+    attachDevice: kernel.attachDevice,
+    listNbdDevices: devices.listNbdDevices,
+    readNbdHealth: health.readNbdHealth,
+  };
   return {
     createDriver: async (config) => {
       const netlink = config.nbd.attach === "ioctl" ? null : await openNetlink();

@@ -26,6 +26,7 @@ import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
 import { daemonGone, isDaemonProcess } from "../daemon/daemon_process.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
+import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
 import type { MountDriver } from "../daemon/driver.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
@@ -93,6 +94,7 @@ export function startServing(
     history: daemon.history,
     listen: config.http.listen,
     hostname: machineName(),
+    nbdHealth: () => nbdHealthOf(driver),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
@@ -233,6 +235,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     devices: config.nbd.devices,
     httpConnections: maxConnections,
   });
+  logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
   const restored = await daemon.restore();
   if (restored.length > 0) {

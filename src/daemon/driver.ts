@@ -9,6 +9,7 @@
 import type { Backend } from "../block/backend.ts";
 import type { IvbsSessionEvent } from "../ivbs/session.ts";
 import type { Logger } from "../log.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 
 /** Counters an IVBS session exposes (a subset of `IvbsSession.stats`). */
 export interface SessionStats {
@@ -131,4 +132,6 @@ export interface MountDriver {
   detachOrphan?(index: number): Promise<boolean>;
   /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
+  /** The host's nbd module, free devices and what blocks a mount (never throws). */
+  hostHealth?(): Promise<NbdHealth>;
 }

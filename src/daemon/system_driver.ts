@@ -11,6 +11,7 @@ import type { NetlinkAttachedDevice, NetlinkAttachOptions } from "../nbd/netlink
 import { IvbsSession } from "../ivbs/session.ts";
 import type { Logger } from "../log.ts";
 import type { DaemonConfig } from "./config.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 
 /** What the daemon needs from src/nbd/kernel.ts and src/nbd/devices.ts. */
@@ -21,6 +22,8 @@ export interface NbdKernelApi {
     options?: { blockSize?: number; timeoutS?: number; maxInFlight?: number; log?: Logger },
   ): Promise<DeviceAttachment>;
   listNbdDevices(): Promise<NbdDevice[]>;
+  /** The host's nbd health (src/nbd/host_health.ts); never throws. */
+  readNbdHealth?(options: { kernelAddsDevices: boolean }): Promise<NbdHealth>;
   /** The netlink interface (src/nbd/netlink_attach.ts); null where the kernel lacks it. */
   netlink?: NetlinkKernelApi | null;
 }
@@ -131,6 +134,8 @@ export function createSystemDriver(
     },
     listDevices: () => kernel.listNbdDevices(),
   };
+  const readHealth = kernel.readNbdHealth;
+  if (readHealth) driver.hostHealth = () => readHealth({ kernelAddsDevices: netlink !== null });
   if (netlink !== null) {
     Object.assign(driver, {
       picksDevice: true,

@@ -33,6 +33,7 @@ import type { EventLog } from "../daemon/events.ts";
 import type { History } from "../daemon/history.ts";
 import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
 import { renderProxyMetrics } from "../daemon/proxy_metrics.ts";
+import type { NbdHealth } from "../daemon/host_health.ts";
 import {
   DeviceNameSchema,
   DeviceOrAutoSchema,
@@ -63,6 +64,8 @@ export interface AppOptions {
   listen?: ListenAddress;
   /** This machine's name, accepted as Host when listening on all interfaces. */
   hostname?: string;
+  /** The host's nbd module and free devices (`GET /api/health`'s `nbd`). */
+  nbdHealth?: () => Promise<NbdHealth>;
 }
 
 export const VERSION = "0.1.0";
@@ -188,6 +191,8 @@ export function createApp(options: AppOptions): Hono {
       // Devices that exist and are ours: 0 without the nbd module, not nbd.devices.
       devices: (await table.devices()).length,
       tokenRequired: token !== undefined,
+      // Whether mounts can work here, and why not (exports need no nbd).
+      nbd: await options.nbdHealth?.(),
     }));
 
   app.get("/api/devices", async (c) => c.json({ devices: await table.devices() }));
