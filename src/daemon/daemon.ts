@@ -28,6 +28,7 @@ import {
 import { type ExportRecord, readState, StateFileError, StateWriter } from "./state_file.ts";
 import { errorMessage } from "../error_info.ts";
 import { daemonGone } from "./daemon_process.ts";
+import { type IdleProbeOptions, IdleProxyProber } from "./proxy_probe.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -45,6 +46,8 @@ export interface DaemonOptions {
   events?: EventLogOptions;
   /** The graphs' sampling (interval, points kept). */
   history?: HistoryOptions;
+  /** The idle proxies' checks (interval, clock), when the driver can probe. */
+  probes?: IdleProbeOptions;
 }
 
 export class Daemon {
@@ -59,6 +62,8 @@ export class Daemon {
   /** The last minutes of throughput and latency per mount and export. */
   readonly history: History;
   readonly #stopHistory: () => void;
+  /** Checks of proxies no session uses (null when the driver cannot probe). */
+  readonly #prober: IdleProxyProber | null;
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
   readonly #log: Logger;
@@ -83,9 +88,8 @@ export class Daemon {
     const logFor = options.logFor ?? logger;
     // The log feeds the events ring: one source for both.
     this.#log = this.events.wrap(options.log ?? logger("daemon"), "daemon");
-    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, {
-      log: this.events.wrap(logFor("proxies"), "proxies"),
-    });
+    const proxiesLog = this.events.wrap(logFor("proxies"), "proxies");
+    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, { log: proxiesLog });
     this.#driver = options.driver;
     this.#state = new StateWriter(options.config.stateDir, (error) => {
       this.#log.error("cannot save the state file; a restart may not find the devices", {
@@ -114,6 +118,11 @@ export class Daemon {
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
+    const probe = options.driver.probeProxy?.bind(options.driver);
+    this.#prober = probe
+      ? new IdleProxyProber(this.proxies, probe, { log: proxiesLog, ...options.probes })
+      : null;
+    this.#prober?.start();
     this.done = new Promise<void>((resolve) => this.#finish = resolve);
   }
 
@@ -321,6 +330,7 @@ export class Daemon {
     });
     this.#stopping = (async () => {
       this.#stopHistory();
+      await this.#prober?.stop();
       for (const hook of this.#stopHooks) {
         try {
           await hook();

@@ -134,4 +134,10 @@ export interface MountDriver {
   listDevices(): Promise<NbdDevice[]>;
   /** The host's nbd module, free devices and what blocks a mount (never throws). */
   hostHealth?(): Promise<NbdHealth>;
+  /**
+   * Connects to the IVBS proxy "host:port", waits for its GREETING and closes
+   * (the idle check, proxy_probe.ts); throws why when it cannot, or once
+   * `signal` aborts. Absent: no checks.
+   */
+  probeProxy?(address: string, signal: AbortSignal): Promise<{ name: string }>;
 }

@@ -5,9 +5,7 @@
  * @module
  */
 import { escapeLabel } from "./metrics.ts";
-import type { ProxyInfo, ProxyState } from "./proxy_registry.ts";
-
-const STATES: readonly ProxyState[] = ["connected", "backoff", "idle"];
+import { PROXY_STATES, type ProxyInfo } from "./proxy_registry.ts";
 
 export function renderProxyMetrics(proxies: readonly ProxyInfo[]): string {
   const lines: string[] = [];
@@ -28,7 +26,7 @@ export function renderProxyMetrics(proxies: readonly ProxyInfo[]): string {
   }
   family("ivbsnetd_proxy_state", "gauge", "1 for the proxy's current state, 0 for the others.");
   for (const p of proxies) {
-    for (const state of STATES) {
+    for (const state of PROXY_STATES) {
       sample("ivbsnetd_proxy_state", { proxy: p.address, state }, p.state === state ? 1 : 0);
     }
   }

@@ -9,8 +9,9 @@
 import type { Backend } from "../block/backend.ts";
 import type { NetlinkAttachedDevice, NetlinkAttachOptions } from "../nbd/netlink_attach.ts";
 import { IvbsSession } from "../ivbs/session.ts";
+import { IvbsConnection } from "../ivbs/connection.ts";
 import type { Logger } from "../log.ts";
-import type { DaemonConfig } from "./config.ts";
+import { type DaemonConfig, parseListenAddress } from "./config.ts";
 import type { NbdHealth } from "../nbd/host_health.ts";
 import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 
@@ -133,6 +134,18 @@ export function createSystemDriver(
       return persistentAttachment(attached, sizeBytes, settings);
     },
     listDevices: () => kernel.listNbdDevices(),
+  };
+  driver.probeProxy = async (label, signal) => {
+    const address = parseListenAddress(label);
+    if (address === null) throw new Error(`${label} is not host:port`);
+    const connection = await IvbsConnection.open(address, {
+      connectTimeoutMs: ivbs.connectTimeoutMs,
+      signal,
+      log,
+    });
+    const name = connection.proxyName;
+    await connection.close("idle check done");
+    return { name };
   };
   const readHealth = kernel.readNbdHealth;
   if (readHealth) driver.hostHealth = () => readHealth({ kernelAddsDevices: netlink !== null });
