@@ -193,8 +193,11 @@ Deno.test("against the IVBS test server: a stopped proxy is unreachable, a runni
       "test.json",
     ).config;
     const driver = createSystemDriver(config, {
-      attachDevice: () => Promise.reject(new Error("no kernel in this test")),
-      listNbdDevices: () => Promise.resolve([]),
+      kind: "ioctl",
+      picksDevice: false,
+      maxConnections: 1,
+      attach: () => Promise.reject(new Error("no kernel in this test")),
+      listDevices: () => Promise.resolve([]),
     }, captureLog());
     assert.ok(driver.probeProxy);
     const registry = new ProxyRegistry(config.ivbs.proxies);

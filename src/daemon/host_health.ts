@@ -8,8 +8,6 @@ import type { MountDriver } from "./driver.ts";
 import type { Logger } from "../log.ts";
 import { judgeNbdHealth, type NbdHealth } from "../nbd/host_health.ts";
 
-export type { NbdHealth } from "../nbd/host_health.ts";
-
 /** The host's nbd health now; never throws. */
 export async function nbdHealthOf(driver: MountDriver): Promise<NbdHealth> {
   if (driver.hostHealth) return await driver.hostHealth();
