@@ -5,15 +5,13 @@
  * real `serve` process is one until it exits.
  */
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { daemonGone, isDaemonCommandLine, isDaemonProcess } from "../src/daemon/daemon_process.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { type MountRecord, statePath, writeState } from "../src/daemon/state_file.ts";
-import type { Logger } from "../src/log.ts";
-
-const MAIN = fileURLToPath(new URL("../main.ts", import.meta.url));
+import { captureLog } from "./ivbs_fake_proxy.ts";
+import { DaemonProcess, writeConfig } from "../bench/rigs/daemon_harness.ts";
 
 Deno.test("isDaemonCommandLine accepts only ivbsnetd's serve, however it was started", () => {
   const cases: [string[], boolean][] = [
@@ -53,44 +51,19 @@ Deno.test("a live process that is not ivbsnetd is no daemon, nor is a pid nobody
 });
 
 Deno.test("a running `deno run main.ts serve` is a daemon until it exits", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-pid-" });
-  const config = `${dir}/config.json`;
-  await Deno.writeTextFile(
-    config,
-    JSON.stringify({ http: { listen: "127.0.0.1:0" }, stateDir: `${dir}/state` }),
-    { mode: 0o600 },
-  );
-  const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", MAIN, "serve", "--config", config],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "null",
-    env: { IVBSNETD_LOG: "error" },
-  }).spawn();
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-pid-" });
+  const { dir, path } = await writeConfig({ http: { listen: "127.0.0.1:0" }, stateDir });
   try {
-    // Once it prints its address it is certainly past any exec of deno's own.
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let seen = "";
-    while (!seen.includes("listening on")) {
-      const { value, done } = await reader.read();
-      if (done) throw new Error(`serve exited before listening: ${seen}`);
-      seen += value;
-    }
-    reader.releaseLock();
-    assert.equal(await isDaemonProcess(child.pid), true);
-    assert.equal(await daemonGone(child.pid, 0), false, "still running after no wait");
-    child.kill("SIGTERM");
-    assert.equal(await daemonGone(child.pid, 30_000, 20), true);
-    assert.equal((await child.status).code, 0);
+    // It printed its address: well past any exec of deno's own.
+    const daemon = await DaemonProcess.start(path, { env: { IVBSNETD_LOG: "error" } });
+    assert.equal(await isDaemonProcess(daemon.pid), true);
+    assert.equal(await daemonGone(daemon.pid, 0), false, "still running after no wait");
+    const ended = daemon.stop("SIGTERM");
+    assert.equal(await daemonGone(daemon.pid, 30_000, 20), true);
+    assert.equal((await ended).code, 0);
   } finally {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // Already exited.
-    }
-    await child.status;
-    await child.stdout.cancel().catch(() => {});
     await Deno.remove(dir, { recursive: true });
+    await Deno.remove(stateDir, { recursive: true });
   }
 });
 
@@ -114,14 +87,7 @@ Deno.test("restore takes over a state file whose pid was recycled by another pro
     const state = JSON.parse(await Deno.readTextFile(path));
     await Deno.writeTextFile(path, JSON.stringify({ ...state, pid: sleeper.pid }));
 
-    const lines: string[] = [];
-    const keep = (level: string) => (message: string) => void lines.push(`${level} ${message}`);
-    const log: Logger = {
-      debug: keep("DEBUG"),
-      info: keep("INFO"),
-      warn: keep("WARN"),
-      error: keep("ERROR"),
-    };
+    const log = captureLog();
     const config = parseConfig(
       JSON.stringify({ users: [{ username: "alice", password: "pw" }], stateDir: dir }),
       "test.json",
@@ -133,8 +99,9 @@ Deno.test("restore takes over a state file whose pid was recycled by another pro
     });
     const [outcome] = await daemon.restore();
     assert.match(outcome.error?.message ?? "", /\/dev\/nbd2 is gone/);
-    assert.ok(!lines.some((l) => l.includes("another daemon still runs")), lines.join("\n"));
-    assert.ok(lines.some((l) => l.includes("taking over devices from the previous daemon")));
+    const messages = log.lines.map((l) => l.message);
+    assert.ok(!messages.some((m) => m.includes("another daemon still runs")), messages.join("\n"));
+    assert.ok(messages.includes("taking over devices from the previous daemon"));
     await daemon.shutdown("test");
   } finally {
     sleeper.kill("SIGKILL");

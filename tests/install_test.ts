@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { hasTool, runTool } from "./tools.ts";
 import { isDaemonProcess } from "../src/daemon/daemon_process.ts";
+import { DaemonProcess } from "../bench/rigs/daemon_harness.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -36,42 +37,17 @@ Deno.test("install into a PREFIX: the launcher runs the bundle, and its daemon p
     const serveHelp = await runTool(launcher, ["serve", "--help"]);
     assert.match(serveHelp.stdout, /usage: ivbsnetd serve/);
 
-    // The installed daemon, as systemd would run it (from /, with a config).
     const config = `${prefix}/ivbsnetd.json`;
     await Deno.writeTextFile(
       config,
       JSON.stringify({ http: { listen: "127.0.0.1:0" }, stateDir: `${prefix}/state` }),
       { mode: 0o600 },
     );
-    const child = new Deno.Command(launcher, {
-      args: ["serve", "--config", config],
-      cwd: "/",
-      stdin: "null",
-      stdout: "piped",
-      stderr: "null",
-    }).spawn();
-    try {
-      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-      let seen = "";
-      while (!seen.includes("listening on")) {
-        const { value, done } = await reader.read();
-        if (done) throw new Error(`the installed serve exited before listening: ${seen}`);
-        seen += value;
-      }
-      reader.releaseLock();
-      // exec kept the launcher's pid: systemd's main process is the daemon.
-      assert.equal(await isDaemonProcess(child.pid), true);
-      child.kill("SIGTERM");
-      assert.equal((await child.status).code, 0);
-    } finally {
-      try {
-        child.kill("SIGKILL");
-      } catch {
-        // Already exited.
-      }
-      await child.status;
-      await child.stdout.cancel().catch(() => {});
-    }
+    // `serve` as systemd would run it; exec kept the launcher's pid, so the
+    // unit's main process is the daemon, and it passes the pid check.
+    const daemon = await DaemonProcess.start(config, { program: [launcher] });
+    assert.equal(await isDaemonProcess(daemon.pid), true);
+    assert.equal((await daemon.stop("SIGTERM")).code, 0);
 
     const unit = await Deno.readTextFile(`${prefix}/lib/systemd/system/ivbsnetd.service`);
     assert.match(
