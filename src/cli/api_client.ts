@@ -4,11 +4,15 @@
  * the server's message) apart from "no server there" (ServerUnreachableError).
  * @module
  */
-import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import type {
+  DaemonEvent,
+  DeviceInfo,
+  EventPage,
+  ExportInfo,
+  MountInfo,
+  ProxyInfo,
+} from "../daemon/api_types.ts";
 import { errorMessage } from "../error_info.ts";
-import type { ExportInfo } from "../daemon/export_table.ts";
-import type { DaemonEvent, EventPage } from "../daemon/events.ts";
-import type { ProxyInfo } from "../daemon/proxy_registry.ts";
 
 export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
 

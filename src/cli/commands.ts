@@ -4,8 +4,8 @@
  * and `ivbsnetd export-add|export-remove|export-list`.
  * @module
  */
-import { MAX_EVENT_PAGE } from "../daemon/events.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { MAX_EVENT_PAGE } from "../daemon/api_types.ts";
+import { formatBytes } from "../units.ts";
 import type {
   ApiClient,
   DaemonEvent,

@@ -22,7 +22,7 @@
  * ```
  * @module
  */
-import { type Logger, type LogLevel, redact } from "../log.ts";
+import { type Logger, type LogLevel, plain, redact } from "../log.ts";
 
 export interface DaemonEvent {
   /** 1, 2, 3… in the order recorded; the cursor of `GET /api/events?since=`. */
@@ -59,17 +59,6 @@ export interface EventLogOptions {
 export const DEFAULT_EVENT_CAPACITY = 500;
 /** Most events one `since` call returns. */
 export const MAX_EVENT_PAGE = 500;
-
-/** A field value as JSON can carry it. */
-function plain(value: unknown): unknown {
-  if (value instanceof Error) return value.message;
-  if (typeof value === "bigint") return value.toString();
-  if (Array.isArray(value)) return value.map(plain);
-  if (value && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
-  }
-  return value;
-}
 
 export class EventLog {
   readonly capacity: number;
