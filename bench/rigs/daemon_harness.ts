@@ -67,11 +67,6 @@ export class DaemonProcess {
     this.#stderr = stderr;
   }
 
-  /** The daemon's process id (a wrapper like prlimit execs it, keeping the id). */
-  get pid(): number {
-    return this.#child.pid;
-  }
-
   /**
    * Starts the daemon and waits for its "listening on URL" line. `args` are
    * more serve flags (e.g. ["--replace"]); `wrapper` runs it under another

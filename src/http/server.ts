@@ -317,4 +317,3 @@ function isDisconnect(error: unknown): boolean {
     error instanceof Deno.errors.Interrupted ||
     error instanceof Deno.errors.NotConnected;
 }
-
