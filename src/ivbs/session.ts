@@ -46,7 +46,7 @@ import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { Admission } from "../io/admission.ts";
 import type { IvbsConnection, Reply } from "./connection.ts";
 import { ConnectionLostError, IvbsMountError, statusAction, statusErrno } from "./errors.ts";
-import { DEFAULT_LIVENESS, LatencyWindow, type LivenessOptions } from "./liveness.ts";
+import { DEFAULT_LIVENESS, LatencyWindow } from "./liveness.ts";
 import {
   type Backoff,
   backoffDelay,
@@ -57,8 +57,19 @@ import {
 import { checkNames, ImageAttacher } from "./attach.ts";
 import { Failover } from "./failover.ts";
 import { type Chunk, type Kind, RequestTable } from "./request_table.ts";
-import type { FailoverCause, IvbsSessionEvent, IvbsSessionStats } from "./session_events.ts";
-import { type AttachReply, MAX_IO_LENGTH, type ProxyAddress, statusName } from "./wire.ts";
+import {
+  emptySessionStats,
+  type FailoverCause,
+  type IvbsSessionEvent,
+  type IvbsSessionStats,
+} from "./session_events.ts";
+import {
+  DEFAULT_MAX_IN_FLIGHT_BYTES,
+  DEFAULT_MAX_RETRIES,
+  definedOnly,
+  type IvbsSessionOptions,
+} from "./session_options.ts";
+import { type AttachReply, MAX_IO_LENGTH, statusName } from "./wire.ts";
 
 export {
   FAILOVER_CAUSES,
@@ -66,50 +77,7 @@ export {
   type IvbsSessionEvent,
   type IvbsSessionStats,
 } from "./session_events.ts";
-
-export interface IvbsSessionOptions {
-  /** Configured fallback list; LIST_PROXIES from the proxies is tried first. */
-  proxies: ProxyAddress[];
-  image: string;
-  username: string;
-  password: string;
-  /** Mount read-only even if the image is writable. */
-  readOnly?: boolean;
-  /** No reply to anything in flight (or a keepalive) for this long = failed (default 15 000). */
-  deadPeerTimeoutMs?: number;
-  /** A request no proxy could serve within it fails with EIO (default 120 000; 0 = forever). */
-  ioTimeoutMs?: number;
-  /** TCP connect + GREETING bound per proxy (default 5 000). */
-  connectTimeoutMs?: number;
-  /** Between rounds over the proxy list and between status retries (default 100 / 5 000, jittered). */
-  backoff?: Backoff;
-  /** Bytes outstanding to IVBS before callers wait (default 256 MiB). */
-  maxInFlightBytes?: number;
-  /** NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN retries per request before EIO (default 20). */
-  maxRetries?: number;
-  /** How long a failed proxy goes to the back of the list (default 30 000). */
-  failureMemoryMs?: number;
-  /** When to probe a proxy suspected of hanging, and how long it has to answer (DEFAULT_LIVENESS). */
-  liveness?: Partial<LivenessOptions>;
-  onEvent?: (event: IvbsSessionEvent) => void;
-  log?: Logger;
-  /**
-   * Time for every timer of the session: its own (I/O timeout, retry and
-   * reconnect backoff, failure memory) and its connections' (connect, dead
-   * peer, keepalive, liveness); default the real clock.
-   */
-  clock?: Clock;
-}
-
-const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
-const DEFAULT_MAX_RETRIES = 20;
-
-/** The keys of `values` that are set (undefined must not override a default). */
-function definedOnly<T extends object>(values: T | undefined): Partial<T> {
-  return Object.fromEntries(
-    Object.entries(values ?? {}).filter(([, value]) => value !== undefined),
-  ) as Partial<T>;
-}
+export type { IvbsSessionOptions } from "./session_options.ts";
 
 export class IvbsSession implements Backend {
   readonly image: string;
@@ -145,21 +113,7 @@ export class IvbsSession implements Backend {
   #closing: Promise<void> | null = null;
   #fatal: string | null = null;
 
-  readonly #stats: IvbsSessionStats = {
-    inFlight: 0,
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-    failovers: 0,
-    reconnects: 0,
-    retries: 0,
-    keepalivesSent: 0,
-    keepalivesAnswered: 0,
-    probesSent: 0,
-    probesAnswered: 0,
-    failoverCauses: { closed: 0, error: 0, status: 0, "dead-peer": 0, "probe-timeout": 0 },
-  };
+  readonly #stats: IvbsSessionStats = emptySessionStats();
 
   private constructor(options: IvbsSessionOptions) {
     this.image = options.image;
