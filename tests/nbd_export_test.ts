@@ -520,6 +520,29 @@ Deno.test("connections beyond maxClients are closed at once", async () => {
 // ---- IVBS-backed exports ---------------------------------------------------
 
 const IMAGE = { name: "vm", size: 256 * MiB };
+
+/** An export whose every client gets its own IVBS session (fast failover backoff), kept in `sessions`. */
+function sessionExport(
+  ivbs: Awaited<ReturnType<typeof startIvbsServer>>,
+  name: string,
+  image: string,
+  sessions: IvbsSession[],
+): ExportDefinition {
+  return {
+    name,
+    open: async () => {
+      const session = await IvbsSession.open({
+        proxies: ivbs.addresses(),
+        image,
+        ...USER,
+        backoff: { initialMs: 10, maxMs: 100 },
+        log: memoryLog(),
+      });
+      sessions.push(session);
+      return session;
+    },
+  };
+}
 const USER = { username: "alice", password: "s3cret" };
 const WRONG_PASSWORD = "not-alices-pass-7f3a";
 
@@ -534,20 +557,7 @@ Deno.test({
       log: memoryLog(),
     });
     const sessions: IvbsSession[] = [];
-    const exportDef: ExportDefinition = {
-      name: "vm",
-      open: async () => {
-        const session = await IvbsSession.open({
-          proxies: ivbs.addresses(),
-          image: IMAGE.name,
-          ...USER,
-          backoff: { initialMs: 10, maxMs: 100 },
-          log: memoryLog(),
-        });
-        sessions.push(session);
-        return session;
-      },
-    };
+    const exportDef = sessionExport(ivbs, "vm", IMAGE.name, sessions);
     try {
       await withExports([exportDef], async (_, dir) => {
         await writeRandomFile(`${dir}/in.img`, IMAGE.size);
@@ -865,20 +875,7 @@ Deno.test({
       log: memoryLog(),
     });
     const sessions: IvbsSession[] = [];
-    const exportDef: ExportDefinition = {
-      name: "vm",
-      open: async () => {
-        const session = await IvbsSession.open({
-          proxies: ivbs.addresses(),
-          image: MULTI_IMAGE.name,
-          ...USER,
-          backoff: { initialMs: 10, maxMs: 100 },
-          log: memoryLog(),
-        });
-        sessions.push(session);
-        return session;
-      },
-    };
+    const exportDef = sessionExport(ivbs, "vm", MULTI_IMAGE.name, sessions);
     try {
       await withExports([exportDef], async (server, dir) => {
         await writeRandomFile(`${dir}/in.img`, MULTI_IMAGE.size);
