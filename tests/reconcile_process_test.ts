@@ -177,7 +177,7 @@ Deno.test("a configured export waits for IVBS that starts later, is served withi
       path,
       JSON.stringify(configFor([{ name: "vm1", image: "disk" }, { name: "vm2", image: "small" }])),
     );
-    daemon.signal("SIGHUP");
+    Deno.kill(daemon.pid, "SIGHUP");
     await eventually(
       "vm2 ready",
       async () => (await exportsNow()).find((e) => e.name === "vm2")?.state === "ready",

@@ -29,6 +29,8 @@ import {
 } from "./proxy_registry.ts";
 import { readState, StateFileError, StateWriter } from "./state_file.ts";
 import { errorMessage } from "../error_info.ts";
+import { daemonGone } from "./daemon_process.ts";
+import { type IdleProbeOptions, IdleProxyProber } from "./proxy_probe.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -49,6 +51,8 @@ export interface DaemonOptions {
   /** The reconciler's timers (tests pass a manual clock) and jitter. */
   clock?: Clock;
   random?: () => number;
+  /** The idle proxies' checks (interval, clock), when the driver can probe. */
+  probes?: IdleProbeOptions;
 }
 
 export class Daemon {
@@ -65,6 +69,8 @@ export class Daemon {
   /** The last minutes of throughput and latency per mount and export. */
   readonly history: History;
   readonly #stopHistory: () => void;
+  /** Checks of proxies no session uses (null when the driver cannot probe). */
+  readonly #prober: IdleProxyProber | null;
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
   readonly #log: Logger;
@@ -84,9 +90,8 @@ export class Daemon {
     const logFor = options.logFor ?? logger;
     // The log feeds the events ring: one source for both.
     this.#log = this.events.wrap(options.log ?? logger("daemon"), "daemon");
-    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, {
-      log: this.events.wrap(logFor("proxies"), "proxies"),
-    });
+    const proxiesLog = this.events.wrap(logFor("proxies"), "proxies");
+    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, { log: proxiesLog });
     this.#driver = options.driver;
     this.#state = new StateWriter(options.config.stateDir, (error) => {
       this.#log.error("cannot save the state file; a restart may not find the devices", {
@@ -123,6 +128,11 @@ export class Daemon {
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
+    const probe = options.driver.probeProxy?.bind(options.driver);
+    this.#prober = probe
+      ? new IdleProxyProber(this.proxies, probe, { log: proxiesLog, ...options.probes })
+      : null;
+    this.#prober?.start();
     this.done = new Promise<void>((resolve) => this.#finish = resolve);
   }
 
@@ -192,7 +202,7 @@ export class Daemon {
       return [];
     }
     if (state === null || (state.mounts.length === 0 && state.exports.length === 0)) return [];
-    if (state.pid !== Deno.pid && !await processGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
+    if (state.pid !== Deno.pid && !await daemonGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
       this.#ownsState = false;
       this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
         stateDir,
@@ -288,6 +298,7 @@ export class Daemon {
     this.#stopping = (async () => {
       this.#stopHistory();
       this.reconciliation.reconciler.stop();
+      await this.#prober?.stop();
       for (const hook of this.#stopHooks) {
         try {
           await hook();
@@ -323,19 +334,3 @@ export class ReloadError extends Error {
 
 /** How long restore() waits for the daemon that wrote the state file to exit. */
 const PREVIOUS_DAEMON_EXIT_MS = 15_000;
-
-/** Whether process `pid` has exited (or does within `waitMs`). */
-async function processGone(pid: number, waitMs: number): Promise<boolean> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      // A zombie (state Z) has exited; it only waits for its parent.
-      if (/^\d+ \(.*\) Z/.test(stat)) return true;
-    } catch {
-      return true;
-    }
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}

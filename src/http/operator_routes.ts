@@ -1,7 +1,9 @@
 /**
  * The operator's routes: `GET /api/proxies` (every IVBS proxy known and its
  * health), `GET /api/events?since=SEQ&limit=N` (the recent events ring, oldest
- * first after the cursor, so a follower polls with the `next` it was given) and
+ * first after the cursor, so a follower polls with the `next` it was given;
+ * with `Accept: text/event-stream` the same events as Server-Sent Events,
+ * resumed after `?since=` or `Last-Event-ID`, else from now: event_stream.ts) and
  * `GET /status/live` (the changing part of the status page, for its refresh)
  * and `POST /api/reload` (re-read the config: `{added, removed, unchanged}`;
  * a broken config is 400 and the running state is kept).
@@ -15,10 +17,14 @@ import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
 import type { ReloadResult } from "../daemon/reconciliation.ts";
 import { errorCode, errorMessage } from "../error_info.ts";
 import { validate } from "./validation.ts";
+import { eventStreamResponse, resumePoint } from "./event_stream.ts";
+import type { Clock } from "../clock.ts";
 
 export interface OperatorRouteOptions {
   events?: EventLog;
   proxies?: ProxyRegistry;
+  /** Timers of the event streams' heartbeats (tests pass a manual clock). */
+  clock?: Clock;
   /** The live part of the status page, rendered now. */
   renderLive(): Promise<string>;
   /** Re-reads the config; throws a ConfigError (code "CONFIG") for a broken one. */
@@ -41,6 +47,10 @@ export function registerOperatorRoutes(app: Hono, options: OperatorRouteOptions)
   app.get("/api/events", (c) => {
     const query = validate(EventsQuerySchema, c.req.query(), "query");
     const events = options.events;
+    if (events && /\btext\/event-stream\b/.test(c.req.header("accept") ?? "")) {
+      const since = resumePoint(query.since, c.req.header("last-event-id"));
+      return eventStreamResponse({ events, since, clock: options.clock });
+    }
     if (!events) return c.json({ events: [], next: query.since ?? 0, missed: 0, capacity: 0 });
     const page = events.since(query.since ?? 0, query.limit ?? MAX_EVENT_PAGE);
     return c.json({ ...page, capacity: events.capacity });

@@ -146,7 +146,11 @@ export async function within<T>(ms: number, what: string, promise: Promise<T>): 
 }
 
 /** Reads `length` bytes of a block device at `offset` (fewer at its end). */
-export async function readBlock(device: string, offset: number, length: number): Promise<Uint8Array> {
+export async function readBlock(
+  device: string,
+  offset: number,
+  length: number,
+): Promise<Uint8Array> {
   using file = await Deno.open(device, { read: true });
   await file.seek(offset, Deno.SeekMode.Start);
   const data = new Uint8Array(length);
