@@ -128,7 +128,8 @@ Deno.test({
         assert.ok(events.includes(`from=${used.address}`), "the failover names the stopped proxy");
         const points = [...dom.matchAll(/data-points="(\d+)"/g)].map((m) => Number(m[1]));
         assert.ok(points.some((n) => n >= 10), `a graph has data points: ${points}`);
-        assert.match(dom, /<div id="live" data-refreshes="\d+">/, "the page refreshed itself");
+        assert.match(dom, /<div id="live"[^>]* data-refreshes="\d+"/, "the page refreshed itself");
+        assert.match(dom, /<section id="attention">.*<b>proxy [^<]+<\/b> backoff/s, "on top");
         assert.match(dom, /<span id="error"><\/span>/, "and found the daemon");
 
         const shot = Deno.env.get("IVBSNETD_SCREENSHOT") ?? `${profile}/status-page.png`;
