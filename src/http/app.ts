@@ -27,7 +27,7 @@ import {
   MAX_USERNAME_BYTES,
   withinBytes,
 } from "../daemon/config.ts";
-import type { ListenAddress } from "../daemon/config.ts";
+import { ConnectionsSchema, type ListenAddress } from "../daemon/config.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -126,6 +126,8 @@ export const MountBodySchema = z.strictObject({
     .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+  /** Connections (IVBS sessions) of the kernel device; default nbd.connections. */
+  connections: ConnectionsSchema.optional(),
 });
 
 const ShutdownBodySchema = z.strictObject({
