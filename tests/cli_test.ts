@@ -487,7 +487,10 @@ Deno.test("netdclient export asks for what is missing, liste lists and unexport 
     assert.match(text, /error: export "vm1" already exists/);
     assert.match(text, /removed export vm1.*\nnetdclient> liste\nNo NBD export\.\n/);
     assert.match(text, /netdclient> unexport\nExport name: vm1\nerror: no export named "vm1"/);
-    assert.match(text, /too many arguments\nusage: export-add \[options\] NAME IMAGE USER \[PASSWORD\]/);
+    assert.match(
+      text,
+      /too many arguments\nusage: export-add \[options\] NAME IMAGE USER \[PASSWORD\]/,
+    );
     assert.match(HELP, /export-remove .*\(also unexport\)/);
     assert.match(HELP, /exports .*\(also export-list, liste\)/);
   } finally {
