@@ -202,9 +202,8 @@ export class ReadlineTerminal implements Terminal {
     else if (empty) this.write("\n(To exit, press Ctrl-C again or Ctrl-D)\n");
     else this.write("^C\n");
     this.#armed = empty;
-    // Drop what was typed: to the end of the line, then everything before it.
-    this.#rl.write(null, { ctrl: true, name: "e" });
-    this.#rl.write(null, { ctrl: true, name: "u" });
+    // Drop what was typed, as node's own REPL does; the next prompt draws a fresh line.
+    Object.assign(this.#rl, { line: "", cursor: 0 });
     this.#answer("interrupted");
   }
 
@@ -218,15 +217,15 @@ export class ReadlineTerminal implements Terminal {
 
   /** One answer; null when input ended, "interrupted" on Ctrl-C. */
   #ask(prompt: string): Promise<string | null | "interrupted"> {
-    this.#output.write(prompt);
     const queued = this.#lines.shift();
-    if (queued !== undefined) {
-      if (this.#lines.length < MAX_QUEUED_LINES) this.#rl.resume();
-      return Promise.resolve(queued);
+    if (queued !== undefined || this.#closed) {
+      this.#output.write(prompt);
+      if (!this.#closed && this.#lines.length < MAX_QUEUED_LINES) this.#rl.resume();
+      return Promise.resolve(queued ?? null);
     }
-    if (this.#closed) return Promise.resolve(null);
-    // readline redraws the prompt as the line is edited.
+    // readline draws the prompt, and redraws it as the line is edited.
     this.#rl.setPrompt(prompt);
+    this.#rl.prompt();
     return new Promise((resolve) => this.#waiter = resolve);
   }
 

@@ -252,7 +252,7 @@ export function createApp(options: AppOptions): Hono {
     if (options.nbdHealth) return await options.nbdHealth();
     const devices = await table.devices();
     if (devices.length === 0) {
-      return { module: false, freeDevices: 0, reason: "no /dev/nbd* devices: is nbd loaded?" };
+      return { module: false, freeDevices: 0, reason: "no /dev/nbd* device exists (modprobe nbd)" };
     }
     return { module: true, freeDevices: devices.filter((d) => d.state === "free").length };
   };
