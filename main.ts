@@ -63,7 +63,7 @@ function usage(): string {
   return [
     "ivbsnetd: IVBS images as Linux block devices (/dev/nbdX) and NBD exports",
     "",
-    "usage: ivbsnetd <command> [options]   (ivbsnetd <command> --help for its options)",
+    "usage: ivbsnetd <command> [options]   (ivbsnetd help <command> for its options)",
     "       ivbsnetd --version",
     "",
     "commands:",
@@ -73,6 +73,10 @@ function usage(): string {
 
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
+  // `ivbsnetd help mount` is `ivbsnetd mount --help`.
+  if (name === "help" && rest.length === 1 && COMMANDS[rest[0]]) {
+    return await COMMANDS[rest[0]].run(["--help"]);
+  }
   if (name === undefined || name === "help" || name === "--help" || name === "-h") {
     console.log(usage());
     return name === undefined ? 2 : 0;
