@@ -142,7 +142,12 @@ const SCRIPT = `
   }
   if (window.EventSource) {
     const stream = new EventSource("/api/events");
-    for (const level of ["info", "warn", "error"]) stream.addEventListener(level, refresh);
+    let events = 0;
+    const onEvent = () => {
+      live.dataset.events = String(++events);
+      refresh();
+    };
+    for (const level of ["info", "warn", "error"]) stream.addEventListener(level, onEvent);
     stream.onopen = () => { live.dataset.stream = "open"; };
     stream.onerror = () => { live.dataset.stream = "down"; };
   }
