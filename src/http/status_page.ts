@@ -16,7 +16,7 @@ import type { DeviceInfo } from "../daemon/mount_table.ts";
 import type { DaemonEvent } from "../daemon/events.ts";
 import type { HistoryPoint } from "../daemon/history.ts";
 import type { ProxyInfo } from "../daemon/proxy_registry.ts";
-import type { NbdHealth } from "../daemon/view_contract.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 import { markup, raw } from "./markup.ts";
 import { graphsSection } from "./status_graphs.ts";
 import {
