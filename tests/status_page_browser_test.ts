@@ -35,7 +35,15 @@ function serveHttp(daemon: Daemon): { url: string; close(): Promise<void> } {
     proxies: daemon.proxies,
     history: daemon.history,
   });
-  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, app.fetch);
+  // Headless Chromium's virtual time stands still while a fetch is open, and the
+  // page's event stream never ends: here the page gets a stream that ends at once
+  // (with a long retry), so the page falls back to its timer. The stream's own
+  // path is tested in status_page_sse_test.ts and http_event_stream_test.ts.
+  const handler = (request: Request) =>
+    /text\/event-stream/.test(request.headers.get("accept") ?? "")
+      ? new Response("retry: 600000\n\n", { headers: { "content-type": "text/event-stream" } })
+      : app.fetch(request);
+  const server = Deno.serve({ hostname: "127.0.0.1", port: 0, onListen: () => {} }, handler);
   return { url: `http://127.0.0.1:${server.addr.port}/`, close: () => server.shutdown() };
 }
 
