@@ -151,17 +151,20 @@ Deno.test({
         while (!roundsDone) await fioOnce(mnt, dir, ++fioRuns);
       })();
       fio.catch(() => {}); // awaited below; a failure must not go unhandled meanwhile
+      // A wait of the rounds ends at once with fio's own error if fio fails first.
+      const orFioFailure = <T>(wait: Promise<T>) =>
+        Promise.race([wait, fio.then(() => new Promise<never>(() => {}))]);
 
       const windows: string[] = [];
       for (let round = 1; round <= ROUNDS; round++) {
         // I/O must be flowing on more than one connection before the kill.
-        const before = await until("I/O flows on several connections", () => {
+        const before = await orFioFailure(until("I/O flows on several connections", () => {
           const recent = samples.slice(-4);
           if (recent.length < 4) return Promise.resolve(null);
           const [a, b] = [recent[0], recent[recent.length - 1]];
           const flowing = a.connections.filter((c, i) => moved(b.connections[i]) > moved(c));
           return Promise.resolve(flowing.length >= 2 ? b : null);
-        }, 60_000);
+        }, 60_000));
         // The proxy with the fewest connections (at least one): others keep some.
         const load = labels.map((label) => before.connections.filter((c) => c.proxy === label));
         const victim = labels
@@ -174,14 +177,14 @@ Deno.test({
         const killedAt = performance.now();
         ivbs.stallProxy(victim.index, true);
         // Failed over: every victim connection is on another proxy and has moved data there.
-        const after = await until("the hung proxy's connections fail over", () => {
+        const after = await orFioFailure(until("the hung proxy's connections fail over", () => {
           const last = samples[samples.length - 1];
           const back = last !== undefined && last.at > killedAt && victims.every((i) => {
             const c = last.connections[i];
             return c.proxy !== null && c.proxy !== victim.label;
           });
           return Promise.resolve(back ? last : null);
-        }, 60_000);
+        }, 60_000));
         await ivbs.stopProxy(victim.index);
         ivbs.stallProxy(victim.index, false);
         const s0 = samples.filter((s) => s.at <= killedAt).at(-1)!;
