@@ -40,6 +40,10 @@ const COMMANDS: Record<string, Subcommand> = {
   "export-list": oneShot("export-list", "list the daemon's NBD exports"),
   proxies: oneShot("proxies", "list the IVBS proxies the daemon knows and their health"),
   events: oneShot("events", "print the daemon's recent events (--follow: keep printing)"),
+  csi: {
+    summary: "Kubernetes CSI plugin (node, or --controller) in front of a running daemon",
+    run: async (args) => (await import("./src/commands/csi.ts")).run(args),
+  },
   "ivbs-server": {
     summary: "run the IVBS test server (several proxies over one image store)",
     run: async (args) => (await import("./src/commands/ivbs_server.ts")).run(args),

@@ -9,8 +9,9 @@ import { errorMessage } from "../error_info.ts";
 import type { ExportInfo } from "../daemon/export_table.ts";
 import type { DaemonEvent, EventPage } from "../daemon/events.ts";
 import type { ProxyInfo } from "../daemon/proxy_registry.ts";
+import type { ImageCheckRequest, ImageInfo } from "../daemon/image_check.ts";
 
-export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
+export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, ImageInfo, MountInfo, ProxyInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -32,6 +33,9 @@ export interface MountRequestBody {
   password: string;
   readOnly?: boolean;
 }
+
+/** `POST /api/images/check`: logs in once (read-only) and closes again; nothing is attached. */
+export type ImageCheckBody = ImageCheckRequest;
 
 export interface ExportRequestBody {
   name: string;
@@ -175,6 +179,11 @@ export class ApiClient {
       this.#mountTimeoutMs,
     );
     return reply.device;
+  }
+
+  /** Whether the image exists and the credentials open it (IVBS login can take a while). */
+  checkImage(request: ImageCheckBody): Promise<ImageInfo> {
+    return this.#call<ImageInfo>("POST", "/api/images/check", request, this.#mountTimeoutMs);
   }
 
   async exports(): Promise<ExportInfo[]> {

@@ -25,6 +25,7 @@ import {
   withinBytes,
 } from "../daemon/config.ts";
 import type { ListenAddress } from "../daemon/config.ts";
+import type { ImageCheckRequest, ImageInfo } from "../daemon/image_check.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -63,6 +64,8 @@ export interface AppOptions {
   listen?: ListenAddress;
   /** This machine's name, accepted as Host when listening on all interfaces. */
   hostname?: string;
+  /** `POST /api/images/check` (the CSI controller's "does this volume exist"). */
+  checkImage?: (request: ImageCheckRequest) => Promise<ImageInfo>;
 }
 
 export const VERSION = "0.1.0";
@@ -207,6 +210,13 @@ export function createApp(options: AppOptions): Hono {
     await table.unmount(device);
     return c.json({ device, state: "unmounted" });
   });
+
+  const checkImage = options.checkImage;
+  if (checkImage) {
+    // IVBS has no lookup without a login: the check opens one read-only session and closes it.
+    const schema = MountBodySchema.pick({ image: true, username: true, password: true });
+    app.post("/api/images/check", async (c) => c.json(await checkImage(await readJson(c, schema))));
+  }
 
   app.get("/api/exports", (c) => c.json({ ...exports.listenInfo(), exports: exports.list() }));
 
