@@ -74,7 +74,8 @@ type Handler = (request: Record<string, unknown>) => Promise<unknown>;
 function unary(name: string, handler: Handler, log: Logger): grpc.handleUnaryCall<unknown, unknown> {
   return (call, callback) => {
     const volume = (call.request as { volumeId?: unknown }).volumeId;
-    handler(call.request as Record<string, unknown>).then(
+    // Through a promise, so an argument check that throws at once is answered too.
+    Promise.resolve(call.request as Record<string, unknown>).then(handler).then(
       (reply) => callback(null, reply ?? {}),
       (error) => {
         if (error instanceof CsiError) {
