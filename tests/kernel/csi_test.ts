@@ -1,0 +1,283 @@
+/**
+ * The CSI plugin end to end in the NBD VM: the real daemon (`ivbsnetd serve`,
+ * netlink devices) and the real CSI process (`ivbsnetd csi`) as child
+ * processes, an IVBS test server in this process, real mkfs and mounts, and a
+ * grpc-js client playing kubelet. The daemon's config names no user: every
+ * credential arrives as NodeStageVolume secrets, as in Kubernetes.
+ *
+ * Run: deno check tests/kernel/ && /work/shared/vm/nbd-vm --mem 3G --timeout 1800 --
+ *      deno test -A --no-check tests/kernel/csi_test.ts
+ */
+import assert from "node:assert/strict";
+import * as grpc from "@grpc/grpc-js";
+import {
+  attachedNbdDevices,
+  DaemonProcess,
+  kernelSkipReason,
+  MAIN,
+  startIvbs,
+  USER,
+  writeConfig,
+} from "../../bench/rigs/daemon_harness.ts";
+import { errorLines, logMark } from "../../bench/rigs/kernel_log.ts";
+import { mounts, until } from "../../bench/rigs/restart_rig.ts";
+import { loadCsi } from "../../src/csi/server.ts";
+import { Code } from "../../src/csi/status.ts";
+import { record, run, sh } from "./helpers.ts";
+import { rpc, rpcError } from "../csi_fixture.ts";
+
+const MIB = 1024 * 1024;
+const FIO_MB = 128;
+const skip = kernelSkipReason();
+if (skip) console.warn(`csi_test: skipped: ${skip}`);
+
+const SECRETS = { username: USER.username, password: USER.password };
+const EXT4 = { mount: { fsType: "ext4", mountFlags: [] }, accessMode: { mode: "SINGLE_NODE_WRITER" } };
+const BLOCK = { block: {}, accessMode: { mode: "SINGLE_NODE_WRITER" } };
+
+/** A TCP port free now (bound, then released), so a restarted daemon keeps its URL. */
+function freePort(): number {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (listener.addr as Deno.NetAddr).port;
+  listener.close();
+  return port;
+}
+
+/** `ivbsnetd csi` as a child process; its stderr is kept for the test's checks. */
+class CsiProcess {
+  private constructor(readonly child: Deno.ChildProcess, readonly stderr: Promise<string>) {}
+
+  static async start(socket: string, server: string): Promise<CsiProcess> {
+    try {
+      await Deno.remove(socket);
+    } catch {
+      // Not there yet.
+    }
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", MAIN, "csi", "--endpoint", `unix://${socket}`, "--node-id", "vm", "--server", server],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    const csi = new CsiProcess(child, new Response(child.stderr).text());
+    await until("the CSI socket appears", async () => (await Deno.lstat(socket)).isSocket || null);
+    return csi;
+  }
+
+  async stop(signal: Deno.Signal): Promise<string> {
+    try {
+      this.child.kill(signal);
+    } catch {
+      // Already gone.
+    }
+    await this.child.status;
+    return await this.stderr;
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.lstat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The mount points under `dir` in this process's mount table. */
+async function mountsUnder(dir: string): Promise<string[]> {
+  const text = await Deno.readTextFile("/proc/self/mountinfo");
+  return text.split("\n").map((line) => line.split(" ")[4]).filter((p) => p?.startsWith(dir));
+}
+
+Deno.test({
+  name: "CSI in the VM: ext4 and block volumes, stats, wrong password, CSI restart, daemon kill -9",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async (t) => {
+    const ivbs = await startIvbs([
+      { name: "vol-ext4", size: 256 * MIB },
+      { name: "vol-block", size: 64 * MIB },
+      { name: "vol-fio", size: FIO_MB * MIB + 256 * MIB },
+    ]);
+    const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-csi-state-" });
+    const port = freePort();
+    const { dir, path } = await writeConfig({
+      http: { listen: `127.0.0.1:${port}` },
+      ivbs: { proxies: ivbs.addresses() },
+      nbd: { attach: "netlink", deadConnTimeoutS: 120, requeueAfterS: 2 },
+      stateDir,
+    });
+    const socket = `${dir}/csi.sock`;
+    const endpoint = `unix://${socket}`;
+    let daemon = await DaemonProcess.start(path);
+    let csi = await CsiProcess.start(socket, daemon.url);
+    const csiLogs: string[] = [];
+    const proto = loadCsi();
+    let node = new proto.Node(endpoint, grpc.credentials.createInsecure());
+    const stage = (volumeId: string, staging: string, capability: object = EXT4, secrets = SECRETS) =>
+      rpc(node, "NodeStageVolume", { volumeId, stagingTargetPath: staging, volumeCapability: capability, secrets });
+    const publish = (volumeId: string, staging: string, target: string, capability: object = EXT4) =>
+      rpc(node, "NodePublishVolume", {
+        volumeId,
+        stagingTargetPath: staging,
+        targetPath: target,
+        volumeCapability: capability,
+      });
+    const unpublish = (volumeId: string, target: string) =>
+      rpc(node, "NodeUnpublishVolume", { volumeId, targetPath: target });
+    const unstage = (volumeId: string, staging: string) =>
+      rpc(node, "NodeUnstageVolume", { volumeId, stagingTargetPath: staging });
+    const staging = (name: string) => Deno.mkdir(`${dir}/${name}`).then(() => `${dir}/${name}`);
+
+    try {
+      await t.step("ext4: stage, publish, write; unstage; stage again: the file is still there", async () => {
+        const stagingPath = await staging("stage-ext4");
+        const target = `${dir}/pod-a/volume`;
+        await stage("vol-ext4", stagingPath);
+        await publish("vol-ext4", stagingPath, target);
+        await Deno.writeTextFile(`${target}/hello.txt`, "written through CSI\n");
+        await run("sync");
+        await unpublish("vol-ext4", target);
+        assert.equal(await exists(target), false, "unpublish removed the target");
+        await unstage("vol-ext4", stagingPath);
+        assert.deepEqual(await attachedNbdDevices(), [], "unstage detached the device");
+        assert.deepEqual(await mountsUnder(dir), []);
+
+        await stage("vol-ext4", stagingPath);
+        await publish("vol-ext4", stagingPath, target);
+        assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
+        await record("csi: ext4 volume staged twice, the file written before survived (no reformat)");
+      });
+
+      await t.step("volume stats: bytes and inodes of the published filesystem, condition normal", async () => {
+        const target = `${dir}/pod-a/volume`;
+        const stats = await rpc<{
+          usage: { unit: string; total: number; used: number }[];
+          volumeCondition: { abnormal: boolean };
+        }>(node, "NodeGetVolumeStats", { volumeId: "vol-ext4", volumePath: target });
+        const bytes = stats.usage.find((u) => u.unit === "BYTES")!;
+        const inodes = stats.usage.find((u) => u.unit === "INODES")!;
+        assert.ok(bytes.total > 200 * MIB && bytes.total <= 256 * MIB, `bytes.total ${bytes.total}`);
+        assert.ok(inodes.total > 0 && inodes.used > 0);
+        assert.equal(stats.volumeCondition.abnormal, false);
+        await record(`csi: stats of a 256 MiB ext4 volume: ${bytes.total} bytes, ${inodes.total} inodes`);
+      });
+
+      await t.step("a CSI process restart (kill -9): unpublish and unstage still work", async () => {
+        csiLogs.push(await csi.stop("SIGKILL"));
+        node.close();
+        csi = await CsiProcess.start(socket, daemon.url);
+        node = new proto.Node(endpoint, grpc.credentials.createInsecure());
+        const target = `${dir}/pod-a/volume`;
+        assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
+        await unpublish("vol-ext4", target);
+        await unstage("vol-ext4", `${dir}/stage-ext4`);
+        assert.deepEqual(await attachedNbdDevices(), []);
+        assert.deepEqual(await mountsUnder(dir), []);
+      });
+
+      await t.step("a block volume: the device node published on a file, data round-trips", async () => {
+        const stagingPath = await staging("stage-block");
+        const target = `${dir}/pod-b/dev`;
+        await stage("vol-block", stagingPath, BLOCK);
+        await publish("vol-block", stagingPath, target, BLOCK);
+        assert.equal((await Deno.stat(target)).isBlockDevice, true);
+        await run("dd", "if=/dev/urandom", `of=${dir}/pattern`, "bs=1M", "count=4", "status=none");
+        await run("dd", `if=${dir}/pattern`, `of=${target}`, "bs=1M", "oflag=direct", "status=none");
+        const back = await run("cmp", "-n", `${4 * MIB}`, `${dir}/pattern`, target);
+        assert.equal(back.code, 0);
+        const stats = await rpc<{ usage: { unit: string; total: number }[] }>(
+          node,
+          "NodeGetVolumeStats",
+          { volumeId: "vol-block", volumePath: target },
+        );
+        assert.deepEqual(stats.usage.map((u) => [u.unit, u.total]), [["BYTES", 64 * MIB]]);
+        await unpublish("vol-block", target);
+        await unstage("vol-block", stagingPath);
+        assert.deepEqual(await attachedNbdDevices(), []);
+      });
+
+      await t.step("a wrong password: PERMISSION_DENIED, nothing attached or mounted", async () => {
+        const stagingPath = await staging("stage-wrong");
+        const error = await rpcError(node, "NodeStageVolume", {
+          volumeId: "vol-ext4",
+          stagingTargetPath: stagingPath,
+          volumeCapability: EXT4,
+          secrets: { username: USER.username, password: "not-the-password" },
+        });
+        assert.equal(error.code, Code.PERMISSION_DENIED);
+        assert.deepEqual(await attachedNbdDevices(), []);
+        assert.deepEqual(await mountsUnder(dir), []);
+        assert.deepEqual(await mounts(daemon.url), []);
+      });
+
+      await t.step(`kill -9 of the daemon under a ${FIO_MB} MiB fio write+verify: 0 errors`, async () => {
+        const stagingPath = await staging("stage-fio");
+        const target = `${dir}/pod-c/volume`;
+        await stage("vol-fio", stagingPath);
+        await publish("vol-fio", stagingPath, target);
+        const mark = await logMark();
+        const fio = new Deno.Command("fio", {
+          args: [
+            "--name=csi-kill",
+            `--directory=${target}`,
+            "--filename=data",
+            `--size=${FIO_MB}M`,
+            "--bs=64k",
+            "--rw=randwrite",
+            "--ioengine=libaio",
+            "--direct=1",
+            "--iodepth=16",
+            "--verify=crc32c",
+            "--verify_fatal=1",
+            "--do_verify=1",
+            "--verify_state_save=0",
+            "--output-format=json",
+            `--output=${dir}/fio.json`,
+          ],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        await until("fio writes", async () => {
+          const [m] = await mounts(daemon.url);
+          return m && m.bytesWritten > 32 * MIB ? m : null;
+        });
+        const oldLog = (await daemon.stop("SIGKILL")).stderr;
+        daemon = await DaemonProcess.start(path);
+        const again = await until("the new daemon serves the volume", async () => {
+          const [m] = await mounts(daemon.url);
+          return m && (m.state === "mounted" || m.state === "ready") ? m : null;
+        });
+        const result = await fio;
+        const job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
+        const kernelErrors = errorLines(await mark.since());
+        assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+        assert.equal(job.error, 0, "fio saw no I/O error");
+        assert.ok(job.read.io_bytes >= FIO_MB * MIB, "the verify phase read everything back");
+        assert.deepEqual(kernelErrors, [], "no I/O error in the kernel log");
+        assert.equal(again.image, "vol-fio");
+        assert.doesNotMatch(oldLog, new RegExp(USER.password));
+        await unpublish("vol-fio", target);
+        await unstage("vol-fio", stagingPath);
+        await record(`csi: daemon kill -9 under fio ${FIO_MB} MiB randwrite + crc32c verify: 0 errors`);
+      });
+    } finally {
+      node.close();
+      csiLogs.push(await csi.stop("SIGTERM"));
+      for (const mountPoint of (await mountsUnder(dir)).reverse()) await sh("umount", mountPoint);
+      const last = await daemon.stop("SIGINT");
+      await ivbs.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(stateDir, { recursive: true });
+      for (const log of [...csiLogs, last.stderr]) {
+        assert.ok(!log.includes(USER.password), "the IVBS password is in no log");
+      }
+      const formats = csiLogs.join("\n").match(/formatting blank device/g) ?? [];
+      assert.equal(formats.length, 2, "formatted once per new volume (ext4 and fio), never again");
+    }
+    assert.deepEqual(await attachedNbdDevices(), [], "no nbd device left attached");
+  },
+});
