@@ -10,8 +10,8 @@ import { Code } from "../src/csi/status.ts";
 import { setLogLevel } from "../src/log.ts";
 import {
   blockCapability,
-  csiFixture,
   type CsiFixture,
+  csiFixture,
   IMAGE_SIZE,
   mountCapability,
   rpc,
@@ -55,12 +55,21 @@ Deno.test("CreateVolume is UNIMPLEMENTED: volumes are provisioned statically", a
 Deno.test("ControllerPublishVolume argument and image errors", async () => {
   await withCsi(async (f) => {
     const cases: [object, number][] = [
-      [{ nodeId: "a", volumeCapability: mountCapability(), secrets: SECRETS }, Code.INVALID_ARGUMENT],
-      [{ volumeId: "disk0", volumeCapability: mountCapability(), secrets: SECRETS }, Code.INVALID_ARGUMENT],
+      [
+        { nodeId: "a", volumeCapability: mountCapability(), secrets: SECRETS },
+        Code.INVALID_ARGUMENT,
+      ],
+      [
+        { volumeId: "disk0", volumeCapability: mountCapability(), secrets: SECRETS },
+        Code.INVALID_ARGUMENT,
+      ],
       [{ volumeId: "disk0", nodeId: "a", secrets: SECRETS }, Code.INVALID_ARGUMENT],
       [{ ...publishRequest("a"), secrets: {} }, Code.INVALID_ARGUMENT],
       [{ ...publishRequest("a"), volumeId: "nope" }, Code.NOT_FOUND],
-      [{ ...publishRequest("a"), secrets: { username: "kube", password: "x" } }, Code.PERMISSION_DENIED],
+      [
+        { ...publishRequest("a"), secrets: { username: "kube", password: "x" } },
+        Code.PERMISSION_DENIED,
+      ],
     ];
     for (const [request, code] of cases) {
       assert.equal((await rpcError(f.controller, "ControllerPublishVolume", request)).code, code);
@@ -78,7 +87,11 @@ Deno.test("a single-node volume is published on one node at a time; the same nod
       { publishContext: {} },
     );
     await rpc(f.controller, "ControllerPublishVolume", publishRequest("node-a"));
-    const second = await rpcError(f.controller, "ControllerPublishVolume", publishRequest("node-b"));
+    const second = await rpcError(
+      f.controller,
+      "ControllerPublishVolume",
+      publishRequest("node-b"),
+    );
     assert.equal(second.code, Code.FAILED_PRECONDITION);
     assert.match(second.details, /published on node node-a/);
     // Same node, other options: ALREADY_EXISTS.
@@ -113,7 +126,11 @@ Deno.test("a reader-only volume may be published on several nodes, but not with 
     const reader = mountCapability("MULTI_NODE_READER_ONLY");
     await rpc(f.controller, "ControllerPublishVolume", publishRequest("node-a", reader));
     await rpc(f.controller, "ControllerPublishVolume", publishRequest("node-b", reader));
-    const writer = await rpcError(f.controller, "ControllerPublishVolume", publishRequest("node-c"));
+    const writer = await rpcError(
+      f.controller,
+      "ControllerPublishVolume",
+      publishRequest("node-c"),
+    );
     assert.equal(writer.code, Code.FAILED_PRECONDITION);
     // Unpublish with no node id forgets every node.
     await rpc(f.controller, "ControllerUnpublishVolume", { volumeId: "disk0" });
@@ -127,7 +144,9 @@ Deno.test("a corrupt state file is refused (INTERNAL), never overwritten", async
     const error = await rpcError(f.controller, "ControllerPublishVolume", publishRequest("node-a"));
     assert.equal(error.code, Code.INTERNAL);
     assert.equal(await Deno.readTextFile(`${f.dir}/controller.json`), "{not json");
-    assert.ok(f.log.lines.some((l) => l.level === "error" && /ControllerPublishVolume/.test(l.message)));
+    assert.ok(
+      f.log.lines.some((l) => l.level === "error" && /ControllerPublishVolume/.test(l.message)),
+    );
   });
 });
 
@@ -178,6 +197,9 @@ Deno.test("POST /api/images/check: size of an image the credentials open; 404 an
       { status: 403 },
     );
     assert.equal(f.driver.attached.size, 0);
-    assert.ok(f.driver.backends.every((b) => b.closed && b.readOnly), "one read-only session, closed");
+    assert.ok(
+      f.driver.backends.every((b) => b.closed && b.readOnly),
+      "one read-only session, closed",
+    );
   });
 });

@@ -77,7 +77,9 @@ export class FakeHost implements Host {
       }
       case "stat": {
         const path = args.at(-1)!;
-        return this.#newestAt(path) < 0 ? fail(1, "no such mount") : ok("4096 2560 2048 1792 640 600\n");
+        return this.#newestAt(path) < 0
+          ? fail(1, "no such mount")
+          : ok("4096 2560 2048 1792 640 600\n");
       }
     }
     return fail(127, `${command}: command not found`);
@@ -95,7 +97,12 @@ export class FakeHost implements Host {
     if (!await exists(target)) return fail(32, `mount: ${target}: mount point does not exist.`);
     if (bind) {
       if (FakeHost.deviceNumber(source) !== null) {
-        this.#add({ source: "udev", fsType: "devtmpfs", root: source.slice(4), mountPoint: target });
+        this.#add({
+          source: "udev",
+          fsType: "devtmpfs",
+          root: source.slice(4),
+          mountPoint: target,
+        });
         return ok();
       }
       const from = this.mountsList[this.#newestAt(source)];

@@ -8,8 +8,8 @@ import assert from "node:assert/strict";
 import { Code } from "../src/csi/status.ts";
 import {
   blockCapability,
-  csiFixture,
   type CsiFixture,
+  csiFixture,
   IMAGE_SIZE,
   mountCapability,
   PASSWORD,
@@ -71,7 +71,10 @@ Deno.test("Identity: plugin info, capabilities and probe", async () => {
     assert.equal(info.name, "csi.ivbsnetd.io");
     assert.equal(info.vendorVersion, "test");
     const caps = await rpc<{ capabilities: unknown[] }>(f.identity, "GetPluginCapabilities", {});
-    assert.deepEqual(caps.capabilities, [{ service: { type: "CONTROLLER_SERVICE" }, type: "service" }]);
+    assert.deepEqual(caps.capabilities, [{
+      service: { type: "CONTROLLER_SERVICE" },
+      type: "service",
+    }]);
     assert.deepEqual((await rpc(f.identity, "Probe", {})).ready, { value: true });
   });
 });
@@ -208,7 +211,11 @@ Deno.test("a wrong password is PERMISSION_DENIED and leaves nothing mounted or a
 Deno.test("an unknown image is NOT_FOUND", async () => {
   await withCsi(async (f) => {
     const { staging } = await paths(f);
-    const error = await rpcError(f.node, "NodeStageVolume", stageRequest(staging, undefined, "nope"));
+    const error = await rpcError(
+      f.node,
+      "NodeStageVolume",
+      stageRequest(staging, undefined, "nope"),
+    );
     assert.equal(error.code, Code.NOT_FOUND);
     assert.equal(f.driver.attached.size, 0);
   });
@@ -254,7 +261,11 @@ Deno.test("publish bind-mounts the staged volume, idempotently; read-only when a
     assert.equal(f.host.mountedAt(target)?.readOnly, false);
 
     const readOnlyTarget = `${f.dir}/pods/ro/mount`;
-    await rpc(f.node, "NodePublishVolume", publishRequest(staging, readOnlyTarget, undefined, true));
+    await rpc(
+      f.node,
+      "NodePublishVolume",
+      publishRequest(staging, readOnlyTarget, undefined, true),
+    );
     assert.equal(f.host.mountedAt(readOnlyTarget)?.readOnly, true);
     // The same target with other options is ALREADY_EXISTS.
     const error = await rpcError(
@@ -332,7 +343,10 @@ Deno.test("a block volume: device bound onto a file in staging, then onto the ta
     await rpc(f.node, "NodePublishVolume", publish);
     assert.equal((await Deno.stat(target)).isFile, true);
     assert.equal(f.host.mountedAt(target)?.root, "/nbd0");
-    const stats = await rpc(f.node, "NodeGetVolumeStats", { volumeId: "disk0", volumePath: target });
+    const stats = await rpc(f.node, "NodeGetVolumeStats", {
+      volumeId: "disk0",
+      volumePath: target,
+    });
     assert.deepEqual(stats.usage, [{ unit: "BYTES", total: IMAGE_SIZE, available: 0, used: 0 }]);
     // A mount-type publish of a block-staged volume is refused.
     const wrongKind = publishRequest(staging, `${f.dir}/pods/blk/m`, mountCapability());
@@ -350,7 +364,10 @@ Deno.test("volume stats: bytes and inodes; NOT_FOUND off the volume (csi-sanity'
     const { staging, target } = await paths(f);
     await rpc(f.node, "NodeStageVolume", stageRequest(staging));
     await rpc(f.node, "NodePublishVolume", publishRequest(staging, target));
-    const stats = await rpc(f.node, "NodeGetVolumeStats", { volumeId: "disk0", volumePath: target });
+    const stats = await rpc(f.node, "NodeGetVolumeStats", {
+      volumeId: "disk0",
+      volumePath: target,
+    });
     assert.deepEqual(stats.usage, [
       { unit: "BYTES", total: 2560 * 4096, available: 1792 * 4096, used: 512 * 4096 },
       { unit: "INODES", total: 640, available: 600, used: 40 },
@@ -374,7 +391,10 @@ Deno.test("volume condition turns abnormal when the daemon no longer serves the 
     await rpc(f.node, "NodePublishVolume", publishRequest(staging, target));
     f.driver.attached.get("/dev/nbd0")!.vanish();
     await f.driver.attached.get("/dev/nbd0")?.done;
-    const stats = await rpc(f.node, "NodeGetVolumeStats", { volumeId: "disk0", volumePath: target });
+    const stats = await rpc(f.node, "NodeGetVolumeStats", {
+      volumeId: "disk0",
+      volumePath: target,
+    });
     assert.deepEqual(stats.volumeCondition, {
       abnormal: true,
       message: "ivbsnetd does not serve this volume's device",
@@ -429,7 +449,10 @@ Deno.test("the IVBS password never reaches a log line, an error or the daemon's 
       const { staging, target } = await paths(f);
       await rpc(f.node, "NodeStageVolume", stageRequest(staging));
       await rpc(f.node, "NodePublishVolume", publishRequest(staging, target));
-      const wrong = { ...stageRequest(`${staging}x`), secrets: { username: "kube", password: `${PASSWORD}!` } };
+      const wrong = {
+        ...stageRequest(`${staging}x`),
+        secrets: { username: "kube", password: `${PASSWORD}!` },
+      };
       const refused = await rpcError(f.node, "NodeStageVolume", { ...wrong, volumeId: "disk1" });
       const mounts = JSON.stringify(await f.api.mounts());
       await rpc(f.node, "NodeUnpublishVolume", { volumeId: "disk0", targetPath: target });

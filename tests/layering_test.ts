@@ -30,7 +30,11 @@ const LAYERS: readonly Layer[] = [
     mayImport: ["csi", "http", "cli", "daemon", "ivbs-server", "nbd", "ivbs", "block", "io", "ffi"],
   },
   // The CSI plugin talks to the daemon only over the HTTP API: through cli's ApiClient.
-  { name: "csi", path: "src/csi/", mayImport: ["cli", "daemon", "nbd", "ivbs", "block", "io", "ffi"] },
+  {
+    name: "csi",
+    path: "src/csi/",
+    mayImport: ["cli", "daemon", "nbd", "ivbs", "block", "io", "ffi"],
+  },
   { name: "http", path: "src/http/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
   { name: "cli", path: "src/cli/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
   { name: "daemon", path: "src/daemon/", mayImport: ["nbd", "ivbs", "block", "io", "ffi"] },

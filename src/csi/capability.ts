@@ -74,7 +74,9 @@ export function parseCapability(
     if (!(FILESYSTEMS as readonly string[]).includes(fsType)) {
       throw new CsiError(
         Code.INVALID_ARGUMENT,
-        `fs_type ${JSON.stringify(fsType.slice(0, 40))} is not supported (${FILESYSTEMS.join(", ")})`,
+        `fs_type ${JSON.stringify(fsType.slice(0, 40))} is not supported (${
+          FILESYSTEMS.join(", ")
+        })`,
       );
     }
     const mountFlags = message.mount.mountFlags ?? [];

@@ -83,7 +83,9 @@ export class ControllerService {
     );
   }
 
-  async publish(request: ControllerPublishRequest): Promise<{ publishContext: Record<string, string> }> {
+  async publish(
+    request: ControllerPublishRequest,
+  ): Promise<{ publishContext: Record<string, string> }> {
     const volumeId = required(request.volumeId, "volume_id");
     const nodeId = required(request.nodeId, "node_id");
     const capability = parseCapability(request.volumeCapability);
@@ -105,7 +107,9 @@ export class ControllerService {
         }
         return { publishContext: {} };
       }
-      const other = list.find((p) => !(isMultiNode(p.accessMode) && isMultiNode(wanted.accessMode)));
+      const other = list.find((p) =>
+        !(isMultiNode(p.accessMode) && isMultiNode(wanted.accessMode))
+      );
       if (other) {
         throw new CsiError(
           Code.FAILED_PRECONDITION,

@@ -69,7 +69,12 @@ export class ControllerState {
   async write(volumes: Publications): Promise<void> {
     const text = JSON.stringify({ format: FORMAT, volumes }, null, 2) + "\n";
     const temporary = `${this.path}.${Deno.pid}.tmp`;
-    const file = await Deno.open(temporary, { write: true, create: true, truncate: true, mode: 0o600 });
+    const file = await Deno.open(temporary, {
+      write: true,
+      create: true,
+      truncate: true,
+      mode: 0o600,
+    });
     try {
       const bytes = new TextEncoder().encode(text);
       for (let at = 0; at < bytes.length;) at += await file.write(bytes.subarray(at));

@@ -21,7 +21,10 @@ export interface MountEntry {
 
 /** `\040`-style octal escapes, as the kernel writes space, tab, newline and backslash. */
 function unescape(field: string): string {
-  return field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)));
+  return field.replace(
+    /\\([0-7]{3})/g,
+    (_, octal: string) => String.fromCharCode(parseInt(octal, 8)),
+  );
 }
 
 /** Parses one line; null for a line that does not have the mountinfo shape. */

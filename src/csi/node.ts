@@ -24,7 +24,7 @@ import {
   isGone,
   isHealthy,
 } from "./daemon_api.ts";
-import { isReadOnly, type MountEntry, mountAt } from "./mountinfo.ts";
+import { isReadOnly, mountAt, type MountEntry } from "./mountinfo.ts";
 import { Code, CsiError, required } from "./status.ts";
 import { VolumeLocks } from "./volume_locks.ts";
 import type { VolumeFs } from "./volume_fs.ts";
@@ -101,7 +101,10 @@ export class NodeService {
     const health = await askDaemon("ask ivbsnetd for its devices", () => this.#daemon.health());
     if (health.devices < 1) {
       // 0 would mean "no limit" to the CO; a daemon without devices cannot take a volume.
-      throw new CsiError(Code.UNAVAILABLE, "ivbsnetd has no NBD devices (is the nbd module loaded?)");
+      throw new CsiError(
+        Code.UNAVAILABLE,
+        "ivbsnetd has no NBD devices (is the nbd module loaded?)",
+      );
     }
     return { nodeId: this.nodeId, maxVolumesPerNode: health.devices };
   }
@@ -246,7 +249,9 @@ export class NodeService {
           throw new CsiError(
             Code.ALREADY_EXISTS,
             `${target} already holds ${
-              existing.mount?.device === device ? "this volume with other options" : "another volume"
+              existing.mount?.device === device
+                ? "this volume with other options"
+                : "another volume"
             }`,
           );
         }
@@ -332,7 +337,10 @@ export class NodeService {
     const condition = here.mount
       ? isHealthy(here.mount)
         ? { abnormal: false, message: `served by ivbsnetd on ${here.mount.device}` }
-        : { abnormal: true, message: here.mount.reason ?? `${here.mount.device} is ${here.mount.state}` }
+        : {
+          abnormal: true,
+          message: here.mount.reason ?? `${here.mount.device} is ${here.mount.state}`,
+        }
       : { abnormal: true, message: unreachable || "ivbsnetd does not serve this volume's device" };
     if (here.kind === "block") {
       const total = here.mount?.sizeBytes;
@@ -344,8 +352,18 @@ export class NodeService {
     const usage = await this.#fs.usage(path);
     return {
       usage: [
-        { unit: "BYTES", total: usage.bytesTotal, available: usage.bytesAvailable, used: usage.bytesUsed },
-        { unit: "INODES", total: usage.inodesTotal, available: usage.inodesFree, used: usage.inodesUsed },
+        {
+          unit: "BYTES",
+          total: usage.bytesTotal,
+          available: usage.bytesAvailable,
+          used: usage.bytesUsed,
+        },
+        {
+          unit: "INODES",
+          total: usage.inodesTotal,
+          available: usage.inodesFree,
+          used: usage.inodesUsed,
+        },
       ],
       volumeCondition: condition,
     };
@@ -366,7 +384,11 @@ export class NodeService {
   }
 
   /** What is mounted at `path` and which daemon mount's device that is. */
-  async #holding(path: string, table: MountEntry[], mounts: DaemonMount[]): Promise<Holding | null> {
+  async #holding(
+    path: string,
+    table: MountEntry[],
+    mounts: DaemonMount[],
+  ): Promise<Holding | null> {
     const entry = mountAt(table, path);
     if (!entry) return null;
     const number = await this.#fs.host.deviceNumber(path);

@@ -71,7 +71,11 @@ export interface CsiServer {
 type Handler = (request: Record<string, unknown>) => Promise<unknown>;
 
 /** One unary gRPC handler: a CsiError is its status; anything else INTERNAL, logged. */
-function unary(name: string, handler: Handler, log: Logger): grpc.handleUnaryCall<unknown, unknown> {
+function unary(
+  name: string,
+  handler: Handler,
+  log: Logger,
+): grpc.handleUnaryCall<unknown, unknown> {
   return (call, callback) => {
     const volume = (call.request as { volumeId?: unknown }).volumeId;
     // Through a promise, so an argument check that throws at once is answered too.
@@ -101,8 +105,10 @@ export async function startCsiServer(options: CsiServerOptions): Promise<CsiServ
   const bind = (name: string, handler: Handler) => unary(name, handler, log);
 
   server.addService(csi.Identity.service, {
-    GetPluginInfo: bind("GetPluginInfo", () =>
-      Promise.resolve({ name: DRIVER_NAME, vendorVersion: options.version })),
+    GetPluginInfo: bind(
+      "GetPluginInfo",
+      () => Promise.resolve({ name: DRIVER_NAME, vendorVersion: options.version }),
+    ),
     GetPluginCapabilities: bind("GetPluginCapabilities", () =>
       Promise.resolve({
         capabilities: controller ? [{ service: { type: "CONTROLLER_SERVICE" } }] : [],
@@ -147,8 +153,10 @@ export async function startCsiServer(options: CsiServerOptions): Promise<CsiServ
         (r) => controller.unpublish(r).then(() => ({})),
       ),
       ValidateVolumeCapabilities: bind("ValidateVolumeCapabilities", (r) => controller.validate(r)),
-      ControllerGetCapabilities: bind("ControllerGetCapabilities", () =>
-        Promise.resolve({ capabilities: [capability("PUBLISH_UNPUBLISH_VOLUME")] })),
+      ControllerGetCapabilities: bind(
+        "ControllerGetCapabilities",
+        () => Promise.resolve({ capabilities: [capability("PUBLISH_UNPUBLISH_VOLUME")] }),
+      ),
     });
   }
 

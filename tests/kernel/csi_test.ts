@@ -32,7 +32,10 @@ const skip = kernelSkipReason();
 if (skip) console.warn(`csi_test: skipped: ${skip}`);
 
 const SECRETS = { username: USER.username, password: USER.password };
-const EXT4 = { mount: { fsType: "ext4", mountFlags: [] }, accessMode: { mode: "SINGLE_NODE_WRITER" } };
+const EXT4 = {
+  mount: { fsType: "ext4", mountFlags: [] },
+  accessMode: { mode: "SINGLE_NODE_WRITER" },
+};
 const BLOCK = { block: {}, accessMode: { mode: "SINGLE_NODE_WRITER" } };
 
 /** A TCP port free now (bound, then released), so a restarted daemon keeps its URL. */
@@ -54,7 +57,18 @@ class CsiProcess {
       // Not there yet.
     }
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", MAIN, "csi", "--endpoint", `unix://${socket}`, "--node-id", "vm", "--server", server],
+      args: [
+        "run",
+        "-A",
+        MAIN,
+        "csi",
+        "--endpoint",
+        `unix://${socket}`,
+        "--node-id",
+        "vm",
+        "--server",
+        server,
+      ],
       stdin: "null",
       stdout: "null",
       stderr: "piped",
@@ -117,9 +131,24 @@ Deno.test({
     const csiLogs: string[] = [];
     const proto = loadCsi();
     let node = new proto.Node(endpoint, grpc.credentials.createInsecure());
-    const stage = (volumeId: string, staging: string, capability: object = EXT4, secrets = SECRETS) =>
-      rpc(node, "NodeStageVolume", { volumeId, stagingTargetPath: staging, volumeCapability: capability, secrets });
-    const publish = (volumeId: string, staging: string, target: string, capability: object = EXT4) =>
+    const stage = (
+      volumeId: string,
+      staging: string,
+      capability: object = EXT4,
+      secrets = SECRETS,
+    ) =>
+      rpc(node, "NodeStageVolume", {
+        volumeId,
+        stagingTargetPath: staging,
+        volumeCapability: capability,
+        secrets,
+      });
+    const publish = (
+      volumeId: string,
+      staging: string,
+      target: string,
+      capability: object = EXT4,
+    ) =>
       rpc(node, "NodePublishVolume", {
         volumeId,
         stagingTargetPath: staging,
@@ -133,72 +162,105 @@ Deno.test({
     const staging = (name: string) => Deno.mkdir(`${dir}/${name}`).then(() => `${dir}/${name}`);
 
     try {
-      await t.step("ext4: stage, publish, write; unstage; stage again: the file is still there", async () => {
-        const stagingPath = await staging("stage-ext4");
-        const target = `${dir}/pod-a/volume`;
-        await stage("vol-ext4", stagingPath);
-        await publish("vol-ext4", stagingPath, target);
-        await Deno.writeTextFile(`${target}/hello.txt`, "written through CSI\n");
-        await run("sync");
-        await unpublish("vol-ext4", target);
-        assert.equal(await exists(target), false, "unpublish removed the target");
-        await unstage("vol-ext4", stagingPath);
-        assert.deepEqual(await attachedNbdDevices(), [], "unstage detached the device");
-        assert.deepEqual(await mountsUnder(dir), []);
+      await t.step(
+        "ext4: stage, publish, write; unstage; stage again: the file is still there",
+        async () => {
+          const stagingPath = await staging("stage-ext4");
+          const target = `${dir}/pod-a/volume`;
+          await stage("vol-ext4", stagingPath);
+          await publish("vol-ext4", stagingPath, target);
+          await Deno.writeTextFile(`${target}/hello.txt`, "written through CSI\n");
+          await run("sync");
+          await unpublish("vol-ext4", target);
+          assert.equal(await exists(target), false, "unpublish removed the target");
+          await unstage("vol-ext4", stagingPath);
+          assert.deepEqual(await attachedNbdDevices(), [], "unstage detached the device");
+          assert.deepEqual(await mountsUnder(dir), []);
 
-        await stage("vol-ext4", stagingPath);
-        await publish("vol-ext4", stagingPath, target);
-        assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
-        await record("csi: ext4 volume staged twice, the file written before survived (no reformat)");
-      });
+          await stage("vol-ext4", stagingPath);
+          await publish("vol-ext4", stagingPath, target);
+          assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
+          await record(
+            "csi: ext4 volume staged twice, the file written before survived (no reformat)",
+          );
+        },
+      );
 
-      await t.step("volume stats: bytes and inodes of the published filesystem, condition normal", async () => {
-        const target = `${dir}/pod-a/volume`;
-        const stats = await rpc<{
-          usage: { unit: string; total: number; used: number }[];
-          volumeCondition: { abnormal: boolean };
-        }>(node, "NodeGetVolumeStats", { volumeId: "vol-ext4", volumePath: target });
-        const bytes = stats.usage.find((u) => u.unit === "BYTES")!;
-        const inodes = stats.usage.find((u) => u.unit === "INODES")!;
-        assert.ok(bytes.total > 200 * MIB && bytes.total <= 256 * MIB, `bytes.total ${bytes.total}`);
-        assert.ok(inodes.total > 0 && inodes.used > 0);
-        assert.equal(stats.volumeCondition.abnormal, false);
-        await record(`csi: stats of a 256 MiB ext4 volume: ${bytes.total} bytes, ${inodes.total} inodes`);
-      });
+      await t.step(
+        "volume stats: bytes and inodes of the published filesystem, condition normal",
+        async () => {
+          const target = `${dir}/pod-a/volume`;
+          const stats = await rpc<{
+            usage: { unit: string; total: number; used: number }[];
+            volumeCondition: { abnormal: boolean };
+          }>(node, "NodeGetVolumeStats", { volumeId: "vol-ext4", volumePath: target });
+          const bytes = stats.usage.find((u) => u.unit === "BYTES")!;
+          const inodes = stats.usage.find((u) => u.unit === "INODES")!;
+          assert.ok(
+            bytes.total > 200 * MIB && bytes.total <= 256 * MIB,
+            `bytes.total ${bytes.total}`,
+          );
+          assert.ok(inodes.total > 0 && inodes.used > 0);
+          assert.equal(stats.volumeCondition.abnormal, false);
+          await record(
+            `csi: stats of a 256 MiB ext4 volume: ${bytes.total} bytes, ${inodes.total} inodes`,
+          );
+        },
+      );
 
-      await t.step("a CSI process restart (kill -9): unpublish and unstage still work", async () => {
-        csiLogs.push(await csi.stop("SIGKILL"));
-        node.close();
-        csi = await CsiProcess.start(socket, daemon.url);
-        node = new proto.Node(endpoint, grpc.credentials.createInsecure());
-        const target = `${dir}/pod-a/volume`;
-        assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
-        await unpublish("vol-ext4", target);
-        await unstage("vol-ext4", `${dir}/stage-ext4`);
-        assert.deepEqual(await attachedNbdDevices(), []);
-        assert.deepEqual(await mountsUnder(dir), []);
-      });
+      await t.step(
+        "a CSI process restart (kill -9): unpublish and unstage still work",
+        async () => {
+          csiLogs.push(await csi.stop("SIGKILL"));
+          node.close();
+          csi = await CsiProcess.start(socket, daemon.url);
+          node = new proto.Node(endpoint, grpc.credentials.createInsecure());
+          const target = `${dir}/pod-a/volume`;
+          assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
+          await unpublish("vol-ext4", target);
+          await unstage("vol-ext4", `${dir}/stage-ext4`);
+          assert.deepEqual(await attachedNbdDevices(), []);
+          assert.deepEqual(await mountsUnder(dir), []);
+        },
+      );
 
-      await t.step("a block volume: the device node published on a file, data round-trips", async () => {
-        const stagingPath = await staging("stage-block");
-        const target = `${dir}/pod-b/dev`;
-        await stage("vol-block", stagingPath, BLOCK);
-        await publish("vol-block", stagingPath, target, BLOCK);
-        assert.equal((await Deno.stat(target)).isBlockDevice, true);
-        await run("dd", "if=/dev/urandom", `of=${dir}/pattern`, "bs=1M", "count=4", "status=none");
-        await run("dd", `if=${dir}/pattern`, `of=${target}`, "bs=1M", "oflag=direct", "status=none");
-        const back = await run("cmp", "-n", `${4 * MIB}`, `${dir}/pattern`, target);
-        assert.equal(back.code, 0);
-        const stats = await rpc<{ usage: { unit: string; total: number }[] }>(
-          node,
-          "NodeGetVolumeStats",
-          { volumeId: "vol-block", volumePath: target },
-        );
-        assert.deepEqual(stats.usage.map((u) => [u.unit, u.total]), [["BYTES", 64 * MIB]]);
-        await unpublish("vol-block", target);
-        await unstage("vol-block", stagingPath);
-        assert.deepEqual(await attachedNbdDevices(), []);
-      });
+      await t.step(
+        "a block volume: the device node published on a file, data round-trips",
+        async () => {
+          const stagingPath = await staging("stage-block");
+          const target = `${dir}/pod-b/dev`;
+          await stage("vol-block", stagingPath, BLOCK);
+          await publish("vol-block", stagingPath, target, BLOCK);
+          assert.equal((await Deno.stat(target)).isBlockDevice, true);
+          await run(
+            "dd",
+            "if=/dev/urandom",
+            `of=${dir}/pattern`,
+            "bs=1M",
+            "count=4",
+            "status=none",
+          );
+          await run(
+            "dd",
+            `if=${dir}/pattern`,
+            `of=${target}`,
+            "bs=1M",
+            "oflag=direct",
+            "status=none",
+          );
+          const back = await run("cmp", "-n", `${4 * MIB}`, `${dir}/pattern`, target);
+          assert.equal(back.code, 0);
+          const stats = await rpc<{ usage: { unit: string; total: number }[] }>(
+            node,
+            "NodeGetVolumeStats",
+            { volumeId: "vol-block", volumePath: target },
+          );
+          assert.deepEqual(stats.usage.map((u) => [u.unit, u.total]), [["BYTES", 64 * MIB]]);
+          await unpublish("vol-block", target);
+          await unstage("vol-block", stagingPath);
+          assert.deepEqual(await attachedNbdDevices(), []);
+        },
+      );
 
       await t.step("a wrong password: PERMISSION_DENIED, nothing attached or mounted", async () => {
         const stagingPath = await staging("stage-wrong");
@@ -214,56 +276,61 @@ Deno.test({
         assert.deepEqual(await mounts(daemon.url), []);
       });
 
-      await t.step(`kill -9 of the daemon under a ${FIO_MB} MiB fio write+verify: 0 errors`, async () => {
-        const stagingPath = await staging("stage-fio");
-        const target = `${dir}/pod-c/volume`;
-        await stage("vol-fio", stagingPath);
-        await publish("vol-fio", stagingPath, target);
-        const mark = await logMark();
-        const fio = new Deno.Command("fio", {
-          args: [
-            "--name=csi-kill",
-            `--directory=${target}`,
-            "--filename=data",
-            `--size=${FIO_MB}M`,
-            "--bs=64k",
-            "--rw=randwrite",
-            "--ioengine=libaio",
-            "--direct=1",
-            "--iodepth=16",
-            "--verify=crc32c",
-            "--verify_fatal=1",
-            "--do_verify=1",
-            "--verify_state_save=0",
-            "--output-format=json",
-            `--output=${dir}/fio.json`,
-          ],
-          stdout: "piped",
-          stderr: "piped",
-        }).output();
-        await until("fio writes", async () => {
-          const [m] = await mounts(daemon.url);
-          return m && m.bytesWritten > 32 * MIB ? m : null;
-        });
-        const oldLog = (await daemon.stop("SIGKILL")).stderr;
-        daemon = await DaemonProcess.start(path);
-        const again = await until("the new daemon serves the volume", async () => {
-          const [m] = await mounts(daemon.url);
-          return m && (m.state === "mounted" || m.state === "ready") ? m : null;
-        });
-        const result = await fio;
-        const job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
-        const kernelErrors = errorLines(await mark.since());
-        assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
-        assert.equal(job.error, 0, "fio saw no I/O error");
-        assert.ok(job.read.io_bytes >= FIO_MB * MIB, "the verify phase read everything back");
-        assert.deepEqual(kernelErrors, [], "no I/O error in the kernel log");
-        assert.equal(again.image, "vol-fio");
-        assert.doesNotMatch(oldLog, new RegExp(USER.password));
-        await unpublish("vol-fio", target);
-        await unstage("vol-fio", stagingPath);
-        await record(`csi: daemon kill -9 under fio ${FIO_MB} MiB randwrite + crc32c verify: 0 errors`);
-      });
+      await t.step(
+        `kill -9 of the daemon under a ${FIO_MB} MiB fio write+verify: 0 errors`,
+        async () => {
+          const stagingPath = await staging("stage-fio");
+          const target = `${dir}/pod-c/volume`;
+          await stage("vol-fio", stagingPath);
+          await publish("vol-fio", stagingPath, target);
+          const mark = await logMark();
+          const fio = new Deno.Command("fio", {
+            args: [
+              "--name=csi-kill",
+              `--directory=${target}`,
+              "--filename=data",
+              `--size=${FIO_MB}M`,
+              "--bs=64k",
+              "--rw=randwrite",
+              "--ioengine=libaio",
+              "--direct=1",
+              "--iodepth=16",
+              "--verify=crc32c",
+              "--verify_fatal=1",
+              "--do_verify=1",
+              "--verify_state_save=0",
+              "--output-format=json",
+              `--output=${dir}/fio.json`,
+            ],
+            stdout: "piped",
+            stderr: "piped",
+          }).output();
+          await until("fio writes", async () => {
+            const [m] = await mounts(daemon.url);
+            return m && m.bytesWritten > 32 * MIB ? m : null;
+          });
+          const oldLog = (await daemon.stop("SIGKILL")).stderr;
+          daemon = await DaemonProcess.start(path);
+          const again = await until("the new daemon serves the volume", async () => {
+            const [m] = await mounts(daemon.url);
+            return m && (m.state === "mounted" || m.state === "ready") ? m : null;
+          });
+          const result = await fio;
+          const job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
+          const kernelErrors = errorLines(await mark.since());
+          assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+          assert.equal(job.error, 0, "fio saw no I/O error");
+          assert.ok(job.read.io_bytes >= FIO_MB * MIB, "the verify phase read everything back");
+          assert.deepEqual(kernelErrors, [], "no I/O error in the kernel log");
+          assert.equal(again.image, "vol-fio");
+          assert.doesNotMatch(oldLog, new RegExp(USER.password));
+          await unpublish("vol-fio", target);
+          await unstage("vol-fio", stagingPath);
+          await record(
+            `csi: daemon kill -9 under fio ${FIO_MB} MiB randwrite + crc32c verify: 0 errors`,
+          );
+        },
+      );
     } finally {
       node.close();
       csiLogs.push(await csi.stop("SIGTERM"));
