@@ -105,80 +105,127 @@ async function mountsUnder(dir: string): Promise<string[]> {
   return text.split("\n").map((line) => line.split(" ")[4]).filter((p) => p?.startsWith(dir));
 }
 
-Deno.test({
-  name: "CSI in the VM: ext4 and block volumes, stats, wrong password, CSI restart, daemon kill -9",
-  ignore: skip !== null,
-  sanitizeResources: false,
-  sanitizeOps: false,
-  fn: async (t) => {
-    const ivbs = await startIvbs([
-      { name: "vol-ext4", size: 256 * MIB },
-      { name: "vol-block", size: 64 * MIB },
-      { name: "vol-fio", size: FIO_MB * MIB + 256 * MIB },
-    ]);
-    const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-csi-state-" });
-    const port = freePort();
-    const { dir, path } = await writeConfig({
-      http: { listen: `127.0.0.1:${port}` },
-      ivbs: { proxies: ivbs.addresses() },
-      nbd: { attach: "netlink", deadConnTimeoutS: 120, requeueAfterS: 2 },
-      stateDir,
-    });
-    const socket = `${dir}/csi.sock`;
-    const endpoint = `unix://${socket}`;
-    let daemon = await DaemonProcess.start(path);
-    let csi = await CsiProcess.start(socket, daemon.url);
-    const csiLogs: string[] = [];
-    const proto = loadCsi();
-    let node = new proto.Node(endpoint, grpc.credentials.createInsecure());
-    const stage = (
-      volumeId: string,
-      staging: string,
-      capability: object = EXT4,
-      secrets = SECRETS,
-    ) =>
-      rpc(node, "NodeStageVolume", {
+/** The daemon, the CSI process and a gRPC Node client over one IVBS test server. */
+interface Stack {
+  dir: string;
+  daemon: DaemonProcess;
+  csi: CsiProcess;
+  node: grpc.Client;
+  /** CSI processes' logs so far (the one running is added by `close`). */
+  csiLogs: string[];
+  stage(volumeId: string, staging: string, capability?: object): Promise<unknown>;
+  publish(volumeId: string, staging: string, target: string, capability?: object): Promise<unknown>;
+  unpublish(volumeId: string, target: string): Promise<unknown>;
+  unstage(volumeId: string, staging: string): Promise<unknown>;
+  /** A new staging directory (kubelet makes it). */
+  stagingDir(name: string): Promise<string>;
+  restartDaemon(signal: Deno.Signal): Promise<string>;
+  restartCsi(): Promise<void>;
+  /** Stops everything; resolves with every log of the CSI processes and the daemon. */
+  close(): Promise<string[]>;
+}
+
+async function startStack(images: { name: string; size: number }[]): Promise<Stack> {
+  const ivbs = await startIvbs(images);
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-csi-state-" });
+  const { dir, path } = await writeConfig({
+    http: { listen: `127.0.0.1:${freePort()}` },
+    ivbs: { proxies: ivbs.addresses() },
+    nbd: { attach: "netlink", deadConnTimeoutS: 120, requeueAfterS: 2 },
+    stateDir,
+  });
+  const socket = `${dir}/csi.sock`;
+  const endpoint = `unix://${socket}`;
+  const proto = loadCsi();
+  const daemon = await DaemonProcess.start(path);
+  const stack: Stack = {
+    dir,
+    daemon,
+    csi: await CsiProcess.start(socket, daemon.url),
+    node: new proto.Node(endpoint, grpc.credentials.createInsecure()),
+    csiLogs: [],
+    stage: (volumeId, staging, capability = EXT4) =>
+      rpc(stack.node, "NodeStageVolume", {
         volumeId,
         stagingTargetPath: staging,
         volumeCapability: capability,
-        secrets,
-      });
-    const publish = (
-      volumeId: string,
-      staging: string,
-      target: string,
-      capability: object = EXT4,
-    ) =>
-      rpc(node, "NodePublishVolume", {
+        secrets: SECRETS,
+      }),
+    publish: (volumeId, staging, target, capability = EXT4) =>
+      rpc(stack.node, "NodePublishVolume", {
         volumeId,
         stagingTargetPath: staging,
         targetPath: target,
         volumeCapability: capability,
-      });
-    const unpublish = (volumeId: string, target: string) =>
-      rpc(node, "NodeUnpublishVolume", { volumeId, targetPath: target });
-    const unstage = (volumeId: string, staging: string) =>
-      rpc(node, "NodeUnstageVolume", { volumeId, stagingTargetPath: staging });
-    const staging = (name: string) => Deno.mkdir(`${dir}/${name}`).then(() => `${dir}/${name}`);
+      }),
+    unpublish: (volumeId, target) =>
+      rpc(stack.node, "NodeUnpublishVolume", { volumeId, targetPath: target }),
+    unstage: (volumeId, staging) =>
+      rpc(stack.node, "NodeUnstageVolume", { volumeId, stagingTargetPath: staging }),
+    stagingDir: async (name) => {
+      await Deno.mkdir(`${dir}/${name}`);
+      return `${dir}/${name}`;
+    },
+    restartDaemon: async (signal) => {
+      const { stderr } = await stack.daemon.stop(signal);
+      stack.daemon = await DaemonProcess.start(path);
+      return stderr;
+    },
+    restartCsi: async () => {
+      stack.csiLogs.push(await stack.csi.stop("SIGKILL"));
+      stack.node.close();
+      stack.csi = await CsiProcess.start(socket, stack.daemon.url);
+      stack.node = new proto.Node(endpoint, grpc.credentials.createInsecure());
+    },
+    close: async () => {
+      stack.node.close();
+      stack.csiLogs.push(await stack.csi.stop("SIGTERM"));
+      for (const mountPoint of (await mountsUnder(dir)).reverse()) await sh("umount", mountPoint);
+      const last = await stack.daemon.stop("SIGINT");
+      await ivbs.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(stateDir, { recursive: true });
+      return [...stack.csiLogs, last.stderr];
+    },
+  };
+  return stack;
+}
 
+function assertNoPassword(logs: string[]): void {
+  for (const log of logs) assert.ok(!log.includes(USER.password), "the IVBS password is in no log");
+}
+
+Deno.test({
+  name:
+    "CSI in the VM: ext4 staged twice without reformat, stats, CSI restart, block, wrong password",
+  ignore: skip !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async (t) => {
+    const stack = await startStack([
+      { name: "vol-ext4", size: 256 * MIB },
+      { name: "vol-block", size: 64 * MIB },
+    ]);
+    const { dir } = stack;
+    let logs: string[] = [];
     try {
       await t.step(
         "ext4: stage, publish, write; unstage; stage again: the file is still there",
         async () => {
-          const stagingPath = await staging("stage-ext4");
+          const staging = await stack.stagingDir("stage-ext4");
           const target = `${dir}/pod-a/volume`;
-          await stage("vol-ext4", stagingPath);
-          await publish("vol-ext4", stagingPath, target);
+          await stack.stage("vol-ext4", staging);
+          await stack.publish("vol-ext4", staging, target);
           await Deno.writeTextFile(`${target}/hello.txt`, "written through CSI\n");
           await run("sync");
-          await unpublish("vol-ext4", target);
+          await stack.unpublish("vol-ext4", target);
           assert.equal(await exists(target), false, "unpublish removed the target");
-          await unstage("vol-ext4", stagingPath);
+          await stack.unstage("vol-ext4", staging);
           assert.deepEqual(await attachedNbdDevices(), [], "unstage detached the device");
           assert.deepEqual(await mountsUnder(dir), []);
 
-          await stage("vol-ext4", stagingPath);
-          await publish("vol-ext4", stagingPath, target);
+          await stack.stage("vol-ext4", staging);
+          await stack.publish("vol-ext4", staging, target);
           assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
           await record(
             "csi: ext4 volume staged twice, the file written before survived (no reformat)",
@@ -189,11 +236,13 @@ Deno.test({
       await t.step(
         "volume stats: bytes and inodes of the published filesystem, condition normal",
         async () => {
-          const target = `${dir}/pod-a/volume`;
           const stats = await rpc<{
             usage: { unit: string; total: number; used: number }[];
             volumeCondition: { abnormal: boolean };
-          }>(node, "NodeGetVolumeStats", { volumeId: "vol-ext4", volumePath: target });
+          }>(stack.node, "NodeGetVolumeStats", {
+            volumeId: "vol-ext4",
+            volumePath: `${dir}/pod-a/volume`,
+          });
           const bytes = stats.usage.find((u) => u.unit === "BYTES")!;
           const inodes = stats.usage.find((u) => u.unit === "INODES")!;
           assert.ok(
@@ -211,14 +260,11 @@ Deno.test({
       await t.step(
         "a CSI process restart (kill -9): unpublish and unstage still work",
         async () => {
-          csiLogs.push(await csi.stop("SIGKILL"));
-          node.close();
-          csi = await CsiProcess.start(socket, daemon.url);
-          node = new proto.Node(endpoint, grpc.credentials.createInsecure());
+          await stack.restartCsi();
           const target = `${dir}/pod-a/volume`;
           assert.equal(await Deno.readTextFile(`${target}/hello.txt`), "written through CSI\n");
-          await unpublish("vol-ext4", target);
-          await unstage("vol-ext4", `${dir}/stage-ext4`);
+          await stack.unpublish("vol-ext4", target);
+          await stack.unstage("vol-ext4", `${dir}/stage-ext4`);
           assert.deepEqual(await attachedNbdDevices(), []);
           assert.deepEqual(await mountsUnder(dir), []);
         },
@@ -227,10 +273,10 @@ Deno.test({
       await t.step(
         "a block volume: the device node published on a file, data round-trips",
         async () => {
-          const stagingPath = await staging("stage-block");
+          const staging = await stack.stagingDir("stage-block");
           const target = `${dir}/pod-b/dev`;
-          await stage("vol-block", stagingPath, BLOCK);
-          await publish("vol-block", stagingPath, target, BLOCK);
+          await stack.stage("vol-block", staging, BLOCK);
+          await stack.publish("vol-block", staging, target, BLOCK);
           assert.equal((await Deno.stat(target)).isBlockDevice, true);
           await run(
             "dd",
@@ -248,103 +294,111 @@ Deno.test({
             "oflag=direct",
             "status=none",
           );
-          const back = await run("cmp", "-n", `${4 * MIB}`, `${dir}/pattern`, target);
-          assert.equal(back.code, 0);
+          await run("cmp", "-n", `${4 * MIB}`, `${dir}/pattern`, target);
           const stats = await rpc<{ usage: { unit: string; total: number }[] }>(
-            node,
+            stack.node,
             "NodeGetVolumeStats",
             { volumeId: "vol-block", volumePath: target },
           );
           assert.deepEqual(stats.usage.map((u) => [u.unit, u.total]), [["BYTES", 64 * MIB]]);
-          await unpublish("vol-block", target);
-          await unstage("vol-block", stagingPath);
+          await stack.unpublish("vol-block", target);
+          await stack.unstage("vol-block", staging);
           assert.deepEqual(await attachedNbdDevices(), []);
         },
       );
 
       await t.step("a wrong password: PERMISSION_DENIED, nothing attached or mounted", async () => {
-        const stagingPath = await staging("stage-wrong");
-        const error = await rpcError(node, "NodeStageVolume", {
+        const error = await rpcError(stack.node, "NodeStageVolume", {
           volumeId: "vol-ext4",
-          stagingTargetPath: stagingPath,
+          stagingTargetPath: await stack.stagingDir("stage-wrong"),
           volumeCapability: EXT4,
           secrets: { username: USER.username, password: "not-the-password" },
         });
         assert.equal(error.code, Code.PERMISSION_DENIED);
         assert.deepEqual(await attachedNbdDevices(), []);
         assert.deepEqual(await mountsUnder(dir), []);
-        assert.deepEqual(await mounts(daemon.url), []);
+        assert.deepEqual(await mounts(stack.daemon.url), []);
       });
+    } finally {
+      logs = await stack.close();
+    }
+    assertNoPassword(logs);
+    const formats = logs.join("\n").match(/formatting blank device/g) ?? [];
+    assert.equal(formats.length, 1, "vol-ext4 formatted once, never again; block never");
+    assert.deepEqual(await attachedNbdDevices(), [], "no nbd device left attached");
+  },
+});
 
-      await t.step(
-        `kill -9 of the daemon under a ${FIO_MB} MiB fio write+verify: 0 errors`,
-        async () => {
-          const stagingPath = await staging("stage-fio");
-          const target = `${dir}/pod-c/volume`;
-          await stage("vol-fio", stagingPath);
-          await publish("vol-fio", stagingPath, target);
-          const mark = await logMark();
-          const fio = new Deno.Command("fio", {
-            args: [
-              "--name=csi-kill",
-              `--directory=${target}`,
-              "--filename=data",
-              `--size=${FIO_MB}M`,
-              "--bs=64k",
-              "--rw=randwrite",
-              "--ioengine=libaio",
-              "--direct=1",
-              "--iodepth=16",
-              "--verify=crc32c",
-              "--verify_fatal=1",
-              "--do_verify=1",
-              "--verify_state_save=0",
-              "--output-format=json",
-              `--output=${dir}/fio.json`,
-            ],
-            stdout: "piped",
-            stderr: "piped",
-          }).output();
-          await until("fio writes", async () => {
-            const [m] = await mounts(daemon.url);
-            return m && m.bytesWritten > 32 * MIB ? m : null;
-          });
-          const oldLog = (await daemon.stop("SIGKILL")).stderr;
-          daemon = await DaemonProcess.start(path);
-          const again = await until("the new daemon serves the volume", async () => {
-            const [m] = await mounts(daemon.url);
-            return m && (m.state === "mounted" || m.state === "ready") ? m : null;
-          });
-          const result = await fio;
-          const job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
-          const kernelErrors = errorLines(await mark.since());
-          assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
-          assert.equal(job.error, 0, "fio saw no I/O error");
-          assert.ok(job.read.io_bytes >= FIO_MB * MIB, "the verify phase read everything back");
-          assert.deepEqual(kernelErrors, [], "no I/O error in the kernel log");
-          assert.equal(again.image, "vol-fio");
-          assert.doesNotMatch(oldLog, new RegExp(USER.password));
-          await unpublish("vol-fio", target);
-          await unstage("vol-fio", stagingPath);
-          await record(
-            `csi: daemon kill -9 under fio ${FIO_MB} MiB randwrite + crc32c verify: 0 errors`,
-          );
-        },
+Deno.test({
+  name:
+    `CSI in the VM: kill -9 of the daemon under a ${FIO_MB} MiB fio write+verify on a published volume, 0 errors`,
+  ignore: skip !== null,
+  sanitizeResources: false,
+  sanitizeOps: false,
+  fn: async () => {
+    const stack = await startStack([{ name: "vol-fio", size: FIO_MB * MIB + 256 * MIB }]);
+    const { dir } = stack;
+    let logs: string[] = [];
+    try {
+      const staging = await stack.stagingDir("stage-fio");
+      const target = `${dir}/pod-c/volume`;
+      await stack.stage("vol-fio", staging);
+      await stack.publish("vol-fio", staging, target);
+      const mark = await logMark();
+      const fio = new Deno.Command("fio", {
+        args: [
+          "--name=csi-kill",
+          `--directory=${target}`,
+          "--filename=data",
+          `--size=${FIO_MB}M`,
+          "--bs=64k",
+          "--rw=randwrite",
+          "--ioengine=libaio",
+          "--direct=1",
+          "--iodepth=16",
+          "--verify=crc32c",
+          "--verify_fatal=1",
+          "--do_verify=1",
+          "--verify_state_save=0",
+          "--output-format=json",
+          `--output=${dir}/fio.json`,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      await until("fio writes", async () => {
+        const [m] = await mounts(stack.daemon.url);
+        return m && m.bytesWritten > 32 * MIB ? m : null;
+      });
+      const oldLog = await stack.restartDaemon("SIGKILL");
+      const again = await until("the new daemon serves the volume", async () => {
+        const [m] = await mounts(stack.daemon.url);
+        return m && (m.state === "mounted" || m.state === "ready") ? m : null;
+      });
+      const result = await fio;
+      const job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
+      const kernelErrors = errorLines(await mark.since());
+      assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+      assert.equal(job.error, 0, "fio saw no I/O error");
+      assert.ok(job.read.io_bytes >= FIO_MB * MIB, "the verify phase read everything back");
+      assert.deepEqual(kernelErrors, [], "no I/O error in the kernel log");
+      assert.equal(again.image, "vol-fio");
+      assertNoPassword([oldLog]);
+      const stats = await rpc<{ volumeCondition: { abnormal: boolean } }>(
+        stack.node,
+        "NodeGetVolumeStats",
+        { volumeId: "vol-fio", volumePath: target },
+      );
+      assert.equal(stats.volumeCondition.abnormal, false, "the new daemon serves the device");
+      await stack.unpublish("vol-fio", target);
+      await stack.unstage("vol-fio", staging);
+      await record(
+        `csi: daemon kill -9 under fio ${FIO_MB} MiB randwrite + crc32c verify: 0 errors`,
       );
     } finally {
-      node.close();
-      csiLogs.push(await csi.stop("SIGTERM"));
-      for (const mountPoint of (await mountsUnder(dir)).reverse()) await sh("umount", mountPoint);
-      const last = await daemon.stop("SIGINT");
-      await ivbs.close();
-      await Deno.remove(dir, { recursive: true });
-      await Deno.remove(stateDir, { recursive: true });
-      for (const log of [...csiLogs, last.stderr]) {
-        assert.ok(!log.includes(USER.password), "the IVBS password is in no log");
-      }
-      const formats = csiLogs.join("\n").match(/formatting blank device/g) ?? [];
-      assert.equal(formats.length, 2, "formatted once per new volume (ext4 and fio), never again");
+      logs = await stack.close();
     }
+    assertNoPassword(logs);
     assert.deepEqual(await attachedNbdDevices(), [], "no nbd device left attached");
   },
 });
