@@ -10,25 +10,15 @@ import { Code } from "../src/csi/status.ts";
 import { setLogLevel } from "../src/log.ts";
 import {
   blockCapability,
-  type CsiFixture,
-  csiFixture,
   IMAGE_SIZE,
   mountCapability,
   rpc,
   rpcError,
   SECRETS,
+  withCsi,
 } from "./csi_fixture.ts";
 
 setLogLevel("error");
-
-async function withCsi(test: (f: CsiFixture) => Promise<void>) {
-  const f = await csiFixture();
-  try {
-    await test(f);
-  } finally {
-    await f.cleanup();
-  }
-}
 
 function publishRequest(nodeId: string, capability: object = mountCapability(), readonly = false) {
   return { volumeId: "disk0", nodeId, volumeCapability: capability, readonly, secrets: SECRETS };

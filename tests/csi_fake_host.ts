@@ -94,7 +94,7 @@ export class FakeHost implements Host {
     }
     const bind = args[0] === "--bind";
     const [source, target] = args.slice(-2);
-    if (!await exists(target)) return fail(32, `mount: ${target}: mount point does not exist.`);
+    if (!await pathExists(target)) return fail(32, `mount: ${target}: mount point does not exist.`);
     if (bind) {
       if (FakeHost.deviceNumber(source) !== null) {
         this.#add({
@@ -176,9 +176,10 @@ export class FakeHost implements Host {
   }
 }
 
-async function exists(path: string): Promise<boolean> {
+/** Whether anything is at `path` (a link counts as itself). */
+export async function pathExists(path: string): Promise<boolean> {
   try {
-    await Deno.stat(path);
+    await Deno.lstat(path);
     return true;
   } catch {
     return false;

@@ -20,6 +20,8 @@ import type { Logger } from "../src/log.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 import { FakeHost } from "./csi_fake_host.ts";
 
+export { pathExists } from "./csi_fake_host.ts";
+
 export const USERNAME = "kube";
 export const PASSWORD = "csi-secret-pw-31337";
 export const SECRETS = { username: USERNAME, password: PASSWORD };
@@ -81,6 +83,16 @@ export function mountCapability(mode = "SINGLE_NODE_WRITER", fsType = "ext4") {
 
 export function blockCapability(mode = "SINGLE_NODE_WRITER") {
   return { block: {}, accessMode: { mode } };
+}
+
+/** Runs `test` over a new fixture and always cleans up. */
+export async function withCsi(test: (f: CsiFixture) => Promise<void>): Promise<void> {
+  const f = await csiFixture();
+  try {
+    await test(f);
+  } finally {
+    await f.cleanup();
+  }
 }
 
 export async function csiFixture(): Promise<CsiFixture> {

@@ -9,26 +9,18 @@ import { Code } from "../src/csi/status.ts";
 import {
   blockCapability,
   type CsiFixture,
-  csiFixture,
   IMAGE_SIZE,
   mountCapability,
   PASSWORD,
+  pathExists,
   rpc,
   rpcError,
   SECRETS,
+  withCsi,
 } from "./csi_fixture.ts";
 import { setLogLevel } from "../src/log.ts";
 
 setLogLevel("error");
-
-async function withCsi(test: (f: CsiFixture) => Promise<void>) {
-  const f = await csiFixture();
-  try {
-    await test(f);
-  } finally {
-    await f.cleanup();
-  }
-}
 
 /** A staging directory (kubelet creates it) and a target path (the plugin does). */
 async function paths(f: CsiFixture, name = "v") {
@@ -54,15 +46,6 @@ function publishRequest(
     volumeCapability: capability,
     readonly,
   };
-}
-
-async function exists(path: string) {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 Deno.test("Identity: plugin info, capabilities and probe", async () => {
@@ -292,9 +275,9 @@ Deno.test("unpublish removes the target path and is idempotent (csi-sanity: shou
     const { staging, target } = await paths(f);
     await rpc(f.node, "NodeStageVolume", stageRequest(staging));
     await rpc(f.node, "NodePublishVolume", publishRequest(staging, target));
-    assert.equal(await exists(target), true);
+    assert.equal(await pathExists(target), true);
     await rpc(f.node, "NodeUnpublishVolume", { volumeId: "disk0", targetPath: target });
-    assert.equal(await exists(target), false);
+    assert.equal(await pathExists(target), false);
     assert.equal(f.host.mountedAt(target), undefined);
     await rpc(f.node, "NodeUnpublishVolume", { volumeId: "disk0", targetPath: target });
   });
@@ -352,9 +335,9 @@ Deno.test("a block volume: device bound onto a file in staging, then onto the ta
     const wrongKind = publishRequest(staging, `${f.dir}/pods/blk/m`, mountCapability());
     assert.equal((await rpcError(f.node, "NodePublishVolume", wrongKind)).code, 9);
     await rpc(f.node, "NodeUnpublishVolume", { volumeId: "disk0", targetPath: target });
-    assert.equal(await exists(target), false);
+    assert.equal(await pathExists(target), false);
     await rpc(f.node, "NodeUnstageVolume", { volumeId: "disk0", stagingTargetPath: staging });
-    assert.equal(await exists(`${staging}/block`), false);
+    assert.equal(await pathExists(`${staging}/block`), false);
     assert.equal(f.driver.attached.size, 0);
   });
 });

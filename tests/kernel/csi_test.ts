@@ -20,11 +20,11 @@ import {
   writeConfig,
 } from "../../bench/rigs/daemon_harness.ts";
 import { errorLines, logMark } from "../../bench/rigs/kernel_log.ts";
-import { mounts, until } from "../../bench/rigs/restart_rig.ts";
+import { mounts, startFio, until } from "../../bench/rigs/restart_rig.ts";
 import { loadCsi } from "../../src/csi/server.ts";
 import { Code } from "../../src/csi/status.ts";
 import { record, run, sh } from "./helpers.ts";
-import { rpc, rpcError } from "../csi_fixture.ts";
+import { pathExists, rpc, rpcError } from "../csi_fixture.ts";
 
 const MIB = 1024 * 1024;
 const FIO_MB = 128;
@@ -87,15 +87,6 @@ class CsiProcess {
     }
     await this.child.status;
     return await this.stderr;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
   }
 }
 
@@ -219,7 +210,7 @@ Deno.test({
           await Deno.writeTextFile(`${target}/hello.txt`, "written through CSI\n");
           await run("sync");
           await stack.unpublish("vol-ext4", target);
-          assert.equal(await exists(target), false, "unpublish removed the target");
+          assert.equal(await pathExists(target), false, "unpublish removed the target");
           await stack.unstage("vol-ext4", staging);
           assert.deepEqual(await attachedNbdDevices(), [], "unstage detached the device");
           assert.deepEqual(await mountsUnder(dir), []);
@@ -345,27 +336,7 @@ Deno.test({
       await stack.stage("vol-fio", staging);
       await stack.publish("vol-fio", staging, target);
       const mark = await logMark();
-      const fio = new Deno.Command("fio", {
-        args: [
-          "--name=csi-kill",
-          `--directory=${target}`,
-          "--filename=data",
-          `--size=${FIO_MB}M`,
-          "--bs=64k",
-          "--rw=randwrite",
-          "--ioengine=libaio",
-          "--direct=1",
-          "--iodepth=16",
-          "--verify=crc32c",
-          "--verify_fatal=1",
-          "--do_verify=1",
-          "--verify_state_save=0",
-          "--output-format=json",
-          `--output=${dir}/fio.json`,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
+      const fio = startFio(target, dir, FIO_MB);
       await until("fio writes", async () => {
         const [m] = await mounts(stack.daemon.url);
         return m && m.bytesWritten > 32 * MIB ? m : null;
