@@ -171,8 +171,13 @@ async function startStack(images: { name: string; size: number }[]): Promise<Sta
     close: async () => {
       stack.node.close();
       stack.csiLogs.push(await stack.csi.stop("SIGTERM"));
-      for (const mountPoint of (await mountsUnder(dir)).reverse()) await sh("umount", mountPoint);
+      // After a failure: lazy unmounts (a busy one goes once its users do), then the daemon
+      // detaches what it serves; a device it could not take over is disconnected directly.
+      for (const mountPoint of (await mountsUnder(dir)).reverse()) {
+        await sh("umount", "-l", mountPoint);
+      }
       const last = await stack.daemon.stop("SIGINT");
+      for (const device of await attachedNbdDevices()) await sh("nbd-client", "-d", device);
       await ivbs.close();
       await Deno.remove(dir, { recursive: true });
       await Deno.remove(stateDir, { recursive: true });
