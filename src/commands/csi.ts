@@ -14,7 +14,7 @@ import { systemHost } from "../csi/host.ts";
 import { NodeService } from "../csi/node.ts";
 import { socketPath, startCsiServer } from "../csi/server.ts";
 import { VolumeFs } from "../csi/volume_fs.ts";
-import { VERSION } from "../http/app.ts";
+import { VERSION } from "../version.ts";
 import { logger } from "../log.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 import { untilStopSignal } from "./signals.ts";

@@ -95,6 +95,7 @@ export class Daemon {
     const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
     this.table = new MountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
+      connections: options.config.nbd.connections,
       log: this.#log,
       watchSession,
       deviceLog: (context) => this.events.wrap(logFor("nbd"), "nbd", context),

@@ -2,151 +2,63 @@
  * THE mount table: which image is on which /dev/nbdX, and the lifecycle of each
  * mount (mounting → mounted → unmounting → gone). The HTTP API, the status page,
  * the config loader and the CLI are thin views of this one table.
+ *
+ * A mount is made in two steps: its IVBS sessions are opened, one per
+ * connection of the device (mount_sessions.ts), then handed to the kernel
+ * (the driver's attach, or reattach when a previous daemon left the device).
  * @module
  */
 import { errorCode, errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
-import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./driver.ts";
-import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
-import { RateSampler, type Throughput } from "./rate.ts";
+import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
+import {
+  closeSessions,
+  combinedBackend,
+  openSessions,
+  type SessionRequest,
+} from "./mount_sessions.ts";
+import {
+  type MountEntry,
+  mountInfo,
+  mountRecord,
+  mountState,
+  newMountEntry,
+} from "./mount_entry.ts";
+import {
+  type DeviceInfo,
+  MountError,
+  type MountErrorCode,
+  type MountInfo,
+  type MountRequest,
+  type MountSnapshot,
+  type MountTableOptions,
+  PASSTHROUGH_CODES,
+} from "./mount_types.ts";
+import type { WatchSession } from "./proxy_registry.ts";
 import type { MountRecord } from "./state_file.ts";
 
-/** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
-export type MountErrorCode =
-  | "INVALID_DEVICE" // not an NBD device name
-  | "UNKNOWN_DEVICE" // no such device (or beyond nbd.devices)
-  | "NO_MODULE" // the kernel has no NBD devices at all
-  | "BUSY" // device mounted, being mounted, or used by another process
-  | "NO_FREE_DEVICE"
-  | "NOT_MOUNTED"
-  | "SHUTTING_DOWN"
-  | "DETACH_FAILED"
-  // Passed through from IvbsSession.open (IvbsMountError) and attachDevice (NbdAttachError):
-  | "LOGIN_DENIED"
-  | "IMAGE_NOT_FOUND"
-  | "ACCESS_DENIED"
-  | "NO_PROXY"
-  | "PROTOCOL"
-  | "NOT_ROOT"
-  | "NO_DEVICE"
-  | "IOCTL"
-  | "MOUNT_FAILED"; // anything else
-
-const PASSTHROUGH_CODES = new Set<string>([
-  "LOGIN_DENIED",
-  "IMAGE_NOT_FOUND",
-  "ACCESS_DENIED",
-  "NO_PROXY",
-  "PROTOCOL",
-  "NO_MODULE",
-  "NOT_ROOT",
-  "BUSY",
-  "NO_DEVICE",
-  "IOCTL",
-]);
-
-export class MountError extends Error {
-  constructor(message: string, readonly code: MountErrorCode) {
-    super(message);
-    this.name = "MountError";
-  }
-}
-
-export type MountState = "mounting" | "mounted" | "reconnecting" | "unmounting";
-
-export interface MountRequest {
-  /** "/dev/nbdN", "nbdN", "auto" or absent (= auto). */
-  device?: string;
-  image: string;
-  username: string;
-  password: string;
-  readOnly?: boolean;
-}
-
-/** What views show of a mount. Never carries the password. */
-export interface MountInfo {
-  device: string;
-  image: string;
-  username: string;
-  state: MountState;
-  sizeBytes: number;
-  readOnly: boolean;
-  /** IVBS proxy in use, "host:port"; null while reconnecting or before the session is open. */
-  proxy: string | null;
-  /** Kernel requests being served right now. */
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
-  errors: number;
-  failovers: number;
-  reconnects: number;
-  retries: number;
-  mountedAt: string;
-  /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
-  throughput: Throughput;
-}
-
-/** A device as `lista` shows it: the kernel's view joined with the table's. */
-export interface DeviceInfo {
-  device: string;
-  index: number;
-  /** Attached (by us or by another process). */
-  inUse: boolean;
-  sizeBytes: number;
-  pid: number | null;
-  /** The image this daemon has on it, if any. */
-  image: string | null;
-  state: MountState | "free" | "foreign";
-}
-
-/** Everything metrics need about one mount (live objects, read at scrape time). */
-export interface MountSnapshot {
-  info: MountInfo;
-  attachment: DeviceAttachment | null;
-  backend: MountBackend | null;
-}
-
-interface Entry {
-  device: string;
-  image: string;
-  username: string;
-  readOnly: boolean;
-  state: "mounting" | "mounted" | "unmounting";
-  mountedAt: Date;
-  backend: MountBackend | null;
-  attachment: DeviceAttachment | null;
-  /** Settles when the mount attempt has finished either way. */
-  settled: Promise<unknown>;
-  rate: RateSampler;
-  /** The proxy registry's view of this mount's session. */
-  watch?: SessionWatch;
-}
-
-export interface MountTableOptions {
-  /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
-  deviceCount: number;
-  log?: Logger;
-  /** Clock for throughput sampling (tests pass a fake one). */
-  now?: () => number;
-  /** Follows each mount's IVBS session (proxy registry, session log lines). */
-  watchSession?: WatchSession;
-  /** The kernel attachment's logger for `device` (its lines name the device). */
-  deviceLog?: (context: { device: string }) => Logger;
-  /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
-  onPersistentChange?: () => void;
-}
+export {
+  type ConnectionInfo,
+  type DeviceInfo,
+  MountError,
+  type MountErrorCode,
+  type MountInfo,
+  type MountRequest,
+  type MountSnapshot,
+  type MountState,
+  type MountTableOptions,
+} from "./mount_types.ts";
 
 export class MountTable {
   readonly #driver: MountDriver;
   readonly #deviceCount: number;
+  readonly #connections: number;
   readonly #log: Logger;
   readonly #now: () => number;
   readonly #watchSession: WatchSession | undefined;
   readonly #deviceLog: ((context: { device: string }) => Logger) | undefined;
-  readonly #entries = new Map<string, Entry>();
+  readonly #entries = new Map<string, MountEntry>();
   readonly #onPersistentChange: () => void;
   /** Keys of mounts waiting for the kernel to pick their device. */
   #pendingSeq = 0;
@@ -157,6 +69,7 @@ export class MountTable {
     this.#deviceLog = options.deviceLog;
     this.#driver = driver;
     this.#deviceCount = options.deviceCount;
+    this.#connections = options.connections ?? 1;
     this.#log = options.log ?? logger("mounts");
     this.#now = options.now ?? (() => performance.now());
     this.#onPersistentChange = options.onPersistentChange ?? (() => {});
@@ -220,16 +133,23 @@ export class MountTable {
       ? this.#pickFree(devices, request.image)
       : wanted;
     if (!kernelPicks) this.#checkAvailable(device, devices);
-    const { entry, finish } = this.#newEntry(
+    const { entry, finish } = newMountEntry(
+      this.#now,
       device,
       request.image,
       request.username,
       request.readOnly ?? false,
     );
     this.#entries.set(device, entry);
-    this.#log.info("mounting", { device, image: request.image, user: request.username });
+    const connections = this.#connectionCount(request.connections);
+    this.#log.info("mounting", {
+      device,
+      image: request.image,
+      user: request.username,
+      connections,
+    });
     try {
-      await this.#connect(entry, request, kernelPicks ? "auto" : device);
+      await this.#connect(entry, request, kernelPicks ? "auto" : device, connections);
     } catch (error) {
       this.#entries.delete(entry.device);
       throw error;
@@ -239,10 +159,11 @@ export class MountTable {
     this.#log.info("mounted", {
       device: entry.device,
       image: entry.image,
-      size: entry.backend?.size,
+      size: entry.sessions.backends[0]?.size,
+      connections,
     });
     if (entry.attachment?.persistent) this.#onPersistentChange();
-    return this.#info(entry);
+    return mountInfo(entry);
   }
 
   /**
@@ -261,7 +182,8 @@ export class MountTable {
     if (existing) {
       throw new MountError(`Cannot take over ${record.device}: already ${existing.state}`, "BUSY");
     }
-    const { entry, finish } = this.#newEntry(
+    const { entry, finish } = newMountEntry(
+      this.#now,
       record.device,
       record.image,
       record.username,
@@ -270,30 +192,26 @@ export class MountTable {
     this.#entries.set(record.device, entry);
     this.#log.info("taking over", { device: record.device, image: record.image });
     try {
-      try {
-        entry.backend = await this.#driver.openBackend({
-          image: record.image,
-          username: record.username,
-          password,
-          readOnly: record.readOnly,
-        });
-      } catch (error) {
-        throw this.#wrap(error, `Cannot open IVBS image ${record.image}`);
-      }
+      const credentials = { ...record, password };
+      const owner = { device: record.device, image: record.image };
+      await this.#openSessions(entry, credentials, record.connections ?? 1, owner);
+      const backend = entry.sessions.backends[0];
       const blockSize = record.options.blockSize;
-      const size = Math.floor(entry.backend.size / blockSize) * blockSize;
+      const size = Math.floor(backend.size / blockSize) * blockSize;
       if (size !== record.sizeBytes) {
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         throw new MountError(
-          `Cannot take over ${record.device}: image ${record.image} is ${entry.backend.size} bytes, the device ${record.sizeBytes}`,
+          `Cannot take over ${record.device}: image ${record.image} is ${backend.size} bytes, the device ${record.sizeBytes}`,
           "MOUNT_FAILED",
         );
       }
       try {
         if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-        entry.attachment = await driver.reattach(record, entry.backend);
+        entry.attachment = await driver.reattach(record, entry.sessions.backends, {
+          log: this.#deviceLog?.({ device: record.device }),
+        });
       } catch (error) {
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         throw this.#wrap(error, `Cannot take over ${record.device}`);
       }
       this.#watch(entry, entry.attachment);
@@ -304,48 +222,47 @@ export class MountTable {
       finish();
     }
     this.#log.info("taken over", { device: record.device, image: record.image });
-    return this.#info(entry);
+    return mountInfo(entry);
   }
 
-  /** A mount being made; `finish` settles it once the attempt is over, either way. */
-  #newEntry(
-    device: string,
-    image: string,
-    username: string,
-    readOnly: boolean,
-  ): { entry: Entry; finish: () => void } {
-    let finish!: () => void;
-    const entry: Entry = {
-      device,
-      image,
-      username,
-      readOnly,
-      state: "mounting",
-      mountedAt: new Date(),
-      backend: null,
-      attachment: null,
-      settled: new Promise<void>((resolve) => finish = resolve),
-      rate: new RateSampler(this.#now),
-    };
-    return { entry, finish };
+  /** Connections for a request: its own or the default, within what the driver can attach. */
+  #connectionCount(requested: number | undefined): number {
+    const wanted = requested ?? this.#connections;
+    const most = this.#driver.maxConnections ?? 1;
+    if (wanted > most) {
+      this.#log.warn("fewer connections than asked: this attach path serves fewer", {
+        asked: wanted,
+        connections: most,
+      });
+    }
+    return Math.max(1, Math.min(wanted, most));
+  }
+
+  /** Step one of a mount: the sessions, one per connection (all or none). */
+  async #openSessions(
+    entry: MountEntry,
+    request: SessionRequest,
+    count: number,
+    owner: { device: string; image: string },
+  ): Promise<void> {
+    try {
+      entry.sessions = await openSessions(
+        this.#driver,
+        request,
+        count,
+        () => this.#watchSession?.(owner),
+      );
+    } catch (error) {
+      throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
+    }
   }
 
   /** State records of the mounts that outlive the daemon. */
   persistentRecords(): MountRecord[] {
     const records: MountRecord[] = [];
     for (const entry of this.#sorted()) {
-      const persistent = entry.attachment?.persistent;
-      if (!persistent || entry.state === "unmounting") continue;
-      records.push({
-        device: entry.device,
-        index: persistent.index,
-        backendId: persistent.backendId,
-        image: entry.image,
-        username: entry.username,
-        readOnly: entry.readOnly,
-        sizeBytes: persistent.sizeBytes,
-        options: { ...persistent.options },
-      });
+      const record = mountRecord(entry);
+      if (record) records.push(record);
     }
     return records;
   }
@@ -377,31 +294,23 @@ export class MountTable {
     }
   }
 
-  async #connect(entry: Entry, request: MountRequest, device: string): Promise<void> {
-    // One context for the session's and the attachment's log lines: where the
+  async #connect(
+    entry: MountEntry,
+    request: MountRequest,
+    device: string,
+    connections: number,
+  ): Promise<void> {
+    // One context for the sessions' and the attachment's log lines: where the
     // kernel picks the device, it names the placeholder until the pick is known.
     const owner = { device: entry.device, image: request.image };
-    entry.watch = this.#watchSession?.(owner);
-    try {
-      entry.backend = await this.#driver.openBackend({
-        image: request.image,
-        username: request.username,
-        password: request.password,
-        readOnly: entry.readOnly,
-        onEvent: entry.watch?.onEvent,
-        log: entry.watch?.log,
-      });
-    } catch (error) {
-      entry.watch?.closed();
-      throw this.#wrap(error, `Cannot open IVBS image ${request.image}`);
-    }
+    await this.#openSessions(entry, { ...request, readOnly: entry.readOnly }, connections, owner);
     try {
       if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-      entry.attachment = await this.#driver.attach(device, entry.backend, {
+      entry.attachment = await this.#driver.attach(device, entry.sessions.backends, {
         log: this.#deviceLog?.(owner),
       });
     } catch (error) {
-      await this.#closeBackend(entry);
+      await this.#closeSessions(entry);
       const where = device === "auto" ? "an NBD device" : device;
       throw this.#wrap(error, `Cannot attach ${request.image} to ${where}`);
     }
@@ -411,13 +320,13 @@ export class MountTable {
       entry.device = entry.attachment.device;
       this.#entries.set(entry.device, entry);
       owner.device = entry.device;
-      entry.watch?.renamed();
+      for (const watch of entry.sessions.watches) watch?.renamed();
     }
-    entry.readOnly = entry.backend.readOnly;
+    entry.readOnly = entry.sessions.backends[0].readOnly;
     this.#watch(entry, entry.attachment);
   }
 
-  #watch(entry: Entry, attachment: DeviceAttachment): void {
+  #watch(entry: MountEntry, attachment: DeviceAttachment): void {
     entry.state = "mounted";
     // The device can go away without us asking (nbd-client -d, a protocol error).
     attachment.done.then(
@@ -437,7 +346,11 @@ export class MountTable {
     return new MountError(message, "MOUNT_FAILED");
   }
 
-  async #onDetached(entry: Entry, attachment: DeviceAttachment, error: unknown): Promise<void> {
+  async #onDetached(
+    entry: MountEntry,
+    attachment: DeviceAttachment,
+    error: unknown,
+  ): Promise<void> {
     if (this.#entries.get(entry.device) !== entry || entry.state === "unmounting") return;
     if (entry.attachment !== attachment) return;
     this.#log.warn("device detached without an unmount request", {
@@ -446,18 +359,15 @@ export class MountTable {
       error: error ?? undefined,
     });
     entry.state = "unmounting";
-    await this.#closeBackend(entry);
+    await this.#closeSessions(entry);
     this.#entries.delete(entry.device);
     if (attachment.persistent) this.#onPersistentChange();
   }
 
-  async #closeBackend(entry: Entry): Promise<void> {
-    try {
-      await entry.backend?.close();
-    } catch (error) {
-      this.#log.warn("closing the IVBS session failed", { device: entry.device, error });
-    }
-    entry.watch?.closed();
+  async #closeSessions(entry: MountEntry): Promise<void> {
+    await closeSessions(entry.sessions, (error) => {
+      this.#log.warn("closing an IVBS session failed", { device: entry.device, error });
+    });
   }
 
   /** Detaches `device` and closes its session. */
@@ -482,7 +392,7 @@ export class MountTable {
     await this.#detach(entry);
   }
 
-  async #detach(entry: Entry): Promise<void> {
+  async #detach(entry: MountEntry): Promise<void> {
     entry.state = "unmounting";
     this.#log.info("unmounting", { device: entry.device, image: entry.image });
     try {
@@ -494,7 +404,7 @@ export class MountTable {
         "DETACH_FAILED",
       );
     }
-    await this.#closeBackend(entry);
+    await this.#closeSessions(entry);
     this.#entries.delete(entry.device);
     if (entry.attachment?.persistent) this.#onPersistentChange();
     this.#log.info("unmounted", { device: entry.device, image: entry.image });
@@ -520,7 +430,7 @@ export class MountTable {
         await persistent.release().catch((error) => {
           this.#log.error("releasing a device at shutdown failed", { device: entry.device, error });
         });
-        await this.#closeBackend(entry);
+        await this.#closeSessions(entry);
         this.#log.info("left attached for the next daemon", {
           device: entry.device,
           image: entry.image,
@@ -537,15 +447,15 @@ export class MountTable {
 
   /** Mounts, ordered by device number. */
   list(): MountInfo[] {
-    return this.#sorted().map((entry) => this.#info(entry));
+    return this.#sorted().map((entry) => mountInfo(entry));
   }
 
   /** Mounts with their live objects, for metrics. */
   snapshots(): MountSnapshot[] {
     return this.#sorted().map((entry) => ({
-      info: this.#info(entry),
+      info: mountInfo(entry),
       attachment: entry.attachment,
-      backend: entry.backend,
+      backend: combinedBackend(entry.sessions.backends),
     }));
   }
 
@@ -565,46 +475,13 @@ export class MountTable {
         sizeBytes: d.sizeBytes,
         pid: d.pid,
         image: entry?.image ?? null,
-        state: entry ? this.#state(entry) : d.inUse ? "foreign" : "free",
+        state: entry ? mountState(entry) : d.inUse ? "foreign" : "free",
       };
     });
   }
 
-  #sorted(): Entry[] {
-    const index = (e: Entry) => parseDeviceName(e.device)?.index ?? 0;
+  #sorted(): MountEntry[] {
+    const index = (e: MountEntry) => parseDeviceName(e.device)?.index ?? 0;
     return [...this.#entries.values()].sort((a, b) => index(a) - index(b));
-  }
-
-  #state(entry: Entry): MountState {
-    if (entry.state === "mounted" && entry.backend?.proxy === null) return "reconnecting";
-    return entry.state;
-  }
-
-  #info(entry: Entry): MountInfo {
-    const io = entry.attachment?.stats;
-    const session = entry.backend?.stats;
-    const bytesRead = io?.bytesRead ?? session?.bytesRead ?? 0;
-    const bytesWritten = io?.bytesWritten ?? session?.bytesWritten ?? 0;
-    const throughput = entry.rate.update(bytesRead, bytesWritten);
-    return {
-      device: entry.device,
-      image: entry.image,
-      username: entry.username,
-      state: this.#state(entry),
-      sizeBytes: entry.backend?.size ?? 0,
-      readOnly: entry.readOnly,
-      proxy: entry.backend?.proxy ?? null,
-      inFlight: io?.inFlight ?? session?.inFlight ?? 0,
-      reads: io?.reads ?? 0,
-      writes: io?.writes ?? 0,
-      bytesRead,
-      bytesWritten,
-      errors: io?.errors ?? 0,
-      failovers: session?.failovers ?? 0,
-      reconnects: session?.reconnects ?? 0,
-      retries: session?.retries ?? 0,
-      mountedAt: entry.mountedAt.toISOString(),
-      throughput,
-    };
   }
 }

@@ -10,6 +10,7 @@
  * @module
  */
 import { z } from "zod";
+import { MAX_CONNECTIONS } from "../block/device.ts";
 
 export const STATE_FILE = "mounts.json";
 const STATE_VERSION = 1;
@@ -27,6 +28,8 @@ export interface MountRecord {
   sizeBytes: number;
   /** Settings the device was connected with. */
   options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
+  /** Sockets the device was connected with (a takeover hands it as many); older files: 1. */
+  connections?: number;
 }
 
 /** An NBD export, so that the next daemon serves it again at the same socket. */
@@ -60,6 +63,7 @@ const RecordSchema = z.object({
     timeoutS: z.number().int().min(0),
     deadConnTimeoutS: z.number().int().min(0),
   }),
+  connections: z.number().int().min(1).max(MAX_CONNECTIONS).optional(),
 });
 
 const ExportRecordSchema = z.object({
