@@ -26,7 +26,6 @@ import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
 import type { MountDriver } from "../daemon/driver.ts";
-import { checkImage } from "../daemon/image_check.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
 /** How the command gets its mount driver; `run` passes the real one, tests a fake. */
@@ -93,7 +92,7 @@ export function startServing(
     history: daemon.history,
     listen: config.http.listen,
     hostname: machineName(),
-    checkImage: (request) => checkImage(driver, request),
+    checkImage: (request) => daemon.checkImage(request),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
