@@ -79,7 +79,6 @@ Deno.test("ivbsnetd events prints past events, and --follow prints new ones as t
     const following = eventsCommand(new ApiClient({ server: url }), follow.io.out, {
       follow: true,
       since: daemon.events.lastSeq,
-      intervalMs: 20,
       signal: abort.signal,
     });
     await daemon.table.unmount("nbd1");

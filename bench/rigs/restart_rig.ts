@@ -32,6 +32,8 @@ export interface RestartOptions {
    * daemon fails over while it drains and the new one logs in elsewhere.
    */
   stopProxyDuringRestart?: boolean;
+  /** nbd.connections of the daemon (default: the daemon's default). */
+  connections?: number;
 }
 
 export interface RestartOutcome {
@@ -39,6 +41,8 @@ export interface RestartOutcome {
   device: string;
   /** The new daemon serves the same device with the same backend id. */
   sameDevice: boolean;
+  /** Connections the new daemon's mount shows. */
+  connectionsAfter: number;
   fioCode: number;
   fioStderr: string;
   /** fio's job error (0 = none) and bytes its verify phase read. */
@@ -65,6 +69,7 @@ export interface Mount {
   state: string;
   bytesWritten: number;
   proxy: string | null;
+  connections?: { proxy: string | null }[];
 }
 
 export async function mounts(url: string): Promise<Mount[]> {
@@ -196,6 +201,7 @@ export async function restartUnderFio(
       attach: "netlink",
       deadConnTimeoutS: options.deadConnTimeoutS,
       requeueAfterS: options.requeueAfterS,
+      ...(options.connections === undefined ? {} : { connections: options.connections }),
     },
     users: [USER],
     mounts: [{ device: "auto", image: "disk", user: USER.username }],
@@ -250,6 +256,7 @@ export async function restartUnderFio(
       kind,
       device,
       sameDevice,
+      connectionsAfter: again.connections?.length ?? 1,
       fioCode: result.code,
       fioStderr: new TextDecoder().decode(result.stderr),
       fioError: job.error,

@@ -4,10 +4,11 @@
  * and `ivbsnetd export-add|export-remove|export-list`.
  * @module
  */
-import { MAX_EVENT_PAGE } from "../daemon/events.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { MAX_EVENT_PAGE } from "../daemon/api_types.ts";
+import { formatBytes } from "../units.ts";
 import type {
   ApiClient,
+  DaemonEvent,
   ExportInfo,
   ExportRequestBody,
   MountInfo,
@@ -129,50 +130,40 @@ export async function proxiesCommand(client: ApiClient, out: Output, json = fals
 
 export interface EventsOptions {
   json?: boolean;
-  /** Keep polling for new events until `signal` aborts. */
+  /** Keep printing new events (from the daemon's event stream) until `signal` aborts. */
   follow?: boolean;
   /** Only events after this sequence number. */
   since?: number;
   /** Print only the newest this many of the events already there. */
   last?: number;
-  /** Between polls when following (default 1 000 ms). */
-  intervalMs?: number;
   signal?: AbortSignal;
 }
 
 /**
  * Prints the daemon's recent events (one per line, or JSON lines), and with
- * `follow` keeps printing new ones, polling with the `since` cursor.
+ * `follow` keeps printing new ones as the daemon's event stream delivers them.
  */
 export async function eventsCommand(
   client: ApiClient,
   out: Output,
   options: EventsOptions = {},
 ): Promise<void> {
+  const print = (event: DaemonEvent) =>
+    out.print(options.json ? JSON.stringify(event) : eventLine(event));
   let since = options.since ?? 0;
+  if (options.follow) {
+    for await (const item of client.followEvents(since, options.signal)) {
+      if ("missed" in item) out.print(`(${item.missed} older events were dropped)`);
+      else print(item.event);
+    }
+    return;
+  }
   for (;;) {
     const page = await client.events(since);
     if (page.missed > 0 && since > 0) out.print(`(${page.missed} older events were dropped)`);
     const shown = options.last === undefined ? page.events : page.events.slice(-options.last);
-    for (const event of shown) {
-      out.print(options.json ? JSON.stringify(event) : eventLine(event));
-    }
+    for (const event of shown) print(event);
     since = page.next;
-    if (!options.follow || options.signal?.aborted) return;
-    if (page.events.length >= MAX_EVENT_PAGE) continue; // more are waiting
-    await pause(options.intervalMs ?? 1000, options.signal);
-    if (options.signal?.aborted) return;
+    if (page.events.length < MAX_EVENT_PAGE) return; // else more are waiting
   }
-}
-
-function pause(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done);
-  });
 }

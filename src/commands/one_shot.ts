@@ -89,7 +89,7 @@ export function helpText(name: OneShotName): string {
     ? ["  --all                every NBD device, free or used"]
     : name === "events"
     ? [
-      "  --follow             keep printing new events (polls every second)",
+      "  --follow             keep printing new events as they happen",
       "  --since SEQ          only events after sequence number SEQ",
     ]
     : name === "shutdown"

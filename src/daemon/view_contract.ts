@@ -18,13 +18,8 @@ export interface ReconcileFields {
   attempts?: number;
 }
 
-/** `GET /api/health`'s `nbd`: is the module loaded, how many devices are free. */
-export interface NbdHealth {
-  module: boolean;
-  /** Null when it cannot be told (e.g. the devices cannot be listed). */
-  freeDevices: number | null;
-  reason?: string;
-}
+/** `GET /api/health`'s `nbd`: is the module loaded, how many devices are free (src/nbd/host_health.ts). */
+export type { NbdHealth } from "../nbd/host_health.ts";
 
 /** The state that puts an item at the top of the status page. */
 export const FAILING: string = "failing";

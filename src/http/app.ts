@@ -17,6 +17,7 @@ import { z } from "zod";
 import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
 import type { NbdHealth } from "../daemon/view_contract.ts";
+import { judgeNbdHealth } from "../nbd/host_health.ts";
 import { VERSION } from "../version.ts";
 import { type RefusalReporter, tokenAuth } from "./auth.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
@@ -207,6 +208,8 @@ export function createApp(options: AppOptions): Hono {
       // Devices that exist and are ours: 0 without the nbd module, not nbd.devices.
       devices: (await table.devices()).length,
       tokenRequired: token !== undefined,
+      // Whether mounts can work here, and why not (exports need no nbd).
+      nbd: await nbdHealth(),
     }));
 
   app.get("/api/devices", async (c) => c.json({ devices: await table.devices() }));
@@ -261,10 +264,12 @@ export function createApp(options: AppOptions): Hono {
   const nbdHealth = async (): Promise<NbdHealth> => {
     if (options.nbdHealth) return await options.nbdHealth();
     const devices = await table.devices();
-    if (devices.length === 0) {
-      return { module: false, freeDevices: 0, reason: "no /dev/nbd* devices: is nbd loaded?" };
-    }
-    return { module: true, freeDevices: devices.filter((d) => d.state === "free").length };
+    return judgeNbdHealth({
+      module: devices.length > 0,
+      devices: devices.map((d) => ({ inUse: d.state !== "free" })),
+      kernelAddsDevices: false,
+      uid: null,
+    });
   };
 
   app.get("/metrics", async (c) => {

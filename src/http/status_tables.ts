@@ -9,7 +9,7 @@ import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
 import type { ExportInfo } from "../daemon/export_table.ts";
 import type { DaemonEvent } from "../daemon/events.ts";
 import type { ProxyInfo } from "../daemon/proxy_registry.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { formatBytes } from "../units.ts";
 import { FAILING, type NbdHealth, type ReconcileFields } from "../daemon/view_contract.ts";
 import { type Markup, markup } from "./markup.ts";
 

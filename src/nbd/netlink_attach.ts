@@ -69,10 +69,10 @@ import {
   setMaxRequestKb,
 } from "./device_setup.ts";
 import { type NbdNetlink, NetlinkError } from "./netlink.ts";
-import { multiConnSafe, transmissionFlags } from "./flags.ts";
+import { transmissionFlags } from "./flags.ts";
 import { type ServeEnd, serveTransmission } from "./serve.ts";
 import { IoStats, sumIoStats } from "./stats.ts";
-import { TransmissionFlag, transmissionFlagNames } from "./wire.ts";
+import { transmissionFlagNames } from "./wire.ts";
 
 export interface NetlinkAttachOptions extends AttachOptions {
   /** Identifier shown in /sys/block/nbdN/backend; RECONFIGURE must repeat it. */
@@ -151,10 +151,14 @@ function netlinkAttachError(what: string, error: unknown): NbdAttachError {
   });
 }
 
-/** The transmission flags of a device served by `backends`, one per connection. */
+/**
+ * The transmission flags of a device served by `backends`, one per connection
+ * (all sessions on one image, so they describe it alike). CAN_MULTI_CONN is
+ * among them for backends without a cache of their own: the argument from
+ * IVBS's semantics is written once, at canMultiConn in flags.ts.
+ */
 function deviceFlags(backends: readonly Backend[]): number {
-  const flags = transmissionFlags(backends[0]);
-  return multiConnSafe(backends[0]) ? flags | TransmissionFlag.CAN_MULTI_CONN : flags;
+  return transmissionFlags(backends[0]);
 }
 
 /** The device size all `backends` (sessions on one image) agree on; throws otherwise. */
