@@ -96,6 +96,7 @@ export function startServing(
     hostname: machineName(),
     reload: http.reload && (() => daemon.reload(http.reload!)),
     nbdHealth: () => nbdHealthOf(driver),
+    checkImage: (request) => daemon.checkImage(request),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).

@@ -10,6 +10,7 @@ import { type Logger, logger } from "../log.ts";
 import type { Clock } from "../clock.ts";
 import type { DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
+import { checkImage, type ImageCheckRequest, type ImageInfo } from "./image_check.ts";
 import { ApiExportTable, ApiMountTable } from "./api_tables.ts";
 import type { MountInfo } from "./mount_table.ts";
 import { Reconciliation, type ReloadResult } from "./reconciliation.ts";
@@ -279,6 +280,11 @@ export class Daemon {
       throw error;
     }
     return await this.reconciliation.reload(config);
+  }
+
+  /** One read-only IVBS login, closed again: does the image exist for these credentials? */
+  checkImage(request: ImageCheckRequest): Promise<ImageInfo> {
+    return checkImage(this.#driver, request);
   }
 
   /**
