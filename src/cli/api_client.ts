@@ -50,9 +50,9 @@ export interface ExportRequestBody {
   readOnly?: boolean;
 }
 
-/** `POST /api/reload`: what the config reload did, by item label (the daemon's type). */
-export type { ReloadResult } from "../daemon/reconciliation.ts";
-import type { ReloadResult } from "../daemon/reconciliation.ts";
+/** `POST /api/reload`: what the config reload did, by item label. */
+export type { ReloadResult } from "../daemon/api_types.ts";
+import type { ReloadResult } from "../daemon/api_types.ts";
 
 /** The server refused or failed the request; `message` is the server's `error`. */
 export class ApiError extends Error {

@@ -11,3 +11,12 @@ export type { DaemonEvent, EventPage } from "./events.ts";
 export { MAX_EVENT_PAGE } from "./events.ts";
 export type { ProxyInfo } from "./proxy_registry.ts";
 export type { ImageCheckRequest, ImageInfo } from "./image_check.ts";
+
+/** `POST /api/reload`: what the config reload did, by item label. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  unchanged: string[];
+  /** Settings that changed but apply only after a restart. */
+  restartNeeded: string[];
+}

@@ -31,19 +31,14 @@ import {
   type StillAttached,
 } from "./desired_items.ts";
 import type { ExportInfo } from "./export_types.ts";
+import type { ReloadResult } from "./api_types.ts";
 import { NO_IO } from "./desired_status.ts";
 import type { MountInfo, MountRequest } from "./mount_table.ts";
 import { type ReconciledItem, Reconciler, statusLine } from "./reconciler.ts";
 import type { ExportRecord, MountRecord } from "./state_file.ts";
 
-/** What a reload did, by item label ("mount /dev/nbd1: disk (alice)"). */
-export interface ReloadResult {
-  added: string[];
-  removed: string[];
-  unchanged: string[];
-  /** Settings that changed but apply only after a restart. */
-  restartNeeded: string[];
-}
+/** What a reload did, by item label ("mount /dev/nbd1: disk (alice)"): the API's shape. */
+export type { ReloadResult };
 
 export interface ReconciliationOptions {
   config: DaemonConfig;
