@@ -24,7 +24,9 @@ import { unsafeListenProblem } from "../daemon/config_checks.ts";
 import { Daemon } from "../daemon/daemon.ts";
 import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
+import { daemonGone, isDaemonProcess } from "../daemon/daemon_process.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
+import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
 import type { MountDriver } from "../daemon/driver.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
@@ -92,6 +94,8 @@ export function startServing(
     history: daemon.history,
     listen: config.http.listen,
     hostname: machineName(),
+    nbdHealth: () => nbdHealthOf(driver),
+    checkImage: (request) => daemon.checkImage(request),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
@@ -232,6 +236,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     devices: config.nbd.devices,
     httpConnections: maxConnections,
   });
+  logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
   const restored = await daemon.restore();
   if (restored.length > 0) {
@@ -285,7 +290,7 @@ async function replacePrevious(stateDir: string, log: Logger): Promise<boolean> 
     return true;
   }
   const pid = state?.pid;
-  if (pid === undefined || pid === Deno.pid || !await isServeProcess(pid)) {
+  if (pid === undefined || pid === Deno.pid || !await isDaemonProcess(pid)) {
     log.info("--replace: no running daemon in the state file", { stateDir });
     return true;
   }
@@ -296,25 +301,7 @@ async function replacePrevious(stateDir: string, log: Logger): Promise<boolean> 
     log.warn("--replace: cannot signal the running daemon", { pid, error });
     return true;
   }
-  const deadline = Date.now() + REPLACE_WAIT_MS;
-  while (await isServeProcess(pid)) {
-    if (Date.now() > deadline) {
-      log.error("--replace: the running daemon did not exit", { pid });
-      return false;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  return true;
-}
-
-/** Whether `pid` is a live `… serve …` process (not a zombie, not a recycled pid). */
-async function isServeProcess(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    if (/^\d+ \(.*\) Z/.test(stat)) return false;
-    const argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
-    return argv.includes("serve");
-  } catch {
-    return false;
-  }
+  if (await daemonGone(pid, REPLACE_WAIT_MS, 20)) return true;
+  log.error("--replace: the running daemon did not exit", { pid });
+  return false;
 }
