@@ -41,6 +41,10 @@ const COMMANDS: Record<string, Subcommand> = {
       run: (args: string[]) => runOneShot(c.name, args),
     }]),
   ),
+  csi: lazy(
+    "Kubernetes CSI plugin (node, or --controller) in front of a running daemon",
+    () => import("./src/commands/csi.ts"),
+  ),
   "ivbs-server": lazy(
     "run the IVBS test server (several proxies over one image store)",
     () => import("./src/commands/ivbs_server.ts"),

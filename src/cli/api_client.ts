@@ -9,12 +9,14 @@ import type {
   DeviceInfo,
   EventPage,
   ExportInfo,
+  ImageCheckRequest,
+  ImageInfo,
   MountInfo,
   ProxyInfo,
 } from "../daemon/api_types.ts";
 import { errorMessage } from "../error_info.ts";
 
-export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
+export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, ImageInfo, MountInfo, ProxyInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -36,6 +38,9 @@ export interface MountRequestBody {
   password: string;
   readOnly?: boolean;
 }
+
+/** `POST /api/images/check`: logs in once (read-only) and closes again; nothing is attached. */
+export type ImageCheckBody = ImageCheckRequest;
 
 export interface ExportRequestBody {
   name: string;
@@ -217,6 +222,11 @@ export class ApiClient {
       this.#mountTimeoutMs,
     );
     return reply.device;
+  }
+
+  /** Whether the image exists and the credentials open it (IVBS login can take a while). */
+  checkImage(request: ImageCheckBody): Promise<ImageInfo> {
+    return this.#call<ImageInfo>("POST", "/api/images/check", request, this.#mountTimeoutMs);
   }
 
   async exports(): Promise<ExportInfo[]> {

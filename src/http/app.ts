@@ -28,6 +28,7 @@ import {
   withinBytes,
 } from "../daemon/config.ts";
 import { ConnectionsSchema, type ListenAddress } from "../daemon/config.ts";
+import type { ImageCheckRequest, ImageInfo } from "../daemon/image_check.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -66,6 +67,8 @@ export interface AppOptions {
   hostname?: string;
   /** The nbd module's health (status page, /metrics); default: told from the devices. */
   nbdHealth?(): NbdHealth | Promise<NbdHealth>;
+  /** `POST /api/images/check` (the CSI controller's "does this volume exist"). */
+  checkImage?: (request: ImageCheckRequest) => Promise<ImageInfo>;
 }
 
 /** Largest request body accepted; API bodies are a few hundred bytes. */
@@ -225,6 +228,13 @@ export function createApp(options: AppOptions): Hono {
     await table.unmount(device);
     return c.json({ device, state: "unmounted" });
   });
+
+  const checkImage = options.checkImage;
+  if (checkImage) {
+    // IVBS has no lookup without a login: the check opens one read-only session and closes it.
+    const schema = MountBodySchema.pick({ image: true, username: true, password: true });
+    app.post("/api/images/check", async (c) => c.json(await checkImage(await readJson(c, schema))));
+  }
 
   app.get("/api/exports", (c) => c.json({ ...exports.listenInfo(), exports: exports.list() }));
 
