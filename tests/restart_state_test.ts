@@ -253,3 +253,38 @@ Deno.test("unmount detaches a device an earlier daemon left that nobody took ove
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a prepared take-over logs in without touching the device; takeOver or abandon ends it", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map([[2, RECORD.backendId], [3, "ivbsnetd:other"]]);
+  try {
+    const driver = new PersistentFakeDriver(kernel);
+    const daemon = new Daemon({ config: configFor(dir), driver, log: recorder() });
+    const prepared = await daemon.table.prepareAdopt(RECORD, "pw");
+    assert.equal(driver.openCalls, 1, "logged in and attached the image");
+    assert.equal(driver.reattached.length, 0, "the kernel is not handed a socket yet");
+    assert.deepEqual(daemon.table.list().map((m) => [m.device, m.state]), [
+      ["/dev/nbd2", "mounting"],
+    ]);
+    await assert.rejects(daemon.table.prepareAdopt(RECORD, "pw"), /already mounting/);
+
+    const info = await prepared.takeOver();
+    assert.equal(info.state, "mounted");
+    assert.deepEqual(driver.reattached.map((r) => r.backendId), [RECORD.backendId]);
+    await assert.rejects(prepared.abandon(), /already used/);
+
+    const other = { ...RECORD, device: "/dev/nbd3", index: 3, backendId: "ivbsnetd:other" };
+    const dropped = await daemon.table.prepareAdopt(other, "pw");
+    await dropped.abandon();
+    assert.deepEqual(daemon.table.list().map((m) => m.device), ["/dev/nbd2"], "entry freed");
+    assert.equal(driver.reattached.length, 1, "an abandoned take-over never reaches the kernel");
+    await assert.rejects(
+      daemon.table.prepareAdopt({ ...other, sizeBytes: 4 * MIB }, "pw"),
+      /image disk is \d+ bytes, the device 4194304/,
+    );
+    assert.deepEqual(daemon.table.list().map((m) => m.device), ["/dev/nbd2"]);
+    await daemon.shutdown("SIGINT");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -102,6 +102,18 @@ export interface DeviceInfo {
   state: MountState | "free" | "foreign";
 }
 
+/**
+ * A take-over made ready (`MountTable.prepareAdopt`): the IVBS session is open,
+ * the device not yet handed over. Exactly one of the two is called, once.
+ */
+export interface PreparedAdoption {
+  readonly record: MountRecord;
+  /** Hands the kernel the new socket (RECONFIGURE) and serves the device. */
+  takeOver(): Promise<MountInfo>;
+  /** Closes the session and frees the entry; the device stays as it is. */
+  abandon(): Promise<void>;
+}
+
 /** Everything metrics need about one mount (live objects, read at scrape time). */
 export interface MountSnapshot {
   info: MountInfo;
@@ -252,9 +264,20 @@ export class MountTable {
    * MOUNT_FAILED when the image's size differs from the device's.
    */
   async adopt(record: MountRecord, password: string): Promise<MountInfo> {
+    return await (await this.prepareAdopt(record, password)).takeOver();
+  }
+
+  /**
+   * The slow half of `adopt`, safe while the previous daemon still serves the
+   * device: reserves the entry, logs in and attaches the image, checks its
+   * size. The device is untouched until `takeOver()` hands the kernel the new
+   * socket (RECONFIGURE); `abandon()` closes the session and frees the entry.
+   */
+  async prepareAdopt(record: MountRecord, password: string): Promise<PreparedAdoption> {
     if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
     const driver = this.#driver;
-    if (!driver.reattach) {
+    const reattach = driver.reattach;
+    if (!reattach) {
       throw new MountError(`Cannot take over ${record.device}: no netlink here`, "NO_DEVICE");
     }
     const existing = this.#entries.get(record.device);
@@ -268,43 +291,63 @@ export class MountTable {
       record.readOnly,
     );
     this.#entries.set(record.device, entry);
-    this.#log.info("taking over", { device: record.device, image: record.image });
-    try {
-      try {
-        entry.backend = await this.#driver.openBackend({
-          image: record.image,
-          username: record.username,
-          password,
-          readOnly: record.readOnly,
-        });
-      } catch (error) {
-        throw this.#wrap(error, `Cannot open IVBS image ${record.image}`);
-      }
-      const blockSize = record.options.blockSize;
-      const size = Math.floor(entry.backend.size / blockSize) * blockSize;
-      if (size !== record.sizeBytes) {
-        await this.#closeBackend(entry);
-        throw new MountError(
-          `Cannot take over ${record.device}: image ${record.image} is ${entry.backend.size} bytes, the device ${record.sizeBytes}`,
-          "MOUNT_FAILED",
-        );
-      }
-      try {
-        if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-        entry.attachment = await driver.reattach(record, entry.backend);
-      } catch (error) {
-        await this.#closeBackend(entry);
-        throw this.#wrap(error, `Cannot take over ${record.device}`);
-      }
-      this.#watch(entry, entry.attachment);
-    } catch (error) {
+    const fail = async (error: unknown, what: string): Promise<never> => {
+      await this.#closeBackend(entry);
       this.#entries.delete(record.device);
-      throw error;
-    } finally {
       finish();
+      throw this.#wrap(error, what);
+    };
+    this.#log.info("taking over", { device: record.device, image: record.image });
+    let backend: MountBackend;
+    try {
+      backend = await driver.openBackend({
+        image: record.image,
+        username: record.username,
+        password,
+        readOnly: record.readOnly,
+      });
+      entry.backend = backend;
+    } catch (error) {
+      return await fail(error, `Cannot open IVBS image ${record.image}`);
     }
-    this.#log.info("taken over", { device: record.device, image: record.image });
-    return this.#info(entry);
+    const blockSize = record.options.blockSize;
+    const size = Math.floor(backend.size / blockSize) * blockSize;
+    if (size !== record.sizeBytes) {
+      return await fail(
+        new MountError(
+          `Cannot take over ${record.device}: image ${record.image} is ${backend.size} bytes, the device ${record.sizeBytes}`,
+          "MOUNT_FAILED",
+        ),
+        "",
+      );
+    }
+    let used = false;
+    const once = () => {
+      if (used) throw new Error(`the take-over of ${record.device} was already used`);
+      used = true;
+    };
+    return {
+      record,
+      takeOver: async () => {
+        once();
+        try {
+          if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+          entry.attachment = await reattach.call(driver, record, backend);
+        } catch (error) {
+          return await fail(error, `Cannot take over ${record.device}`);
+        }
+        this.#watch(entry, entry.attachment);
+        finish();
+        this.#log.info("taken over", { device: record.device, image: record.image });
+        return this.#info(entry);
+      },
+      abandon: async () => {
+        once();
+        await this.#closeBackend(entry);
+        this.#entries.delete(record.device);
+        finish();
+      },
+    };
   }
 
   /** A mount being made; `finish` settles it once the attempt is over, either way. */
