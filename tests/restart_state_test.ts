@@ -125,6 +125,7 @@ const RECORD: MountRecord = {
   readOnly: false,
   sizeBytes: 8 * MIB,
   options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+  connections: 1,
 };
 
 Deno.test("the state file round-trips, is 0600, names the user and holds no password", async () => {

@@ -68,6 +68,8 @@ export interface DeviceAttachment {
     readonly backendId: string;
     readonly sizeBytes: number;
     readonly options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
+    /** Sockets the device was connected with; 1 when absent. */
+    readonly connections?: number;
     release(): Promise<void>;
   };
 }

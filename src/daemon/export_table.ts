@@ -402,6 +402,15 @@ export class ExportTable {
     }));
   }
 
+  /** The credentials of the exports `records()` lists (for the credential store). */
+  credentials(): { name: string; username: string; password: string }[] {
+    return [...this.#entries.values()].filter((e) => e.state !== "removing").map((e) => ({
+      name: e.name,
+      username: e.username,
+      password: e.password,
+    }));
+  }
+
   /** Exports the config lists; a failing one is logged and does not stop the others. */
   async addConfigured(items: readonly ConfiguredExport[]): Promise<ExportOutcome[]> {
     return await Promise.all(items.map(async (item): Promise<ExportOutcome> => {

@@ -11,6 +11,7 @@ import type { DeviceAttachment, MountBackend, MountDriver, NbdDevice } from "./d
 import type { SessionWatch, WatchSession } from "./proxy_registry.ts";
 import { RateSampler, type Throughput } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
+import type { MountCredential } from "./credential_store.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -125,6 +126,8 @@ interface Entry {
   device: string;
   image: string;
   username: string;
+  /** Kept for the credential store (the next daemon logs in with it); never shown. */
+  password: string;
   readOnly: boolean;
   state: "mounting" | "mounted" | "unmounting";
   mountedAt: Date;
@@ -236,6 +239,7 @@ export class MountTable {
       device,
       request.image,
       request.username,
+      request.password,
       request.readOnly ?? false,
     );
     this.#entries.set(device, entry);
@@ -288,6 +292,7 @@ export class MountTable {
       record.device,
       record.image,
       record.username,
+      password,
       record.readOnly,
     );
     this.#entries.set(record.device, entry);
@@ -355,6 +360,7 @@ export class MountTable {
     device: string,
     image: string,
     username: string,
+    password: string,
     readOnly: boolean,
   ): { entry: Entry; finish: () => void } {
     let finish!: () => void;
@@ -362,6 +368,7 @@ export class MountTable {
       device,
       image,
       username,
+      password,
       readOnly,
       state: "mounting",
       mountedAt: new Date(),
@@ -388,9 +395,23 @@ export class MountTable {
         readOnly: entry.readOnly,
         sizeBytes: persistent.sizeBytes,
         options: { ...persistent.options },
+        connections: persistent.connections ?? 1,
       });
     }
     return records;
+  }
+
+  /** What each mount that outlives the daemon needs to log in again (credential_store.ts). */
+  persistentCredentials(): MountCredential[] {
+    return this.#sorted().flatMap((entry) => {
+      const persistent = entry.attachment?.persistent;
+      if (!persistent || entry.state === "unmounting") return [];
+      return [{
+        backendId: persistent.backendId,
+        username: entry.username,
+        password: entry.password,
+      }];
+    });
   }
 
   #pickFree(devices: NbdDevice[], image: string): string {
