@@ -74,9 +74,11 @@ export class DaemonProcess {
    */
   static async start(
     configPath: string,
-    { args = [], wrapper = [], env = {} }: {
+    { args = [], wrapper = [], env = {}, main = MAIN }: {
       args?: string[];
       wrapper?: string[];
+      /** main.ts of the checkout to run (another one: an older version). */
+      main?: string;
       /** More environment variables (e.g. NOTIFY_SOCKET). */
       env?: Record<string, string>;
     } = {},
@@ -86,7 +88,7 @@ export class DaemonProcess {
       Deno.execPath(),
       "run",
       "-A",
-      MAIN,
+      main,
       "serve",
       "--config",
       configPath,

@@ -32,6 +32,8 @@ export interface RestartOptions {
    * daemon fails over while it drains and the new one logs in elsewhere.
    */
   stopProxyDuringRestart?: boolean;
+  /** main.ts of the checkout whose daemons (old and new) run; default this one. */
+  main?: string;
 }
 
 export interface RestartOutcome {
@@ -199,7 +201,8 @@ export async function restartUnderFio(
   });
   const mnt = `${dir}/mnt`;
   await Deno.mkdir(mnt);
-  let daemon = await DaemonProcess.start(path);
+  const main = options.main;
+  let daemon = await DaemonProcess.start(path, { main });
   let mounted = false;
   try {
     const { device } = await mountedOn(daemon.url);
@@ -224,7 +227,7 @@ export async function restartUnderFio(
       await ivbs.stopProxy(index);
     }
     const began = performance.now();
-    const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args }));
+    const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args, main }));
     daemon = next.daemon;
     const listening = performance.now();
     const again = await mountedOn(daemon.url);
