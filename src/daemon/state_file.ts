@@ -159,7 +159,10 @@ export function parseState(text: string, path: string): DaemonState {
   try {
     return FORMATS[version](value);
   } catch (error) {
-    const detail = error instanceof z.ZodError ? z.prettifyError(error) : String(error);
+    const detail = error instanceof z.ZodError
+      ? error.issues.slice(0, 3).map((i) => `${i.path.join(".") || "(top)"}: ${i.message}`)
+        .join("; ")
+      : String(error);
     throw new StateFileError(`${path} is not a valid format ${version} state file: ${detail}`);
   }
 }
