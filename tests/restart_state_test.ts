@@ -217,3 +217,42 @@ Deno.test("a prepared take-over logs in without touching the device; takeOver or
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("prepareTakeover logs in for every device and export; restore and the exports then only hand over", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map<number, string>();
+  const config = parseConfig(
+    JSON.stringify({
+      users: [{ username: "alice", password: "pw" }],
+      mounts: [{ image: "disk", user: "alice" }],
+      exports: { items: [{ name: "vm1", image: "disk", user: "alice" }] },
+      stateDir: dir,
+      credentials: { path: `${dir}/credentials.json` },
+    }),
+    "test.json",
+  ).config;
+  try {
+    const old = new Daemon({ config, driver: new PersistentFakeDriver(kernel), log: recorder() });
+    await old.mountConfigured();
+    await old.exportConfigured();
+    await old.saveState();
+    await old.shutdown("SIGTERM", { keepDevices: true });
+
+    const driver = new PersistentFakeDriver(kernel);
+    const next = new Daemon({ config, driver, log: recorder() });
+    const prepared = await next.prepareTakeover();
+    assert.equal(prepared.size, 1);
+    assert.equal(driver.openCalls, 2, "one session for the device, one probe for the export");
+    assert.equal(driver.reattached.length, 0, "nothing handed over yet");
+
+    const [outcome] = await next.restore(prepared);
+    assert.equal(outcome.mount?.device, "/dev/nbd0");
+    assert.equal(driver.reattached.length, 1);
+    const [exported] = await next.exportConfigured();
+    assert.equal(exported.export?.state, "ready");
+    assert.equal(driver.openCalls, 2, "no second login for either");
+    await next.shutdown("SIGINT");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -216,12 +216,28 @@ export class Daemon {
   /**
    * `serve --replace`, while the previous daemon still serves: logs in and
    * attaches the image for every device its state file lists (see
-   * takeover.ts). `restore(prepared)` completes it once that daemon has left.
+   * takeover.ts), and checks every export it will serve (ExportTable.prepare).
+   * `restore(prepared)` and `exportConfigured()` complete it once that daemon
+   * has left.
    */
   async prepareTakeover(): Promise<PreparedTakeover> {
     const state = await this.#readPrevious();
-    if (state === null || state.mounts.length === 0) return new PreparedTakeover();
     const stored = await this.#credentials.load();
+    // Exports: the probe `add` would make (login, image, size), made now.
+    const exports = [
+      ...this.config.exports.items,
+      ...this.#restorableExports(state?.exports ?? [], stored, () => {}),
+    ];
+    await Promise.all(exports.map((item) =>
+      this.exports.prepare(item).catch((error) => {
+        this.#log.warn("cannot prepare an export; trying again once the old daemon has left", {
+          export: item.name,
+          image: item.image,
+          error: errorMessage(error),
+        });
+      })
+    ));
+    if (state === null || state.mounts.length === 0) return new PreparedTakeover();
     return await prepareAdoptions(state.mounts, {
       table: this.table,
       driver: this.#driver,
@@ -340,25 +356,34 @@ export class Daemon {
    * holds none); one log line for each without a password.
    */
   #exportsFromState(): ConfiguredExport[] {
+    const restorable = this.#restorableExports(this.#exportsToRestore, this.#stored, (record) => {
+      this.#log.error(
+        "cannot serve an export again: its user is not in the config and no credentials were stored for it",
+        { export: record.name, image: record.image, user: record.username },
+      );
+    });
+    this.#exportsToRestore = [];
+    return restorable;
+  }
+
+  /** `records` the config does not list, with their passwords (config, else `stored`). */
+  #restorableExports(
+    records: readonly ExportRecord[],
+    stored: StoredCredentials,
+    noPassword: (record: ExportRecord) => void,
+  ): ConfiguredExport[] {
     const configured = new Set(this.config.exports.items.map((item) => item.name));
     const restorable: ConfiguredExport[] = [];
-    for (const record of this.#exportsToRestore) {
+    for (const record of records) {
       if (configured.has(record.name)) continue;
       const password = takeoverPassword(
         this.config.users,
         record.username,
-        () => this.#stored.exportPassword(record.name, record.username),
+        () => stored.exportPassword(record.name, record.username),
       );
-      if (password === undefined) {
-        this.#log.error(
-          "cannot serve an export again: its user is not in the config and no credentials were stored for it",
-          { export: record.name, image: record.image, user: record.username },
-        );
-        continue;
-      }
-      restorable.push({ ...record, password });
+      if (password === undefined) noPassword(record);
+      else restorable.push({ ...record, password });
     }
-    this.#exportsToRestore = [];
     return restorable;
   }
 
