@@ -4,6 +4,10 @@
  * wrapper throws a LibcError naming the call and errno on failure. No NBD or
  * IVBS semantics here; the NBD ioctl numbers are only numbers.
  *
+ * The one libc handle and the one errno table of the project: ffi/netlink.ts
+ * and ffi/rlimit.ts call their symbols through `libc()` and name errnos with
+ * `errnoName` (one dlopen, one table).
+ *
  * Threads and errno: synchronous symbols run on the calling (main) thread, so
  * `__errno_location` read right after a failure is that call's errno. The
  * `nonblocking` symbols (poll, ioctl for NBD_DO_IT) run on a Deno worker
@@ -56,7 +60,10 @@ export const POLLIN = 0x001;
 const EINTR = 4;
 const EAGAIN = 11;
 
-/** errno names for the values these calls can return (asm-generic/errno*.h). */
+/**
+ * errno names for the values libc calls and the kernel's netlink replies can
+ * return (asm-generic/errno-base.h, errno.h).
+ */
 const ERRNO_NAMES: Record<number, string> = {
   1: "EPERM",
   2: "ENOENT",
@@ -72,6 +79,7 @@ const ERRNO_NAMES: Record<number, string> = {
   22: "EINVAL",
   24: "EMFILE",
   25: "ENOTTY",
+  28: "ENOSPC",
   32: "EPIPE",
   95: "EOPNOTSUPP",
   104: "ECONNRESET",
@@ -79,12 +87,17 @@ const ERRNO_NAMES: Record<number, string> = {
   110: "ETIMEDOUT",
 };
 
+/** "EBUSY" for 16; "errno N" for a value the table does not name. */
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES[errno] ?? `errno ${errno}`;
+}
+
 /** A failed libc call. `errno` is null when it is unknown (a call on a worker thread). */
 export class LibcError extends Error {
   readonly code = "LIBC";
   readonly errnoName: string;
   constructor(readonly call: string, readonly errno: number | null) {
-    const name = errno === null ? "errno unknown" : ERRNO_NAMES[errno] ?? `errno ${errno}`;
+    const name = errno === null ? "errno unknown" : errnoName(errno);
     super(`${call} failed: ${name}`);
     this.name = "LibcError";
     this.errnoName = name;
@@ -110,15 +123,31 @@ const SYMBOLS = {
   send: { parameters: ["i32", "buffer", "usize", "i32"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
   __errno_location: { parameters: [], result: "pointer" },
+  // ffi/netlink.ts: bind(2) of a netlink socket; send(2) of a generic-netlink
+  // command on a worker thread (see there why).
+  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  send_blocking: {
+    name: "send",
+    parameters: ["i32", "buffer", "usize", "i32"],
+    result: "isize",
+    nonblocking: true,
+  },
+  // ffi/rlimit.ts.
+  getrlimit: { parameters: ["i32", "buffer"], result: "i32" },
+  setrlimit: { parameters: ["i32", "buffer"], result: "i32" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
-let libc: Libc | null = null;
+/** The libc symbols, for the other ffi/ modules. */
+export type Libc = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
+let handle: Libc | null = null;
 
-function lib(): Libc {
-  libc ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-  return libc;
+/** The process's one libc handle, opened on first use. */
+export function libc(): Libc {
+  handle ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
+  return handle;
 }
+
+const lib = libc;
 
 /** errno of the last failed call on this thread (every libc handle shares it). */
 export function errno(): number {

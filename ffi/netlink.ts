@@ -6,33 +6,15 @@
  * send runs on a worker thread: the kernel runs a generic-netlink command in
  * the sender's context, and NBD_CMD_DISCONNECT sends NBD_CMD_DISC to our own
  * socket and waits for the receive side, which only our main thread serves.
- * recv and poll come from ffi/libc.ts.
+ * The symbols are ffi/libc.ts's (one libc handle); recv and poll come from there too.
  * @module
  */
-import { errno, LibcError } from "./libc.ts";
+import { errno, libc, LibcError } from "./libc.ts";
 
 export const AF_NETLINK = 16;
 export const SOCK_RAW = 3;
 /** Protocol number of generic netlink (linux/netlink.h). */
 export const NETLINK_GENERIC = 16;
-
-const SYMBOLS = {
-  bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  send_blocking: {
-    name: "send",
-    parameters: ["i32", "buffer", "usize", "i32"],
-    result: "isize",
-    nonblocking: true,
-  },
-} as const satisfies Deno.ForeignLibraryInterface;
-
-type Symbols = Deno.DynamicLibrary<typeof SYMBOLS>["symbols"];
-let symbols: Symbols | null = null;
-
-function lib(): Symbols {
-  symbols ??= Deno.dlopen("libc.so.6", SYMBOLS).symbols;
-  return symbols;
-}
 
 /**
  * bind(2) of a netlink socket: struct sockaddr_nl { u16 family; u16 pad;
@@ -41,7 +23,7 @@ function lib(): Symbols {
 export function bindNetlink(fd: number): void {
   const address = new Uint8Array(12);
   new DataView(address.buffer).setUint16(0, AF_NETLINK, true);
-  if (lib().bind(fd, address, address.length) < 0) throw new LibcError(`bind(${fd})`, errno());
+  if (libc().bind(fd, address, address.length) < 0) throw new LibcError(`bind(${fd})`, errno());
 }
 
 /**
@@ -49,7 +31,7 @@ export function bindNetlink(fd: number): void {
  * sent, or throws a LibcError whose errno is unknown (lost with the worker).
  */
 export async function sendOnWorker(fd: number, data: Uint8Array): Promise<number> {
-  const n = Number(await lib().send_blocking(fd, data, BigInt(data.length), 0));
+  const n = Number(await libc().send_blocking(fd, data, BigInt(data.length), 0));
   if (n < 0) throw new LibcError(`send(${fd})`, null);
   return n;
 }

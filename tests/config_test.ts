@@ -18,11 +18,11 @@ const FULL = {
     connectTimeoutMs: 2_000,
     backoff: { initialMs: 50, maxMs: 2_000 },
   },
-  nbd: { devices: 8, blockSize: 512, timeoutS: 30 },
+  nbd: { devices: 8, blockSize: 512, timeoutS: 30, connections: 2 },
   users: [{ username: "alice", password: "pw-a" }, { username: "bob", password: "pw-b" }],
   mounts: [
     { device: "/dev/nbd0", image: "db", user: "alice" },
-    { device: "nbd3", image: "logs", user: "bob", readOnly: true },
+    { device: "nbd3", image: "logs", user: "bob", readOnly: true, connections: 4 },
     { device: "auto", image: "scratch", user: "alice" },
     { image: "other", user: "bob" },
   ],
@@ -64,10 +64,18 @@ Deno.test("parseConfig reads every field of the current format", () => {
     attach: "auto",
     deadConnTimeoutS: 120,
     requeueAfterS: 5,
+    connections: 2,
   });
   assert.deepEqual(config.mounts, [
     { device: "/dev/nbd0", image: "db", username: "alice", password: "pw-a", readOnly: false },
-    { device: "/dev/nbd3", image: "logs", username: "bob", password: "pw-b", readOnly: true },
+    {
+      device: "/dev/nbd3",
+      image: "logs",
+      username: "bob",
+      password: "pw-b",
+      readOnly: true,
+      connections: 4,
+    },
     { device: "auto", image: "scratch", username: "alice", password: "pw-a", readOnly: false },
     { device: "auto", image: "other", username: "bob", password: "pw-b", readOnly: false },
   ]);
@@ -88,6 +96,7 @@ Deno.test("parseConfig fills defaults for an empty object", () => {
     attach: "auto",
     deadConnTimeoutS: 120,
     requeueAfterS: 5,
+    connections: 1,
   });
   assert.deepEqual(config.mounts, []);
 });
@@ -143,6 +152,16 @@ Deno.test("parseConfig rejects broken configs with one line naming the file and 
     [{ ivbs: { backoff: { initialMs: 9000 } } }, /ivbs\.backoff: initialMs must not exceed maxMs/],
     [{ nbd: { blockSize: 300 } }, /nbd\.blockSize: blockSize must be 512, 1024, 2048 or 4096/],
     [{ nbd: { devices: 0 } }, /nbd\.devices/],
+    [{ nbd: { connections: 0 } }, /nbd\.connections/],
+    [{ nbd: { connections: 17 } }, /nbd\.connections: connections must be 1 to 16/],
+    [{ nbd: { connections: 1.5 } }, /nbd\.connections/],
+    [
+      {
+        users: [{ username: "a", password: "x" }],
+        mounts: [{ image: "i", user: "a", connections: 99 }],
+      },
+      /mounts\[0\]\.connections: connections must be 1 to 16/,
+    ],
     [{ users: [{ username: "a" }] }, /users\[0\]\.password/],
     [
       { users: [{ username: "a", password: "x" }, { username: "a", password: "y" }] },

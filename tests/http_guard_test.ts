@@ -8,14 +8,26 @@ import assert from "node:assert/strict";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { MountTable } from "../src/daemon/mount_table.ts";
 import { ExportTable } from "../src/daemon/export_table.ts";
-import { createApp } from "../src/http/app.ts";
+import { type AppOptions, createApp } from "../src/http/app.ts";
+import { EventLog } from "../src/daemon/events.ts";
 import { hostAllowed } from "../src/http/guard.ts";
 
 const TOKEN = "guard-test-token-77";
 const PASSWORD = "pw-alice-guard";
 const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
-async function setup(token?: string) {
+/** A logger that keeps its warn lines (message and fields) as text. */
+function warnLines() {
+  const lines: string[] = [];
+  const log = {
+    ...quietLog,
+    warn: (message: string, fields?: object) =>
+      void lines.push(`${message} ${JSON.stringify(fields)}`),
+  };
+  return { lines, log };
+}
+
+async function setup(token?: string, extra: Partial<AppOptions> = {}) {
   const driver = new FakeMountDriver({
     devices: 4,
     images: { disk: { size: 1 << 20 } },
@@ -38,6 +50,7 @@ async function setup(token?: string) {
     startedAt: Date.now(),
     log: quietLog,
     listen: { host: "127.0.0.1", port: 8080 },
+    ...extra,
   });
   // Something to lose: one mount and one export made the legitimate way.
   const auth: Record<string, string> = token ? { authorization: `Bearer ${token}` } : {};
@@ -247,4 +260,73 @@ Deno.test("hostAllowed: loopback names, the listen address, IP literals on a wil
   assert.ok(hostAllowed("storage7:8080", wildcard));
   assert.ok(!hostAllowed("evil.example:8080", wildcard));
   assert.ok(hostAllowed("10.0.0.5", { listen: { host: "10.0.0.5", port: 80 } }));
+});
+
+Deno.test("every token refusal is 401 with a challenge, a warn line and an event naming route and reason", async () => {
+  const events = new EventLog({ capacity: 50 });
+  const { lines, log } = warnLines();
+  const { app, cleanup } = await setup(TOKEN, { events, log });
+  try {
+    const json = { "content-type": "application/json", host: "127.0.0.1:8080" };
+    const cases: [Record<string, string>, string][] = [
+      [{}, "no bearer token"],
+      [{ authorization: "Bearer not-the-token-1" }, "wrong bearer token"],
+      [{ authorization: "Bearer two words" }, "malformed Authorization header"],
+      [{ authorization: `Basic ${TOKEN}` }, "malformed Authorization header"],
+    ];
+    for (const [auth, reason] of cases) {
+      const response = await app.request("/api/mounts/nbd0", {
+        method: "DELETE",
+        headers: { ...json, ...auth },
+      });
+      assert.equal(response.status, 401, reason);
+      assert.deepEqual(await response.json(), { error: "missing or wrong bearer token" });
+      assert.match(response.headers.get("www-authenticate") ?? "", /^Bearer /);
+    }
+    const legacy = await app.request("/", {
+      method: "POST",
+      headers: json,
+      body: JSON.stringify({ Command: "disc" }),
+    });
+    assert.equal(legacy.status, 401, "the 2013 disc needs the token too");
+    const refused = events.since().events.map((e) => `${e.level} ${e.component} ${e.message}`);
+    assert.deepEqual(refused, [
+      ...cases.map(([, reason]) => `warn http refused DELETE /api/mounts/nbd0: ${reason}`),
+      "warn http refused POST /: no bearer token",
+    ]);
+    assert.equal(lines.length, 5, "one warn line each");
+    assert.ok(lines.every((line) => !line.includes(TOKEN) && !line.includes("not-the-token")));
+  } finally {
+    await cleanup();
+  }
+});
+
+Deno.test("guard refusals (foreign Host, cross-origin, non-JSON body) are warn events too", async () => {
+  const events = new EventLog({ capacity: 50 });
+  const { lines, log } = warnLines();
+  const { app, cleanup } = await setup(undefined, { events, log });
+  try {
+    const rebinding = await app.request("/api/mounts", { headers: { host: "evil.example" } });
+    assert.equal(rebinding.status, 421);
+    const cross = await app.request("/api/shutdown", {
+      method: "POST",
+      headers: { host: "127.0.0.1:8080", origin: "http://evil.example" },
+    });
+    assert.equal(cross.status, 403);
+    const form = await app.request("/api/shutdown", {
+      method: "POST",
+      headers: { host: "127.0.0.1:8080", "content-type": "text/plain" },
+      body: "x",
+    });
+    assert.equal(form.status, 415);
+    assert.deepEqual(events.since().events.map((e) => e.message), [
+      'refused GET /api/mounts: foreign Host "evil.example"',
+      "refused POST /api/shutdown: cross-origin requests are refused",
+      "refused POST /api/shutdown: request body must be application/json",
+    ]);
+    assert.deepEqual(events.since().events.map((e) => e.fields.status), [421, 403, 415]);
+    assert.equal(lines.length, 3);
+  } finally {
+    await cleanup();
+  }
 });

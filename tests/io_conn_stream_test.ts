@@ -1,7 +1,7 @@
 /**
  * The kernel attachment's socket plumbing over a real unix socket (no kernel
  * NBD needed): the libc wrappers it calls, a raw fd connected to a Deno
- * listener the way kernel.ts pairs them (the raw end goes to the kernel), and
+ * listener the way src/nbd/device_setup.ts pairs them (the raw end goes to the kernel), and
  * ConnStream on our end.
  */
 import assert from "node:assert/strict";
@@ -34,7 +34,7 @@ function pattern(length: number, seed: number): Uint8Array {
   return bytes;
 }
 
-/** A raw-fd socket connected to a Deno unix listener, as kernel.ts pairs them. */
+/** A raw-fd socket connected to a Deno unix listener, as src/nbd/device_setup.ts pairs them. */
 async function rawToConn(): Promise<{ raw: number; conn: ConnStream; dir: string }> {
   const dir = await Deno.makeTempDir();
   const listener = Deno.listen({ transport: "unix", path: `${dir}/socket` });

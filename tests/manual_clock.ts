@@ -46,6 +46,13 @@ export class ManualClock implements Clock {
     return this.#timers.size;
   }
 
+  /** When the next timer falls due, or undefined when none is pending. */
+  get nextAt(): number | undefined {
+    let at: number | undefined;
+    for (const timer of this.#timers.values()) if (at === undefined || timer.at < at) at = timer.at;
+    return at;
+  }
+
   /**
    * Moves time forward by `ms`, firing every timer due on the way in time
    * order (ties in the order set), with `now()` at each timer's due time.

@@ -3,6 +3,7 @@ import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { MountError, MountTable } from "../src/daemon/mount_table.ts";
+import { proxiesFor } from "../src/daemon/system_driver.ts";
 
 const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 const REQUEST = { image: "disk", username: "u", password: "p" };
@@ -151,4 +152,58 @@ Deno.test("the daemon mounts configured images, and one failure does not stop th
   await daemon.done;
   assert.deepEqual(order, ["front-end stopped with 2 attached"]);
   assert.equal(driver.attached.size, 0);
+});
+
+Deno.test("a mount with 4 connections opens one session per connection and shows each", async () => {
+  const { table, driver } = fixture();
+  const mount = await table.mount({ ...REQUEST, connections: 4 });
+  assert.deepEqual(driver.openedConnections, [0, 1, 2, 3]);
+  const attachment = driver.attached.get(mount.device)!;
+  assert.equal(attachment.backends.length, 4, "the kernel side got all four sessions");
+  attachment.connections[2].observe("write", 4096, 1);
+  const [info] = table.list();
+  assert.equal(info.connections.length, 4);
+  assert.deepEqual(info.connections.map((c) => c.bytesWritten), [0, 0, 4096, 0]);
+  assert.ok(info.connections.every((c) => c.proxy === "127.0.0.1:11417"));
+  await table.unmount(mount.device);
+  assert.ok(driver.backends.every((b) => b.closed), "unmount closes every session");
+});
+
+Deno.test("without a per-mount count the table's default applies, bounded by the driver", async () => {
+  const driver = new FakeMountDriver({
+    devices: 2,
+    images: { disk: { size: 8192 } },
+    users: { u: "p" },
+  });
+  const table = new MountTable(driver, { deviceCount: 2, connections: 3, log: quietLog });
+  await table.mount(REQUEST);
+  assert.deepEqual(driver.openedConnections, [0, 1, 2]);
+  const single = new FakeMountDriver({
+    devices: 2,
+    images: { disk: { size: 8192 } },
+    users: { u: "p" },
+  });
+  Object.defineProperty(single, "maxConnections", { value: 1 }); // as the ioctl path
+  const one = new MountTable(single, { deviceCount: 2, connections: 3, log: quietLog });
+  const mount = await one.mount({ ...REQUEST, connections: 8 });
+  assert.deepEqual(single.openedConnections, [0]);
+  assert.equal(mount.connections.length, 1);
+});
+
+Deno.test("when one of a mount's sessions cannot open, the others are closed and the mount fails", async () => {
+  const { table, driver } = fixture();
+  driver.failConnection = 2;
+  await assert.rejects(table.mount({ ...REQUEST, connections: 4 }), { code: "NO_PROXY" });
+  assert.equal(driver.backends.length, 3);
+  assert.ok(driver.backends.every((b) => b.closed), "no session is left open");
+  assert.deepEqual(table.list(), []);
+  assert.equal(driver.attached.size, 0);
+});
+
+Deno.test("connection i starts on proxy i mod count; the rest follow in configured order", () => {
+  const p = (port: number) => ({ host: "127.0.0.1", port });
+  const proxies = [p(1), p(2), p(3)];
+  const firsts = [0, 1, 2, 3].map((i) => proxiesFor(proxies, i).map((a) => a.port));
+  assert.deepEqual(firsts, [[1, 2, 3], [2, 1, 3], [3, 1, 2], [1, 2, 3]]);
+  assert.deepEqual(proxiesFor([], 3), []);
 });

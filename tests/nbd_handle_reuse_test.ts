@@ -63,9 +63,10 @@ class EagerClient implements ByteStream {
 
 Deno.test("serveTransmission accepts a handle reused right after its reply was sent", async () => {
   const handle = 7n;
-  const flush = () => encodeRequest({ type: Command.FLUSH, handle });
+  // A reply with no data after it, so the client sees only headers.
+  const zero = () => encodeRequest({ type: Command.WRITE_ZEROES, handle, offset: 0, length: 512 });
   let sent = 1;
-  const client = new EagerClient(flush(), () => sent++ < 20 ? flush() : null);
+  const client = new EagerClient(zero(), () => sent++ < 20 ? zero() : null);
   await serveTransmission(client, new MemoryBackend(4096));
   assert.equal(client.replies.length, 20);
   assert.ok(client.replies.every((r) => r.handle === handle && r.error === 0));

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { Buffer } from "node:buffer";
 import { type Backend, BackendError, MemoryBackend } from "../src/block/backend.ts";
-import { transmissionFlags } from "../src/nbd/flags.ts";
+import { canMultiConn, transmissionFlags } from "../src/nbd/flags.ts";
 import { serveTransmission } from "../src/nbd/serve.ts";
 import { IoStats } from "../src/nbd/stats.ts";
 import {
@@ -364,6 +364,45 @@ Deno.test("serveTransmission rejects out-of-range, oversize and unknown requests
     ["unknown command", () => peer.send(42, 0, 0), NbdError.EINVAL],
     ["TRIM the backend lacks", () => peer.send(Command.TRIM, 0, 4096), NbdError.EINVAL],
     ["unknown flag", () => peer.send(Command.READ, 0, 512, { flags: 1 << 9 }), NbdError.EINVAL],
+    ["zero-length READ", () => peer.send(Command.READ, 0, 0), NbdError.EINVAL],
+    ["zero-length WRITE", () => peer.send(Command.WRITE, 0, 0), NbdError.ENOSPC],
+    ["zero-length WRITE_ZEROES", () => peer.send(Command.WRITE_ZEROES, 0, 0), NbdError.ENOSPC],
+    [
+      "NO_HOLE on READ",
+      () => peer.send(Command.READ, 0, 512, { flags: CommandFlag.NO_HOLE }),
+      NbdError.EINVAL,
+    ],
+    [
+      "NO_HOLE on WRITE, payload skipped",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 1), flags: CommandFlag.NO_HOLE }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FAST_ZERO on WRITE, payload skipped",
+      () =>
+        peer.send(Command.WRITE, 0, 512, { data: pattern(512, 2), flags: CommandFlag.FAST_ZERO }),
+      NbdError.EINVAL,
+    ],
+    [
+      "DF on WRITE, payload skipped",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 3), flags: CommandFlag.DF }),
+      NbdError.EINVAL,
+    ],
+    [
+      "DF on READ without structured replies",
+      () => peer.send(Command.READ, 0, 512, { flags: CommandFlag.DF }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FUA on WRITE when SEND_FUA was not advertised",
+      () => peer.send(Command.WRITE, 0, 512, { data: pattern(512, 4), flags: CommandFlag.FUA }),
+      NbdError.EINVAL,
+    ],
+    [
+      "FLUSH when SEND_FLUSH was not advertised",
+      () => peer.send(Command.FLUSH, 0, 0),
+      NbdError.EINVAL,
+    ],
   ];
   for (const [what, send, error] of cases) {
     const handle = await send();
@@ -604,10 +643,13 @@ Deno.test("serveTransmission uses a given reader that already holds buffered req
 
 Deno.test("transmissionFlags advertises only what the backend supports", () => {
   const F = TransmissionFlag;
-  assert.equal(transmissionFlags(new MemoryBackend(4096)), F.HAS_FLAGS | F.SEND_WRITE_ZEROES);
+  assert.equal(
+    transmissionFlags(new MemoryBackend(4096)),
+    F.HAS_FLAGS | F.SEND_WRITE_ZEROES | F.CAN_MULTI_CONN,
+  );
   assert.equal(
     transmissionFlags(new MemoryBackend(4096, { readOnly: true })),
-    F.HAS_FLAGS | F.READ_ONLY,
+    F.HAS_FLAGS | F.READ_ONLY | F.CAN_MULTI_CONN,
   );
   const full: Backend = {
     size: 4096,
@@ -621,7 +663,22 @@ Deno.test("transmissionFlags advertises only what the backend supports", () => {
   assert.equal(
     transmissionFlags(full),
     F.HAS_FLAGS | F.SEND_FLUSH | F.SEND_FUA | F.SEND_TRIM,
+    "a backend with a volatile cache of its own is not multi-conn: a FLUSH could not reach it",
   );
+});
+
+Deno.test("canMultiConn holds for backends whose answered writes are stored (no flush)", () => {
+  assert.equal(canMultiConn(new MemoryBackend(4096)), true);
+  const memory = new MemoryBackend(4096);
+  const cached: Backend = {
+    size: memory.size,
+    readOnly: false,
+    read: (offset, length) => memory.read(offset, length),
+    write: (offset, data) => memory.write(offset, data),
+    flush: () => Promise.resolve(),
+    close: () => Promise.resolve(),
+  };
+  assert.equal(canMultiConn(cached), false);
 });
 
 Deno.test("serveTransmission serves an IVBS image from the test server, every byte checked", async () => {

@@ -9,7 +9,12 @@ import { Command, decodeReply, encodeRequest, REPLY_SIZE } from "../src/nbd/wire
 export class NbdTestClient {
   #handle = 1n;
 
-  private constructor(readonly conn: Deno.Conn, readonly size: number) {}
+  private constructor(
+    readonly conn: Deno.Conn,
+    readonly size: number,
+    /** Transmission flags the server advertised. */
+    readonly flags: number,
+  ) {}
 
   static async connect(socket: string, name: string): Promise<NbdTestClient> {
     const conn = await Deno.connect({ transport: "unix", path: socket });
@@ -26,11 +31,35 @@ export class NbdTestClient {
       await conn.write(hello);
       const reply = new Uint8Array(10); // size u64 + transmission flags u16
       await readExactly(conn, reply);
-      return new NbdTestClient(conn, Number(new DataView(reply.buffer).getBigUint64(0)));
+      const fields = new DataView(reply.buffer);
+      return new NbdTestClient(conn, Number(fields.getBigUint64(0)), fields.getUint16(8));
     } catch (error) {
       conn.close();
       throw error;
     }
+  }
+
+  /**
+   * Sends any request, well-formed or not (a WRITE carries `data`, if given),
+   * and resolves with the reply's error code; a successful READ's data is read
+   * and returned too.
+   */
+  async request(
+    fields: { type: number; offset: number; length: number; flags?: number; data?: Uint8Array },
+  ): Promise<{ error: number; data: Uint8Array | null }> {
+    const handle = this.#handle++;
+    await writeAll(this.conn, encodeRequest({ ...fields, handle }));
+    if (fields.data) await writeAll(this.conn, fields.data);
+    const header = new Uint8Array(REPLY_SIZE);
+    await readExactly(this.conn, header);
+    const reply = decodeReply(header);
+    if (reply.handle !== handle) throw new Error(`reply for handle ${reply.handle}, not ${handle}`);
+    let data: Uint8Array | null = null;
+    if (reply.error === 0 && fields.type === Command.READ) {
+      data = new Uint8Array(fields.length);
+      await readExactly(this.conn, data);
+    }
+    return { error: reply.error, data };
   }
 
   /** Reads `length` bytes at `offset`; throws on an NBD error reply. */

@@ -6,6 +6,7 @@
 import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { createSystemDriver } from "../src/daemon/system_driver.ts";
+import type { KernelDevices } from "../src/nbd/attach.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
@@ -46,9 +47,12 @@ export async function operatorFixture(
     }),
     "(test)",
   );
-  const kernel = {
-    attachDevice: () => Promise.reject(new Error("no kernel in this test")),
-    listNbdDevices: () => Promise.resolve([]),
+  const kernel: KernelDevices = {
+    kind: "ioctl",
+    picksDevice: false,
+    maxConnections: 1,
+    attach: () => Promise.reject(new Error("no kernel in this test")),
+    listDevices: () => Promise.resolve([]),
   };
   const daemon = new Daemon({
     config,

@@ -11,6 +11,7 @@ import { IoStats } from "../src/nbd/stats.ts";
 import { sparkline } from "../src/http/sparkline.ts";
 import { renderLive } from "../src/http/status_page.ts";
 import { fakePageData } from "../bench/rigs/status_page_data.ts";
+import type { MountInfo } from "../src/daemon/mount_table.ts";
 
 function recordingLog() {
   const lines: { level: string; message: string; fields?: object }[] = [];
@@ -178,4 +179,46 @@ Deno.test("the status page's live part with 16 mounts has 32 charts with their p
   assert.ok(html.includes("&lt;script&gt;"), "event text is escaped");
   assert.ok(!html.includes("<script>"));
   assert.ok(html.length < 400_000, `${html.length} bytes`);
+});
+
+Deno.test("the status page lists failing items, a missing nbd module and bad proxies first, escaped", () => {
+  const data = fakePageData(3, 0);
+  const failing = {
+    ...data.mounts[2],
+    // The reconciler's state (the views' contract), whichever table type carries it.
+    state: "failing" as MountInfo["state"],
+    reason: "<b>IVBS unreachable</b>",
+    nextRetryAt: "2026-01-01T12:00:30.000Z",
+    attempts: 3,
+  };
+  const html = renderLive({
+    ...data,
+    mounts: [data.mounts[0], data.mounts[1], failing],
+    nbd: { module: false, freeDevices: null },
+  });
+  const attention = html.slice(0, html.indexOf("<h2>Mounted devices</h2>"));
+  assert.match(attention, /^<section id="attention"><h2>Needs attention<\/h2>/);
+  assert.ok(
+    attention.includes(
+      "<li><b>/dev/nbd2</b> vm-2: &lt;b&gt;IVBS unreachable&lt;/b&gt;; next try 12:00:30 (attempt 3)</li>",
+    ),
+    attention,
+  );
+  assert.match(attention, /<li><b>nbd kernel module not loaded<\/b>: no mount is possible/);
+  assert.match(attention, /<li><b>proxy 127\.0\.0\.1:11418<\/b> backoff: connection refused<\/li>/);
+  const rows = html.slice(html.indexOf('<tbody id="mounts">'), html.indexOf("</tbody>"));
+  assert.ok(rows.indexOf("/dev/nbd2") < rows.indexOf("/dev/nbd0"), "the failing mount comes first");
+  assert.match(rows, /<span class="state failing">failing<\/span> <span class="why">/);
+});
+
+Deno.test("the status page without problems has no attention section; no free device is one", () => {
+  const data = fakePageData(2, 0);
+  const calm = renderLive({
+    ...data,
+    proxies: data.proxies?.filter((p) => p.state === "connected"),
+    nbd: { module: true, freeDevices: 3 },
+  });
+  assert.ok(!calm.includes('id="attention"'));
+  const full = renderLive({ ...data, proxies: [], nbd: { module: true, freeDevices: 0 } });
+  assert.match(full, /<li><b>No free NBD device<\/b>: every device is in use<\/li>/);
 });

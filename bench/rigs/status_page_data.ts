@@ -35,6 +35,15 @@ export function fakePageData(mountCount: number, pointCount: number): StatusPage
       retries: 0,
       mountedAt: new Date(now - 3_600_000).toISOString(),
       throughput: { readBytesPerSec: 12e6, writeBytesPerSec: 3e6 },
+      connections: [{
+        proxy: "127.0.0.1:11417",
+        inFlight: i % 4,
+        reads: 1000 * i,
+        writes: 500 * i,
+        bytesRead: i * GIB,
+        bytesWritten: i * GIB / 2,
+        failovers: i % 3,
+      }],
     });
     history.set(
       mountKey(device),

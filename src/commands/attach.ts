@@ -141,7 +141,7 @@ export async function run(argv: string[]): Promise<number> {
     return 0;
   }
   // Loaded here so `attach --help` and usage errors need no FFI permission.
-  const { attachDevice } = await import("../nbd/kernel.ts");
+  const { attachDevice } = await import("../nbd/ioctl_attach.ts");
   let backend: Backend;
   try {
     backend = await openBackend(args, log);

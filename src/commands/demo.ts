@@ -52,8 +52,8 @@ export function mountBlocker(deviceCount: number, uid: number | null): string | 
 
 /** `ivbsnetd demo` on this machine (mounting where the kernel and our uid allow). */
 export async function run(args: string[]): Promise<number> {
-  const { kernelServeDependencies } = await import("./kernel_driver.ts");
-  return await runDemo(args, await kernelServeDependencies());
+  const { kernelMountDriver } = await import("./kernel_driver.ts");
+  return await runDemo(args, { createDriver: kernelMountDriver });
 }
 
 export async function runDemo(args: string[], deps: ServeDependencies): Promise<number> {

@@ -1,50 +1,25 @@
 /**
- * The real mount driver of `serve` and `demo`: IVBS sessions over the kernel's
- * NBD devices, attached through generic netlink (ioctl where the kernel has no
- * nbd netlink family or the config asks for it). Loaded on demand, so commands
- * that never touch a device do not pay for the FFI.
+ * The real mount driver of `serve` and `demo`: IVBS sessions over this
+ * machine's NBD devices, attached the way src/nbd/attach.ts decides (netlink,
+ * or ioctl where the kernel has no nbd netlink family or `nbd.attach` says
+ * so). Loaded on demand, so commands that never touch a device do not pay for
+ * the FFI.
  * @module
  */
-import type { NetlinkKernelApi } from "../daemon/system_driver.ts";
-import type { ServeDependencies } from "./serve.ts";
+import type { DaemonConfig } from "../daemon/config.ts";
+import type { MountDriver } from "../daemon/driver.ts";
 
-/** Serve dependencies that mount on this machine's /dev/nbdX devices. */
-export async function kernelServeDependencies(): Promise<ServeDependencies> {
-  const [{ createSystemDriver }, kernel, devices, { logger }] = await Promise.all([
+/** A mount driver on this machine's /dev/nbdX devices. */
+export async function kernelMountDriver(config: DaemonConfig): Promise<MountDriver> {
+  const [{ createSystemDriver }, { openKernelDevices }, { logger }] = await Promise.all([
     import("../daemon/system_driver.ts"),
-    import("../nbd/kernel.ts"),
-    import("../nbd/devices.ts"),
+    import("../nbd/attach.ts"),
     import("../log.ts"),
   ]);
-  const api = { attachDevice: kernel.attachDevice, listNbdDevices: devices.listNbdDevices };
-  return {
-    createDriver: async (config) => {
-      const netlink = config.nbd.attach === "ioctl" ? null : await openNetlink();
-      return createSystemDriver(config, { ...api, netlink }, logger("daemon"));
-    },
-  };
-}
-
-/** The kernel's nbd netlink interface, or null where it has none (then devices use ioctl). */
-async function openNetlink(): Promise<NetlinkKernelApi | null> {
-  const [{ NbdNetlink }, attach, { logger }] = await Promise.all([
-    import("../nbd/netlink.ts"),
-    import("../nbd/netlink_attach.ts"),
-    import("../log.ts"),
-  ]);
-  let netlink;
-  try {
-    netlink = await NbdNetlink.open();
-  } catch (error) {
-    logger("daemon").warn("cannot open the nbd netlink interface; using ioctl", { error });
-    return null;
+  const log = logger("daemon");
+  const kernel = await openKernelDevices(config.nbd.attach, config.nbd, logger("nbd"));
+  if (kernel.kind === "ioctl" && config.nbd.attach !== "ioctl") {
+    log.warn("the kernel has no nbd netlink family; devices attach through ioctl");
   }
-  if (netlink === null) return null;
-  return {
-    attach: (backend, options) => attach.attachNetlink(netlink, backend, options),
-    reattach: (index, backend, options) => attach.reattachNetlink(netlink, index, backend, options),
-    readBackendId: attach.readBackendId,
-    newBackendId: attach.newBackendId,
-    disconnect: (index) => netlink.disconnect(index),
-  };
+  return createSystemDriver(config, kernel, log);
 }

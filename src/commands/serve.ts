@@ -149,8 +149,8 @@ export async function loadServeConfig(
 
 /** `ivbsnetd serve` on this machine's NBD devices. */
 export async function run(args: string[]): Promise<number> {
-  const { kernelServeDependencies } = await import("./kernel_driver.ts");
-  return await runServe(args, await kernelServeDependencies());
+  const { kernelMountDriver } = await import("./kernel_driver.ts");
+  return await runServe(args, { createDriver: kernelMountDriver });
 }
 
 export async function runServe(args: string[], deps: ServeDependencies): Promise<number> {

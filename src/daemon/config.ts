@@ -18,8 +18,9 @@
  */
 import { z } from "zod";
 import { isLoopbackHost } from "../loopback.ts";
-import { DEFAULT_LIVENESS, type LivenessOptions } from "../ivbs/liveness.ts";
-import type { ProxyAddress } from "../ivbs/wire.ts";
+import { DEFAULT_LIVENESS } from "../ivbs/liveness.ts";
+import type { DaemonConfig, ListenAddress } from "./config_types.ts";
+import { MAX_CONNECTIONS } from "../block/device.ts";
 import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
 import { looseMode } from "../file_mode.ts";
@@ -28,92 +29,15 @@ import { jsonSyntaxWhere, mixedFormatKeys, mixedFormatMessage } from "./config_c
 /** Default IVBS proxy port (also in src/ivbs/wire.ts; repeated so config needs no codec). */
 const DEFAULT_IVBS_PORT = 11417;
 
-export interface ListenAddress {
-  host: string;
-  port: number;
-}
-
-/** A mount to make at start, with its user's credentials already looked up. */
-export interface ConfiguredMount {
-  /** "/dev/nbdN" or "auto" (first free device). */
-  device: string;
-  image: string;
-  username: string;
-  password: string;
-  readOnly: boolean;
-}
-
-export interface IvbsSettings {
-  proxies: ProxyAddress[];
-  deadPeerTimeoutMs: number;
-  ioTimeoutMs: number;
-  connectTimeoutMs: number;
-  backoff: { initialMs: number; maxMs: number };
-  maxInFlightBytes?: number;
-  /** When to probe a proxy that looks hung, and how long it has to answer. */
-  liveness: LivenessOptions;
-}
-
-export interface NbdSettings {
-  /** How many devices the daemon manages: /dev/nbd0 … /dev/nbd{devices-1}. */
-  devices: number;
-  blockSize: number;
-  /** Kernel NBD_SET_TIMEOUT; 0 = none (the IVBS layer owns timeouts). */
-  timeoutS: number;
-  /** Kernel requests in flight per device. */
-  maxInFlight: number;
-  /**
-   * How devices are attached: "netlink" (they outlive the daemon), "ioctl"
-   * (the device goes with the daemon), "auto" = netlink where the kernel has it.
-   */
-  attach: "auto" | "netlink" | "ioctl";
-  /** Netlink: how long a device's requests wait for a (new) daemon before failing, in s. */
-  deadConnTimeoutS: number;
-  /**
-   * Netlink with timeoutS 0: the block layer's timer per request, in s. After a
-   * restart, requests the old daemon never answered are resent when it fires.
-   */
-  requeueAfterS: number;
-}
-
-/** An NBD export to serve from start, with its user's credentials already looked up. */
-export interface ConfiguredExport {
-  /** The NBD export name clients ask for (nbd+unix:///NAME?socket=…). */
-  name: string;
-  image: string;
-  username: string;
-  password: string;
-  readOnly: boolean;
-}
-
-export interface ExportSettings {
-  /** Unix socket the exports listen on (mode 0600); default `<stateDir>/nbd.sock`. */
-  socket: string;
-  /** Optional TCP listener, loopback only (NBD has no authentication without TLS). */
-  tcp?: ListenAddress;
-  items: ConfiguredExport[];
-}
-
-export interface DaemonConfig {
-  /** Which format the file was in. */
-  format: "current" | "2013";
-  http: { listen: ListenAddress; token?: string };
-  ivbs: IvbsSettings;
-  nbd: NbdSettings;
-  mounts: ConfiguredMount[];
-  /** Every user the config names, for mounts taken over from a previous daemon. */
-  users: { username: string; password: string }[];
-  /** Directory for runtime files such as the export socket; created with mode 0700. */
-  stateDir: string;
-  /**
-   * The credential store (credential_store.ts): what live mounts and API
-   * exports need to log in again after a restart. Default on the runtime
-   * tmpfs (/run/ivbsnetd for root), never outliving a reboot unless
-   * `credentials.keepInStateDir` puts it in the state directory.
-   */
-  credentialsPath: string;
-  exports: ExportSettings;
-}
+export type {
+  ConfiguredExport,
+  ConfiguredMount,
+  DaemonConfig,
+  ExportSettings,
+  IvbsSettings,
+  ListenAddress,
+  NbdSettings,
+} from "./config_types.ts";
 
 export interface LoadedConfig {
   config: DaemonConfig;
@@ -242,6 +166,18 @@ const ListenSchema = z.string().transform((text, ctx) => {
 const HostSchema = z.string().min(1, "host must not be empty").max(253);
 const PortSchema = z.number().int().min(1).max(65535);
 
+/**
+ * Default connections per kernel device. Measured in the NBD VM (fio through
+ * the daemon, interleaved rounds; see README "Several connections per device").
+ */
+export const DEFAULT_CONNECTIONS = 1;
+
+/** Connections of one device: 1..MAX_CONNECTIONS (one IVBS session each). */
+export const ConnectionsSchema = z.number().int().min(1).max(
+  MAX_CONNECTIONS,
+  `connections must be 1 to ${MAX_CONNECTIONS}`,
+);
+
 const DeviceSchema = z.string().transform((text, ctx) => {
   if (text === "auto") return text;
   const name = parseDeviceName(text);
@@ -316,6 +252,7 @@ const CurrentSchema = z.strictObject({
     }).default("auto"),
     deadConnTimeoutS: z.number().int().min(1).max(86_400).default(120),
     requeueAfterS: z.number().int().min(1).max(3_600).default(5),
+    connections: ConnectionsSchema.default(DEFAULT_CONNECTIONS),
   }).prefault({}),
   users: z.array(z.strictObject({
     username: z.string().min(1, "username must not be empty")
@@ -328,6 +265,7 @@ const CurrentSchema = z.strictObject({
       .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
     user: z.string().min(1),
     readOnly: z.boolean().default(false),
+    connections: ConnectionsSchema.optional(),
   })).default([]),
   stateDir: AbsolutePathSchema("stateDir").optional(),
   credentials: z.strictObject({
@@ -474,6 +412,7 @@ function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
       username: m.user,
       password: passwords.get(m.user) ?? "",
       readOnly: m.readOnly,
+      ...(m.connections === undefined ? {} : { connections: m.connections }),
     })),
     users: data.users.map((u) => ({ username: u.username, password: u.password })),
   };

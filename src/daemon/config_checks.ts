@@ -5,7 +5,7 @@
  * file modes that let others read or replace secrets.
  * @module
  */
-import type { ListenAddress } from "./config.ts";
+import type { ListenAddress } from "./config_types.ts";
 import { isLoopbackHost } from "../loopback.ts";
 
 /** Keys of the 2013 format (`{"Mounted": […], "User": […]}`). */

@@ -108,6 +108,7 @@ export class Daemon {
     const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
     this.table = new MountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
+      connections: options.config.nbd.connections,
       log: this.#log,
       watchSession,
       deviceLog: (context) => this.events.wrap(logFor("nbd"), "nbd", context),
@@ -308,7 +309,7 @@ export class Daemon {
       try {
         const mount = ready
           ? await ready.takeOver()
-          : await this.table.adopt(record, password as string);
+          : await (await this.table.prepareAdopt(record, password as string)).takeOver();
         return { request, mount };
       } catch (error) {
         const err = error instanceof Error ? error : new Error(String(error));

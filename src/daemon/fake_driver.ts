@@ -6,6 +6,7 @@
  */
 import { BackendError } from "../block/backend.ts";
 import { IoStats } from "../nbd/stats.ts";
+import { MAX_CONNECTIONS } from "../block/device.ts";
 import type {
   DeviceAttachment,
   MountBackend,
@@ -78,14 +79,25 @@ export class FakeBackend implements MountBackend {
 }
 
 export class FakeAttachment implements DeviceAttachment {
+  /** One per connection (backend), like a kernel device's sockets; tests set them. */
+  readonly connections: IoStats[];
+  /** The device's counters (tests set them; with one connection, that connection's). */
   readonly stats = new IoStats();
+  /** The first connection's backend. */
+  readonly backend: FakeBackend;
   detachCalls = 0;
   /** Set to make the next detach() fail once. */
   failDetach: string | null = null;
   readonly done: Promise<void>;
   #finish!: () => void;
 
-  constructor(readonly device: string, readonly backend: FakeBackend, onGone: () => void) {
+  constructor(
+    readonly device: string,
+    readonly backends: readonly FakeBackend[],
+    onGone: () => void,
+  ) {
+    this.backend = backends[0];
+    this.connections = backends.length === 1 ? [this.stats] : backends.map(() => new IoStats());
     this.done = new Promise<void>((resolve) => this.#finish = resolve).then(onGone);
   }
 
@@ -117,6 +129,10 @@ export class FakeMountDriver implements MountDriver {
   /** While set, openBackend waits for it (to observe the "mounting" state). */
   openGate: Promise<void> | null = null;
   openCalls = 0;
+  /** The connection index of every openBackend request, in call order. */
+  readonly openedConnections: number[] = [];
+  /** The session of this connection index fails to open (NO_PROXY). */
+  failConnection: number | null = null;
 
   constructor(options: FakeDriverOptions) {
     this.options = options;
@@ -124,7 +140,12 @@ export class FakeMountDriver implements MountDriver {
 
   async openBackend(request: OpenBackendRequest): Promise<MountBackend> {
     this.openCalls++;
+    const connection = request.connection ?? 0;
+    this.openedConnections.push(connection);
     if (this.openGate) await this.openGate;
+    if (connection === this.failConnection) {
+      throw new FakeDriverError(`no proxy for connection ${connection}`, "NO_PROXY");
+    }
     if (this.options.users[request.username] !== request.password) {
       throw new FakeDriverError(`login as ${request.username} refused`, "LOGIN_DENIED");
     }
@@ -146,7 +167,10 @@ export class FakeMountDriver implements MountDriver {
     return backend;
   }
 
-  attach(device: string, backend: MountBackend): Promise<DeviceAttachment> {
+  /** Connections a device may have (netlink's bound; the ioctl path has 1). */
+  readonly maxConnections: number = MAX_CONNECTIONS;
+
+  attach(device: string, backends: readonly MountBackend[]): Promise<DeviceAttachment> {
     const failure = this.attachFailures.shift();
     if (failure !== undefined) {
       return Promise.reject(new FakeDriverError(`Cannot attach ${device}: ${failure}`, failure));
@@ -156,7 +180,7 @@ export class FakeMountDriver implements MountDriver {
     }
     const attachment = new FakeAttachment(
       device,
-      backend as FakeBackend,
+      backends as FakeBackend[],
       () => this.attached.delete(device),
     );
     this.attached.set(device, attachment);

@@ -1,51 +1,22 @@
 /**
- * Prometheus text exposition (format 0.0.4) of the mount and export tables:
- * per-device and per-export I/O bytes and operations, latency histograms,
- * in-flight requests, export clients and the IVBS sessions' failovers and
- * reconnects. Rendered from live counters at scrape time.
+ * The whole /metrics page: per-device and per-export I/O bytes and operations,
+ * latency histograms, in-flight requests, export clients, the IVBS sessions'
+ * failovers and reconnects, each item's reconcile state, the proxies, the nbd
+ * module's health, build info and process metrics. Rendered from live counters
+ * at scrape time through the one writer (exposition.ts).
  * @module
  */
 import { FAILOVER_CAUSES } from "../ivbs/session.ts";
 import type { DeviceIoStats } from "./driver.ts";
 import type { ExportSnapshot } from "./export_table.ts";
+import { Exposition, formatValue, type Labels } from "./exposition.ts";
 import type { MountSnapshot } from "./mount_table.ts";
+import { type ProcessReadings, renderProcessMetrics } from "./process_metrics.ts";
+import type { ProxyInfo } from "./proxy_registry.ts";
+import { renderProxyMetrics } from "./proxy_metrics.ts";
+import type { NbdHealth, ReconcileFields } from "./view_contract.ts";
 
-export const METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8";
-
-/** Escapes a label value: backslash, double quote and newline. */
-export function escapeLabel(value: string): string {
-  return value.replace(/\\/g, "\\\\").replace(/"/g, '\\"').replace(/\n/g, "\\n");
-}
-
-type Labels = Record<string, string>;
-
-function labelText(labels: Labels): string {
-  const parts = Object.entries(labels).map(([k, v]) => `${k}="${escapeLabel(v)}"`);
-  return parts.length === 0 ? "" : `{${parts.join(",")}}`;
-}
-
-function num(value: number): string {
-  if (Number.isNaN(value)) return "NaN";
-  if (value === Infinity) return "+Inf";
-  if (value === -Infinity) return "-Inf";
-  return String(value);
-}
-
-class Exposition {
-  readonly #lines: string[] = [];
-
-  family(name: string, type: "counter" | "gauge" | "histogram", help: string): void {
-    this.#lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
-  }
-
-  sample(name: string, labels: Labels, value: number): void {
-    this.#lines.push(`${name}${labelText(labels)} ${num(value)}`);
-  }
-
-  text(): string {
-    return this.#lines.join("\n") + "\n";
-  }
-}
+export { METRICS_CONTENT_TYPE } from "./exposition.ts";
 
 /** A latency histogram from per-bucket (not cumulative) counts, as Prometheus wants it. */
 function histogram(out: Exposition, name: string, labels: Labels, io: DeviceIoStats): void {
@@ -53,7 +24,7 @@ function histogram(out: Exposition, name: string, labels: Labels, io: DeviceIoSt
   let cumulative = 0;
   bounds.forEach((boundMs, b) => {
     cumulative += io.latencyCounts[b] ?? 0;
-    out.sample(`${name}_bucket`, { ...labels, le: num(boundMs / 1000) }, cumulative);
+    out.sample(`${name}_bucket`, { ...labels, le: formatValue(boundMs / 1000) }, cumulative);
   });
   // Entries past the bounds (the overflow bucket) only show in +Inf.
   for (let b = bounds.length; b < io.latencyCounts.length; b++) cumulative += io.latencyCounts[b];
@@ -103,13 +74,23 @@ export interface DaemonGauges {
   managedDevices: number;
 }
 
+export interface MetricsInput {
+  mounts: readonly MountSnapshot[];
+  exports?: readonly ExportSnapshot[];
+  proxies?: readonly ProxyInfo[];
+  gauges: DaemonGauges;
+  /** The nbd module's health (absent: its families are left out). */
+  nbd?: NbdHealth;
+  /** Injected by tests; default: this process, read now. */
+  process?: ProcessReadings;
+}
+
 /** The whole /metrics page. */
-export function renderMetrics(
-  mounts: readonly MountSnapshot[],
-  gauges: DaemonGauges,
-  exports: readonly ExportSnapshot[] = [],
-): string {
+export function renderMetrics(input: MetricsInput): string {
+  const { mounts, gauges } = input;
+  const exports = input.exports ?? [];
   const out = new Exposition();
+  renderProcessMetrics(out, input.process);
   out.family("ivbsnetd_uptime_seconds", "gauge", "Seconds since the daemon started.");
   out.sample("ivbsnetd_uptime_seconds", {}, Math.round(gauges.uptimeSeconds));
   out.family("ivbsnetd_nbd_devices_managed", "gauge", "NBD devices the daemon may use.");
@@ -177,7 +158,62 @@ export function renderMetrics(
     out.sample("ivbsnetd_ivbs_connected", ids[i], m.info.proxy === null ? 0 : 1)
   );
   renderExports(out, exports);
+  renderReconcileStates(
+    out,
+    "mount",
+    mounts.map(({ info }) => ({ labels: { device: info.device, image: info.image }, view: info })),
+  );
+  renderReconcileStates(
+    out,
+    "export",
+    exports.map(({ info }) => ({ labels: { export: info.name, image: info.image }, view: info })),
+  );
+  renderProxyMetrics(out, input.proxies ?? []);
+  if (input.nbd) renderNbdHealth(out, input.nbd);
   return out.text();
+}
+
+/**
+ * Desired against actual state of each mount or export: the state as a label
+ * (`ivbsnetd_mount_state{device,image,state} 1`), and while failing its reason,
+ * attempts and the next retry's time.
+ */
+function renderReconcileStates(
+  out: Exposition,
+  kind: "mount" | "export",
+  items: readonly { labels: Labels; view: ReconcileFields }[],
+): void {
+  const ids = items.map((item) => item.labels);
+  out.family(`ivbsnetd_${kind}_state`, "gauge", `Each ${kind}'s state (the label), always 1.`);
+  items.forEach((item, i) =>
+    out.sample(`ivbsnetd_${kind}_state`, { ...ids[i], state: item.view.state }, 1)
+  );
+  out.family(`ivbsnetd_${kind}_failing_info`, "gauge", `Why a ${kind} is failing (the label).`);
+  items.forEach((item, i) => {
+    if (item.view.reason !== undefined) {
+      out.sample(`ivbsnetd_${kind}_failing_info`, { ...ids[i], reason: item.view.reason }, 1);
+    }
+  });
+  const retry = `ivbsnetd_${kind}_next_retry_timestamp_seconds`;
+  out.family(retry, "gauge", `When a failing ${kind} is tried again (Unix time).`);
+  items.forEach((item, i) => {
+    const at = item.view.nextRetryAt === undefined ? NaN : Date.parse(item.view.nextRetryAt);
+    if (Number.isFinite(at)) out.sample(retry, ids[i], at / 1000);
+  });
+  out.family(`ivbsnetd_${kind}_attempts`, "gauge", `Attempts since the ${kind} was last ready.`);
+  items.forEach((item, i) => {
+    if (item.view.attempts !== undefined) {
+      out.sample(`ivbsnetd_${kind}_attempts`, ids[i], item.view.attempts);
+    }
+  });
+}
+
+/** The nbd module and its free devices: what makes a mount possible at all. */
+function renderNbdHealth(out: Exposition, nbd: NbdHealth): void {
+  out.family("ivbsnetd_nbd_module_loaded", "gauge", "1 when the nbd kernel module is loaded.");
+  out.sample("ivbsnetd_nbd_module_loaded", {}, nbd.module ? 1 : 0);
+  out.family("ivbsnetd_nbd_free_devices", "gauge", "NBD devices free for a mount.");
+  if (nbd.freeDevices !== null) out.sample("ivbsnetd_nbd_free_devices", {}, nbd.freeDevices);
 }
 
 /** Hung-proxy detection: liveness probes and failovers by cause. */

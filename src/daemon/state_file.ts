@@ -12,11 +12,13 @@
  * @module
  */
 import { z } from "zod";
+import { MAX_CONNECTIONS } from "../block/device.ts";
 
 export const STATE_FILE = "mounts.json";
 /**
  * The format this daemon writes. Every earlier one is read (see `migrate`):
- * 1 (ivbsnetd up to 6320cf8): no `connections`; exports optional.
+ * 1 (ivbsnetd up to 6320cf8, and main until format 2): `connections` and
+ *   `exports` optional (absent: 1 and none).
  * 2: each mount records the sockets its device was connected with.
  */
 export const STATE_VERSION = 2;
@@ -34,7 +36,7 @@ export interface MountRecord {
   sizeBytes: number;
   /** Settings the device was connected with. */
   options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
-  /** Sockets the device was connected with (each is handed over on a take-over). */
+  /** Sockets the device was connected with (a take-over hands it as many). */
   connections: number;
 }
 
@@ -56,7 +58,7 @@ export interface DaemonState {
   exports: ExportRecord[];
 }
 
-const RecordV1Schema = z.object({
+const RecordSchema = z.object({
   device: z.string().regex(/^\/dev\/nbd\d+$/),
   index: z.number().int().min(0),
   backendId: z.string().min(1).max(200),
@@ -69,6 +71,7 @@ const RecordV1Schema = z.object({
     timeoutS: z.number().int().min(0),
     deadConnTimeoutS: z.number().int().min(0),
   }),
+  connections: z.number().int().min(1).max(MAX_CONNECTIONS),
 });
 
 const ExportRecordSchema = z.object({
@@ -82,7 +85,7 @@ const StateV1Schema = z.object({
   version: z.literal(1),
   pid: z.number().int(),
   writtenAt: z.string(),
-  mounts: z.array(RecordV1Schema),
+  mounts: z.array(RecordSchema.extend({ connections: RecordSchema.shape.connections.optional() })),
   exports: z.array(ExportRecordSchema).default([]),
 });
 
@@ -90,7 +93,7 @@ const StateV2Schema = z.object({
   version: z.literal(2),
   pid: z.number().int(),
   writtenAt: z.string(),
-  mounts: z.array(RecordV1Schema.extend({ connections: z.number().int().min(1).max(64) })),
+  mounts: z.array(RecordSchema),
   exports: z.array(ExportRecordSchema),
 });
 
@@ -98,7 +101,11 @@ const StateV2Schema = z.object({
 const FORMATS: Record<number, (value: unknown) => DaemonState> = {
   1: (value) => {
     const v1 = StateV1Schema.parse(value);
-    return { ...v1, version: 2, mounts: v1.mounts.map((m) => ({ ...m, connections: 1 })) };
+    return {
+      ...v1,
+      version: 2,
+      mounts: v1.mounts.map((m) => ({ ...m, connections: m.connections ?? 1 })),
+    };
   },
   2: (value) => StateV2Schema.parse(value),
 };

@@ -1,97 +1,39 @@
 /**
- * The real mount driver: an IVBS session per mount (src/ivbs/session.ts) and
- * the kernel NBD attachment, through generic netlink where the kernel has it
- * (devices then outlive the daemon) and the ioctl interface otherwise or when
- * `nbd.attach` is "ioctl". The kernel side is passed in by the commands
- * (src/commands/kernel_driver.ts), so this file loads no FFI by itself.
+ * The real mount driver: an IVBS session per connection of a mount
+ * (src/ivbs/session.ts) over the kernel's NBD devices, attached the way
+ * src/nbd/attach.ts decided (netlink, or ioctl). The kernel side is passed in
+ * by the commands (src/commands/kernel_driver.ts), so this file loads no FFI
+ * by itself.
  * @module
  */
-import type { Backend } from "../block/backend.ts";
-import type { NetlinkAttachedDevice, NetlinkAttachOptions } from "../nbd/netlink_attach.ts";
+import type { ProxyAddress } from "../ivbs/wire.ts";
 import { IvbsSession } from "../ivbs/session.ts";
 import type { Logger } from "../log.ts";
+import type { KernelDevices } from "../nbd/attach.ts";
 import type { DaemonConfig } from "./config.ts";
-import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
+import type { MountDriver } from "./driver.ts";
 
-/** What the daemon needs from src/nbd/kernel.ts and src/nbd/devices.ts. */
-export interface NbdKernelApi {
-  attachDevice(
-    device: string,
-    backend: Backend,
-    options?: { blockSize?: number; timeoutS?: number; maxInFlight?: number; log?: Logger },
-  ): Promise<DeviceAttachment>;
-  listNbdDevices(): Promise<NbdDevice[]>;
-  /** The netlink interface (src/nbd/netlink_attach.ts); null where the kernel lacks it. */
-  netlink?: NetlinkKernelApi | null;
-}
-
-export interface NetlinkKernelApi {
-  attach(backend: Backend, options: NetlinkAttachOptions): Promise<NetlinkAttachedDevice>;
-  reattach(
-    index: number,
-    backend: Backend,
-    options: NetlinkAttachOptions,
-  ): Promise<NetlinkAttachedDevice>;
-  readBackendId(index: number): Promise<string | null>;
-  newBackendId(): string;
-  /** NBD_CMD_DISCONNECT of a device. */
-  disconnect(index: number): Promise<void>;
-}
-
-/** Backend ids of our devices start so (src/nbd/netlink_attach.ts newBackendId). */
-const BACKEND_ID_PREFIX = "ivbsnetd:";
-
-/** A netlink attachment as the mount table sees it: persistent. */
-function persistentAttachment(
-  attached: NetlinkAttachedDevice,
-  sizeBytes: number,
-  options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number },
-): DeviceAttachment {
-  return {
-    device: attached.device,
-    stats: attached.stats,
-    detach: () => attached.detach(),
-    done: attached.done,
-    persistent: {
-      index: attached.index,
-      backendId: attached.backendId,
-      sizeBytes,
-      options,
-      release: () => attached.release(),
-    },
-  };
+/**
+ * The configured proxies with proxy `connection mod count` first and the
+ * others in their order: connection i of a device starts on its own proxy
+ * where there are enough, and fails over in the configured order otherwise.
+ */
+export function proxiesFor(proxies: readonly ProxyAddress[], connection: number): ProxyAddress[] {
+  if (proxies.length === 0) return [];
+  const first = connection % proxies.length;
+  return [proxies[first], ...proxies.filter((_, i) => i !== first)];
 }
 
 export function createSystemDriver(
   config: DaemonConfig,
-  kernel: NbdKernelApi,
+  kernel: KernelDevices,
   log?: Logger,
 ): MountDriver {
-  const { ivbs, nbd } = config;
-  const netlink = nbd.attach === "ioctl" ? null : kernel.netlink ?? null;
-  if (nbd.attach === "netlink" && netlink === null) {
-    log?.error(
-      'nbd.attach is "netlink" but the kernel has no nbd netlink family; mounts will fail',
-    );
-  }
-  const settings = {
-    blockSize: nbd.blockSize,
-    timeoutS: nbd.timeoutS,
-    deadConnTimeoutS: nbd.deadConnTimeoutS,
-  };
-  const netlinkOptions = (
-    backendId: string,
-    options: typeof settings,
-  ): NetlinkAttachOptions => ({
-    ...options,
-    backendId,
-    maxInFlight: nbd.maxInFlight,
-    requeueAfterS: nbd.requeueAfterS,
-  });
+  const { ivbs } = config;
   const driver: MountDriver = {
     openBackend: (request) =>
       IvbsSession.open({
-        proxies: ivbs.proxies,
+        proxies: proxiesFor(ivbs.proxies, request.connection ?? 0),
         image: request.image,
         username: request.username,
         password: request.password,
@@ -105,60 +47,14 @@ export function createSystemDriver(
         onEvent: request.onEvent,
         log: request.log ?? log,
       }),
-    attach: async (device, backend, options) => {
-      if (netlink === null) {
-        if (nbd.attach === "netlink") {
-          throw Object.assign(
-            new Error(`Cannot attach ${device}: the kernel has no nbd netlink family`),
-            { code: "NO_MODULE" },
-          );
-        }
-        return await kernel.attachDevice(device, backend, {
-          blockSize: nbd.blockSize,
-          timeoutS: nbd.timeoutS,
-          maxInFlight: nbd.maxInFlight,
-          log: options?.log,
-        });
-      }
-      const index = device === "auto" ? undefined : Number(device.replace("/dev/nbd", ""));
-      const attached = await netlink.attach(backend, {
-        ...netlinkOptions(netlink.newBackendId(), settings),
-        index,
-        log: options?.log,
-      });
-      const sizeBytes = Math.floor(backend.size / nbd.blockSize) * nbd.blockSize;
-      return persistentAttachment(attached, sizeBytes, settings);
-    },
-    listDevices: () => kernel.listNbdDevices(),
+    attach: (device, backends, options) => kernel.attach(device, backends, options),
+    picksDevice: kernel.picksDevice,
+    maxConnections: kernel.maxConnections,
+    listDevices: () => kernel.listDevices(),
   };
-  if (netlink !== null) {
-    Object.assign(driver, {
-      picksDevice: true,
-      reattach: async (request: {
-        index: number;
-        backendId: string;
-        options: typeof settings;
-      }, backend: Backend) => {
-        const attached = await netlink.reattach(
-          request.index,
-          backend,
-          netlinkOptions(request.backendId, request.options),
-        );
-        const size = Math.floor(backend.size / request.options.blockSize) *
-          request.options.blockSize;
-        return persistentAttachment(attached, size, request.options);
-      },
-      isStillAttached: async (index: number, backendId: string) =>
-        await netlink.readBackendId(index) === backendId,
-      detachOrphan: async (index: number) => {
-        if (!(await netlink.readBackendId(index))?.startsWith(BACKEND_ID_PREFIX)) return false;
-        log?.warn("detaching a device an earlier daemon left attached", {
-          device: `/dev/nbd${index}`,
-        });
-        await netlink.disconnect(index);
-        return true;
-      },
-    });
-  }
+  const { reattach, isStillAttached, detachOrphan } = kernel;
+  if (reattach) driver.reattach = (left, backends, options) => reattach(left, backends, options);
+  if (isStillAttached) driver.isStillAttached = (index, id) => isStillAttached(index, id);
+  if (detachOrphan) driver.detachOrphan = (index) => detachOrphan(index);
   return driver;
 }

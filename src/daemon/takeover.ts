@@ -11,7 +11,8 @@
 import { errorMessage } from "../error_info.ts";
 import type { Logger } from "../log.ts";
 import type { StoredCredentials } from "./credential_store.ts";
-import type { MountTable, PreparedAdoption } from "./mount_table.ts";
+import type { MountTable } from "./mount_table.ts";
+import type { PreparedAdoption } from "./mount_types.ts";
 import type { MountDriver } from "./driver.ts";
 import type { MountRecord } from "./state_file.ts";
 

@@ -16,6 +16,9 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
+import type { NbdHealth } from "../daemon/view_contract.ts";
+import { VERSION } from "../version.ts";
+import { type RefusalReporter, tokenAuth } from "./auth.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
 import { ExportError, type ExportErrorCode, type ExportTable } from "../daemon/export_table.ts";
 import {
@@ -24,7 +27,7 @@ import {
   MAX_USERNAME_BYTES,
   withinBytes,
 } from "../daemon/config.ts";
-import type { ListenAddress } from "../daemon/config.ts";
+import { ConnectionsSchema, type ListenAddress } from "../daemon/config.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -32,13 +35,11 @@ import { registerOperatorRoutes } from "./operator_routes.ts";
 import type { EventLog } from "../daemon/events.ts";
 import type { History } from "../daemon/history.ts";
 import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
-import { renderProxyMetrics } from "../daemon/proxy_metrics.ts";
 import {
   DeviceNameSchema,
   DeviceOrAutoSchema,
   readJson,
   readJsonValue,
-  requireToken,
   validate,
 } from "./validation.ts";
 
@@ -63,9 +64,9 @@ export interface AppOptions {
   listen?: ListenAddress;
   /** This machine's name, accepted as Host when listening on all interfaces. */
   hostname?: string;
+  /** The nbd module's health (status page, /metrics); default: told from the devices. */
+  nbdHealth?(): NbdHealth | Promise<NbdHealth>;
 }
-
-export const VERSION = "0.1.0";
 
 /** Largest request body accepted; API bodies are a few hundred bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -125,6 +126,8 @@ export const MountBodySchema = z.strictObject({
     .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
   readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+  /** Connections (IVBS sessions) of the kernel device; default nbd.connections. */
+  connections: ConnectionsSchema.optional(),
 });
 
 const ShutdownBodySchema = z.strictObject({
@@ -144,6 +147,8 @@ export function createApp(options: AppOptions): Hono {
 
   app.onError((error, c) => {
     if (error instanceof HTTPException) {
+      // bearerAuth's refusal carries its finished answer (JSON and WWW-Authenticate).
+      if (error.res) return error.getResponse();
       return errorBody(c, error.status as ContentfulStatusCode, error.message);
     }
     if (error instanceof MountError) {
@@ -163,8 +168,13 @@ export function createApp(options: AppOptions): Hono {
   });
   app.notFound((c) => errorBody(c, 404, `no route ${c.req.method} ${c.req.path}`));
 
+  // Refusals are failures too: a warn line and an event naming the route, never the token.
+  const refusals = options.events?.wrap(log, "http") ?? log;
+  const onRefused: RefusalReporter = (c, status, reason) =>
+    refusals.warn(`refused ${c.req.method} ${c.req.path.slice(0, 200)}: ${reason}`, { status });
+
   // Before anything else: what a web page could send never reaches a route.
-  app.use("*", requestGuard({ listen: options.listen, hostname: options.hostname }));
+  app.use("*", requestGuard({ listen: options.listen, hostname: options.hostname, onRefused }));
 
   const limit = bodyLimit({
     maxSize: MAX_BODY_BYTES,
@@ -173,9 +183,15 @@ export function createApp(options: AppOptions): Hono {
   // Only POST carries a body here. Limiting GET/DELETE too would make the
   // middleware rebuild body-less requests, which trips Deno's request.signal warning.
   app.use("*", (c, next) => c.req.method === "POST" ? limit(c, next) : next());
+  // GETs stay readable without the token; every call that changes state needs it.
+  const checkToken = token === undefined ? undefined : tokenAuth(token, onRefused);
+  const requireToken = async (c: Context): Promise<void> => {
+    await checkToken?.(c, async () => {});
+  };
   app.use("/api/*", async (c, next) => {
-    if (c.req.method !== "GET" && c.req.method !== "HEAD") requireToken(c, token);
-    await next();
+    const reads = c.req.method === "GET" || c.req.method === "HEAD";
+    if (reads || !checkToken) return await next();
+    return await checkToken(c, next);
   });
 
   app.get("/api/health", async (c) =>
@@ -231,11 +247,27 @@ export function createApp(options: AppOptions): Hono {
     return c.json({ status: "shutting down", mounts: table.size, exports: exports.size }, 202);
   });
 
-  app.get("/metrics", (c) => {
-    const text = renderMetrics(table.snapshots(), {
-      uptimeSeconds: (Date.now() - options.startedAt) / 1000,
-      managedDevices: table.deviceCount,
-    }, exports.snapshots()) + renderProxyMetrics(options.proxies?.list() ?? []);
+  /** The nbd module's health; without a provider, told from the devices we may use. */
+  const nbdHealth = async (): Promise<NbdHealth> => {
+    if (options.nbdHealth) return await options.nbdHealth();
+    const devices = await table.devices();
+    if (devices.length === 0) {
+      return { module: false, freeDevices: 0, reason: "no /dev/nbd* devices: is nbd loaded?" };
+    }
+    return { module: true, freeDevices: devices.filter((d) => d.state === "free").length };
+  };
+
+  app.get("/metrics", async (c) => {
+    const text = renderMetrics({
+      mounts: table.snapshots(),
+      exports: exports.snapshots(),
+      proxies: options.proxies?.list(),
+      gauges: {
+        uptimeSeconds: (Date.now() - options.startedAt) / 1000,
+        managedDevices: table.deviceCount,
+      },
+      nbd: await nbdHealth(),
+    });
     return c.body(text, 200, { "Content-Type": METRICS_CONTENT_TYPE });
   });
 
@@ -251,6 +283,7 @@ export function createApp(options: AppOptions): Hono {
       events: options.events?.newest(PAGE_EVENTS),
       history: history && ((key) => history.points(key)),
       historyWindowMs: history && history.intervalMs * history.capacity,
+      nbd: await nbdHealth(),
     };
   };
 
@@ -262,6 +295,6 @@ export function createApp(options: AppOptions): Hono {
     renderLive: async () => renderLive(await pageData()),
   });
 
-  registerLegacyRoutes(app, { table, token, requestShutdown: options.requestShutdown });
+  registerLegacyRoutes(app, { table, requireToken, requestShutdown: options.requestShutdown });
   return app;
 }

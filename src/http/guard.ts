@@ -14,7 +14,8 @@
  * - No CORS headers are ever set, so a preflight (`OPTIONS`) grants nothing.
  * @module
  */
-import type { MiddlewareHandler } from "hono";
+import type { Context, MiddlewareHandler } from "hono";
+import type { ContentfulStatusCode } from "hono/utils/http-status";
 import type { ListenAddress } from "../daemon/config.ts";
 import { isLoopbackHost } from "../loopback.ts";
 
@@ -23,6 +24,8 @@ export interface GuardOptions {
   listen?: ListenAddress;
   /** This machine's name, accepted as Host when listening on all interfaces. */
   hostname?: string;
+  /** Told of every refusal (route, status, reason) to log and record it. */
+  onRefused?: (c: Context, status: number, reason: string) => void;
 }
 
 const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
@@ -71,25 +74,32 @@ function hasBody(headers: Headers): boolean {
 /** The guard middleware; answers `{"error": …}` itself when it refuses. */
 export function requestGuard(options: GuardOptions = {}): MiddlewareHandler {
   return async (c, next) => {
+    const refuse = (status: ContentfulStatusCode, error: string, reason = error) => {
+      options.onRefused?.(c, status, reason);
+      return c.json({ error }, status);
+    };
     const headers = c.req.raw.headers;
     const host = headers.get("host") ?? undefined;
     if (host !== undefined && !hostAllowed(host, options)) {
-      return c.json({
-        error: `Host ${JSON.stringify(host.slice(0, 80))} is not this daemon (DNS rebinding?)`,
-      }, 421);
+      const shown = JSON.stringify(host.slice(0, 80));
+      return refuse(
+        421,
+        `Host ${shown} is not this daemon (DNS rebinding?)`,
+        `foreign Host ${shown}`,
+      );
     }
     const origin = headers.get("origin");
     if (origin !== null && !sameOrigin(origin, host)) {
-      return c.json({ error: "cross-origin requests are refused" }, 403);
+      return refuse(403, "cross-origin requests are refused");
     }
     const site = headers.get("sec-fetch-site");
     if (site === "cross-site" || site === "same-site") {
-      return c.json({ error: "cross-site requests are refused" }, 403);
+      return refuse(403, "cross-site requests are refused");
     }
     if (!SAFE_METHODS.has(c.req.method)) {
       const type = headers.get("content-type") ?? undefined;
       if ((type !== undefined || hasBody(headers)) && !isJson(type)) {
-        return c.json({ error: "request body must be application/json" }, 415);
+        return refuse(415, "request body must be application/json");
       }
     }
     await next();

@@ -9,17 +9,12 @@ import type { Context, Hono } from "hono";
 import { z } from "zod";
 import type { MountTable } from "../daemon/mount_table.ts";
 import { MAX_IMAGE_NAME_BYTES, MAX_USERNAME_BYTES, withinBytes } from "../daemon/config.ts";
-import {
-  DeviceNameSchema,
-  DeviceOrAutoSchema,
-  readJson,
-  requireToken,
-  validate,
-} from "./validation.ts";
+import { DeviceNameSchema, DeviceOrAutoSchema, readJson, validate } from "./validation.ts";
 
 export interface LegacyOptions {
   table: MountTable;
-  token?: string;
+  /** The API's token check (throws its 401); the 2013 mount, unmount and disc need it. */
+  requireToken(c: Context): Promise<void>;
   requestShutdown(reason: string): void;
 }
 
@@ -61,7 +56,7 @@ export function mountedDevices(table: MountTable) {
 }
 
 export function registerLegacyRoutes(app: Hono, options: LegacyOptions): void {
-  const { table, token } = options;
+  const { table, requireToken } = options;
 
   app.get("/status/json", (c) => c.json(mountedDevices(table)));
 
@@ -84,7 +79,7 @@ export function registerLegacyRoutes(app: Hono, options: LegacyOptions): void {
         });
       }
       case "mount": {
-        requireToken(c, token);
+        await requireToken(c);
         const f = validate(MountFields, body);
         const mount = await table.mount({
           device: f.Device,
@@ -100,13 +95,13 @@ export function registerLegacyRoutes(app: Hono, options: LegacyOptions): void {
         });
       }
       case "unmount": {
-        requireToken(c, token);
+        await requireToken(c);
         const f = validate(UnmountFields, body);
         await table.unmount(f.Device);
         return c.json({ Type: "Unmount", Status: "OK", NbdDevice: f.Device });
       }
       case "disc":
-        requireToken(c, token);
+        await requireToken(c);
         options.requestShutdown("2013 disc command");
         return c.json({ Type: "Disc", Status: "OK" }, 202);
     }

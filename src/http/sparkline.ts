@@ -3,6 +3,8 @@
  * asset, no script (the page works offline and without JavaScript). Each chart
  * draws one or more series over a fixed time window ending at the newest point;
  * a gap in a series (no value) breaks its line instead of drawing through it.
+ * Built with `markup` (hono/html), so labels and names are escaped by
+ * construction; the result is trusted markup the status page embeds as it is.
  *
  * @example Two points of one series
  * ```ts
@@ -17,6 +19,7 @@
  * ```
  * @module
  */
+import { type Markup, markup } from "./markup.ts";
 
 export interface ChartSeries {
   name: string;
@@ -41,20 +44,15 @@ export interface ChartOptions {
   emptyText?: string;
 }
 
-const ESCAPES: Record<string, string> = {
-  "&": "&amp;",
-  "<": "&lt;",
-  ">": "&gt;",
-  '"': "&quot;",
-  "'": "&#39;",
-};
-const esc = (text: string) => text.replace(/[&<>"']/g, (ch) => ESCAPES[ch]);
-
 /** One decimal is enough on a 40-pixel-high chart. */
 const coord = (n: number) => (Math.round(n * 10) / 10).toString();
 
 /** An `<svg>` element; `data-points` counts the points drawn (for tests and curious readers). */
 export function sparkline(options: ChartOptions): string {
+  return chart(options).toString();
+}
+
+function chart(options: ChartOptions): Markup {
   const width = options.width ?? 240;
   const height = options.height ?? 44;
   const top = 12; // room for the scale label
@@ -70,7 +68,7 @@ export function sparkline(options: ChartOptions): string {
   const x = (at: number) => width - ((newest - at) / options.windowMs) * width;
   const y = (value: number) => top + plot - (max > 0 ? (value / max) * plot : 0);
   let drawn = 0;
-  const lines: string[] = [];
+  const lines: Markup[] = [];
   for (const series of options.series) {
     let path = "";
     let pen = false;
@@ -84,23 +82,22 @@ export function sparkline(options: ChartOptions): string {
       drawn++;
     }
     if (path !== "") {
+      const dash = series.dashed ? "5 3" : undefined;
       lines.push(
-        `<path d="${path}" fill="none" stroke="${esc(series.color)}" stroke-width="1.5"` +
-          ` stroke-linejoin="round"${series.dashed ? ' stroke-dasharray="5 3"' : ""}><title>${
-            esc(series.name)
-          }</title></path>`,
+        markup`<path d="${path}" fill="none" stroke="${series.color}" stroke-width="1.5" stroke-linejoin="round"${
+          dash && markup` stroke-dasharray="${dash}"`
+        }><title>${series.name}</title></path>`,
       );
     }
   }
-  const empty = drawn < 2
-    ? `<text x="${width / 2}" y="${top + plot / 2 + 4}" text-anchor="middle" class="wait">${
-      esc(options.emptyText ?? "collecting…")
-    }</text>`
-    : "";
-  return `<svg class="spark" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-    `role="img" aria-label="${esc(options.label)}" data-points="${drawn}">` +
-    `<title>${esc(options.label)}</title>` +
-    `<line x1="0" y1="${top + plot}" x2="${width}" y2="${top + plot}" class="axis"/>` +
-    `<text x="2" y="9" class="scale">${esc(max > 0 ? `max ${options.format(max)}` : "")}</text>` +
-    lines.join("") + empty + `</svg>`;
+  const empty = drawn < 2 &&
+    markup`<text x="${width / 2}" y="${
+      top + plot / 2 + 4
+    }" text-anchor="middle" class="wait">${(options.emptyText ?? "collecting…")}</text>`;
+  const scale = max > 0 ? `max ${options.format(max)}` : "";
+  return markup`<svg class="spark" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" role="img" aria-label="${options.label}" data-points="${drawn}"><title>${options.label}</title><line x1="0" y1="${
+    top + plot
+  }" x2="${width}" y2="${
+    top + plot
+  }" class="axis"/><text x="2" y="9" class="scale">${scale}</text>${lines}${empty}</svg>`;
 }

@@ -1,7 +1,7 @@
 /**
  * Request validation shared by the API and the 2013 routes: JSON bodies through
- * zod, device names from URLs and bodies, and the bearer token check. Problems
- * become HTTPException(400 / 401); messages never echo a password.
+ * zod and device names from URLs and bodies. Problems become
+ * HTTPException(400); messages never echo a password.
  * @module
  */
 import type { Context } from "hono";
@@ -9,7 +9,6 @@ import { HTTPException } from "hono/http-exception";
 import { z } from "zod";
 import { parseDeviceName } from "../daemon/device_name.ts";
 import { describeZodError } from "../daemon/zod_issues.ts";
-import { bearerMatches } from "./auth.ts";
 
 function toDevice(text: string, ctx: z.RefinementCtx<string>, allowAuto: boolean): string {
   if (allowAuto && text === "auto") return text;
@@ -62,12 +61,4 @@ export async function readJson<T extends z.ZodType>(c: Context, schema: T): Prom
   const value = await readJsonValue(c);
   if (value === undefined) throw new HTTPException(400, { message: "request body is empty" });
   return validate(schema, value);
-}
-
-/** Throws 401 unless the request carries the configured token (no-op without one). */
-export function requireToken(c: Context, token: string | undefined): void {
-  if (token === undefined) return;
-  if (!bearerMatches(c.req.header("authorization"), token)) {
-    throw new HTTPException(401, { message: "missing or wrong bearer token" });
-  }
 }

@@ -12,7 +12,7 @@ export interface ByteStream {
 }
 
 /** Writes all of `data`, looping over short writes. */
-export async function writeAll(stream: ByteStream, data: Uint8Array): Promise<void> {
+export async function writeAll(stream: Pick<ByteStream, "write">, data: Uint8Array): Promise<void> {
   let done = 0;
   while (done < data.length) {
     done += await stream.write(done === 0 ? data : data.subarray(done));

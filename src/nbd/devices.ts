@@ -5,21 +5,13 @@
  * @module
  */
 
+import type { NbdDevice } from "../block/device.ts";
+
 const SYS_BLOCK = "/sys/block";
 const DEVICE_PATTERN = /^\/dev\/nbd(\d+)$/;
 
-export interface NbdDeviceInfo {
-  /** "/dev/nbd0" */
-  device: string;
-  index: number;
-  inUse: boolean;
-  sizeBytes: number;
-  /**
-   * The kernel's `pid` file: the id of the task in NBD_DO_IT, which for a
-   * threaded server like ours is that thread's id (a TID); null when unused.
-   */
-  pid: number | null;
-}
+/** A device as sysfs shows it (the contract in src/block/device.ts). */
+export type NbdDeviceInfo = NbdDevice;
 
 /** The index of "/dev/nbdN", or null for anything else. */
 export function nbdIndex(device: string): number | null {

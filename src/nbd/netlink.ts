@@ -8,7 +8,15 @@
  * network namespace; CONNECT, RECONFIGURE and DISCONNECT need CAP_SYS_ADMIN.
  * @module
  */
-import { close, POLLIN, pollOnWorker, recvNow, SOCK_CLOEXEC, socket } from "../../ffi/libc.ts";
+import {
+  close,
+  errnoName,
+  POLLIN,
+  pollOnWorker,
+  recvNow,
+  SOCK_CLOEXEC,
+  socket,
+} from "../../ffi/libc.ts";
 import {
   AF_NETLINK,
   bindNetlink,
@@ -35,23 +43,12 @@ import {
   parseNbdStatus,
 } from "./netlink_wire.ts";
 
-/** errno values the callers tell apart (asm-generic/errno-base.h). */
-const ERRNO_NAMES: Record<number, string> = {
-  1: "EPERM",
-  2: "ENOENT",
-  16: "EBUSY",
-  19: "ENODEV",
-  22: "EINVAL",
-  28: "ENOSPC",
-  95: "EOPNOTSUPP",
-};
-
 /** The kernel refused a netlink request. */
 export class NetlinkError extends Error {
   readonly code = "NETLINK";
   readonly errnoName: string;
   constructor(readonly request: string, readonly errno: number) {
-    const name = ERRNO_NAMES[errno] ?? `errno ${errno}`;
+    const name = errnoName(errno);
     super(`${request} failed: ${name}`);
     this.name = "NetlinkError";
     this.errnoName = name;

@@ -1,7 +1,9 @@
 /**
  * Byte layouts of the kernel's generic-netlink NBD interface: netlink and
  * genetlink headers, attributes, the controller's GETFAMILY, and the "nbd"
- * family's CONNECT / DISCONNECT / RECONFIGURE / STATUS / LINK_DEAD messages.
+ * family's CONNECT / DISCONNECT / RECONFIGURE / STATUS messages. LINK_DEAD
+ * (the kernel's multicast when a socket dies) is not used: a dead kernel socket
+ * is one whose peer we closed or lost, and our serve loop sees that end first.
  * No sockets here (ffi/netlink.ts moves the bytes, src/nbd/netlink.ts talks).
  *
  * Facts from the kernel (include/uapi/linux/netlink.h, genetlink.h,
@@ -16,8 +18,7 @@
  *   an fd and refuses anything but SOCK_ITEM at the middle level.
  * - CONNECT's reply is a CONNECT message carrying NBD_ATTR_INDEX (u32) of the
  *   device the kernel chose; STATUS replies DEVICE_LIST nests DEVICE_ITEM nests
- *   DEVICE_INDEX (u32) and DEVICE_CONNECTED (u8); LINK_DEAD is a multicast to
- *   "nbd_mc_group" carrying NBD_ATTR_INDEX.
+ *   DEVICE_INDEX (u32) and DEVICE_CONNECTED (u8).
  * - An error (or, with NLM_F_ACK, success) comes back as NLMSG_ERROR whose
  *   payload starts with a negative errno (0 = ACK), then the request's header.
  * @module
@@ -56,22 +57,17 @@ export const CtrlCmd = { NEWFAMILY: 1, GETFAMILY: 3 } as const;
 export const CtrlAttr = {
   FAMILY_ID: 1, // u16
   FAMILY_NAME: 2, // string
-  VERSION: 3, // u32
-  MCAST_GROUPS: 7, // nested: one nested entry per group
 } as const;
-export const CtrlMcastAttr = { NAME: 1, ID: 2 } as const;
 const CTRL_VERSION = 2;
 
 /** linux/nbd-netlink.h. */
 export const NBD_GENL_FAMILY = "nbd";
 export const NBD_GENL_VERSION = 1;
-export const NBD_MCAST_GROUP = "nbd_mc_group";
 
 export const NbdCmd = {
   CONNECT: 1,
   DISCONNECT: 2,
   RECONFIGURE: 3,
-  LINK_DEAD: 4,
   STATUS: 5,
 } as const;
 
@@ -93,12 +89,6 @@ const NBD_SOCK_FD = 1; // u32
 const NBD_DEVICE_ITEM = 1;
 const NBD_DEVICE_INDEX = 1; // u32
 const NBD_DEVICE_CONNECTED = 2; // u8
-
-/** NBD_CFLAG_* (linux/nbd.h): neither is set for devices meant to survive a restart. */
-export const NbdClientFlag = {
-  DESTROY_ON_DISCONNECT: 1 << 0,
-  DISCONNECT_ON_CLOSE: 1 << 1,
-} as const;
 
 /** A netlink message that cannot be parsed. */
 export class NetlinkWireError extends Error {
@@ -301,32 +291,18 @@ export function encodeGetFamily(name: string, seq: number): Uint8Array {
 export interface GenlFamily {
   id: number;
   name: string;
-  /** Multicast group ids by name. */
-  groups: Map<string, number>;
 }
 
-/** The controller's NEWFAMILY reply: the family id and its multicast groups. */
+/** The controller's NEWFAMILY reply: the family id (its other attributes are not needed). */
 export function parseFamily(attrs: ParsedAttr[]): GenlFamily {
   let id: number | null = null;
   let name = "";
-  const groups = new Map<string, number>();
   for (const attr of attrs) {
     if (attr.type === CtrlAttr.FAMILY_ID) id = attrU16(attr, "CTRL_ATTR_FAMILY_ID");
     else if (attr.type === CtrlAttr.FAMILY_NAME) name = attrString(attr);
-    else if (attr.type === CtrlAttr.MCAST_GROUPS) {
-      for (const group of parseAttrs(attr.data)) {
-        let groupName: string | null = null;
-        let groupId: number | null = null;
-        for (const field of parseAttrs(group.data)) {
-          if (field.type === CtrlMcastAttr.NAME) groupName = attrString(field);
-          if (field.type === CtrlMcastAttr.ID) groupId = attrU32(field, "CTRL_ATTR_MCAST_GRP_ID");
-        }
-        if (groupName !== null && groupId !== null) groups.set(groupName, groupId);
-      }
-    }
   }
   if (id === null) throw new NetlinkWireError(`family reply without CTRL_ATTR_FAMILY_ID`);
-  return { id, name, groups };
+  return { id, name };
 }
 
 // ---------------------------------------------------------------- nbd family
@@ -344,7 +320,10 @@ export interface NbdConnectRequest {
   /** How long requests wait for a new socket after ours dies, in s. */
   deadConnTimeoutS: number;
   backendId: string;
-  /** The kernel's end(s) of our socket(s), as fds of this process. */
+  /**
+   * The kernel's ends of our sockets, as fds of this process: one NBD_SOCK_ITEM
+   * each, one hardware queue (and connection) of the device each.
+   */
   sockets: number[];
 }
 
@@ -427,7 +406,7 @@ export function encodeNbdStatus(family: number, seq: number, index?: number): Ui
   });
 }
 
-/** NBD_ATTR_INDEX of a CONNECT reply or a LINK_DEAD notice; null when absent. */
+/** NBD_ATTR_INDEX of a CONNECT reply; null when absent. */
 export function parseNbdIndex(attrs: ParsedAttr[]): number | null {
   const attr = attrs.find((a) => a.type === NbdAttr.INDEX);
   return attr === undefined ? null : attrU32(attr, "NBD_ATTR_INDEX");

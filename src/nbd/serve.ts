@@ -6,22 +6,19 @@
  * handshake.
  *
  * Decisions worth knowing (proto.md is the reference):
- * - Validation happens once, at the edge, and becomes an NBD error reply:
- *   unknown command or flag → EINVAL; READ/WRITE over 32 MiB → EINVAL; write,
- *   trim or zero on a read-only backend → EPERM; a range past the end → ENOSPC
- *   for WRITE / WRITE_ZEROES and EINVAL for READ / TRIM (proto.md "Error
- *   values"). A rejected WRITE's payload is read and dropped so the stream
- *   stays in sync.
+ * - Validation happens once, at the edge, as nbdkit does it (validate.ts),
+ *   against the flags this backend advertises, and becomes an NBD error reply;
+ *   the connection keeps serving. A rejected WRITE's payload is read and
+ *   dropped so the stream stays in sync.
  * - A WRITE over 32 MiB is answered EINVAL and then the connection is closed:
  *   proto.md allows a hard disconnect for payloads over 2^25 bytes, the kernel
  *   never sends one, and skipping up to 4 GiB for a peer that already broke the
  *   contract only delays the inevitable.
  * - FLUSH: backends without `flush` make a write durable before it is answered
- *   (IVBS acknowledges stored data only), and NBD_CMD_FLUSH only covers writes
- *   already answered, so FLUSH is answered at once. SEND_FLUSH / SEND_FUA are
- *   advertised only for backends with `flush` (then FLUSH and FUA call it); for
- *   the others the kernel sees a device without a volatile cache and sends
- *   neither, which is the honest description.
+ *   (IVBS acknowledges stored data only), so they advertise neither SEND_FLUSH
+ *   nor SEND_FUA: the kernel sees a device without a volatile cache and sends
+ *   neither, and a client that does anyway gets EINVAL, as from nbdkit. For
+ *   backends with `flush`, FLUSH and FUA call it.
  * - TRIM / WRITE_ZEROES are advertised and served only when the backend has them.
  * - WRITE payload buffers come from a pool and go back to it once the
  *   backend's write() has resolved: a backend must not keep `data` past that
@@ -39,6 +36,8 @@ import { Admission } from "../io/admission.ts";
 import { type Frame, FrameWriter } from "../io/frame_writer.ts";
 import { type Logger, logger } from "../log.ts";
 import { type IoKind, IoStats } from "./stats.ts";
+import { transmissionFlags } from "./flags.ts";
+import { type AdvertisedExport, validateRequest } from "./validate.ts";
 import { BufferPool } from "../io/buffer_pool.ts";
 import {
   Command,
@@ -104,11 +103,10 @@ export async function serveTransmission(
   return await new Transmission(stream, backend, options).run();
 }
 
-const KNOWN_FLAGS = CommandFlag.FUA | CommandFlag.NO_HOLE | CommandFlag.FAST_ZERO;
-const EMPTY = new Uint8Array(0);
-
 class Transmission {
   readonly #backend: Backend;
+  /** What the client was told (the handshake or NBD_SET_FLAGS used the same function). */
+  readonly #advertised: AdvertisedExport;
   readonly #reader: FrameReader;
   readonly #log: Logger;
   readonly #stats: IoStats;
@@ -130,6 +128,7 @@ class Transmission {
 
   constructor(stream: ByteStream, backend: Backend, options: ServeOptions) {
     this.#backend = backend;
+    this.#advertised = { size: backend.size, flags: transmissionFlags(backend) };
     this.#reader = options.reader ?? new FrameReader(stream);
     this.#log = options.log ?? logger("nbd");
     this.#stats = options.stats ?? new IoStats();
@@ -259,50 +258,17 @@ class Transmission {
 
   /** The NBD error for a request we refuse without asking the backend, or OK. */
   #validate(request: NbdRequest): number {
-    const { type, flags, offset, length } = request;
-    const backend = this.#backend;
-    let error: number = NbdError.OK;
-    let reason = "";
-    const writes = type === Command.WRITE || type === Command.TRIM ||
-      type === Command.WRITE_ZEROES;
-    if (!this.#supports(type)) {
-      [error, reason] = [NbdError.EINVAL, "unsupported command"];
-    } else if ((flags & ~KNOWN_FLAGS) !== 0) {
-      [error, reason] = [NbdError.EINVAL, `unknown command flags 0x${flags.toString(16)}`];
-    } else if ((type === Command.READ || type === Command.WRITE) && length > MAX_PAYLOAD) {
-      [error, reason] = [NbdError.EINVAL, `length over ${MAX_PAYLOAD}`];
-    } else if (writes && backend.readOnly) {
-      [error, reason] = [NbdError.EPERM, "backend is read-only"];
-    } else if (type !== Command.FLUSH && offset + length > backend.size) {
-      const spaceError = type === Command.WRITE || type === Command.WRITE_ZEROES;
-      error = spaceError ? NbdError.ENOSPC : NbdError.EINVAL;
-      reason = `range ends past the ${backend.size}-byte export`;
-    }
-    if (error !== NbdError.OK) {
-      this.#log.warn("NBD request rejected", {
-        command: commandName(type),
-        offset,
-        length,
-        error: errorName(error),
-        reason,
-      });
-    }
-    return error;
-  }
-
-  #supports(type: number): boolean {
-    switch (type) {
-      case Command.READ:
-      case Command.WRITE:
-      case Command.FLUSH:
-        return true;
-      case Command.TRIM:
-        return this.#backend.trim !== undefined;
-      case Command.WRITE_ZEROES:
-        return this.#backend.writeZeroes !== undefined;
-      default:
-        return false;
-    }
+    const refusal = validateRequest(request, this.#advertised);
+    if (refusal === null) return NbdError.OK;
+    this.#log.warn("NBD request rejected", {
+      command: commandName(request.type),
+      flags: request.flags,
+      offset: request.offset,
+      length: request.length,
+      error: errorName(refusal.error),
+      reason: refusal.reason,
+    });
+    return refusal.error;
   }
 
   #dispatch(
@@ -359,10 +325,11 @@ class Transmission {
   async #execute(request: NbdRequest, payload: Uint8Array | null): Promise<Uint8Array | null> {
     const backend = this.#backend;
     const { offset, length } = request;
-    const fua = (request.flags & CommandFlag.FUA) !== 0 && backend.flush !== undefined;
+    // Validated: FUA and FLUSH arrive only when SEND_FUA / SEND_FLUSH said the backend has
+    // flush, TRIM and WRITE_ZEROES only when advertised, and every count is above 0.
+    const fua = (request.flags & CommandFlag.FUA) !== 0;
     switch (request.type) {
       case Command.READ: {
-        if (length === 0) return EMPTY;
         if (backend.readInto) {
           const target = this.#pool.take(length);
           await backend.readInto(offset, target);
@@ -375,21 +342,18 @@ class Transmission {
         return data;
       }
       case Command.WRITE:
-        if (length > 0 && payload) {
-          await backend.write(offset, payload);
-          // Only after success: a failed write may still be queued somewhere.
-          this.#pool.give(payload);
-        }
+        await backend.write(offset, payload!);
+        // Only after success: a failed write may still be queued somewhere.
+        this.#pool.give(payload!);
         break;
       case Command.TRIM:
-        if (length > 0) await backend.trim!(offset, length);
+        await backend.trim!(offset, length);
         break;
       case Command.WRITE_ZEROES:
-        if (length > 0) await backend.writeZeroes!(offset, length);
+        await backend.writeZeroes!(offset, length);
         break;
       case Command.FLUSH:
-        // Only backends with a volatile cache have flush; see the module comment.
-        if (backend.flush) await backend.flush();
+        await backend.flush!();
         return null;
     }
     if (fua) await backend.flush!();

@@ -4,6 +4,7 @@
  * fixed array: observing a request allocates nothing.
  * @module
  */
+import type { DeviceIoStats } from "../block/device.ts";
 
 /** What a request did, for counting. */
 export type IoKind = "read" | "write" | "flush" | "trim" | "zeroes" | "other";
@@ -12,7 +13,7 @@ export type IoKind = "read" | "write" | "flush" | "trim" | "zeroes" | "other";
  * Upper bounds (ms) of the latency buckets. `latencyCounts` has one more entry
  * than this: the last counts everything slower than the last bound.
  */
-const LATENCY_BUCKETS_MS = [
+const LATENCY_BUCKETS_MS: readonly number[] = [
   0.1,
   0.25,
   0.5,
@@ -48,7 +49,7 @@ export interface IoStatsSnapshot {
   latencySumMs: number;
 }
 
-export class IoStats {
+export class IoStats implements DeviceIoStats {
   /** Completed requests by kind (successful or not). */
   reads = 0;
   writes = 0;
@@ -135,4 +136,51 @@ function bucketOf(ms: number): number {
     else high = mid;
   }
   return low;
+}
+
+/**
+ * A live sum of several counters (a device's connections): every read adds
+ * the parts up, so the sum is never stale and costs nothing per request.
+ */
+export function sumIoStats(parts: readonly DeviceIoStats[]): DeviceIoStats {
+  if (parts.length === 1) return parts[0];
+  const sum = (pick: (part: DeviceIoStats) => number) => {
+    let total = 0;
+    for (const part of parts) total += pick(part);
+    return total;
+  };
+  return {
+    get reads() {
+      return sum((p) => p.reads);
+    },
+    get writes() {
+      return sum((p) => p.writes);
+    },
+    get flushes() {
+      return sum((p) => p.flushes);
+    },
+    get trims() {
+      return sum((p) => p.trims);
+    },
+    get bytesRead() {
+      return sum((p) => p.bytesRead);
+    },
+    get bytesWritten() {
+      return sum((p) => p.bytesWritten);
+    },
+    get errors() {
+      return sum((p) => p.errors);
+    },
+    get inFlight() {
+      return sum((p) => p.inFlight);
+    },
+    latencyBucketsMs: LATENCY_BUCKETS_MS,
+    get latencyCounts() {
+      const buckets = LATENCY_BUCKETS_MS.length + 1;
+      return Array.from({ length: buckets }, (_, i) => sum((p) => p.latencyCounts[i]));
+    },
+    get latencySumMs() {
+      return sum((p) => p.latencySumMs);
+    },
+  };
 }

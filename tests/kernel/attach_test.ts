@@ -6,7 +6,8 @@
 import assert from "node:assert/strict";
 import { MemoryBackend } from "../../src/block/backend.ts";
 import type { Backend } from "../../src/block/backend.ts";
-import { attachDevice, NbdAttachError } from "../../src/nbd/kernel.ts";
+import { attachDevice } from "../../src/nbd/ioctl_attach.ts";
+import { NbdAttachError } from "../../src/nbd/device_setup.ts";
 import { findFreeDevice, listNbdDevices } from "../../src/nbd/devices.ts";
 import {
   assertReleased,

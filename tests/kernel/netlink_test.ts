@@ -33,10 +33,9 @@ Deno.test({
   async fn() {
     const netlink = await NbdNetlink.open();
     assert.ok(netlink, "the nbd generic-netlink family exists once the module is loaded");
-    assert.ok(netlink.family.groups.has("nbd_mc_group"), "the family has its multicast group");
     const backendId = newBackendId();
     const backend = new MemoryBackend(64 * MiB);
-    const device = await attachNetlink(netlink, backend, {
+    const device = await attachNetlink(netlink, [backend], {
       backendId,
       deadConnTimeoutS: 30,
       log: quiet,
@@ -74,7 +73,7 @@ Deno.test({
     const backendId = newBackendId();
     const backend = new MemoryBackend(64 * MiB);
     const options = { backendId, deadConnTimeoutS: 60, requeueAfterS: 2, log: quiet };
-    const first = await attachNetlink(netlink, backend, options);
+    const first = await attachNetlink(netlink, [backend], options);
     const dev = first.device;
     const tmp = await Deno.makeTempDir();
     try {
@@ -89,9 +88,9 @@ Deno.test({
       assert.equal(await readBackendId(first.index), backendId, "device left configured");
       // RECONFIGURE with the wrong identifier is refused.
       await assert.rejects(
-        reattachNetlink(netlink, first.index, backend, { ...options, backendId: "other" }),
+        reattachNetlink(netlink, first.index, [backend], { ...options, backendId: "other" }),
       );
-      const second = await reattachNetlink(netlink, first.index, backend, options);
+      const second = await reattachNetlink(netlink, first.index, [backend], options);
       try {
         const done = await within(60_000, "dd across the restart", writer);
         assert.equal(done.code, 0, new TextDecoder().decode(done.stderr));
@@ -129,7 +128,7 @@ Deno.test({
       write: (offset: number, data: Uint8Array) => memory.write(offset, data),
       close: () => Promise.resolve(),
     };
-    const device = await attachNetlink(netlink, backend, {
+    const device = await attachNetlink(netlink, [backend], {
       backendId: newBackendId(),
       timeoutS: 1,
       deadConnTimeoutS: 30,

@@ -24,22 +24,28 @@ export class PersistentFakeDriver extends FakeMountDriver {
     super({ devices: 4, images: { disk: { size: 8 * MIB } }, users: { alice: "pw", ...users } });
   }
 
-  override async attach(device: string, backend: MountBackend): Promise<DeviceAttachment> {
+  override async attach(
+    device: string,
+    backends: readonly MountBackend[],
+  ): Promise<DeviceAttachment> {
     let index = 0;
     while (device === "auto" && this.kernel.has(index)) index++;
     if (device !== "auto") index = Number(device.replace("/dev/nbd", ""));
     const backendId = `fake:${++this.#nextId}`;
     this.kernel.set(index, backendId);
-    return this.#persistent(await super.attach(`/dev/nbd${index}`, backend), index, backendId);
+    return this.#persistent(await super.attach(`/dev/nbd${index}`, backends), index, backendId);
   }
 
-  reattach(request: ReattachRequest, backend: MountBackend): Promise<DeviceAttachment> {
+  reattach(
+    request: ReattachRequest,
+    backends: readonly MountBackend[],
+  ): Promise<DeviceAttachment> {
     this.reattached.push(request);
     if (this.kernel.get(request.index) !== request.backendId) {
       return Promise.reject(Object.assign(new Error("gone"), { code: "NO_DEVICE" }));
     }
     const device = `/dev/nbd${request.index}`;
-    const attachment = new FakeAttachment(device, backend as FakeBackend, () => {});
+    const attachment = new FakeAttachment(device, backends as FakeBackend[], () => {});
     this.attached.set(device, attachment);
     return Promise.resolve(this.#persistent(attachment, request.index, request.backendId));
   }
@@ -64,6 +70,7 @@ export class PersistentFakeDriver extends FakeMountDriver {
     return {
       device: attachment.device,
       stats: attachment.stats,
+      connections: attachment.connections,
       done: attachment.done,
       detach: async () => {
         kernel.delete(index);
@@ -74,6 +81,7 @@ export class PersistentFakeDriver extends FakeMountDriver {
         backendId,
         sizeBytes: 8 * MIB,
         options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+        connections: attachment.connections.length,
         release,
       },
     };

@@ -18,6 +18,8 @@ export interface ServerStats {
   injected: number;
   /** Times a connection's reader stopped for want of room: backpressure reached a client. */
   readerWaits: number;
+  /** Replies waiting out `replyDelayMs` right now (a gauge). */
+  delayedReplies: number;
 }
 
 /** Bounds that keep one connection's memory finite. */

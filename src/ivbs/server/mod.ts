@@ -56,7 +56,7 @@ export interface IvbsServerOptions {
   connectionLimits?: Partial<ConnectionLimits>;
   /** Logger (extension; default component "ivbs-server"). */
   log?: Logger;
-  /** Time for the connections' idle timeout (extension; default the real clock). */
+  /** Time for the idle timeout and reply delays (extension; default the real clock). */
   clock?: Clock;
 }
 
@@ -154,6 +154,7 @@ class IvbsServer implements IvbsTestServer {
     requests: {},
     injected: 0,
     readerWaits: 0,
+    delayedReplies: 0,
   };
   readonly #proxies: ProxyListener[] = [];
   readonly #views: ProxyView[] = [];

@@ -6,6 +6,7 @@
  * a reply is written or dropped its pooled buffers and its admission go back.
  * @module
  */
+import type { TimerHandle } from "../../clock.ts";
 import type { ByteStream } from "../../io/stream.ts";
 import { type Frame, FrameWriter } from "../../io/frame_writer.ts";
 import { errorMessage } from "../../error_info.ts";
@@ -65,7 +66,7 @@ export class ReplyPath {
   // Handlers still running (store I/O, reply delays).
   #handlers = 0;
   #handlersIdle: (() => void) | null = null;
-  readonly #timers = new Map<ReturnType<typeof setTimeout>, () => void>();
+  readonly #timers = new Map<TimerHandle, () => void>();
 
   constructor(stream: ByteStream, owner: ReplyPathOwner) {
     this.#owner = owner;
@@ -143,14 +144,17 @@ export class ReplyPath {
     this.enqueue(reply, cost);
   }
 
+  /** A reply delay, on the server's clock; `stats.delayedReplies` counts those running. */
   #sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const id = setTimeout(() => {
+    const ctx = this.#owner.ctx;
+    ctx.stats.delayedReplies++;
+    return new Promise<void>((resolve) => {
+      const id = ctx.clock.setTimeout(() => {
         this.#timers.delete(id);
         resolve();
       }, ms);
       this.#timers.set(id, resolve);
-    });
+    }).finally(() => ctx.stats.delayedReplies--);
   }
 
   /** Settles once no handler runs. */
@@ -172,7 +176,7 @@ export class ReplyPath {
   /** Reply delays end at once; queued replies are dropped and give back what they hold. */
   close(): void {
     for (const [id, resolve] of this.#timers) {
-      clearTimeout(id);
+      this.#owner.ctx.clock.clearTimeout(id);
       resolve();
     }
     this.#timers.clear();

@@ -2,7 +2,12 @@
  * Attaches a backend to a kernel NBD device through the ioctl interface:
  * open /dev/nbdN, connect a unix socket pair, configure the device (block size, size,
  * flags, timeout) and hand it one end, then run NBD_DO_IT on a worker thread
- * while serveTransmission serves the other end on the event loop.
+ * while serveTransmission serves the other end on the event loop. attach.ts
+ * uses it where the kernel has no nbd netlink family or the config asks for it.
+ *
+ * One connection only: several would need one NBD_SET_SOCK per socket before
+ * DO_IT, which the kernel allows, but devices attached this way cannot outlive
+ * the daemon anyway, and netlink (the default) carries N connections.
  *
  * Hazards this module is built around (drivers/block/nbd.c):
  * - Every NBD_SET_SOCK for a device must come from the task that set it up, so
@@ -14,15 +19,12 @@
  *   for DO_IT; waiting first hangs forever (the 2013 prototype's "zombie").
  * - A signal delivered to the thread waiting in DO_IT makes the kernel tear the
  *   device down. Process signals normally go to the main thread; the netlink
- *   interface (a later issue) has no such waiting thread at all.
+ *   attachment (netlink_attach.ts) has no such waiting thread at all.
  * - The kernel drops the device's configuration (the `pid` file, the size)
  *   when the last open fd of it closes, so detach closes every fd.
  * @module
  */
 import {
-  AF_UNIX,
-  close,
-  connectUnix,
   ioctl,
   ioctlOnWorker,
   LibcError,
@@ -30,74 +32,29 @@ import {
   O_CLOEXEC,
   O_RDWR,
   open,
-  setsockoptInt,
-  SO_SNDBUF,
-  SO_SNDBUFFORCE,
-  SOCK_CLOEXEC,
-  SOCK_STREAM,
-  socket,
-  SOL_SOCKET,
 } from "../../ffi/libc.ts";
 import { ConnStream } from "../io/conn_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../block/backend.ts";
 import { nbdIndex, readNbdDevice } from "./devices.ts";
+import {
+  type AttachedDevice,
+  type AttachOptions,
+  connectedPair,
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_DETACH_TIMEOUT_MS,
+  DEFAULT_MAX_REQUEST_KB,
+  deviceSizeBytes,
+  growSendBuffer,
+  NbdAttachError,
+  setMaxRequestKb,
+  tryClose,
+} from "./device_setup.ts";
 import { transmissionFlags } from "./flags.ts";
 import { serveTransmission } from "./serve.ts";
 import { IoStats } from "./stats.ts";
 import { transmissionFlagNames } from "./wire.ts";
 
-export interface AttachOptions {
-  /** Logical block size: a power of two from 512 to 4096; default 4096. */
-  blockSize?: number;
-  /** Kernel request timeout (NBD_SET_TIMEOUT) in s; default 0 = none: the IVBS layer owns timeouts. */
-  timeoutS?: number;
-  /** Requests in flight between the kernel and the backend; default 128. */
-  maxInFlight?: number;
-  /**
-   * Largest request the kernel sends, in KiB (sysfs queue/max_sectors_kb);
-   * default 1024. The kernel's own default for nbd is 128: eight requests per
-   * MiB, each paying the per-request cost of the serve loop. Capped by the
-   * driver at 32 MiB, the IVBS request limit too.
-   */
-  maxRequestKb?: number;
-  stats?: IoStats;
-  log?: Logger;
-  /**
-   * How long detach() lets the serve loop answer what is in flight after the
-   * kernel's DISC before it closes the socket anyway; default 60 000 ms.
-   */
-  detachTimeoutMs?: number;
-}
-
-export interface AttachedDevice {
-  readonly device: string;
-  readonly stats: IoStats;
-  /** NBD_DISCONNECT, answer what is in flight, close, wait for DO_IT, close fds. Idempotent. */
-  detach(): Promise<void>;
-  /** Settles when DO_IT has returned and every fd is closed, whoever ended it. */
-  readonly done: Promise<void>;
-}
-
-export type NbdAttachErrorCode = "NO_MODULE" | "NOT_ROOT" | "BUSY" | "NO_DEVICE" | "IOCTL";
-
-/** Why a device could not be attached. */
-export class NbdAttachError extends Error {
-  constructor(message: string, readonly code: NbdAttachErrorCode, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "NbdAttachError";
-  }
-}
-
-const DEFAULT_BLOCK_SIZE = 4096;
-const DEFAULT_DETACH_TIMEOUT_MS = 60_000;
-const DEFAULT_MAX_REQUEST_KB = 1024;
-/**
- * Send buffer of the kernel's socket end. A unix stream socket queues at most
- * the SENDER's buffer, 208 KiB by default: a 1 MiB WRITE would reach us in
- * pieces with a wait between them.
- */
-const SOCKET_BUFFER_BYTES = 4 * 1024 * 1024;
 /** How long attach waits for the kernel to show the device running (its `pid` file). */
 const STARTUP_WAIT_MS = 10_000;
 
@@ -108,31 +65,6 @@ async function exists(path: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-/**
- * Checks the block size and timeout an attachment asks for and returns the
- * device size: the backend's, rounded down to whole blocks (ioctl and netlink
- * attachments alike). Throws RangeError on a bad setting or a backend smaller
- * than one block.
- */
-export function deviceSizeBytes(backend: Backend, blockSize: number, timeoutS: number): number {
-  if (
-    !Number.isInteger(blockSize) || blockSize < 512 || blockSize > 4096 ||
-    (blockSize & (blockSize - 1)) !== 0
-  ) {
-    throw new RangeError(`block size must be a power of two from 512 to 4096, got ${blockSize}`);
-  }
-  if (!Number.isInteger(timeoutS) || timeoutS < 0) {
-    throw new RangeError(`timeout must be a whole number of seconds >= 0, got ${timeoutS}`);
-  }
-  const blocks = Math.floor(backend.size / blockSize);
-  if (blocks < 1) {
-    throw new RangeError(
-      `backend of ${backend.size} bytes is smaller than one ${blockSize}-byte block`,
-    );
-  }
-  return blocks * blockSize;
 }
 
 /** Attaches `backend` to `device` ("/dev/nbdN") and starts serving it. */
@@ -227,67 +159,6 @@ export async function attachDevice(
   }
 }
 
-/**
- * A connected unix stream socket pair: the kernel's end as a raw fd for
- * NBD_SET_SOCK, ours as a Deno.Conn. Not socketpair(2): Deno cannot adopt a raw
- * fd, and waiting on one means poll(2) on an FFI worker thread, whose wake-up
- * then has to wake the main thread. A Deno.Conn waits in the main thread's own
- * reactor: one wake instead of two (in the NBD VM under TCG, another thread's
- * send to our read: median 5.2 ms with poll on a worker, 4.0 ms with Deno.Conn;
- * p90 25 ms and 12 ms). The listener lives in a fresh 0700 directory only
- * until our own connection is accepted.
- */
-export async function connectedPair(): Promise<{ kernelEnd: number; ours: Deno.Conn }> {
-  const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-nbd-" });
-  const path = `${dir}/socket`;
-  let kernelEnd: number | null = null;
-  try {
-    const listener = Deno.listen({ transport: "unix", path });
-    try {
-      kernelEnd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC);
-      connectUnix(kernelEnd, path);
-      return { kernelEnd, ours: await listener.accept() };
-    } finally {
-      listener.close();
-    }
-  } catch (error) {
-    if (kernelEnd !== null) tryClose(kernelEnd);
-    throw error;
-  } finally {
-    await Deno.remove(dir, { recursive: true }).catch(() => {});
-  }
-}
-
-/** Best effort: beyond net.core.wmem_max as root (FORCE), else up to it. */
-export function growSendBuffer(fd: number, log: Logger): void {
-  try {
-    setsockoptInt(fd, SOL_SOCKET, SO_SNDBUFFORCE, SOCKET_BUFFER_BYTES);
-  } catch {
-    try {
-      setsockoptInt(fd, SOL_SOCKET, SO_SNDBUF, SOCKET_BUFFER_BYTES);
-    } catch (error) {
-      log.debug("cannot grow the socket send buffer", { fd, error });
-    }
-  }
-}
-
-/** Best effort: the device works with the kernel's default, only slower. */
-export async function setMaxRequestKb(index: number, kb: number, log: Logger): Promise<void> {
-  const path = `/sys/block/nbd${index}/queue/max_sectors_kb`;
-  try {
-    const hardLimit = Number(
-      (await Deno.readTextFile(`/sys/block/nbd${index}/queue/max_hw_sectors_kb`)).trim(),
-    );
-    await Deno.writeTextFile(path, String(Math.min(kb, hardLimit || kb)));
-  } catch (error) {
-    log.warn("cannot set the largest NBD request size; keeping the kernel's", {
-      path,
-      kb,
-      error,
-    });
-  }
-}
-
 function openDevice(device: string): number {
   try {
     return open(device, O_RDWR | O_CLOEXEC);
@@ -341,17 +212,10 @@ function tryIoctl(fd: number, request: number): void {
   }
 }
 
-function tryClose(fd: number): void {
-  try {
-    close(fd);
-  } catch {
-    // Best effort during cleanup.
-  }
-}
-
 class KernelAttachment implements AttachedDevice {
   readonly device: string;
   readonly stats: IoStats;
+  readonly connections: readonly IoStats[];
   readonly done: Promise<void>;
   readonly #devFd: number;
   readonly #kernelEnd: number;
@@ -379,6 +243,7 @@ class KernelAttachment implements AttachedDevice {
     this.#log = options.log;
     this.#detachTimeoutMs = options.detachTimeoutMs ?? DEFAULT_DETACH_TIMEOUT_MS;
     this.stats = options.stats ?? new IoStats();
+    this.connections = [this.stats];
     this.#doIt = ioctlOnWorker(devFd, NbdIoctl.DO_IT).then((result) => {
       this.#doItReturned = true;
       // The kernel is done with the socket: nothing we still send can matter.

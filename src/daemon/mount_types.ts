@@ -1,0 +1,157 @@
+/**
+ * The mount table's vocabulary: what a mount request carries, what views see
+ * of a mount and a device, and why a request was refused. Its own module so
+ * the views' types do not come with the table's mechanics.
+ * @module
+ */
+import type { Logger } from "../log.ts";
+import type { DeviceAttachment, MountBackend } from "./driver.ts";
+import type { WatchSession } from "./proxy_registry.ts";
+import type { Throughput } from "./rate.ts";
+import type { MountRecord } from "./state_file.ts";
+
+/** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
+export type MountErrorCode =
+  | "INVALID_DEVICE" // not an NBD device name
+  | "UNKNOWN_DEVICE" // no such device (or beyond nbd.devices)
+  | "NO_MODULE" // the kernel has no NBD devices at all
+  | "BUSY" // device mounted, being mounted, or used by another process
+  | "NO_FREE_DEVICE"
+  | "NOT_MOUNTED"
+  | "SHUTTING_DOWN"
+  | "DETACH_FAILED"
+  // Passed through from IvbsSession.open (IvbsMountError) and attachDevice (NbdAttachError):
+  | "LOGIN_DENIED"
+  | "IMAGE_NOT_FOUND"
+  | "ACCESS_DENIED"
+  | "NO_PROXY"
+  | "PROTOCOL"
+  | "NOT_ROOT"
+  | "NO_DEVICE"
+  | "IOCTL"
+  | "MOUNT_FAILED"; // anything else
+
+export const PASSTHROUGH_CODES = new Set<string>([
+  "LOGIN_DENIED",
+  "IMAGE_NOT_FOUND",
+  "ACCESS_DENIED",
+  "NO_PROXY",
+  "PROTOCOL",
+  "NO_MODULE",
+  "NOT_ROOT",
+  "BUSY",
+  "NO_DEVICE",
+  "IOCTL",
+]);
+
+export class MountError extends Error {
+  constructor(message: string, readonly code: MountErrorCode) {
+    super(message);
+    this.name = "MountError";
+  }
+}
+
+export type MountState = "mounting" | "mounted" | "reconnecting" | "unmounting";
+
+export interface MountRequest {
+  /** "/dev/nbdN", "nbdN", "auto" or absent (= auto). */
+  device?: string;
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+  /** Connections (one IVBS session each) of the device, 1..16; default nbd.connections. */
+  connections?: number;
+}
+
+/** One connection of a mount: its socket to the kernel and its IVBS session. */
+export interface ConnectionInfo {
+  /** IVBS proxy of this connection's session, "host:port"; null while it reconnects. */
+  proxy: string | null;
+  /** Kernel requests this connection serves right now. */
+  inFlight: number;
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  failovers: number;
+}
+
+/** What views show of a mount. Never carries the password. */
+export interface MountInfo {
+  device: string;
+  image: string;
+  username: string;
+  state: MountState;
+  sizeBytes: number;
+  readOnly: boolean;
+  /**
+   * IVBS proxy of the first connection, "host:port"; null while it reconnects
+   * or before the session is open. `connections` has each connection's.
+   */
+  proxy: string | null;
+  /** Kernel requests being served right now. */
+  inFlight: number;
+  reads: number;
+  writes: number;
+  bytesRead: number;
+  bytesWritten: number;
+  errors: number;
+  failovers: number;
+  reconnects: number;
+  retries: number;
+  mountedAt: string;
+  /** Average over the last sampling window (≥ 1 s, taken when the table is read). */
+  throughput: Throughput;
+  /** Per connection, in the kernel's socket order; one entry for a single-connection device. */
+  connections: ConnectionInfo[];
+}
+
+/** A device as `lista` shows it: the kernel's view joined with the table's. */
+export interface DeviceInfo {
+  device: string;
+  index: number;
+  /** Attached (by us or by another process). */
+  inUse: boolean;
+  sizeBytes: number;
+  pid: number | null;
+  /** The image this daemon has on it, if any. */
+  image: string | null;
+  state: MountState | "free" | "foreign";
+}
+
+/** Everything metrics need about one mount (live objects, read at scrape time). */
+export interface MountSnapshot {
+  info: MountInfo;
+  attachment: DeviceAttachment | null;
+  /** The mount's sessions as one: the first one's proxy, counters summed. */
+  backend: MountBackend | null;
+}
+
+export interface MountTableOptions {
+  /** Devices the daemon manages: /dev/nbd0 … /dev/nbd{deviceCount-1}. */
+  deviceCount: number;
+  /** Connections per device when a request does not say (nbd.connections); default 1. */
+  connections?: number;
+  log?: Logger;
+  /** Clock for throughput sampling (tests pass a fake one). */
+  now?: () => number;
+  /** Follows each mount's IVBS session (proxy registry, session log lines). */
+  watchSession?: WatchSession;
+  /** The kernel attachment's logger for `device` (its lines name the device). */
+  deviceLog?: (context: { device: string }) => Logger;
+  /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
+  onPersistentChange?: () => void;
+}
+
+/**
+ * A take-over made ready (`MountTable.prepareAdopt`): the IVBS sessions are
+ * open, the device not yet handed over. Exactly one of the two is called, once.
+ */
+export interface PreparedAdoption {
+  readonly record: MountRecord;
+  /** Hands the kernel the new sockets (RECONFIGURE) and serves the device. */
+  takeOver(): Promise<MountInfo>;
+  /** Closes the sessions and frees the entry; the device stays as it is. */
+  abandon(): Promise<void>;
+}
