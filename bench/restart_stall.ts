@@ -33,6 +33,7 @@ const USAGE = `usage: deno run -A bench/restart_stall.ts [options]
   --fio-mb N          fio file size in MiB (default 512)
   --requeue-after S   nbd.requeueAfterS of the daemon (default 2)
   --dead-conn S       nbd.deadConnTimeoutS of the daemon (default 120)
+  --restart-after N   MiB the device has seen written when the restart begins (default 32)
   --kinds LIST        restart kinds, comma-separated (default: ${RESTART_KINDS.join(",")})
   --before DIR        also run each kind with the daemon of the checkout DIR (before/after)
   --out FILE          also write the table to FILE (markdown)`;
@@ -57,6 +58,7 @@ const { values } = parseArgs({
     "dead-conn": { type: "string", default: "120" },
     out: { type: "string" },
     kinds: { type: "string" },
+    "restart-after": { type: "string", default: "32" },
     before: { type: "string" },
     help: { type: "boolean", short: "h", default: false },
   },
@@ -90,6 +92,7 @@ const options = {
   fioMb: Number(values["fio-mb"]),
   requeueAfterS: Number(values["requeue-after"]),
   deadConnTimeoutS: Number(values["dead-conn"]),
+  restartAfterMb: Number(values["restart-after"]),
 };
 const kinds = values.kinds === undefined
   ? RESTART_KINDS
@@ -137,7 +140,7 @@ const table = [
     Deno.env.get("NBD_VM") ? " (NBD VM, TCG emulation)" : ""
   }; ext4, fio ${options.fioMb} MiB randwrite 64k qd16 libaio O_DIRECT + crc32c verify; ` +
   `nbd.requeueAfterS ${options.requeueAfterS}, nbd.deadConnTimeoutS ${options.deadConnTimeoutS}; ` +
-  "the restart begins once fio has written 32 MiB." +
+  `the restart begins once fio has written ${options.restartAfterMb} MiB.` +
   (values.before ? ` before: the daemon of ${values.before}; after: this checkout.` : ""),
   "",
   "| restart | round | longest I/O stall ms | fio errors | kernel I/O error lines | other kernel error lines | verified MiB | new daemon listening at ms | device back at ms |",

@@ -32,6 +32,8 @@ export interface RestartOptions {
    * daemon fails over while it drains and the new one logs in elsewhere.
    */
   stopProxyDuringRestart?: boolean;
+  /** The restart begins once the device has seen this many MiB written (default 32). */
+  restartAfterMb?: number;
   /** main.ts of the checkout whose daemons (old and new) run; default this one. */
   main?: string;
   /** main.ts of the checkout the first (old) daemon runs, for an upgrade; default `main`. */
@@ -277,7 +279,7 @@ export async function restartUnderFio(
     // Let fio get going, then restart the daemon under it.
     await until("fio writes", async () => {
       const [m] = await mounts(daemon.url);
-      return m && m.bytesWritten > 32 * MIB ? m : null;
+      return m && m.bytesWritten > (options.restartAfterMb ?? 32) * MIB ? m : null;
     });
     if (exported) {
       await until(
