@@ -340,13 +340,26 @@ export async function restartUnderFio(
       stoppedProxy,
       export: exportOutcome,
     };
+  } catch (error) {
+    // What the daemon and the kernel said is what explains a failed run.
+    await bridge?.stop();
+    if (mounted) await sh("umount", mnt);
+    mounted = false;
+    const { stderr } = await daemon.stop("SIGINT");
+    const kernel = (await sh("dmesg")).stdout.split("\n").slice(-30).join("\n");
+    console.error(`daemon log (tail):\n${stderr.slice(-6000)}\nkernel log (tail):\n${kernel}`);
+    throw error;
   } finally {
     await bridge?.stop();
     if (mounted) await sh("umount", mnt);
     await daemon.stop("SIGINT");
     await ivbs.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(stateDir, { recursive: true });
+    for (const path of [dir, stateDir]) {
+      // A filesystem still mounted there must not hide the run's own error.
+      await Deno.remove(path, { recursive: true }).catch((error) => {
+        console.error(`cannot remove ${path}: ${error.message}`);
+      });
+    }
   }
 }
 
