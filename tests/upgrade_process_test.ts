@@ -67,9 +67,12 @@ Deno.test("an API export of a user not in the config survives kill -9, SIGTERM a
   try {
     const added = await post(daemon.url, "/api/exports", { name: "csi1", image: "disk", ...BOB });
     assert.equal(added.status, 201, await added.text());
+    // Credentials are written first, then the state file.
     await until(
-      "the credential store holds csi1",
-      async () => (await Deno.readTextFile(credentials)).includes('"csi1"'),
+      "the credential store and the state file hold csi1",
+      async () =>
+        (await Deno.readTextFile(credentials)).includes('"csi1"') &&
+        (await Deno.readTextFile(`${stateDir}/mounts.json`)).includes('"csi1"'),
     );
     assert.equal((await Deno.stat(credentials)).mode! & 0o777, 0o600);
     assert.equal((await Deno.stat(`${base}/run/ivbsnetd`)).mode! & 0o777, 0o700);
