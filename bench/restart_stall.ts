@@ -22,6 +22,7 @@
  */
 import { parseArgs } from "node:util";
 import {
+  lifecycle,
   RESTART_KINDS,
   type RestartKind,
   type RestartOutcome,
@@ -127,6 +128,10 @@ for (let round = 1; round <= Number(values.rounds); round++) {
       );
       console.log(rows.at(-1));
       for (const line of o.kernelErrors) console.log(`  kernel: ${line}`);
+      // Where the pause went: the daemons' start, take-over and shutdown lines.
+      for (const line of [...lifecycle(o.oldLog), "--", ...lifecycle(o.newLog)]) {
+        console.log(`  ${line}`);
+      }
     }
   }
 }
