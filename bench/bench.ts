@@ -19,11 +19,14 @@
  *
  * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
  *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
+ *          [--connections N]
  *   --before DIR: also run the export pair of another checkout (before/after, same run).
+ *   --connections N: add the 1 MiB qd8 rows with N fio jobs, one NBD connection each
+ *     (host setting: each export connection has its own IVBS session).
  * @module
  */
 import { parseArgs } from "node:util";
-import { WORKLOADS } from "./fio.ts";
+import { connectionRows, WORKLOADS } from "./fio.ts";
 import { Child, exists, freePort, portOpen, type Usage, waitFor } from "./processes.ts";
 import {
   comparisonTable,
@@ -138,7 +141,8 @@ async function setupHost(dir: string, before?: string): Promise<Setup> {
     targets: [
       target("ivbsnetd", ours.uri, [ours.export, ours.server]),
       ...(old ? [target("before", old.uri, [old.export, old.server])] : []),
-      target("peer", uri("peer.sock"), peers),
+      // nbdkit nbd first: the front process, as the export is ours.
+      target("peer", uri("peer.sock"), [peers[1], peers[0]]),
       target("ceiling", uri("memory.sock"), [peers[0]]),
     ],
     children,
@@ -186,7 +190,11 @@ async function setupKernel(dir: string): Promise<Setup> {
         fio: { kind: "block-device", path: "/dev/nbd0" },
         processes: [ivbsnetd, server.child],
       },
-      { label: "peer", fio: { kind: "block-device", path: "/dev/nbd1" }, processes: peers },
+      {
+        label: "peer",
+        fio: { kind: "block-device", path: "/dev/nbd1" },
+        processes: [peers[1], peers[0]],
+      },
       {
         label: "ceiling",
         fio: { kind: "block-device", path: "/dev/nbd2" },
@@ -226,6 +234,7 @@ async function main() {
       only: { type: "string" },
       before: { type: "string" },
       "no-ceiling": { type: "boolean" },
+      connections: { type: "string" },
     },
   });
   const setting = positionals[0];
@@ -241,8 +250,8 @@ async function main() {
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
   const setup = setting === "host" ? await setupHost(dir, values.before) : await setupKernel(dir);
   if (values["no-ceiling"]) setup.targets = setup.targets.filter((t) => t.label !== "ceiling");
-  const workloads = WORKLOADS.filter((w) =>
-    !values.only || values.only.split(",").some((o) => w.name.includes(o))
+  const workloads = [...WORKLOADS, ...connectionRows(Number(values.connections ?? 1))].filter(
+    (w) => !values.only || values.only.split(",").some((o) => w.name.includes(o)),
   );
   const extra: string[] = [];
   let samples: Samples;
@@ -285,7 +294,9 @@ async function main() {
     `time-based job after a ${WARMUP_SECONDS} s warm-up each; image ${IMAGE_SIZE}, fio size ` +
     `${FIO_FILE_SIZE}. Each cell: median (min–max) over the rounds; ratios are taken per round ` +
     "against the peer (2 hops: nbdkit nbd → nbdkit memory); CPU µs per I/O counts all of a " +
-    "target's processes (ivbsnetd: the daemon + the IVBS test server; peer: both nbdkits).",
+    "target's processes (ivbsnetd: the daemon + the IVBS test server; peer: both nbdkits), " +
+    "then split: front = the daemon / nbdkit nbd, store = the IVBS test server (a stand-in " +
+    "for IVBS, not the product) / nbdkit memory.",
     "",
     ...lines,
     "",

@@ -14,6 +14,11 @@ export interface Workload {
   size?: string;
   /** Report MB/s (sequential) or IOPS (random). */
   unit: "MB/s" | "IOPS";
+  /**
+   * fio jobs, each with a connection of its own (the nbd engine opens one per
+   * job), each on its own slice of the file; default 1.
+   */
+  jobs?: number;
 }
 
 export const WORKLOADS: readonly Workload[] = [
@@ -32,6 +37,19 @@ export const WORKLOADS: readonly Workload[] = [
     unit: "MB/s",
   },
 ];
+
+/**
+ * The 1 MiB qd8 rows again, spread over `connections` fio jobs (one NBD
+ * connection each: what multi-conn is for), to append to a run.
+ */
+export function connectionRows(connections: number): Workload[] {
+  if (!Number.isSafeInteger(connections) || connections < 2) return [];
+  return WORKLOADS.filter((w) => w.blockSize === "1M" && w.iodepth === 8).map((w) => ({
+    ...w,
+    name: `${w.name} x${connections} conns`,
+    jobs: connections,
+  }));
+}
 
 /** Where fio sends its I/O. */
 export type FioTarget =
@@ -60,19 +78,23 @@ export async function runFio(
   workload: Workload,
   options: { seconds: number; fileSize: string; rampSeconds?: number },
 ): Promise<FioResult> {
+  const jobs = workload.jobs ?? 1;
   const args = [
     `--name=${workload.rw}`,
     `--rw=${workload.rw}`,
     `--bs=${workload.blockSize}`,
     `--iodepth=${workload.iodepth}`,
-    "--numjobs=1",
+    `--numjobs=${jobs}`,
     "--group_reporting",
     "--output-format=json",
   ];
   if (workload.size) {
     args.push(`--size=${workload.size}`);
   } else {
-    args.push(`--size=${options.fileSize}`, "--time_based", `--runtime=${options.seconds}`);
+    // Several jobs each take a slice: together they cover the file once.
+    const size = jobs > 1 ? `${Math.floor(parseSize(options.fileSize) / jobs)}` : options.fileSize;
+    if (jobs > 1) args.push(`--offset_increment=${size}`);
+    args.push(`--size=${size}`, "--time_based", `--runtime=${options.seconds}`);
     args.push(`--ramp_time=${options.rampSeconds ?? 1}`);
   }
   if (target.kind === "nbd-uri") {
@@ -97,4 +119,12 @@ export async function runFio(
     p99Us: (percentiles["99.000000"] ?? 0) / 1000,
     ios: side.total_ios,
   };
+}
+
+/** Bytes in a fio size such as "1G", "512M" or "4096". */
+function parseSize(text: string): number {
+  const match = /^(\d+)([KMG]?)$/.exec(text);
+  if (!match) throw new Error(`cannot read fio size ${text}`);
+  const scale = { "": 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[match[2]]!;
+  return Number(match[1]) * scale;
 }

@@ -4,11 +4,16 @@
 #   1. syscalls per request: strace -f -c on both processes over N requests;
 #   2. CPU per request: user/system ticks of both processes over N requests;
 #   3. top JS frames: deno --cpu-prof of both processes over N requests.
-# Usage: bench/profile_qd1.sh [TREE (default: this checkout)] [N (default 20000)] [randread|randwrite]
+# Usage: bench/profile_qd1.sh [TREE (default: this checkout)] [N (default 20000)] [randread|randwrite|write|read]
+# Environment: BS (default 4k), QD (default 1), WARM (warm-up requests, default 5000), e.g.
+#   BS=1M QD=8 WARM=1000 bench/profile_qd1.sh . 2000 write   (where a 1 MiB write's CPU goes)
 set -euo pipefail
 TREE=$(cd "${1:-$(dirname "$0")/..}" && pwd)
 N=${2:-20000}
 RW=${3:-randread}
+BS=${BS:-4k}
+QD=${QD:-1}
+WARM=${WARM:-5000}
 HERE=$(cd "$(dirname "$0")" && pwd)
 DIR=$(mktemp -d /tmp/ivbsnetd-profile-XXXXXX)
 PIDS=()
@@ -38,8 +43,8 @@ start() { # start FLAGS...: an IVBS test server and an export in front of it
   URI="nbd+unix:///bench?socket=$DIR/exp.sock"
 }
 
-fio_n() { # fio_n COUNT: COUNT qd1 4k requests
-  fio --name=p --rw="$RW" --bs=4k --iodepth=1 --size=1G --number_ios="$1" --ioengine=nbd \
+fio_n() { # fio_n COUNT: COUNT requests of BS at QD
+  fio --name=p --rw="$RW" --bs="$BS" --iodepth="$QD" --size=1G --number_ios="$1" --ioengine=nbd \
     --uri="$URI" --output-format=json 2>/dev/null | sed -n '/^{/,$p'
 }
 
@@ -53,9 +58,9 @@ stop() {
   PIDS=()
 }
 
-echo "== tree $TREE, $N qd1 4k $RW requests; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== tree $TREE, $N qd$QD $BS $RW requests; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 start
-fio_n 5000 >/dev/null # warm-up (JIT)
+fio_n "$WARM" >/dev/null # warm-up (JIT)
 e0=$(ticks "$EXPORT")
 s0=$(ticks "$SERVER")
 fio_n "$N" | python3 -c '
@@ -84,10 +89,10 @@ done
 stop
 
 start --cpu-prof --cpu-prof-dir="$DIR/prof"
-fio_n 5000 >/dev/null
+fio_n "$WARM" >/dev/null
 fio_n "$N" >/dev/null
 stop
 for profile in "$DIR"/prof/*.cpuprofile; do
-  echo "-- $(basename "$profile") (includes the 5000-request warm-up and start-up)"
-  deno run -R "$HERE/cpu_profile_top.ts" "$profile" --top 15 --per "$((N + 5000))"
+  echo "-- $(basename "$profile") (includes the $WARM-request warm-up and start-up)"
+  deno run -R "$HERE/cpu_profile_top.ts" "$profile" --top 15 --per "$((N + WARM))"
 done

@@ -27,6 +27,8 @@ export interface Sample {
   result: FioResult;
   /** CPU time (user + system) of the target's processes per completed I/O, µs. */
   cpuUsPerIo: number;
+  /** The same split by process, in the order of the target's `processes`. */
+  cpuUsPerIoByProcess: number[];
 }
 
 /** samples.get(workload name).get(target label) = one Sample per round. */
@@ -46,11 +48,16 @@ export async function measure(
   seconds: number,
   fileSize: string,
 ): Promise<Sample> {
-  const cpu = () => target.processes.reduce((sum, p) => sum + p.usage().cpuSeconds, 0);
+  const cpu = () => target.processes.map((p) => p.usage().cpuSeconds);
   const before = cpu();
   const result = await runFio(target.fio, workload, { seconds, fileSize, rampSeconds: 0 });
-  const used = cpu() - before;
-  return { result, cpuUsPerIo: result.ios > 0 ? (used * 1e6) / result.ios : 0 };
+  const perIo = (seconds: number) => result.ios > 0 ? (seconds * 1e6) / result.ios : 0;
+  const byProcess = cpu().map((after, i) => perIo(after - before[i]));
+  return {
+    result,
+    cpuUsPerIo: byProcess.reduce((sum, us) => sum + us, 0),
+    cpuUsPerIoByProcess: byProcess,
+  };
 }
 
 /** Warm-up, then `rounds` interleaved rounds over every workload and target. */
@@ -79,7 +86,9 @@ export async function runRounds(
             sample.result.value.toFixed(0)
           } ${workload.unit}, p50 ${sample.result.p50Us.toFixed(0)} µs, p99 ${
             sample.result.p99Us.toFixed(0)
-          } µs, ${sample.cpuUsPerIo.toFixed(1)} µs CPU/IO`,
+          } µs, ${sample.cpuUsPerIo.toFixed(1)} µs CPU/IO (${
+            sample.cpuUsPerIoByProcess.map((us) => us.toFixed(1)).join(" + ")
+          })`,
         );
       }
     }
@@ -131,8 +140,9 @@ export function crossesOne(values: readonly number[]): boolean {
 /**
  * The comparison table: per workload a row per target with the median and
  * range of throughput, of its per-round ratio to `peer` (throughput, p50,
- * p99), of p50 and p99, and of CPU µs per I/O. Returns the table lines and
- * the notes for inconclusive ratios.
+ * p99), of p50 and p99, of CPU µs per I/O, and of the CPU µs per I/O of the
+ * target's first process (the front: the daemon, nbdkit nbd) and the rest (the
+ * store behind it). Returns the table lines and the notes for inconclusive ratios.
  */
 export function comparisonTable(
   workloads: readonly Workload[],
@@ -142,8 +152,8 @@ export function comparisonTable(
 ): { lines: string[]; notes: string[] } {
   const lines = [
     `| workload | target | throughput | / ${peer} | p50 µs | p99 µs | p50 / ${peer} | ` +
-    `p99 / ${peer} | CPU µs per I/O |`,
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    `p99 / ${peer} | CPU µs per I/O | front CPU µs per I/O | store CPU µs per I/O |`,
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   const notes: string[] = [];
   for (const workload of workloads) {
@@ -165,7 +175,9 @@ export function comparisonTable(
           spread(list.map((s) => s.result.p50Us))
         } | ${spread(list.map((s) => s.result.p99Us))} | ${mine ? "" : spread(p50, 2)} | ${
           mine ? "" : spread(p99, 2)
-        } | ${spread(list.map((s) => s.cpuUsPerIo), 1)} |`,
+        } | ${spread(list.map((s) => s.cpuUsPerIo), 1)} | ${
+          spread(list.map((s) => s.cpuUsPerIoByProcess[0]), 1)
+        } | ${spread(list.map((s) => s.cpuUsPerIo - s.cpuUsPerIoByProcess[0]), 1)} |`,
       );
       if (!mine && crossesOne(value)) {
         notes.push(

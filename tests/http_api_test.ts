@@ -115,6 +115,22 @@ Deno.test("POST /api/mounts accepts nbdN and /dev/nbdN and honours readOnly", as
   assert.equal(ro.json?.readOnly, true, "an image read-only on the IVBS side mounts read-only");
 });
 
+Deno.test("POST /api/mounts takes connections 1..16 and shows each connection", async () => {
+  const { call, driver } = setup();
+  const made = await call("POST", "/api/mounts", { ...MOUNT, connections: 4 });
+  assert.equal(made.status, 201);
+  assert.deepEqual(driver.openedConnections, [0, 1, 2, 3]);
+  const connections = made.json?.connections as { proxy: string; inFlight: number }[];
+  assert.equal(connections.length, 4);
+  assert.ok(connections.every((c) => c.proxy === "127.0.0.1:11417" && c.inFlight === 0));
+  for (const bad of [0, 17, 2.5, "4", null]) {
+    const refused = await call("POST", "/api/mounts", { ...MOUNT, connections: bad });
+    assert.equal(refused.status, 400, `connections ${JSON.stringify(bad)} is refused`);
+    assert.match(String(refused.json?.error), /connections/);
+  }
+  assert.equal(driver.openedConnections.length, 4, "a refused request opens no session");
+});
+
 Deno.test("GET /api/mounts shows image, size, proxy, in-flight and byte counters", async () => {
   const { call, driver } = setup();
   await call("POST", "/api/mounts", MOUNT);

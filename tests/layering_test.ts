@@ -2,7 +2,9 @@
  * The import graph points only down the stack: commands → http / cli → daemon
  * → nbd / ivbs → block → io → ffi. Every import (static, dynamic, type-only,
  * re-export) of every module in src/, ffi/ and main.ts is checked against the
- * layer table below; the README's layer table names the same folders.
+ * layer table below; the README's layer table names the same folders. Also:
+ * no import circle at all (not even inside a layer), the HTTP layer reads no
+ * wire codec, and the CLI sees the daemon only through the API's types.
  */
 import assert from "node:assert/strict";
 import { dirname, join, normalize, relative } from "node:path";
@@ -27,7 +29,13 @@ const LAYERS: readonly Layer[] = [
   {
     name: "commands",
     path: "src/commands/",
-    mayImport: ["http", "cli", "daemon", "ivbs-server", "nbd", "ivbs", "block", "io", "ffi"],
+    mayImport: ["csi", "http", "cli", "daemon", "ivbs-server", "nbd", "ivbs", "block", "io", "ffi"],
+  },
+  // The CSI plugin talks to the daemon only over the HTTP API: through cli's ApiClient.
+  {
+    name: "csi",
+    path: "src/csi/",
+    mayImport: ["cli"],
   },
   { name: "http", path: "src/http/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
   { name: "cli", path: "src/cli/", mayImport: ["daemon", "nbd", "ivbs", "block", "io", "ffi"] },
@@ -121,6 +129,76 @@ export function layeringViolations(files: ReadonlyMap<string, string>): string[]
   return problems.sort();
 }
 
+/** Modules whose byte layouts only their own layer may read. */
+const WIRE_MODULES = new Set(["src/nbd/wire.ts", "src/ivbs/wire.ts", "src/nbd/netlink_wire.ts"]);
+/** The one module of the daemon the CLI may import: the API's view types and limits. */
+const API_TYPES = "src/daemon/api_types.ts";
+
+/** Each import that breaks a rule beyond the layer order (wire codecs, the CLI's contract). */
+export function contractViolations(files: ReadonlyMap<string, string>): string[] {
+  const problems: string[] = [];
+  for (const [path, source] of files) {
+    const from = layerOf(path);
+    for (const specifier of importsOf(source)) {
+      const target = normalize(join(dirname(path), specifier));
+      const to = layerOf(target);
+      if (from === "http" && WIRE_MODULES.has(target)) {
+        problems.push(`${path} (http) imports the wire codec ${target}`);
+      }
+      if (from === "cli" && to !== "cli" && to !== HELPERS && target !== API_TYPES) {
+        problems.push(`${path} (cli) imports ${target}; the CLI may use only ${API_TYPES}`);
+      }
+    }
+  }
+  return problems.sort();
+}
+
+/**
+ * Every import circle among `files`: the modules of each strongly connected
+ * component with more than one module (or a module importing itself), in
+ * path order, joined by " <-> ".
+ */
+export function importCycles(files: ReadonlyMap<string, string>): string[] {
+  const edges = new Map<string, string[]>();
+  for (const [path, source] of files) {
+    const targets = importsOf(source).map((s) => normalize(join(dirname(path), s)));
+    edges.set(path, targets.filter((target) => files.has(target)));
+  }
+  // Tarjan's strongly connected components.
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const cycles: string[] = [];
+  let next = 0;
+  const visit = (node: string) => {
+    index.set(node, next);
+    low.set(node, next++);
+    stack.push(node);
+    onStack.add(node);
+    for (const target of edges.get(node) ?? []) {
+      if (!index.has(target)) {
+        visit(target);
+        low.set(node, Math.min(low.get(node)!, low.get(target)!));
+      } else if (onStack.has(target)) {
+        low.set(node, Math.min(low.get(node)!, index.get(target)!));
+      }
+    }
+    if (low.get(node) !== index.get(node)) return;
+    const component: string[] = [];
+    for (let member = stack.pop()!;; member = stack.pop()!) {
+      onStack.delete(member);
+      component.push(member);
+      if (member === node) break;
+    }
+    if (component.length > 1 || edges.get(node)!.includes(node)) {
+      cycles.push(component.sort().join(" <-> "));
+    }
+  };
+  for (const node of [...files.keys()].sort()) if (!index.has(node)) visit(node);
+  return cycles.sort();
+}
+
 function* typeScriptFiles(dir: string): Generator<string> {
   for (const entry of Deno.readDirSync(dir)) {
     const path = join(dir, entry.name);
@@ -141,6 +219,50 @@ export function productModules(root: string): Map<string, string> {
 
 Deno.test("every import in main.ts, src/ and ffi/ points down the layer stack", () => {
   assert.deepEqual(layeringViolations(productModules(ROOT)), []);
+});
+
+Deno.test("no module of main.ts, src/ and ffi/ is part of an import circle", () => {
+  assert.deepEqual(importCycles(productModules(ROOT)), []);
+});
+
+Deno.test("the HTTP layer imports no wire codec and the CLI only the API's types", () => {
+  assert.deepEqual(contractViolations(productModules(ROOT)), []);
+});
+
+Deno.test("a planted import circle is found, inside a layer and across files", () => {
+  const files = new Map([
+    ["src/commands/serve.ts", 'const k = await import("./kernel_driver.ts");'],
+    ["src/commands/kernel_driver.ts", 'import type { ServeDependencies } from "./serve.ts";'],
+    ["src/daemon/a.ts", 'import { b } from "./b.ts";'],
+    ["src/daemon/b.ts", 'import { c } from "./c.ts";'],
+    ["src/daemon/c.ts", 'export { a } from "./a.ts";'],
+    ["src/daemon/d.ts", 'import { a } from "./a.ts";'],
+    ["src/io/self.ts", 'import "./self.ts";'],
+  ]);
+  assert.deepEqual(importCycles(files), [
+    "src/commands/kernel_driver.ts <-> src/commands/serve.ts",
+    "src/daemon/a.ts <-> src/daemon/b.ts <-> src/daemon/c.ts",
+    "src/io/self.ts",
+  ]);
+  // The real tree with the same circle planted fails the same check.
+  const planted = productModules(ROOT);
+  planted.set("src/daemon/config_types.ts", 'import { parseConfig } from "./config.ts";');
+  assert.match(importCycles(planted).join("\n"), /src\/daemon\/config\.ts <-> .*config_types\.ts/);
+});
+
+Deno.test("an HTTP import of a wire codec and a CLI import of daemon internals are violations", () => {
+  const files = new Map([
+    ["src/http/app.ts", 'import { Op } from "../ivbs/wire.ts";'],
+    ["src/http/page.ts", 'import type { NbdAttr } from "../nbd/netlink_wire.ts";'],
+    ["src/cli/table.ts", 'import type { MountInfo } from "../daemon/mount_table.ts";'],
+    ["src/cli/commands.ts", 'import type { MountInfo } from "../daemon/api_types.ts";'],
+    ["src/cli/args.ts", 'import { parseFlags } from "../args.ts";'],
+  ]);
+  assert.deepEqual(contractViolations(files), [
+    "src/cli/table.ts (cli) imports src/daemon/mount_table.ts; the CLI may use only src/daemon/api_types.ts",
+    "src/http/app.ts (http) imports the wire codec src/ivbs/wire.ts",
+    "src/http/page.ts (http) imports the wire codec src/nbd/netlink_wire.ts",
+  ]);
 });
 
 Deno.test("every folder in src/ is a layer of the table", () => {

@@ -207,3 +207,23 @@ Deno.test("connection i starts on proxy i mod count; the rest follow in configur
   assert.deepEqual(firsts, [[1, 2, 3], [2, 1, 3], [3, 1, 2], [1, 2, 3]]);
   assert.deepEqual(proxiesFor([], 3), []);
 });
+
+Deno.test("metrics see a mount's sessions as one: counters summed, the first one's proxy", async () => {
+  const { table, driver } = fixture();
+  await table.mount({ ...REQUEST, connections: 3 });
+  driver.backends.forEach((backend, i) => {
+    backend.stats.failovers = i;
+    backend.stats.bytesWritten = 1000 * (i + 1);
+  });
+  driver.backends[1].proxy = null;
+  const [snapshot] = table.snapshots();
+  assert.equal(snapshot.backend?.stats?.failovers, 0 + 1 + 2);
+  assert.equal(snapshot.backend?.stats?.bytesWritten, 1000 + 2000 + 3000);
+  assert.equal(snapshot.backend?.proxy, "127.0.0.1:11417");
+  assert.equal(snapshot.info.state, "reconnecting", "one connection between proxies shows");
+  assert.deepEqual(snapshot.info.connections.map((c) => c.proxy), [
+    "127.0.0.1:11417",
+    null,
+    "127.0.0.1:11417",
+  ]);
+});

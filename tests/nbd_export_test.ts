@@ -520,6 +520,29 @@ Deno.test("connections beyond maxClients are closed at once", async () => {
 // ---- IVBS-backed exports ---------------------------------------------------
 
 const IMAGE = { name: "vm", size: 256 * MiB };
+
+/** An export whose every client gets its own IVBS session (fast failover backoff), kept in `sessions`. */
+function sessionExport(
+  ivbs: Awaited<ReturnType<typeof startIvbsServer>>,
+  name: string,
+  image: string,
+  sessions: IvbsSession[],
+): ExportDefinition {
+  return {
+    name,
+    open: async () => {
+      const session = await IvbsSession.open({
+        proxies: ivbs.addresses(),
+        image,
+        ...USER,
+        backoff: { initialMs: 10, maxMs: 100 },
+        log: memoryLog(),
+      });
+      sessions.push(session);
+      return session;
+    },
+  };
+}
 const USER = { username: "alice", password: "s3cret" };
 const WRONG_PASSWORD = "not-alices-pass-7f3a";
 
@@ -534,20 +557,7 @@ Deno.test({
       log: memoryLog(),
     });
     const sessions: IvbsSession[] = [];
-    const exportDef: ExportDefinition = {
-      name: "vm",
-      open: async () => {
-        const session = await IvbsSession.open({
-          proxies: ivbs.addresses(),
-          image: IMAGE.name,
-          ...USER,
-          backoff: { initialMs: 10, maxMs: 100 },
-          log: memoryLog(),
-        });
-        sessions.push(session);
-        return session;
-      },
-    };
+    const exportDef = sessionExport(ivbs, "vm", IMAGE.name, sessions);
     try {
       await withExports([exportDef], async (_, dir) => {
         await writeRandomFile(`${dir}/in.img`, IMAGE.size);
@@ -818,3 +828,112 @@ Deno.test("a client that never starts the handshake is closed at the handshake d
     silent.close();
   }, { handshakeTimeoutMs: 30 });
 });
+
+Deno.test({
+  name: "nbdinfo --json shows can_multi_conn on memory and IVBS exports",
+  ignore: !TOOLS.nbdinfo,
+  fn: async () => {
+    const ivbs = await startIvbsServer({
+      users: [USER],
+      images: [{ name: "small", size: 8 * MiB }],
+      listProxiesIntervalMs: 0,
+      log: memoryLog(),
+    });
+    const ivbsExport: ExportDefinition = {
+      name: "small",
+      open: () =>
+        IvbsSession.open({ proxies: ivbs.addresses(), image: "small", ...USER, log: memoryLog() }),
+    };
+    try {
+      await withExports([memoryExport("mem", MiB), ivbsExport], async (_, dir) => {
+        for (const name of ["mem", "small"]) {
+          const info = JSON.parse(await runOk("nbdinfo", ["--json", uri(dir, name)])) as {
+            exports: { can_multi_conn: boolean; can_flush: boolean }[];
+          };
+          assert.equal(info.exports[0].can_multi_conn, true, name);
+          assert.equal(info.exports[0].can_flush, false, `${name}: no volatile cache to flush`);
+        }
+      });
+    } finally {
+      await ivbs.close();
+    }
+  },
+});
+
+/** 64 MiB: 256 of nbdcopy's 256 KiB requests each way, enough for several kills. */
+const MULTI_IMAGE = { name: "multi", size: 64 * MiB };
+
+Deno.test({
+  name: "nbdcopy --connections=4 into an IVBS export and back keeps sha256 through proxy kills",
+  ignore: !TOOLS.nbdcopy,
+  fn: async () => {
+    const ivbs = await startIvbsServer({
+      ports: [0, 0, 0],
+      users: [USER],
+      images: [MULTI_IMAGE],
+      listProxiesIntervalMs: 0,
+      log: memoryLog(),
+    });
+    const sessions: IvbsSession[] = [];
+    const exportDef = sessionExport(ivbs, "vm", MULTI_IMAGE.name, sessions);
+    try {
+      await withExports([exportDef], async (server, dir) => {
+        await writeRandomFile(`${dir}/in.img`, MULTI_IMAGE.size);
+        const into = await copyWhileKillingProxies(
+          ivbs,
+          ["--connections=4", "--threads=4", `${dir}/in.img`, uri(dir, "vm")],
+        );
+        const back = await copyWhileKillingProxies(
+          ivbs,
+          ["--connections=4", "--threads=4", uri(dir, "vm"), `${dir}/out.img`],
+        );
+        assert.equal(await sha256(`${dir}/out.img`), await sha256(`${dir}/in.img`));
+        // Each nbdcopy connection had a session of its own. (nbdcopy opens no more
+        // connections than threads, hence --threads=4 on a 2-core host.)
+        assert.ok(sessions.length >= 8, `${sessions.length} sessions for 2 copies x 4 connections`);
+        assert.ok(into.kills >= 1 && back.kills >= 1, `kills: ${into.kills} + ${back.kills}`);
+        const failovers = sessions.reduce((n, s) => n + s.stats.failovers, 0);
+        assert.ok(failovers >= 1, "some session failed over");
+        const [vm] = server.exports();
+        assert.equal(vm.stats.errors, 0);
+        console.log(
+          `nbdcopy x4: ${sessions.length} sessions, ${into.kills}+${back.kills} proxy kills, ` +
+            `${failovers} failovers, sha256 equal`,
+        );
+      });
+    } finally {
+      await ivbs.close();
+    }
+  },
+});
+
+/**
+ * Runs nbdcopy with `args` while stopping a proxy every 32 requests the IVBS
+ * server serves and starting it again 32 requests later, round robin over
+ * the proxies; resolves once nbdcopy exited 0, with the number of kills.
+ */
+async function copyWhileKillingProxies(
+  ivbs: Awaited<ReturnType<typeof startIvbsServer>>,
+  args: string[],
+): Promise<{ kills: number }> {
+  const copy = new Deno.Command("nbdcopy", { args, stdout: "null", stderr: "piped" }).spawn();
+  let done = false;
+  const output = copy.output().finally(() => done = true);
+  const served = () => (ivbs.stats.requests["WRITE"] ?? 0) + (ivbs.stats.requests["READ"] ?? 0);
+  const waitServed = async (more: number) => {
+    const target = served() + more;
+    while (!done && served() < target) await new Promise((resolve) => setTimeout(resolve, 2));
+  };
+  let kills = 0;
+  for (let next = 0; !done; next = (next + 1) % ivbs.proxies.length) {
+    await waitServed(32);
+    if (done) break;
+    await ivbs.stopProxy(next);
+    kills++;
+    await waitServed(32);
+    await ivbs.startProxy(next);
+  }
+  const result = await output;
+  assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+  return { kills };
+}

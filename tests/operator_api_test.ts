@@ -85,6 +85,7 @@ Deno.test("GET /api/proxies lists the configured proxies, idle, before any sessi
   assert.deepEqual(Object.keys(proxies[0]).sort(), [
     "address",
     "backoffUntil",
+    "checkedAt",
     "connects",
     "failoversFrom",
     "failoversTo",

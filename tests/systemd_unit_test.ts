@@ -2,11 +2,17 @@
  * The systemd unit in systemd/: it passes `systemd-analyze verify` (skipped
  * where systemd-analyze is missing) and says what the README promises: the
  * daemon reports readiness, SIGTERM is its stop signal (devices kept for the
- * next daemon), a crash is restarted, and _netdev mounts come after it.
+ * next daemon), a stop for good stays stopped, a crash is restarted, and
+ * _netdev mounts come after it. There is no systemd to run it under here, so
+ * the restart rules of systemd.service(5) are applied to the unit's text and
+ * to the exit statuses the daemon really ends with.
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { hasTool, runTool } from "./tools.ts";
+import { DaemonProcess, ivbsnetd, writeConfig } from "../bench/rigs/daemon_harness.ts";
+import { EXIT_FAILED, EXIT_USAGE } from "../src/commands/exit_codes.ts";
+import { serveWith } from "./serve_in_process.ts";
 
 const UNIT = fileURLToPath(new URL("../systemd/ivbsnetd.service", import.meta.url));
 const BINARY = "/usr/local/bin/ivbsnetd";
@@ -23,11 +29,46 @@ function settings(text: string): Map<string, string[]> {
   return found;
 }
 
+/** How the main process ended: an exit status, or the signal that killed it. */
+type Ending = { code: number } | { signal: Deno.Signal };
+
+/** Signals systemd counts as a clean end (systemd.service(5), SuccessExitStatus=). */
+const CLEAN_SIGNALS = new Set(["SIGHUP", "SIGINT", "SIGTERM", "SIGPIPE"]);
+
+/**
+ * Whether systemd restarts the service after `ending` when nobody ran
+ * `systemctl stop`: the table under Restart= in systemd.service(5), for the
+ * settings this unit may use (no timeouts or watchdog involved).
+ */
+function restarts(unit: Map<string, string[]>, ending: Ending): boolean {
+  const words = (key: string) => (unit.get(key) ?? []).flatMap((v) => v.split(/\s+/));
+  const id = "code" in ending ? String(ending.code) : ending.signal;
+  if (words("RestartPreventExitStatus").includes(id)) return false;
+  const clean = "code" in ending
+    ? ending.code === 0 || words("SuccessExitStatus").includes(id)
+    : CLEAN_SIGNALS.has(ending.signal) || words("SuccessExitStatus").includes(id);
+  const restart = unit.get("Restart")?.at(-1) ?? "no";
+  switch (restart) {
+    case "always":
+      return true;
+    case "on-success":
+      return clean;
+    case "on-failure":
+      return !clean;
+    case "on-abnormal":
+      return "signal" in ending && !CLEAN_SIGNALS.has(ending.signal);
+    case "on-abort":
+      return "signal" in ending && !CLEAN_SIGNALS.has(ending.signal);
+    default:
+      return false;
+  }
+}
+
 Deno.test({
   name: "systemd-analyze verify finds nothing to say about the unit",
   ignore: !HAS_ANALYZE,
   fn: async () => {
-    // verify insists that ExecStart's program exists: stand one in for the binary.
+    // verify insists that ExecStart's program exists: stand one in for the launcher.
     const dir = await Deno.makeTempDir();
     try {
       const stub = `${dir}/ivbsnetd`;
@@ -43,13 +84,50 @@ Deno.test({
   },
 });
 
-Deno.test("the unit waits for readiness, keeps devices on stop and restarts a crashed daemon", async () => {
+Deno.test("the unit waits for readiness, runs the installed launcher and keeps devices on stop", async () => {
   const unit = settings(await Deno.readTextFile(UNIT));
   assert.deepEqual(unit.get("Type"), ["notify"]);
+  // tools/install.sh writes the launcher there (tests/install_test.ts).
   assert.deepEqual(unit.get("ExecStart"), [`${BINARY} serve --config /etc/ivbsnetd.json`]);
   assert.deepEqual(unit.get("KillSignal"), ["SIGTERM"]);
-  assert.deepEqual(unit.get("Restart"), ["always"]);
   assert.deepEqual(unit.get("Before"), ["remote-fs-pre.target"]);
   assert.equal(unit.get("ExecStop"), undefined, "a stop must not detach devices under mounts");
-  assert.equal(unit.get("ExecReload"), undefined, "there is no reload; a restart is safe");
+  // The install writes the README there; the unit must point at something that exists.
+  assert.deepEqual(unit.get("Documentation"), [
+    "file:///usr/local/share/doc/ivbsnetd/README.md",
+  ]);
+});
+
+Deno.test("a daemon stopped for good stays stopped; a crash, kill -9 or OOM kill is restarted", async () => {
+  const unit = settings(await Deno.readTextFile(UNIT));
+  const cases: [string, Ending, boolean][] = [
+    ["ivbsnetd shutdown, SIGINT, SIGTERM from outside systemd (exit 0)", { code: 0 }, false],
+    ["an uncaught error (exit 1, after the usual shutdown)", { code: EXIT_FAILED }, true],
+    ["kill -9, the OOM killer", { signal: "SIGKILL" }, true],
+    ["a crash of the runtime", { signal: "SIGSEGV" }, true],
+    ["an abort", { signal: "SIGABRT" }, true],
+    ["a bad config: a restart cannot fix it", { code: EXIT_USAGE }, false],
+  ];
+  for (const [what, ending, expected] of cases) {
+    assert.equal(restarts(unit, ending), expected, what);
+  }
+});
+
+Deno.test("the exits the unit counts as a stop for good are the ones the daemon makes", async () => {
+  // `ivbsnetd shutdown` ends the daemon with exit 0: a clean end, not restarted.
+  const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-unit-" });
+  const { dir, path } = await writeConfig({ http: { listen: "127.0.0.1:0" }, stateDir });
+  try {
+    const daemon = await DaemonProcess.start(path);
+    const asked = await ivbsnetd(["shutdown", "--server", daemon.url]);
+    assert.equal(asked.code, 0, asked.stderr);
+    const ended = await daemon.wait();
+    assert.equal(ended.code, 0, ended.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(stateDir, { recursive: true });
+  }
+  // A config that cannot be read ends with the usage code the unit does not restart.
+  const broken = await serveWith(["--config", "/nonexistent/ivbsnetd.json"]);
+  assert.equal(broken.code, EXIT_USAGE, broken.stderr.join("\n"));
 });

@@ -129,7 +129,9 @@ for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
       stateDir,
       exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
     });
-    let daemon = await DaemonProcess.start(path, { main: old.main });
+    let daemon = await DaemonProcess.start(path, {
+      program: [Deno.execPath(), "run", "-A", old.main],
+    });
     try {
       await until("vm1 ready under the old daemon", () => ready(daemon.url, ["vm1"]));
       const added = await post(daemon.url, "/api/exports", {

@@ -70,25 +70,22 @@ export class DaemonProcess {
   /**
    * Starts the daemon and waits for its "listening on URL" line. `args` are
    * more serve flags (e.g. ["--replace"]); `wrapper` runs it under another
-   * command (e.g. ["prlimit", "--nofile=80:80"]).
+   * command (e.g. ["prlimit", "--nofile=80:80"]); `program` replaces
+   * `deno run -A main.ts` (e.g. an installed launcher).
    */
   static async start(
     configPath: string,
-    { args = [], wrapper = [], env = {}, main = MAIN }: {
+    { args = [], wrapper = [], env = {}, program = [Deno.execPath(), "run", "-A", MAIN] }: {
       args?: string[];
       wrapper?: string[];
-      /** main.ts of the checkout to run (another one: an older version). */
-      main?: string;
+      program?: string[];
       /** More environment variables (e.g. NOTIFY_SOCKET). */
       env?: Record<string, string>;
     } = {},
   ): Promise<DaemonProcess> {
     const command = [
       ...wrapper,
-      Deno.execPath(),
-      "run",
-      "-A",
-      main,
+      ...program,
       "serve",
       "--config",
       configPath,
@@ -126,6 +123,11 @@ export class DaemonProcess {
       }
     })();
     return new DaemonProcess(child, url, rest, stderr);
+  }
+
+  /** The process id (with `wrapper`, the wrapper's until it execs). */
+  get pid(): number {
+    return this.#child.pid;
   }
 
   /** Sends `signal` and waits for the exit; resolves with the code and all output. */

@@ -32,6 +32,8 @@ export interface RestartOptions {
    * daemon fails over while it drains and the new one logs in elsewhere.
    */
   stopProxyDuringRestart?: boolean;
+  /** nbd.connections of the daemon (default: the daemon's default). */
+  connections?: number;
   /** The restart begins once the device has seen this many MiB written (default 32). */
   restartAfterMb?: number;
   /** main.ts of the checkout whose daemons (old and new) run; default this one. */
@@ -61,6 +63,8 @@ export interface RestartOutcome {
   device: string;
   /** The new daemon serves the same device with the same backend id. */
   sameDevice: boolean;
+  /** Connections the new daemon's mount shows. */
+  connectionsAfter: number;
   fioCode: number;
   fioStderr: string;
   /** fio's job error (0 = none) and bytes its verify phase read. */
@@ -89,6 +93,7 @@ export interface Mount {
   state: string;
   bytesWritten: number;
   proxy: string | null;
+  connections?: { proxy: string | null }[];
 }
 
 export async function mounts(url: string): Promise<Mount[]> {
@@ -119,7 +124,11 @@ export async function mountedOn(url: string): Promise<Mount> {
 }
 
 /** fio write+verify on a file of the filesystem; the latency log gives the longest stall. */
-function startFio(directory: string, out: string, fioMb: number): Promise<Deno.CommandOutput> {
+export function startFio(
+  directory: string,
+  out: string,
+  fioMb: number,
+): Promise<Deno.CommandOutput> {
   return fioWriteVerify(
     [`--directory=${directory}`, "--filename=data", "--ioengine=libaio", "--direct=1"],
     out,
@@ -242,6 +251,7 @@ export async function restartUnderFio(
       attach: "netlink",
       deadConnTimeoutS: options.deadConnTimeoutS,
       requeueAfterS: options.requeueAfterS,
+      ...(options.connections === undefined ? {} : { connections: options.connections }),
     },
     users: [USER],
     mounts: [{ device: "auto", image: "disk", user: USER.username }],
@@ -253,7 +263,9 @@ export async function restartUnderFio(
   const mnt = `${dir}/mnt`;
   await Deno.mkdir(mnt);
   const main = options.main;
-  let daemon = await DaemonProcess.start(path, { main: options.oldMain ?? main });
+  const program = (checkout: string | undefined) =>
+    checkout === undefined ? undefined : [Deno.execPath(), "run", "-A", checkout];
+  let daemon = await DaemonProcess.start(path, { program: program(options.oldMain ?? main) });
   let mounted = false;
   let bridge: QemuNbdBridge | null = null;
   try {
@@ -296,7 +308,10 @@ export async function restartUnderFio(
       await ivbs.stopProxy(index);
     }
     const began = performance.now();
-    const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args, main }));
+    const next = await RESTARTS[kind](
+      daemon,
+      (args) => DaemonProcess.start(path, { args, program: program(main) }),
+    );
     daemon = next.daemon;
     const listening = performance.now();
     const again = await mountedOn(daemon.url);
@@ -325,6 +340,7 @@ export async function restartUnderFio(
       kind,
       device,
       sameDevice,
+      connectionsAfter: again.connections?.length ?? 1,
       fioCode: result.code,
       fioStderr: new TextDecoder().decode(result.stderr),
       fioError: job.error,

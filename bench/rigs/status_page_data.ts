@@ -67,6 +67,7 @@ export function fakePageData(mountCount: number, pointCount: number): StatusPage
     lastError: n === 1 ? "connection refused" : null,
     lastErrorAt: n === 1 ? new Date(now - 10_000).toISOString() : null,
     lastConnectedAt: new Date(now - 60_000).toISOString(),
+    checkedAt: null,
     connects: 3,
     failures: n === 1 ? 2 : 0,
     failoversFrom: n === 1 ? 2 : 0,

@@ -4,13 +4,19 @@
  * the server's message) apart from "no server there" (ServerUnreachableError).
  * @module
  */
-import type { DeviceInfo, MountInfo } from "../daemon/mount_table.ts";
+import type {
+  DaemonEvent,
+  DeviceInfo,
+  EventPage,
+  ExportInfo,
+  ImageCheckRequest,
+  ImageInfo,
+  MountInfo,
+  ProxyInfo,
+} from "../daemon/api_types.ts";
 import { errorMessage } from "../error_info.ts";
-import type { ExportInfo } from "../daemon/export_table.ts";
-import type { DaemonEvent, EventPage } from "../daemon/events.ts";
-import type { ProxyInfo } from "../daemon/proxy_registry.ts";
 
-export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
+export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, ImageInfo, MountInfo, ProxyInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -33,12 +39,24 @@ export interface MountRequestBody {
   readOnly?: boolean;
 }
 
+/** `POST /api/images/check`: logs in once (read-only) and closes again; nothing is attached. */
+export type ImageCheckBody = ImageCheckRequest;
+
 export interface ExportRequestBody {
   name: string;
   image: string;
   username: string;
   password: string;
   readOnly?: boolean;
+}
+
+/** `POST /api/reload`: what the config reload did, by item label. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  unchanged: string[];
+  /** Settings that changed but apply only after a restart. */
+  restartNeeded?: string[];
 }
 
 /** The server refused or failed the request; `message` is the server's `error`. */
@@ -91,6 +109,52 @@ function reasonOf(error: unknown): string {
   return last || message;
 }
 
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The server's refusal as an ApiError, with its `error` message and `code` when it gave them. */
+function apiError(response: Response, json: unknown): ApiError {
+  const body = typeof json === "object" && json !== null
+    ? json as { error?: unknown; code?: unknown }
+    : {};
+  const message = body.error !== undefined
+    ? String(body.error)
+    : `HTTP ${response.status} ${response.statusText}`;
+  return new ApiError(
+    response.status,
+    message,
+    typeof body.code === "string" ? body.code : undefined,
+  );
+}
+
+/** One message of the event stream: a daemon event, or how many the daemon's ring dropped. */
+export type FollowedEvent = { event: DaemonEvent } | { missed: number };
+
+/** Splits Server-Sent Events text into messages: field name → value (the last of each). */
+async function* sseMessages(
+  body: ReadableStream<Uint8Array>,
+): AsyncGenerator<Record<string, string>> {
+  let text = "";
+  for await (const chunk of body.pipeThrough(new TextDecoderStream())) {
+    text += chunk.replace(/\r\n?/g, "\n");
+    for (let end = text.indexOf("\n\n"); end >= 0; end = text.indexOf("\n\n")) {
+      const message: Record<string, string> = {};
+      for (const line of text.slice(0, end).split("\n")) {
+        const colon = line.indexOf(":");
+        if (colon <= 0) continue; // a comment (heartbeat) or a bare field name
+        message[line.slice(0, colon)] = line.slice(colon + 1).replace(/^ /, "");
+      }
+      text = text.slice(end + 2);
+      if (Object.keys(message).length > 0) yield message;
+    }
+  }
+}
+
 export class ApiClient {
   readonly server: string;
   readonly #token: string | undefined;
@@ -125,25 +189,8 @@ export class ApiClient {
     } finally {
       clearTimeout(timer);
     }
-    let json: unknown;
-    try {
-      json = JSON.parse(text);
-    } catch {
-      json = undefined;
-    }
-    if (!response.ok) {
-      const body = typeof json === "object" && json !== null
-        ? json as { error?: unknown; code?: unknown }
-        : {};
-      const message = body.error !== undefined
-        ? String(body.error)
-        : `HTTP ${response.status} ${response.statusText}`;
-      throw new ApiError(
-        response.status,
-        message,
-        typeof body.code === "string" ? body.code : undefined,
-      );
-    }
+    const json = parseJson(text);
+    if (!response.ok) throw apiError(response, json);
     if (json === undefined) {
       throw new ApiError(response.status, `${method} ${path}: the answer is not JSON`);
     }
@@ -177,6 +224,11 @@ export class ApiClient {
     return reply.device;
   }
 
+  /** Whether the image exists and the credentials open it (IVBS login can take a while). */
+  checkImage(request: ImageCheckBody): Promise<ImageInfo> {
+    return this.#call<ImageInfo>("POST", "/api/images/check", request, this.#mountTimeoutMs);
+  }
+
   async exports(): Promise<ExportInfo[]> {
     return (await this.#call<{ exports: ExportInfo[] }>("GET", "/api/exports")).exports;
   }
@@ -204,6 +256,63 @@ export class ApiClient {
   /** Events after `since` (a previous page's `next`), oldest first. */
   events(since = 0): Promise<EventPage> {
     return this.#call<EventPage>("GET", `/api/events?since=${since}`);
+  }
+
+  /** Re-reads the daemon's config; bringing items up may take a while, so the mount timeout. */
+  reload(): Promise<ReloadResult> {
+    return this.#call<ReloadResult>("POST", "/api/reload", undefined, this.#mountTimeoutMs);
+  }
+
+  /**
+   * Events after `since`, then each new one as the daemon records it, over
+   * the Server-Sent Events stream of /api/events; ends when `signal` aborts.
+   * The daemon closing the stream is a ServerUnreachableError.
+   */
+  async *followEvents(since: number, signal?: AbortSignal): AsyncGenerator<FollowedEvent> {
+    const headers: Record<string, string> = { accept: "text/event-stream" };
+    if (this.#token !== undefined) headers.authorization = `Bearer ${this.#token}`;
+    const abort = new AbortController();
+    const stop = () => abort.abort();
+    signal?.addEventListener("abort", stop, { once: true });
+    // The timeout covers the answer's head; the stream itself may be quiet for long.
+    const timer = setTimeout(stop, this.#timeoutMs);
+    try {
+      let response: Response;
+      try {
+        response = await fetch(`${this.server}/api/events?since=${since}`, {
+          headers,
+          signal: abort.signal,
+        });
+      } catch (error) {
+        if (signal?.aborted) return;
+        throw new ServerUnreachableError(this.server, reasonOf(error));
+      } finally {
+        clearTimeout(timer);
+      }
+      if (!response.ok) throw apiError(response, parseJson(await response.text()));
+      if (!/^text\/event-stream/.test(response.headers.get("content-type") ?? "")) {
+        await response.body?.cancel();
+        throw new ApiError(response.status, "the daemon does not stream events (too old?)");
+      }
+      try {
+        for await (const message of sseMessages(response.body!)) {
+          if (message.event === "missed") {
+            yield { missed: Number(JSON.parse(message.data ?? "{}").missed ?? 0) };
+          } else if (message.data !== undefined) {
+            yield { event: JSON.parse(message.data) as DaemonEvent };
+          }
+        }
+      } catch (error) {
+        if (signal?.aborted) return;
+        throw new ServerUnreachableError(this.server, reasonOf(error));
+      }
+      if (!signal?.aborted) {
+        throw new ServerUnreachableError(this.server, "the daemon closed the event stream");
+      }
+    } finally {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", stop);
+    }
   }
 
   async shutdown(options: { keepDevices?: boolean } = {}): Promise<void> {

@@ -3,7 +3,7 @@
  * @module
  */
 import type { DaemonEvent, DeviceInfo, ExportInfo, MountInfo, ProxyInfo } from "./api_client.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { formatBytes } from "../units.ts";
 
 export type Align = "left" | "right";
 

@@ -5,14 +5,24 @@
  * export "demo" on a unix socket (this works anywhere: no root, no kernel nbd)
  * and prints the nbdinfo / qemu-img / qemu-io / fio command lines to use it.
  * When the kernel has nbd and we are root it also mounts the image on the first
- * free /dev/nbdX; otherwise it says exactly why. Runs until Ctrl-C.
+ * free /dev/nbdX; otherwise it says exactly why. Runs until Ctrl-C or SIGTERM:
+ * both detach the device and stop the test server, because nothing would take
+ * over a demo's device (unlike `serve`, where SIGTERM leaves it to the next daemon).
  * @module
  */
 import { parseFlags, UsageError } from "../args.ts";
 import { startIvbsServer } from "../ivbs/server/mod.ts";
 import { logger } from "../log.ts";
-import { type DaemonConfig, parseConfig, parseListenAddress } from "../daemon/config.ts";
-import { type ServeDependencies, startServing, stopOnSignals } from "./serve.ts";
+import {
+  type DaemonConfig,
+  type ListenAddress,
+  parseConfig,
+  parseListenAddress,
+} from "../daemon/config.ts";
+import type { Daemon } from "../daemon/daemon.ts";
+import { nbdHealthOf } from "../daemon/host_health.ts";
+import { type ServeDependencies, startServing } from "./serve.ts";
+import { onStopSignal } from "./signals.ts";
 
 const GIB = 1024 * 1024 * 1024;
 
@@ -39,15 +49,6 @@ export function exportUsage(uri: string): string[] {
     `qemu-io -f raw -c 'write -P 0xa5 0 1M' -c 'read -P 0xa5 0 1M' ${quoted}`,
     `fio --name=demo --ioengine=nbd --uri=${quoted} --rw=randrw --bs=64k --iodepth=16 --size=256M --runtime=10 --time_based`,
   ];
-}
-
-/** Why a real mount cannot happen here, or null when it can. */
-export function mountBlocker(deviceCount: number, uid: number | null): string | null {
-  if (deviceCount === 0) {
-    return "the kernel has no nbd module loaded (no /dev/nbd0); as root, run: modprobe nbd";
-  }
-  if (uid !== 0) return `not running as root (uid ${uid}); attaching /dev/nbdX needs root`;
-  return null;
 }
 
 /** `ivbsnetd demo` on this machine (mounting where the kernel and our uid allow). */
@@ -86,6 +87,37 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     return 2;
   }
 
+  // From here a stop signal means: undo everything started so far, then exit.
+  let daemon: Daemon | null = null;
+  let stopSignal: Deno.Signal | null = null;
+  const removeSignals = onStopSignal((signal) => {
+    if (daemon === null) {
+      stopSignal ??= signal;
+    } else if (daemon.stopping) {
+      log.warn(`${signal} again: still stopping, please wait`);
+    } else {
+      // Never keepDevices: no daemon comes after the demo to take its device over.
+      void daemon.shutdown(`${signal}: the demo detaches its device and stops`);
+    }
+  });
+  try {
+    return await demo(values, listen, sizeGib, deps, (started) => {
+      daemon = started;
+      if (stopSignal !== null) void started.shutdown(`${stopSignal} during start-up`);
+    });
+  } finally {
+    removeSignals();
+  }
+}
+
+/** The demo's body once the flags are good; `started` hands over the daemon as soon as it runs. */
+async function demo(
+  values: { listen: string; socket?: string },
+  listen: ListenAddress,
+  sizeGib: number,
+  deps: ServeDependencies,
+  started: (daemon: Daemon) => void,
+): Promise<number> {
   const ivbs = await startIvbsServer({
     users: [{ username: "demo", password: "demo" }],
     images: [{ name: "demo", size: Math.round(sizeGib * GIB) }],
@@ -115,7 +147,7 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     return 1;
   }
   const { daemon, url } = serving;
-  const removeSignals = stopOnSignals(daemon, log);
+  started(daemon);
   const proxies = ivbs.addresses().map((a) => `${a.host}:${a.port}`).join(", ");
 
   // The export is the part that works on any machine, so it comes first.
@@ -137,11 +169,11 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     exported = [`  NBD export:   failed: ${(error as Error).message}`];
   }
 
-  const devices = await driver.listDevices();
-  const uid = Deno.uid();
-  const blocker = mountBlocker(devices.length, uid);
+  const blocker = (await nbdHealthOf(driver)).reason;
   let mounted = "";
-  if (blocker === null) {
+  if (daemon.stopping) {
+    mounted = "not mounting a device: stopping";
+  } else if (blocker === undefined) {
     try {
       const mount = await daemon.table.mount({
         image: "demo",
@@ -172,12 +204,11 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     `  one-shot:     ${cli} export-list --server ${url}`,
     `                ${cli} list --all --server ${url}`,
     `                ${cli} mount auto demo demo --password-stdin --server ${url} <<< demo`,
-    "Ctrl-C stops everything (every device is detached and every export closed first).",
+    "Ctrl-C or SIGTERM stops everything (every device is detached and every export closed first).",
     "",
   ].join("\n"));
 
   await daemon.done;
-  removeSignals();
   await cleanup();
   return 0;
 }

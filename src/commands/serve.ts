@@ -25,7 +25,9 @@ import { Daemon } from "../daemon/daemon.ts";
 import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
 import { PreparedTakeover } from "../daemon/takeover.ts";
+import { daemonGone, isDaemonProcess } from "../daemon/daemon_process.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
+import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
 import type { MountDriver } from "../daemon/driver.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
@@ -81,11 +83,15 @@ export function startServing(
   log: Logger = logger("daemon"),
   http: { maxConnections?: number } = {},
 ): Serving {
-  return serveHttp(new Daemon({ config, driver, log }), http);
+  return serveHttp(new Daemon({ config, driver, log }), driver, http);
 }
 
 /** Starts the HTTP API over `daemon`; the daemon's shutdown stops the server first. */
-function serveHttp(daemon: Daemon, http: { maxConnections?: number } = {}): Serving {
+function serveHttp(
+  daemon: Daemon,
+  driver: MountDriver,
+  http: { maxConnections?: number } = {},
+): Serving {
   const config = daemon.config;
   const app = createApp({
     table: daemon.table,
@@ -99,6 +105,8 @@ function serveHttp(daemon: Daemon, http: { maxConnections?: number } = {}): Serv
     history: daemon.history,
     listen: config.http.listen,
     hostname: machineName(),
+    nbdHealth: () => nbdHealthOf(driver),
+    checkImage: (request) => daemon.checkImage(request),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).
@@ -209,7 +217,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   }
   let serving: Serving;
   try {
-    serving = serveHttp(daemon, { maxConnections });
+    serving = serveHttp(daemon, driver, { maxConnections });
   } catch (error) {
     // The devices stay attached, with their I/O waiting, for the next daemon.
     await prepared.abandonRest();
@@ -247,6 +255,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     devices: config.nbd.devices,
     httpConnections: maxConnections,
   });
+  logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
   const restored = await daemon.restore(prepared);
   if (restored.length > 0) {
@@ -307,7 +316,7 @@ async function replacePrevious(daemon: Daemon, log: Logger): Promise<PreparedTak
     return new PreparedTakeover();
   }
   const pid = state?.pid;
-  if (pid === undefined || pid === Deno.pid || !await isServeProcess(pid)) {
+  if (pid === undefined || pid === Deno.pid || !await isDaemonProcess(pid)) {
     log.info("--replace: no running daemon in the state file", { stateDir });
     return new PreparedTakeover();
   }
@@ -325,30 +334,14 @@ async function replacePrevious(daemon: Daemon, log: Logger): Promise<PreparedTak
     return prepared;
   }
   const stopped = performance.now();
-  const deadline = Date.now() + REPLACE_WAIT_MS;
-  while (await isServeProcess(pid)) {
-    if (Date.now() > deadline) {
-      log.error("--replace: the running daemon did not exit", { pid });
-      await prepared.abandonRest();
-      return null;
-    }
-    await new Promise((resolve) => setTimeout(resolve, 20));
+  if (!await daemonGone(pid, REPLACE_WAIT_MS, 20)) {
+    log.error("--replace: the running daemon did not exit", { pid });
+    await prepared.abandonRest();
+    return null;
   }
   log.info("--replace: the running daemon has left; taking over", {
     pid,
     waitedMs: Math.round(performance.now() - stopped),
   });
   return prepared;
-}
-
-/** Whether `pid` is a live `… serve …` process (not a zombie, not a recycled pid). */
-async function isServeProcess(pid: number): Promise<boolean> {
-  try {
-    const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-    if (/^\d+ \(.*\) Z/.test(stat)) return false;
-    const argv = (await Deno.readTextFile(`/proc/${pid}/cmdline`)).split("\0");
-    return argv.includes("serve");
-  } catch {
-    return false;
-  }
 }

@@ -9,6 +9,7 @@
 import { type Logger, logger } from "../log.ts";
 import type { ConfiguredExport, ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
+import { checkImage, type ImageCheckRequest, type ImageInfo } from "./image_check.ts";
 import { type ExportOutcome, ExportTable } from "./export_table.ts";
 import { type MountInfo, MountTable } from "./mount_table.ts";
 import { EventLog, type EventLogOptions } from "./events.ts";
@@ -35,6 +36,8 @@ import {
 import { CredentialStore, StoredCredentials } from "./credential_store.ts";
 import { mountPassword, prepareAdoptions, PreparedTakeover, takeoverPassword } from "./takeover.ts";
 import { errorMessage } from "../error_info.ts";
+import { daemonGone } from "./daemon_process.ts";
+import { type IdleProbeOptions, IdleProxyProber } from "./proxy_probe.ts";
 
 export interface MountOutcome {
   request: { device: string; image: string };
@@ -52,6 +55,8 @@ export interface DaemonOptions {
   events?: EventLogOptions;
   /** The graphs' sampling (interval, points kept). */
   history?: HistoryOptions;
+  /** The idle proxies' checks (interval, clock), when the driver can probe. */
+  probes?: IdleProbeOptions;
 }
 
 export class Daemon {
@@ -66,6 +71,8 @@ export class Daemon {
   /** The last minutes of throughput and latency per mount and export. */
   readonly history: History;
   readonly #stopHistory: () => void;
+  /** Checks of proxies no session uses (null when the driver cannot probe). */
+  readonly #prober: IdleProxyProber | null;
   /** Resolves once shutdown has finished (every device detached). */
   readonly done: Promise<void>;
   readonly #log: Logger;
@@ -94,9 +101,8 @@ export class Daemon {
     const logFor = options.logFor ?? logger;
     // The log feeds the events ring: one source for both.
     this.#log = this.events.wrap(options.log ?? logger("daemon"), "daemon");
-    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, {
-      log: this.events.wrap(logFor("proxies"), "proxies"),
-    });
+    const proxiesLog = this.events.wrap(logFor("proxies"), "proxies");
+    this.proxies = new ProxyRegistry(options.config.ivbs.proxies, { log: proxiesLog });
     this.#driver = options.driver;
     this.#state = new StateWriter(options.config.stateDir, (error) => {
       this.#log.error("cannot save the state file; a restart may not find the devices", {
@@ -127,6 +133,11 @@ export class Daemon {
     });
     this.history = new History(options.history);
     this.#stopHistory = this.history.start(() => this.historySources());
+    const probe = options.driver.probeProxy?.bind(options.driver);
+    this.#prober = probe
+      ? new IdleProxyProber(this.proxies, probe, { log: proxiesLog, ...options.probes })
+      : null;
+    this.#prober?.start();
     this.done = new Promise<void>((resolve) => this.#finish = resolve);
   }
 
@@ -261,7 +272,7 @@ export class Daemon {
       await prepared.abandonRest();
       return [];
     }
-    if (state.pid !== Deno.pid && !await processGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
+    if (state.pid !== Deno.pid && !await daemonGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
       this.#ownsState = false;
       this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
         stateDir,
@@ -406,6 +417,11 @@ export class Daemon {
     }
   }
 
+  /** One read-only IVBS login, closed again: does the image exist for these credentials? */
+  checkImage(request: ImageCheckRequest): Promise<ImageInfo> {
+    return checkImage(this.#driver, request);
+  }
+
   /**
    * Stops front-ends, detaches every device (or with `keepDevices` leaves the
    * ones that can outlive the daemon attached for the next one), resolves
@@ -422,6 +438,7 @@ export class Daemon {
     });
     this.#stopping = (async () => {
       this.#stopHistory();
+      await this.#prober?.stop();
       for (const hook of this.#stopHooks) {
         try {
           await hook();
@@ -449,19 +466,3 @@ export class Daemon {
 
 /** How long restore() waits for the daemon that wrote the state file to exit. */
 const PREVIOUS_DAEMON_EXIT_MS = 15_000;
-
-/** Whether process `pid` has exited (or does within `waitMs`). */
-async function processGone(pid: number, waitMs: number): Promise<boolean> {
-  const deadline = Date.now() + waitMs;
-  for (;;) {
-    try {
-      const stat = await Deno.readTextFile(`/proc/${pid}/stat`);
-      // A zombie (state Z) has exited; it only waits for its parent.
-      if (/^\d+ \(.*\) Z/.test(stat)) return true;
-    } catch {
-      return true;
-    }
-    if (Date.now() >= deadline) return false;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-}

@@ -12,6 +12,7 @@ import type { AttachSettings, DeviceAttachment, NbdDevice } from "../block/devic
 import type { SessionBackend } from "../block/session.ts";
 import type { IvbsSessionEvent } from "../ivbs/session_events.ts";
 import type { Logger } from "../log.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 
 export type {
   AttachSettings,
@@ -85,4 +86,12 @@ export interface MountDriver {
   detachOrphan?(index: number): Promise<boolean>;
   /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
+  /** The host's nbd module, free devices and what blocks a mount (never throws). */
+  hostHealth?(): Promise<NbdHealth>;
+  /**
+   * Connects to the IVBS proxy "host:port", waits for its GREETING and closes
+   * (the idle check, proxy_probe.ts); throws why when it cannot, or once
+   * `signal` aborts. Absent: no checks.
+   */
+  probeProxy?(address: string, signal: AbortSignal): Promise<{ name: string }>;
 }

@@ -22,7 +22,7 @@
  * ```
  * @module
  */
-import { type Logger, type LogLevel, redact } from "../log.ts";
+import { type Logger, type LogLevel, plain, redact } from "../log.ts";
 
 export interface DaemonEvent {
   /** 1, 2, 3… in the order recorded; the cursor of `GET /api/events?since=`. */
@@ -60,17 +60,6 @@ export const DEFAULT_EVENT_CAPACITY = 500;
 /** Most events one `since` call returns. */
 export const MAX_EVENT_PAGE = 500;
 
-/** A field value as JSON can carry it. */
-function plain(value: unknown): unknown {
-  if (value instanceof Error) return value.message;
-  if (typeof value === "bigint") return value.toString();
-  if (Array.isArray(value)) return value.map(plain);
-  if (value && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v)]));
-  }
-  return value;
-}
-
 export class EventLog {
   readonly capacity: number;
   readonly #now: () => number;
@@ -79,6 +68,8 @@ export class EventLog {
   #start = 0;
   #count = 0;
   #lastSeq = 0;
+  /** Woken after each record (followers then read the ring: no queue per follower). */
+  readonly #listeners = new Set<() => void>();
 
   constructor(options: EventLogOptions = {}) {
     this.capacity = Math.max(1, Math.floor(options.capacity ?? DEFAULT_EVENT_CAPACITY));
@@ -127,7 +118,18 @@ export class EventLog {
     this.#ring[at] = event;
     if (this.#count < this.capacity) this.#count++;
     else this.#start = (this.#start + 1) % this.capacity;
+    for (const listener of [...this.#listeners]) listener();
     return event;
+  }
+
+  /**
+   * Calls `listener` after every recorded event until the returned function is
+   * called. It carries no event: a follower reads `since(cursor)`, so a slow
+   * one costs no memory and learns from `missed` what the ring dropped.
+   */
+  subscribe(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
   }
 
   /** Events with `seq > since`, oldest first, at most `limit`. */

@@ -41,7 +41,12 @@ export interface FakeDriverOptions {
 export class FakeBackend implements MountBackend {
   proxy: string | null = "127.0.0.1:11417";
   closed = false;
-  readonly stats: SessionStats & { failovers: number; reconnects: number } = {
+  readonly stats: SessionStats & {
+    failovers: number;
+    reconnects: number;
+    bytesRead: number;
+    bytesWritten: number;
+  } = {
     inFlight: 0,
     failovers: 0,
     reconnects: 0,

@@ -5,10 +5,10 @@
  * @module
  */
 import type { Exposition } from "./exposition.ts";
-import type { ProxyInfo } from "./proxy_registry.ts";
+import { PROXY_STATES, type ProxyInfo } from "./proxy_registry.ts";
 
 /** Every state gets a series from the start (idle proxies are probed: reachable or not). */
-const STATES: readonly string[] = ["connected", "backoff", "idle", "reachable", "unreachable"];
+const STATES: readonly string[] = PROXY_STATES;
 
 export function renderProxyMetrics(out: Exposition, proxies: readonly ProxyInfo[]): void {
   out.family("ivbsnetd_proxy_info", "gauge", "IVBS proxies known: name from GREETING, origin.");

@@ -7,7 +7,8 @@
  *
  * Sessions report through a `SessionObserver` (their `onEvent`). The observer
  * also writes the one "failover" line an operator reads: from → to, cause,
- * requests replayed and how long requests stalled.
+ * requests replayed and how long requests stalled. A proxy no session uses is
+ * checked now and then (proxy_probe.ts), so it shows reachable or unreachable.
  * @module
  */
 import type { IvbsSessionEvent } from "../ivbs/session.ts";
@@ -18,9 +19,13 @@ export type ProxyOrigin = "configured" | "listed";
 
 /**
  * connected: at least one session uses it. backoff: it failed within the
- * failure memory, sessions try it last until `backoffUntil`. idle: neither.
+ * failure memory, sessions try it last until `backoffUntil`. Otherwise, by the
+ * last idle check (connect and GREETING) since a session last used it:
+ * reachable (it answered) or unreachable (it did not; `lastError` says why),
+ * and idle while not checked yet.
  */
-export type ProxyState = "connected" | "backoff" | "idle";
+export const PROXY_STATES = ["connected", "backoff", "reachable", "unreachable", "idle"] as const;
+export type ProxyState = typeof PROXY_STATES[number];
 
 /** What `GET /api/proxies` shows of one proxy. */
 export interface ProxyInfo {
@@ -37,6 +42,8 @@ export interface ProxyInfo {
   lastError: string | null;
   lastErrorAt: string | null;
   lastConnectedAt: string | null;
+  /** When the last idle check ended (null: none since a session last used it). */
+  checkedAt: string | null;
   /** Sessions that connected to it (logins + attaches that succeeded). */
   connects: number;
   /** Connections lost and connection attempts that failed. */
@@ -56,6 +63,10 @@ interface Entry {
   lastError: string | null;
   lastErrorAt: number | null;
   lastConnectedAt: number | null;
+  /** The last idle check since a session last used or lost the proxy. */
+  check: { ok: boolean; at: number } | null;
+  /** Counts sessions' news (connected, failed): a check begun before it is stale. */
+  epoch: number;
   connects: number;
   failures: number;
   failoversFrom: number;
@@ -73,6 +84,14 @@ export interface ProxyRegistryOptions {
 
 /** Proxies a registry shows at most; a LIST_PROXIES flood cannot grow it without bound. */
 export const MAX_KNOWN_PROXIES = 256;
+
+/** A proxy's state: sessions first, then its failure memory, then the last idle check. */
+function stateOf(entry: Entry, inBackoff: boolean): ProxyState {
+  if (entry.users.size > 0) return "connected";
+  if (inBackoff) return "backoff";
+  if (entry.check === null) return "idle";
+  return entry.check.ok ? "reachable" : "unreachable";
+}
 
 export class ProxyRegistry {
   readonly #entries = new Map<string, Entry>();
@@ -103,6 +122,8 @@ export class ProxyRegistry {
         lastError: null,
         lastErrorAt: null,
         lastConnectedAt: null,
+        check: null,
+        epoch: 0,
         connects: 0,
         failures: 0,
         failoversFrom: 0,
@@ -134,6 +155,8 @@ export class ProxyRegistry {
     entry.connects++;
     entry.failedAt = null;
     entry.lastConnectedAt = this.#now();
+    entry.check = null;
+    entry.epoch++;
   }
 
   /** `from`'s connection to `address` is now `to`'s (a mount learnt its device). */
@@ -159,6 +182,37 @@ export class ProxyRegistry {
     entry.failedAt = now;
     entry.lastError = reason;
     entry.lastErrorAt = now;
+    entry.check = null;
+    entry.epoch++;
+  }
+
+  /** Proxies to check: known, used by no session and not in backoff. */
+  idle(): string[] {
+    return this.list().filter((p) => p.usedBy.length === 0 && p.backoffUntil === null)
+      .map((p) => p.address);
+  }
+
+  /** An idle check of `address` begins; pass the ticket to `checked`. */
+  checkStarted(address: string): number {
+    return this.#entries.get(address)?.epoch ?? -1;
+  }
+
+  /**
+   * The result of an idle check of `address`: it answered (with this name), or
+   * not (why). A session's own news (connected, failed) replaces it, and a
+   * check that began before such news is dropped.
+   */
+  checked(address: string, ticket: number, result: { name: string } | { error: string }): void {
+    const entry = this.#entries.get(address);
+    if (!entry || entry.epoch !== ticket) return;
+    const now = this.#now();
+    if ("error" in result) {
+      entry.lastError = result.error;
+      entry.lastErrorAt = now;
+    } else if (result.name !== "") {
+      entry.name = result.name;
+    }
+    entry.check = { ok: !("error" in result), at: now };
   }
 
   failover(from: string | null, to: string | null): void {
@@ -183,12 +237,13 @@ export class ProxyRegistry {
         address: e.address,
         name: e.name,
         origins,
-        state: e.users.size > 0 ? "connected" : inBackoff ? "backoff" : "idle",
+        state: stateOf(e, inBackoff),
         usedBy: [...e.users.keys()].sort(),
         backoffUntil: inBackoff ? iso(backoffEnd) : null,
         lastError: e.lastError,
         lastErrorAt: iso(e.lastErrorAt),
         lastConnectedAt: iso(e.lastConnectedAt),
+        checkedAt: iso(e.check?.at ?? null),
         connects: e.connects,
         failures: e.failures,
         failoversFrom: e.failoversFrom,

@@ -8,9 +8,11 @@
  */
 import type { ProxyAddress } from "../ivbs/wire.ts";
 import { IvbsSession } from "../ivbs/session.ts";
+import { IvbsConnection } from "../ivbs/connection.ts";
 import type { Logger } from "../log.ts";
 import type { KernelDevices } from "../nbd/attach.ts";
-import type { DaemonConfig } from "./config.ts";
+import { type DaemonConfig, parseListenAddress } from "./config.ts";
+import { readNbdHealth } from "../nbd/host_health.ts";
 import type { MountDriver } from "./driver.ts";
 
 /**
@@ -52,6 +54,19 @@ export function createSystemDriver(
     maxConnections: kernel.maxConnections,
     listDevices: () => kernel.listDevices(),
   };
+  driver.probeProxy = async (label, signal) => {
+    const address = parseListenAddress(label);
+    if (address === null) throw new Error(`${label} is not host:port`);
+    const connection = await IvbsConnection.open(address, {
+      connectTimeoutMs: ivbs.connectTimeoutMs,
+      signal,
+      log,
+    });
+    const name = connection.proxyName;
+    await connection.close("idle check done");
+    return { name };
+  };
+  driver.hostHealth = () => readNbdHealth({ kernelAddsDevices: kernel.picksDevice });
   const { reattach, isStillAttached, detachOrphan } = kernel;
   if (reattach) driver.reattach = (left, backends, options) => reattach(left, backends, options);
   if (isStillAttached) driver.isStillAttached = (index, id) => isStillAttached(index, id);

@@ -16,7 +16,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
-import type { NbdHealth } from "../daemon/view_contract.ts";
+import { judgeNbdHealth, type NbdHealth } from "../nbd/host_health.ts";
 import { VERSION } from "../version.ts";
 import { type RefusalReporter, tokenAuth } from "./auth.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
@@ -28,6 +28,7 @@ import {
   withinBytes,
 } from "../daemon/config.ts";
 import { ConnectionsSchema, type ListenAddress } from "../daemon/config.ts";
+import type { ImageCheckRequest, ImageInfo } from "../daemon/image_check.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -66,6 +67,8 @@ export interface AppOptions {
   hostname?: string;
   /** The nbd module's health (status page, /metrics); default: told from the devices. */
   nbdHealth?(): NbdHealth | Promise<NbdHealth>;
+  /** `POST /api/images/check` (the CSI controller's "does this volume exist"). */
+  checkImage?: (request: ImageCheckRequest) => Promise<ImageInfo>;
 }
 
 /** Largest request body accepted; API bodies are a few hundred bytes. */
@@ -204,6 +207,8 @@ export function createApp(options: AppOptions): Hono {
       // Devices that exist and are ours: 0 without the nbd module, not nbd.devices.
       devices: (await table.devices()).length,
       tokenRequired: token !== undefined,
+      // Whether mounts can work here, and why not (exports need no nbd).
+      nbd: await nbdHealth(),
     }));
 
   app.get("/api/devices", async (c) => c.json({ devices: await table.devices() }));
@@ -223,6 +228,13 @@ export function createApp(options: AppOptions): Hono {
     await table.unmount(device);
     return c.json({ device, state: "unmounted" });
   });
+
+  const checkImage = options.checkImage;
+  if (checkImage) {
+    // IVBS has no lookup without a login: the check opens one read-only session and closes it.
+    const schema = MountBodySchema.pick({ image: true, username: true, password: true });
+    app.post("/api/images/check", async (c) => c.json(await checkImage(await readJson(c, schema))));
+  }
 
   app.get("/api/exports", (c) => c.json({ ...exports.listenInfo(), exports: exports.list() }));
 
@@ -251,10 +263,12 @@ export function createApp(options: AppOptions): Hono {
   const nbdHealth = async (): Promise<NbdHealth> => {
     if (options.nbdHealth) return await options.nbdHealth();
     const devices = await table.devices();
-    if (devices.length === 0) {
-      return { module: false, freeDevices: 0, reason: "no /dev/nbd* devices: is nbd loaded?" };
-    }
-    return { module: true, freeDevices: devices.filter((d) => d.state === "free").length };
+    return judgeNbdHealth({
+      module: devices.length > 0,
+      devices: devices.map((d) => ({ inUse: d.state !== "free" })),
+      kernelAddsDevices: false,
+      uid: null,
+    });
   };
 
   app.get("/metrics", async (c) => {

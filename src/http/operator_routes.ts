@@ -1,7 +1,9 @@
 /**
  * The operator's routes: `GET /api/proxies` (every IVBS proxy known and its
  * health), `GET /api/events?since=SEQ&limit=N` (the recent events ring, oldest
- * first after the cursor, so a follower polls with the `next` it was given) and
+ * first after the cursor, so a follower polls with the `next` it was given;
+ * with `Accept: text/event-stream` the same events as Server-Sent Events,
+ * resumed after `?since=` or `Last-Event-ID`, else from now: event_stream.ts) and
  * `GET /status/live` (the changing part of the status page, for its refresh).
  * @module
  */
@@ -11,10 +13,14 @@ import type { EventLog } from "../daemon/events.ts";
 import { MAX_EVENT_PAGE } from "../daemon/events.ts";
 import type { ProxyRegistry } from "../daemon/proxy_registry.ts";
 import { validate } from "./validation.ts";
+import { eventStreamResponse, resumePoint } from "./event_stream.ts";
+import type { Clock } from "../clock.ts";
 
 export interface OperatorRouteOptions {
   events?: EventLog;
   proxies?: ProxyRegistry;
+  /** Timers of the event streams' heartbeats (tests pass a manual clock). */
+  clock?: Clock;
   /** The live part of the status page, rendered now. */
   renderLive(): Promise<string>;
 }
@@ -35,6 +41,10 @@ export function registerOperatorRoutes(app: Hono, options: OperatorRouteOptions)
   app.get("/api/events", (c) => {
     const query = validate(EventsQuerySchema, c.req.query(), "query");
     const events = options.events;
+    if (events && /\btext\/event-stream\b/.test(c.req.header("accept") ?? "")) {
+      const since = resumePoint(query.since, c.req.header("last-event-id"));
+      return eventStreamResponse({ events, since, clock: options.clock });
+    }
     if (!events) return c.json({ events: [], next: query.since ?? 0, missed: 0, capacity: 0 });
     const page = events.since(query.since ?? 0, query.limit ?? MAX_EVENT_PAGE);
     return c.json({ ...page, capacity: events.capacity });

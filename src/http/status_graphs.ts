@@ -4,7 +4,7 @@
  * @module
  */
 import { exportKey, type HistoryPoint, mountKey } from "../daemon/history.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { formatBytes } from "../units.ts";
 import { type Markup, markup, raw } from "./markup.ts";
 import { sparkline } from "./sparkline.ts";
 

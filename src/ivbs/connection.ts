@@ -15,11 +15,30 @@
 import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { FrameReader } from "../io/frame_reader.ts";
 import type { ByteStream } from "../io/stream.ts";
-import { type Frame, FrameWriter } from "../io/frame_writer.ts";
-import { errorMessage } from "../error_info.ts";
+import { FrameWriter } from "../io/frame_writer.ts";
 import { type Logger, logger } from "../log.ts";
 import { ConnectionLostError } from "./errors.ts";
-import { type LatencyWindow, LivenessMonitor, type LivenessOptions } from "./liveness.ts";
+import { LivenessMonitor } from "./liveness.ts";
+import { connectTcp } from "./tcp_connect.ts";
+import {
+  AbandonedError,
+  causeOf,
+  type ConnectionEndCause,
+  type ConnectionOptions,
+  Outgoing,
+  type Pending,
+  reasonFor,
+  type Reply,
+  type RequestOptions,
+} from "./connection_types.ts";
+
+export type {
+  ConnectionEndCause,
+  ConnectionOptions,
+  Reply,
+  RequestOptions,
+  RequestOwner,
+} from "./connection_types.ts";
 import { proxyLabel } from "./proxy_list.ts";
 import {
   decodeGreeting,
@@ -43,116 +62,8 @@ import {
 
 /** A check tick this many periods late means our own process was stalled. */
 const STALLED_TICKS = 3;
-export interface ConnectionOptions {
-  /** Bound on TCP connect plus the wait for GREETING (default 5 000 ms). */
-  connectTimeoutMs?: number;
-  /** Replies awaited and none received for this long = dead peer (default 15 000 ms). */
-  deadPeerTimeoutMs?: number;
-  /** Called with each LIST_PROXIES the proxy sends (push or reply). */
-  onProxyList?: (proxies: ProxyAddress[]) => void;
-  /** A KEEPALIVE (probes included) was sent, or its answer came back (for the session's counters). */
-  onKeepalive?: (event: "sent" | "answered") => void;
-  /** Probe a proxy suspected of hanging (none without it: dead-peer timeout only). */
-  liveness?: {
-    options: Readonly<LivenessOptions>;
-    /** Reply latencies, shared by the session's successive connections. */
-    latencies: LatencyWindow;
-    /** A probe went out, or its answer came back (for the session's counters). */
-    onProbe?: (event: "sent" | "answered") => void;
-  };
-  /** Aborting closes the connection (or abandons the connect). */
-  signal?: AbortSignal;
-  /** Time for the connect, dead-peer, keepalive and liveness timers (default the real clock). */
-  clock?: Clock;
-  log?: Logger;
-}
-
-/**
- * Why a connection ended: the proxy closed it (EOF, reset) or we did; an I/O
- * or protocol error; no reply within the dead-peer timeout; a liveness probe
- * unanswered.
- */
-export type ConnectionEndCause = "closed" | "error" | "dead-peer" | "probe-timeout";
-
-/** A reply: its status and payload (for a READ with a target: that target, filled). */
-export interface Reply {
-  status: number;
-  payload: Uint8Array;
-}
-
-/** The session's side of a request: once `done`, an unsent request is dropped, not sent. */
-export interface RequestOwner {
-  readonly done: boolean;
-}
-
-export interface RequestOptions {
-  /** READ only: the buffer the data is read into (its length = the requested length). */
-  target?: Uint8Array;
-  /**
-   * Bytes sent right after `packet` and counted in its data_len: a large WRITE's
-   * data goes out from the caller's buffer without being copied into the packet.
-   * The caller must not change it until the request settles.
-   */
-  body?: Uint8Array;
-  owner?: RequestOwner;
-  /** KEEPALIVE sent as a liveness probe: queued ahead of everything else. */
-  probe?: boolean;
-}
-
-interface Pending {
-  op: OpCode;
-  /** The clock's time when queued: a reply's latency, the oldest wait. */
-  sentAt: number;
-  /** KEEPALIVE sent as a liveness probe. */
-  probe: boolean;
-  target: Uint8Array | undefined;
-  owner: RequestOwner | undefined;
-  resolve: (reply: Reply) => void;
-  reject: (error: Error) => void;
-}
-
-/** A request packet on its way; dropped unsent once its owner is done with it. */
-class Outgoing implements Frame {
-  constructor(
-    readonly head: Uint8Array,
-    readonly body: Uint8Array | undefined,
-    readonly sequence: number,
-    readonly owner: RequestOwner | undefined,
-    readonly dropped: (sequence: number) => void,
-  ) {}
-
-  get abandoned(): boolean {
-    return this.owner?.done === true;
-  }
-
-  written(ok: boolean): void {
-    if (!ok) this.dropped(this.sequence);
-  }
-}
-
 const EMPTY = new Uint8Array(0);
 const MAX_SEQUENCE = 0xffff_ffff;
-
-/** Why a connection ended, for its end reason: protocol errors say so. */
-function reasonFor(error: unknown): string {
-  const message = errorMessage(error);
-  return error instanceof IvbsProtocolError ? `protocol error: ${message}` : message;
-}
-
-/** A reset or broken pipe is the proxy going away; anything else is an error. */
-function causeOf(error: unknown): ConnectionEndCause {
-  return error instanceof Deno.errors.ConnectionReset || error instanceof Deno.errors.BrokenPipe
-    ? "closed"
-    : "error";
-}
-
-/** Thrown into a request dropped unsent because its owner gave up on it. */
-class AbandonedError extends Error {
-  constructor() {
-    super("request abandoned before it was sent");
-    this.name = "AbandonedError";
-  }
-}
 
 export class IvbsConnection {
   readonly address: ProxyAddress;
@@ -228,36 +139,13 @@ export class IvbsConnection {
     address: ProxyAddress,
     options: ConnectionOptions = {},
   ): Promise<IvbsConnection> {
-    const label = proxyLabel(address);
     const timeoutMs = options.connectTimeoutMs ?? 5_000;
     const clock = options.clock ?? SYSTEM_CLOCK;
-    const controller = new AbortController();
-    const abort = () => controller.abort();
-    options.signal?.addEventListener("abort", abort);
-    const timer = clock.setTimeout(abort, timeoutMs);
-    let tcp: Deno.TcpConn;
-    try {
-      if (options.signal?.aborted) throw new Error("aborted");
-      tcp = await Deno.connect({
-        hostname: address.host,
-        port: address.port,
-        signal: controller.signal,
-      });
-    } catch (error) {
-      clock.clearTimeout(timer);
-      options.signal?.removeEventListener("abort", abort);
-      const why = controller.signal.aborted && !options.signal?.aborted
-        ? `no TCP connection within ${timeoutMs} ms`
-        : reasonFor(error);
-      throw new ConnectionLostError(label, `connect failed: ${why}`);
-    }
-    tcp.setNoDelay(true);
+    const tcp = await connectTcp(address, timeoutMs, clock, options.signal);
     const connection = new IvbsConnection(tcp, address, options);
-    // From here the timer and the caller's signal close the connection instead.
+    // From here the greeting timer and the caller's signal close the connection instead.
     const onAbort = () => connection.#fail("connection attempt aborted", "closed");
-    options.signal?.removeEventListener("abort", abort);
     options.signal?.addEventListener("abort", onAbort);
-    clock.clearTimeout(timer);
     const greetingTimer = clock.setTimeout(
       () => connection.#fail(`no GREETING within ${timeoutMs} ms`, "error"),
       timeoutMs,
@@ -372,8 +260,6 @@ export class IvbsConnection {
     await this.#readLoop;
     await this.#writer.flushed();
   }
-
-  // ---- internals ----
 
   #stampId(): Uint8Array {
     return this.#sessionId ?? new Uint8Array(SESSION_ID_SIZE);

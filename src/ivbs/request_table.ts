@@ -22,7 +22,12 @@
  * @module
  */
 import type { RequestOwner } from "./connection.ts";
-import { encodeReadRequest, encodeWriteRequestHeader, SESSION_ID_SIZE } from "./wire.ts";
+import {
+  encodeReadRequest,
+  encodeWriteRequestHeader,
+  MAX_IO_LENGTH,
+  SESSION_ID_SIZE,
+} from "./wire.ts";
 
 export type Kind = "READ" | "WRITE";
 
@@ -65,6 +70,27 @@ export function encodeChunk(
     body = buffer;
   }
   return { packet, body };
+}
+
+/**
+ * Submits `buffer` (READ: the destination) in pieces of at most MAX_IO_LENGTH
+ * and settles once every piece has (a failed piece must not return the buffer
+ * while its siblings still fill it).
+ */
+export async function inPieces(
+  offset: number,
+  buffer: Uint8Array,
+  submit: (offset: number, piece: Uint8Array) => Promise<void>,
+): Promise<void> {
+  if (buffer.length <= MAX_IO_LENGTH) return await submit(offset, buffer);
+  const pieces: Promise<void>[] = [];
+  for (let at = 0; at < buffer.length; at += MAX_IO_LENGTH) {
+    pieces.push(
+      submit(offset + at, buffer.subarray(at, Math.min(buffer.length, at + MAX_IO_LENGTH))),
+    );
+  }
+  const failed = (await Promise.allSettled(pieces)).find((r) => r.status === "rejected");
+  if (failed) throw failed.reason;
 }
 
 export class RequestTable {

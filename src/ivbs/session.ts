@@ -14,7 +14,8 @@
  * This module is the Backend face and the per-request policy (retry, relogin,
  * fail over, time out); attach.ts opens and attaches a connection, failover.ts
  * chooses the next proxy and paces reconnects, request_table.ts keeps the
- * requests until answered and in replay order.
+ * requests until answered and in replay order, session_timers.ts paces
+ * retries and times requests out.
  *
  * @example Mount an image on the IVBS test server, write and read back
  * ```ts
@@ -42,23 +43,29 @@
 import { type Backend, BackendError } from "../block/backend.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
-import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
+import { type Clock, SYSTEM_CLOCK } from "../clock.ts";
 import { Admission } from "../io/admission.ts";
 import type { IvbsConnection, Reply } from "./connection.ts";
 import { ConnectionLostError, IvbsMountError, statusAction, statusErrno } from "./errors.ts";
-import { DEFAULT_LIVENESS, LatencyWindow, type LivenessOptions } from "./liveness.ts";
-import {
-  type Backoff,
-  backoffDelay,
-  DEFAULT_BACKOFF,
-  proxyLabel,
-  type ProxyList,
-} from "./proxy_list.ts";
+import { DEFAULT_LIVENESS, LatencyWindow } from "./liveness.ts";
+import { type Backoff, DEFAULT_BACKOFF, proxyLabel, type ProxyList } from "./proxy_list.ts";
 import { checkNames, ImageAttacher } from "./attach.ts";
+import { SessionTimers } from "./session_timers.ts";
 import { Failover } from "./failover.ts";
-import { type Chunk, type Kind, RequestTable } from "./request_table.ts";
-import type { FailoverCause, IvbsSessionEvent, IvbsSessionStats } from "./session_events.ts";
-import { type AttachReply, MAX_IO_LENGTH, type ProxyAddress, statusName } from "./wire.ts";
+import { type Chunk, inPieces, type Kind, RequestTable } from "./request_table.ts";
+import {
+  emptySessionStats,
+  type FailoverCause,
+  type IvbsSessionEvent,
+  type IvbsSessionStats,
+} from "./session_events.ts";
+import {
+  DEFAULT_MAX_IN_FLIGHT_BYTES,
+  DEFAULT_MAX_RETRIES,
+  definedOnly,
+  type IvbsSessionOptions,
+} from "./session_options.ts";
+import { type AttachReply, statusName } from "./wire.ts";
 
 export {
   FAILOVER_CAUSES,
@@ -66,50 +73,7 @@ export {
   type IvbsSessionEvent,
   type IvbsSessionStats,
 } from "./session_events.ts";
-
-export interface IvbsSessionOptions {
-  /** Configured fallback list; LIST_PROXIES from the proxies is tried first. */
-  proxies: ProxyAddress[];
-  image: string;
-  username: string;
-  password: string;
-  /** Mount read-only even if the image is writable. */
-  readOnly?: boolean;
-  /** No reply to anything in flight (or a keepalive) for this long = failed (default 15 000). */
-  deadPeerTimeoutMs?: number;
-  /** A request no proxy could serve within it fails with EIO (default 120 000; 0 = forever). */
-  ioTimeoutMs?: number;
-  /** TCP connect + GREETING bound per proxy (default 5 000). */
-  connectTimeoutMs?: number;
-  /** Between rounds over the proxy list and between status retries (default 100 / 5 000, jittered). */
-  backoff?: Backoff;
-  /** Bytes outstanding to IVBS before callers wait (default 256 MiB). */
-  maxInFlightBytes?: number;
-  /** NOT_READY / TEMPORARY_ERROR / NOT_LOGGEDIN retries per request before EIO (default 20). */
-  maxRetries?: number;
-  /** How long a failed proxy goes to the back of the list (default 30 000). */
-  failureMemoryMs?: number;
-  /** When to probe a proxy suspected of hanging, and how long it has to answer (DEFAULT_LIVENESS). */
-  liveness?: Partial<LivenessOptions>;
-  onEvent?: (event: IvbsSessionEvent) => void;
-  log?: Logger;
-  /**
-   * Time for every timer of the session: its own (I/O timeout, retry and
-   * reconnect backoff, failure memory) and its connections' (connect, dead
-   * peer, keepalive, liveness); default the real clock.
-   */
-  clock?: Clock;
-}
-
-const DEFAULT_MAX_IN_FLIGHT_BYTES = 256 * 1024 * 1024;
-const DEFAULT_MAX_RETRIES = 20;
-
-/** The keys of `values` that are set (undefined must not override a default). */
-function definedOnly<T extends object>(values: T | undefined): Partial<T> {
-  return Object.fromEntries(
-    Object.entries(values ?? {}).filter(([, value]) => value !== undefined),
-  ) as Partial<T>;
-}
+export type { IvbsSessionOptions } from "./session_options.ts";
 
 export class IvbsSession implements Backend {
   readonly image: string;
@@ -117,7 +81,6 @@ export class IvbsSession implements Backend {
   readonly #forceReadOnly: boolean;
   readonly #ioTimeoutMs: number;
   readonly #backoff: Backoff;
-  readonly #maxRetries: number;
   readonly #onEvent: ((event: IvbsSessionEvent) => void) | undefined;
   readonly #log: Logger;
   /** Bytes of READ/WRITE in flight (one request over the bound goes alone). */
@@ -133,40 +96,24 @@ export class IvbsSession implements Backend {
   #conn: IvbsConnection | null = null;
   /** Connections being set up or torn down, so close() can wait for them. */
   readonly #settling = new Set<Promise<unknown>>();
-  readonly #relogins = new WeakMap<IvbsConnection, Promise<void>>();
 
   /** Every accepted chunk until answered; those waiting for a connection, in replay order. */
   readonly #requests = new RequestTable();
   readonly #clock: Clock;
-  readonly #retryTimers = new Set<TimerHandle>();
-  #ioTimer: TimerHandle | undefined;
+  /** Retry pacing (count, back off, log in again) and the I/O timeout. */
+  readonly #timers: SessionTimers;
 
   #closed = false;
   #closing: Promise<void> | null = null;
   #fatal: string | null = null;
 
-  readonly #stats: IvbsSessionStats = {
-    inFlight: 0,
-    reads: 0,
-    writes: 0,
-    bytesRead: 0,
-    bytesWritten: 0,
-    failovers: 0,
-    reconnects: 0,
-    retries: 0,
-    keepalivesSent: 0,
-    keepalivesAnswered: 0,
-    probesSent: 0,
-    probesAnswered: 0,
-    failoverCauses: { closed: 0, error: 0, status: 0, "dead-peer": 0, "probe-timeout": 0 },
-  };
+  readonly #stats: IvbsSessionStats = emptySessionStats();
 
   private constructor(options: IvbsSessionOptions) {
     this.image = options.image;
     this.#forceReadOnly = options.readOnly ?? false;
     this.#ioTimeoutMs = options.ioTimeoutMs ?? 120_000;
     this.#backoff = options.backoff ?? DEFAULT_BACKOFF;
-    this.#maxRetries = options.maxRetries ?? DEFAULT_MAX_RETRIES;
     this.#onEvent = options.onEvent;
     this.#log = options.log ?? logger("ivbs");
     this.#clock = options.clock ?? SYSTEM_CLOCK;
@@ -198,6 +145,21 @@ export class IvbsSession implements Backend {
       signal: this.#abort.signal,
       clock: this.#clock,
       track: (promise) => this.#track(promise),
+      log: this.#log,
+    });
+    this.#timers = new SessionTimers({
+      image: options.image,
+      clock: this.#clock,
+      backoff: this.#backoff,
+      maxRetries: options.maxRetries ?? DEFAULT_MAX_RETRIES,
+      ioTimeoutMs: this.#ioTimeoutMs,
+      requests: this.#requests,
+      login: (conn) => this.#attacher.login(conn),
+      connectionLost: (conn, reason, cause) => this.#connectionLost(conn, reason, cause),
+      finish: (chunk, error) => this.#finish(chunk, error),
+      emit: (event) => this.#emit(event),
+      countRetry: () => this.#stats.retries++,
+      proxy: () => this.proxy,
       log: this.#log,
     });
     this.#failover = new Failover(options.proxies, {
@@ -298,7 +260,7 @@ export class IvbsSession implements Backend {
     if (length === 0) return;
     if (!this.#budget.tryAcquire(0, length)) await this.#waitBudget(length);
     try {
-      await this.#runPieces("READ", offset, target());
+      await inPieces(offset, target(), (at, piece) => this.#submit("READ", at, piece));
       this.#stats.reads++;
       this.#stats.bytesRead += length;
     } finally {
@@ -315,7 +277,7 @@ export class IvbsSession implements Backend {
     if (data.length === 0) return;
     if (!this.#budget.tryAcquire(0, data.length)) await this.#waitBudget(data.length);
     try {
-      await this.#runPieces("WRITE", offset, data);
+      await inPieces(offset, data, (at, piece) => this.#submit("WRITE", at, piece));
       this.#stats.writes++;
       this.#stats.bytesWritten += data.length;
     } finally {
@@ -406,28 +368,12 @@ export class IvbsSession implements Backend {
     }
   }
 
-  /**
-   * Sends `buffer` (READ: the destination) in pieces of at most MAX_IO_LENGTH and
-   * settles once every piece has (a failed piece must not return the buffer while
-   * its siblings still fill it).
-   */
-  async #runPieces(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
-    if (buffer.length <= MAX_IO_LENGTH) return await this.#submit(kind, offset, buffer);
-    const pieces: Promise<void>[] = [];
-    for (let at = 0; at < buffer.length; at += MAX_IO_LENGTH) {
-      const piece = buffer.subarray(at, Math.min(buffer.length, at + MAX_IO_LENGTH));
-      pieces.push(this.#submit(kind, offset + at, piece));
-    }
-    const failed = (await Promise.allSettled(pieces)).find((r) => r.status === "rejected");
-    if (failed) throw failed.reason;
-  }
-
   /** Tracks one piece until it is answered, times out or the session closes. */
   #submit(kind: Kind, offset: number, buffer: Uint8Array): Promise<void> {
     return new Promise<void>((resolve, reject) => {
       const deadline = this.#ioTimeoutMs > 0 ? this.#clock.now() + this.#ioTimeoutMs : Infinity;
       const chunk = this.#requests.add(kind, offset, buffer, deadline, resolve, reject);
-      this.#armIoTimer();
+      this.#timers.armIoTimeout();
       this.#dispatch(chunk);
     });
   }
@@ -458,18 +404,12 @@ export class IvbsSession implements Backend {
         if (conn === this.#conn) this.#failover.served();
         return this.#finish(chunk);
       case "relogin":
-        if (!this.#countRetry(chunk, conn, reply.status)) return;
-        this.#relogin(conn).then(() => this.#dispatch(chunk), () => this.#dispatch(chunk));
+        if (!this.#timers.countRetry(chunk, conn, reply.status)) return;
+        this.#timers.relogin(conn).then(() => this.#dispatch(chunk), () => this.#dispatch(chunk));
         return;
-      case "retry": {
-        if (!this.#countRetry(chunk, conn, reply.status)) return;
-        const timer = this.#clock.setTimeout(() => {
-          this.#retryTimers.delete(timer);
-          this.#dispatch(chunk);
-        }, backoffDelay(this.#backoff, chunk.attempts));
-        this.#retryTimers.add(timer);
-        return;
-      }
+      case "retry":
+        if (!this.#timers.countRetry(chunk, conn, reply.status)) return;
+        return this.#timers.later(chunk, () => this.#dispatch(chunk));
       case "failover":
         this.#connectionLost(conn, `${chunk.kind} answered ${statusName(reply.status)}`, "status");
         return this.#dispatch(chunk);
@@ -497,85 +437,8 @@ export class IvbsSession implements Backend {
     );
   }
 
-  /** Counts, logs and reports one retry; false (and the chunk failed) past maxRetries. */
-  #countRetry(chunk: Chunk, conn: IvbsConnection, status: number): boolean {
-    chunk.attempts++;
-    const name = statusName(status);
-    if (chunk.attempts > this.#maxRetries) {
-      this.#finish(
-        chunk,
-        new BackendError(
-          `IVBS ${chunk.kind} ${chunk.offset}+${chunk.length} of image "${this.image}" still ` +
-            `${name} after ${this.#maxRetries} retries (proxy ${conn.label})`,
-          "EIO",
-        ),
-      );
-      return false;
-    }
-    this.#stats.retries++;
-    this.#log.warn("IVBS request retried", {
-      image: this.image,
-      op: chunk.kind,
-      offset: chunk.offset,
-      length: chunk.length,
-      status: name,
-      attempt: chunk.attempts,
-      proxy: conn.label,
-    });
-    this.#emit({ type: "retry", op: chunk.kind, status: name, attempt: chunk.attempts });
-    return true;
-  }
-
-  /** One LOGIN per connection at a time; a refusal ends the connection (→ failover). */
-  #relogin(conn: IvbsConnection): Promise<void> {
-    let pending = this.#relogins.get(conn);
-    if (pending === undefined) {
-      pending = this.#attacher.login(conn).catch((error) => {
-        const cause = conn.isOpen ? "status" : conn.endCause;
-        this.#connectionLost(conn, `login again failed: ${errorMessage(error)}`, cause);
-        throw error;
-      }).finally(() => this.#relogins.delete(conn));
-      this.#relogins.set(conn, pending);
-    }
-    return pending;
-  }
-
   #finish(chunk: Chunk, error?: Error): void {
     this.#requests.finish(chunk, error);
-  }
-
-  // ---- I/O timeout: one timer for the oldest request ----
-
-  #armIoTimer(): void {
-    if (this.#ioTimer !== undefined || this.#ioTimeoutMs === 0) return;
-    const deadline = this.#requests.nextDeadline();
-    if (deadline === undefined) return;
-    const delay = Math.max(0, deadline - this.#clock.now());
-    this.#ioTimer = this.#clock.setTimeout(() => this.#expire(), delay);
-  }
-
-  #expire(): void {
-    this.#ioTimer = undefined;
-    for (const chunk of this.#requests.expired(this.#clock.now())) {
-      this.#log.warn("IVBS request timed out", {
-        image: this.image,
-        op: chunk.kind,
-        offset: chunk.offset,
-        length: chunk.length,
-        timeoutMs: this.#ioTimeoutMs,
-        proxy: this.proxy ?? "none (reconnecting)",
-      });
-      this.#emit({ type: "io-timeout", op: chunk.kind });
-      this.#finish(
-        chunk,
-        new BackendError(
-          `IVBS ${chunk.kind} ${chunk.offset}+${chunk.length} of image "${this.image}" not ` +
-            `served within ${this.#ioTimeoutMs} ms`,
-          "EIO",
-        ),
-      );
-    }
-    this.#armIoTimer();
   }
 
   // ---- helpers ----
@@ -619,10 +482,7 @@ export class IvbsSession implements Backend {
   async #shutdown(): Promise<void> {
     this.#closed = true;
     this.#abort.abort();
-    this.#clock.clearTimeout(this.#ioTimer);
-    this.#ioTimer = undefined;
-    for (const timer of this.#retryTimers) this.#clock.clearTimeout(timer);
-    this.#retryTimers.clear();
+    this.#timers.stop();
     const error = this.#shutdownError();
     this.#requests.failAll(error);
     this.#budget.rejectAll(error);

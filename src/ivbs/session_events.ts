@@ -57,3 +57,22 @@ export interface IvbsSessionStats {
   /** `failovers` split by cause. */
   failoverCauses: Record<FailoverCause, number>;
 }
+
+/** Counters of a session that has done nothing yet. */
+export function emptySessionStats(): IvbsSessionStats {
+  return {
+    inFlight: 0,
+    reads: 0,
+    writes: 0,
+    bytesRead: 0,
+    bytesWritten: 0,
+    failovers: 0,
+    reconnects: 0,
+    retries: 0,
+    keepalivesSent: 0,
+    keepalivesAnswered: 0,
+    probesSent: 0,
+    probesAnswered: 0,
+    failoverCauses: { closed: 0, error: 0, status: 0, "dead-peer": 0, "probe-timeout": 0 },
+  };
+}

@@ -14,6 +14,9 @@
  * @module
  */
 import { createHash } from "node:crypto";
+import { getString, getU64, IvbsProtocolError, putString, putU64, view } from "./wire_fields.ts";
+
+export { IvbsProtocolError };
 
 /** Bytes in the fixed header that precedes every packet. */
 export const HEADER_SIZE = 48;
@@ -97,15 +100,6 @@ export function isKnownOp(op: number): op is OpCode {
   return OP_NAMES.has(op);
 }
 
-/** Thrown for bytes that are not a valid IVBS packet. The connection must close. */
-export class IvbsProtocolError extends Error {
-  readonly code = "IVBS_PROTOCOL";
-  constructor(message: string) {
-    super(message);
-    this.name = "IvbsProtocolError";
-  }
-}
-
 /** The decoded 48-byte header. */
 export interface PacketHeader {
   /** 32 opaque bytes; a view into the decoded buffer, copy it to keep it. */
@@ -123,10 +117,6 @@ export interface HeaderFields {
   status?: number;
   dataLen: number;
   sequence: number;
-}
-
-function view(bytes: Uint8Array): DataView {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** Writes a header into `target` at `offset` (default: a new 48-byte buffer). */
@@ -206,44 +196,6 @@ function expectSize(what: string, payload: Uint8Array, size: number): void {
   if (payload.length !== size) {
     throw new IvbsProtocolError(`${what} payload must be ${size} bytes, got ${payload.length}`);
   }
-}
-
-// ---- fixed-width strings ----
-
-const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: false });
-
-/** Writes `text` NUL-padded into `width` bytes; throws if it does not fit. */
-function putString(target: Uint8Array, offset: number, width: number, text: string, what: string) {
-  const bytes = encoder.encode(text);
-  if (bytes.length > width) {
-    throw new IvbsProtocolError(`${what} is ${bytes.length} bytes, longer than ${width}`);
-  }
-  if (bytes.includes(0)) throw new IvbsProtocolError(`${what} contains a NUL byte`);
-  target.set(bytes, offset);
-  target.fill(0, offset + bytes.length, offset + width);
-}
-
-/** Reads a NUL-padded string of `width` bytes. */
-function getString(source: Uint8Array, offset: number, width: number): string {
-  const field = source.subarray(offset, offset + width);
-  const end = field.indexOf(0);
-  return decoder.decode(end === -1 ? field : field.subarray(0, end));
-}
-
-function getU64(dv: DataView, offset: number, what: string): number {
-  const value = dv.getBigUint64(offset);
-  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new IvbsProtocolError(`${what} ${value} is out of range`);
-  }
-  return Number(value);
-}
-
-function putU64(dv: DataView, offset: number, value: number, what: string) {
-  if (!Number.isSafeInteger(value) || value < 0) {
-    throw new IvbsProtocolError(`${what} ${value} is not a non-negative integer`);
-  }
-  dv.setBigUint64(offset, BigInt(value));
 }
 
 // ---- GREETING ----

@@ -16,6 +16,8 @@ import { IoStats } from "./stats.ts";
 import type { ByteStream } from "../io/stream.ts";
 import { type Logger, logger } from "../log.ts";
 import { isLoopbackHost } from "../loopback.ts";
+import type { Clock } from "../clock.ts";
+import { closeQuietly, Listener, type Slot } from "../io/listener.ts";
 
 /** One export: a name and a factory giving each client its own backend. */
 export interface ExportDefinition {
@@ -43,6 +45,8 @@ export interface ExportServerOptions {
    * so they lose their slot only to someone waiting for one.)
    */
   idleEvictMs?: number;
+  /** Timers of the accept loop (tests pass a manual clock). */
+  clock?: Clock;
   /** Per-client bounds of the transmission phase. */
   serve?: Pick<ServeOptions, "maxInFlight" | "maxInFlightBytes">;
   log?: Logger;
@@ -89,14 +93,11 @@ interface ExportRecord extends ExportEntry {
 interface Client {
   readonly id: number;
   readonly conn: Deno.Conn;
+  /** Its place under the cap; `slot.cut` once we closed the connection ourselves. */
+  readonly slot: Slot;
   readonly transport: "unix" | "tcp";
   readonly connectedAt: Date;
   export: string | null;
-  /** Set when we close the connection ourselves (shutdown, export removed). */
-  cut: boolean;
-  /** performance.now() of the last byte read or written. */
-  lastActive: number;
-  task?: Promise<void>;
 }
 
 /** Starts listening; resolves once every listener accepts connections. */
@@ -107,18 +108,17 @@ export function startExportServer(options: ExportServerOptions): Promise<ExportS
 export class ExportServer {
   readonly #exports = new Map<string, ExportRecord>();
   readonly #clients = new Map<number, Client>();
-  readonly #listeners: Deno.Listener[] = [];
-  readonly #acceptLoops: Promise<void>[] = [];
+  /** Each client's serve task, for removeExport to await. */
+  readonly #tasks = new Map<number, Promise<void>>();
+  #listener: Listener<Deno.Conn> | null = null;
   readonly #maxClients: number;
   readonly #handshakeTimeoutMs: number;
   readonly #idleEvictMs: number;
-  /** Refusals and accept failures not yet logged (one line a minute at most). */
-  readonly #quiet = new Map<string, { count: number; loggedAt: number }>();
+  readonly #clock: Clock | undefined;
   readonly #serve: ExportServerOptions["serve"];
   readonly #log: Logger;
   #socketPath: string | null = null;
   #tcpAddress: { hostname: string; port: number } | null = null;
-  #nextId = 1;
   #stopping = false;
   #closed: Promise<void> | null = null;
 
@@ -126,6 +126,7 @@ export class ExportServer {
     this.#maxClients = options.maxClients ?? 64;
     this.#handshakeTimeoutMs = options.handshakeTimeoutMs ?? 10_000;
     this.#idleEvictMs = options.idleEvictMs ?? 60_000;
+    this.#clock = options.clock;
     this.#serve = options.serve;
     this.#log = options.log ?? logger("export");
     for (const definition of options.exports ?? []) this.addExport(definition);
@@ -153,22 +154,35 @@ export class ExportServer {
       throw new ExportServerError("NO_LISTENER", "an NBD export needs a unix socket or TCP port");
     }
     if (options.tcp) checkLoopback(options.tcp.hostname ?? "127.0.0.1");
+    const sockets: Deno.Listener[] = [];
     try {
       if (options.socketPath) {
-        const listener = await listenUnix(options.socketPath);
+        sockets.push(await listenUnix(options.socketPath));
         this.#socketPath = options.socketPath;
-        this.#startAccepting(listener, "unix");
       }
       if (options.tcp) {
         const hostname = options.tcp.hostname ?? "127.0.0.1";
         const listener = Deno.listen({ hostname, port: options.tcp.port });
+        sockets.push(listener);
         this.#tcpAddress = { hostname, port: (listener.addr as Deno.NetAddr).port };
-        this.#startAccepting(listener, "tcp");
       }
     } catch (error) {
+      for (const socket of sockets) closeQuietly(socket);
       await this.close();
       throw error;
     }
+    // One cap over both sockets. NBD clients are refused at once rather than left
+    // hanging in a backlog; a client idle in transmission makes room after idleEvictMs.
+    this.#listener = new Listener({
+      sources: sockets,
+      serve: (conn, slot) => this.#serveClient(conn, slot),
+      maxConnections: this.#maxClients,
+      minIdleMs: this.#idleEvictMs,
+      whenFull: "refuse",
+      noun: "NBD client",
+      log: this.#log,
+      clock: this.#clock,
+    });
     this.#log.info("NBD exports listening", {
       socket: this.#socketPath ?? undefined,
       tcp: this.#tcpAddress ? `${this.#tcpAddress.hostname}:${this.#tcpAddress.port}` : undefined,
@@ -204,7 +218,7 @@ export class ExportServer {
     if (!this.#exports.delete(name)) return false;
     const leaving = [...this.#clients.values()].filter((client) => client.export === name);
     for (const client of leaving) this.#cut(client);
-    await Promise.all(leaving.map((client) => client.task));
+    await Promise.all(leaving.map((client) => this.#tasks.get(client.id)));
     this.#log.info("NBD export removed", { export: name, disconnected: leaving.length });
     return true;
   }
@@ -239,56 +253,40 @@ export class ExportServer {
 
   async #shutdown(): Promise<void> {
     this.#stopping = true;
-    for (const listener of this.#listeners) closeQuietly(listener);
-    await Promise.all(this.#acceptLoops);
     // NBD has no server-side clean disconnect: closing the socket is the signal.
-    for (const client of this.#clients.values()) this.#cut(client);
-    await Promise.all([...this.#clients.values()].map((client) => client.task));
+    await this.#listener?.close();
     if (this.#socketPath) await removeSocketFile(this.#socketPath);
   }
 
-  #startAccepting(listener: Deno.Listener, transport: "unix" | "tcp"): void {
-    this.#listeners.push(listener);
-    this.#acceptLoops.push(this.#acceptLoop(listener, transport));
-  }
-
-  async #acceptLoop(listener: Deno.Listener, transport: "unix" | "tcp"): Promise<void> {
-    for (;;) {
-      let conn: Deno.Conn;
+  #serveClient(conn: Deno.Conn, slot: Slot): Promise<void> {
+    const transport = conn.localAddr.transport === "unix" ? "unix" : "tcp";
+    if (transport === "tcp") {
       try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (this.#stopping || error instanceof Deno.errors.BadResource) return;
-        // E.g. EMFILE: keep serving the clients we have and try again shortly.
-        this.#logRarely("error", "accepting an NBD client failed", { transport, error });
-        await new Promise((resolve) => setTimeout(resolve, 100));
-        continue;
+        (conn as Deno.TcpConn).setNoDelay(true);
+      } catch {
+        // The peer is already gone; the handshake will see it.
       }
-      if (this.#stopping) {
-        closeQuietly(conn);
-        return;
-      }
-      if (this.#occupiedSlots() >= this.#maxClients && !this.#evictIdle()) {
-        this.#logRarely("warn", "NBD client refused: too many clients", { max: this.#maxClients });
-        closeQuietly(conn);
-        continue;
-      }
-      if (transport === "tcp") (conn as Deno.TcpConn).setNoDelay(true);
-      const client: Client = {
-        id: this.#nextId++,
-        conn,
-        transport,
-        connectedAt: new Date(),
-        export: null,
-        cut: false,
-        lastActive: performance.now(),
-      };
-      this.#clients.set(client.id, client);
-      client.task = this.#serveClient(client).finally(() => this.#clients.delete(client.id));
     }
+    const client: Client = {
+      id: slot.id,
+      conn,
+      slot,
+      transport,
+      connectedAt: new Date(),
+      export: null,
+    };
+    this.#clients.set(client.id, client);
+    // Negotiating is busy: the handshake deadline bounds it, not eviction.
+    slot.setBusy(true);
+    const task = this.#serveNegotiated(client).finally(() => {
+      this.#clients.delete(client.id);
+      this.#tasks.delete(client.id);
+    });
+    this.#tasks.set(client.id, task);
+    return task;
   }
 
-  async #serveClient(client: Client): Promise<void> {
+  async #serveNegotiated(client: Client): Promise<void> {
     const log = this.#log;
     let negotiated: NegotiatedExport | null = null;
     try {
@@ -307,6 +305,7 @@ export class ExportServer {
         return;
       }
       client.export = negotiated.name;
+      client.slot.setBusy(false); // from now on, silence may cost it its slot
       log.info("NBD export client connected", {
         client: client.id,
         export: negotiated.name,
@@ -324,7 +323,7 @@ export class ExportServer {
     } catch (error) {
       if (error instanceof HandshakeError) {
         log.warn("NBD handshake failed; closing", { client: client.id, code: error.code, error });
-      } else if (client.cut) {
+      } else if (client.slot.cut) {
         log.debug("NBD export client cut off", { client: client.id, error });
       } else {
         log.warn("NBD export client failed", { client: client.id, export: client.export, error });
@@ -358,54 +357,12 @@ export class ExportServer {
       info: (message, fields) => base.info(message, named(fields)),
       warn: (message, fields) => base.warn(message, named(fields)),
       error: (message, fields) =>
-        client.cut ? base.debug(message, named(fields)) : base.error(message, named(fields)),
+        client.slot.cut ? base.debug(message, named(fields)) : base.error(message, named(fields)),
     };
   }
 
-  /** Clients holding a slot: every one not already cut off. */
-  #occupiedSlots(): number {
-    let count = 0;
-    for (const client of this.#clients.values()) if (!client.cut) count++;
-    return count;
-  }
-
-  /**
-   * Frees a slot by closing the client in transmission that has been silent
-   * longest, if that is at least idleEvictMs; false when none qualifies.
-   */
-  #evictIdle(): boolean {
-    const now = performance.now();
-    let victim: Client | null = null;
-    for (const client of this.#clients.values()) {
-      if (client.export === null || client.cut) continue;
-      if (now - client.lastActive < this.#idleEvictMs) continue;
-      if (!victim || client.lastActive < victim.lastActive) victim = client;
-    }
-    if (!victim) return false;
-    this.#log.warn("NBD client idle too long closed to make room for a new one", {
-      client: victim.id,
-      export: victim.export,
-      idleSeconds: Math.round((now - victim.lastActive) / 1000),
-    });
-    this.#cut(victim); // its slot is free now; its task still ends (and is awaited) normally
-    return true;
-  }
-
-  /** Logs the first of a kind of event, then at most one line a minute with how many followed. */
-  #logRarely(level: "warn" | "error", message: string, fields: Record<string, unknown>): void {
-    const now = performance.now();
-    const entry = this.#quiet.get(message) ?? { count: 0, loggedAt: -Infinity };
-    entry.count++;
-    this.#quiet.set(message, entry);
-    if (now - entry.loggedAt < 60_000) return;
-    this.#log[level](message, { ...fields, times: entry.count });
-    entry.count = 0;
-    entry.loggedAt = now;
-  }
-
   #cut(client: Client): void {
-    client.cut = true;
-    closeQuietly(client.conn);
+    this.#listener?.cut((slot) => slot === client.slot);
   }
 }
 
@@ -420,11 +377,11 @@ function activityStream(client: Client): ByteStream {
   const { conn } = client;
   return {
     read: (target) => {
-      client.lastActive = performance.now();
+      client.slot.touch();
       return conn.read(target);
     },
     write: (data) => {
-      client.lastActive = performance.now();
+      client.slot.touch();
       return conn.write(data);
     },
     close: () => conn.close(),
@@ -506,13 +463,5 @@ async function removeSocketFile(path: string): Promise<void> {
     await Deno.remove(path);
   } catch (error) {
     if (!(error instanceof Deno.errors.NotFound)) throw error;
-  }
-}
-
-function closeQuietly(resource: { close(): void }): void {
-  try {
-    resource.close();
-  } catch {
-    // Already closed.
   }
 }

@@ -45,24 +45,3 @@ export function transmissionFlags(backend: Backend): number {
   if (canMultiConn(backend)) flags |= TransmissionFlag.CAN_MULTI_CONN;
   return flags;
 }
-
-/**
- * Whether one device or export may be served over several connections, each
- * with its own backend on the same store (NBD_FLAG_CAN_MULTI_CONN). The NBD
- * spec asks two things of such a server: a write that one connection saw
- * completed is seen by a read on any connection started after it, and a FLUSH
- * on one connection makes durable every write completed on any connection
- * before it. A backend without `flush` promises that `write` resolves only
- * once the data is stored (src/block/backend.ts). For IVBS that is the
- * protocol's own rule: "an OK reply means the data is durable in IVBS: the
- * proxy acknowledges a write only after it is stored" (ivbs-protocol.md,
- * WRITE), and every session of an image reads the one store behind all
- * proxies. So a completed write is stored, and visible to every session,
- * before any other request can depend on it; FLUSH is not advertised (nothing
- * to flush) and so owes nothing across connections. A backend that caches
- * writes until `flush` could not promise the second rule: one connection's
- * FLUSH cannot reach another connection's cache. It does not qualify.
- */
-export function multiConnSafe(backend: Backend): boolean {
-  return backend.readOnly || backend.flush === undefined;
-}

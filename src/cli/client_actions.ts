@@ -1,17 +1,19 @@
 /**
- * What each client command does against the API and what it prints; shared by
- * the interactive netdclient and the one-shot `ivbsnetd mount|unmount|list|check|shutdown`
- * and `ivbsnetd export-add|export-remove|export-list`.
+ * What each client command does against the API and what it prints (a table,
+ * a sentence, or JSON); the command table (command_table.ts) runs these for
+ * both the one-shot commands and the interactive netdclient.
  * @module
  */
-import { MAX_EVENT_PAGE } from "../daemon/events.ts";
-import { formatBytes } from "../daemon/units.ts";
+import { MAX_EVENT_PAGE } from "../daemon/api_types.ts";
+import { formatBytes } from "../units.ts";
 import type {
   ApiClient,
+  DaemonEvent,
   ExportInfo,
   ExportRequestBody,
   MountInfo,
   MountRequestBody,
+  ReloadResult,
 } from "./api_client.ts";
 import { devicesTable, eventLine, exportsTable, mountsTable, proxiesTable } from "./table.ts";
 
@@ -122,6 +124,25 @@ export async function shutdownCommand(
   );
 }
 
+/** "1 added (mount /dev/nbd2: …), 0 removed, 2 unchanged". */
+export function describeReload(result: ReloadResult): string {
+  const part = (count: string[], what: string) =>
+    `${count.length} ${what}${count.length === 0 ? "" : ` (${count.join(", ")})`}`;
+  const lines = [
+    `reloaded the config: ${part(result.added, "added")}, ${part(result.removed, "removed")}, ` +
+    `${result.unchanged.length} unchanged`,
+  ];
+  if (result.restartNeeded?.length) {
+    lines.push(`changed but only applied after a restart: ${result.restartNeeded.join(", ")}`);
+  }
+  return lines.join("\n");
+}
+
+export async function reloadCommand(client: ApiClient, out: Output, json = false) {
+  const result = await client.reload();
+  out.print(json ? JSON.stringify(result) : describeReload(result));
+}
+
 export async function proxiesCommand(client: ApiClient, out: Output, json = false) {
   const proxies = await client.proxies();
   out.print(json ? JSON.stringify(proxies) : proxiesTable(proxies));
@@ -129,50 +150,40 @@ export async function proxiesCommand(client: ApiClient, out: Output, json = fals
 
 export interface EventsOptions {
   json?: boolean;
-  /** Keep polling for new events until `signal` aborts. */
+  /** Keep printing new events (from the daemon's event stream) until `signal` aborts. */
   follow?: boolean;
   /** Only events after this sequence number. */
   since?: number;
   /** Print only the newest this many of the events already there. */
   last?: number;
-  /** Between polls when following (default 1 000 ms). */
-  intervalMs?: number;
   signal?: AbortSignal;
 }
 
 /**
  * Prints the daemon's recent events (one per line, or JSON lines), and with
- * `follow` keeps printing new ones, polling with the `since` cursor.
+ * `follow` keeps printing new ones as the daemon's event stream delivers them.
  */
 export async function eventsCommand(
   client: ApiClient,
   out: Output,
   options: EventsOptions = {},
 ): Promise<void> {
+  const print = (event: DaemonEvent) =>
+    out.print(options.json ? JSON.stringify(event) : eventLine(event));
   let since = options.since ?? 0;
+  if (options.follow) {
+    for await (const item of client.followEvents(since, options.signal)) {
+      if ("missed" in item) out.print(`(${item.missed} older events were dropped)`);
+      else print(item.event);
+    }
+    return;
+  }
   for (;;) {
     const page = await client.events(since);
     if (page.missed > 0 && since > 0) out.print(`(${page.missed} older events were dropped)`);
     const shown = options.last === undefined ? page.events : page.events.slice(-options.last);
-    for (const event of shown) {
-      out.print(options.json ? JSON.stringify(event) : eventLine(event));
-    }
+    for (const event of shown) print(event);
     since = page.next;
-    if (!options.follow || options.signal?.aborted) return;
-    if (page.events.length >= MAX_EVENT_PAGE) continue; // more are waiting
-    await pause(options.intervalMs ?? 1000, options.signal);
-    if (options.signal?.aborted) return;
+    if (page.events.length < MAX_EVENT_PAGE) return; // else more are waiting
   }
-}
-
-function pause(ms: number, signal?: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      clearTimeout(timer);
-      signal?.removeEventListener("abort", done);
-      resolve();
-    };
-    const timer = setTimeout(done, ms);
-    signal?.addEventListener("abort", done);
-  });
 }
