@@ -49,16 +49,18 @@ Deno.test("the README's API table names every route the app serves", () => {
   }
 });
 
-Deno.test("the README lists netdclient's commands, every one of them", () => {
-  const commands = HELP.split("\n").map((line) => /^ {2}([a-z]+)\b/.exec(line)?.[1])
+Deno.test("the README names every netdclient command", () => {
+  // Each command is a line of `help`: two spaces, its name, then what it does.
+  const commands = HELP.split("\n").map((line) => /^ {2}([a-z][a-z-]*)\s/.exec(line)?.[1])
     .filter((name): name is string => name !== undefined);
   assert.ok(commands.length > 5, HELP);
-  const list = /The interactive commands are ([^.]*)\./s.exec(
-    section("### 3. netdclient and one-shot commands"),
-  );
-  assert.ok(list, "README has the sentence listing the interactive commands");
-  const listed = [...list[1].matchAll(/`([a-z]+)[^`]*`/g)].map((m) => m[1]);
-  assert.deepEqual([...new Set(listed)].sort(), [...new Set(commands)].sort());
+  const text = section("### 3. netdclient and one-shot commands");
+  for (const name of commands) {
+    assert.ok(
+      new RegExp(`\`${name}[\` ]`).test(text),
+      `README's netdclient section lacks \`${name}\``,
+    );
+  }
 });
 
 Deno.test("config.example.json logs in as the user and mounts an image of the README's test server", async () => {

@@ -100,7 +100,11 @@ export async function mountedOn(url: string): Promise<Mount> {
 }
 
 /** fio write+verify on a file of the filesystem; the latency log gives the longest stall. */
-function startFio(directory: string, out: string, fioMb: number): Promise<Deno.CommandOutput> {
+export function startFio(
+  directory: string,
+  out: string,
+  fioMb: number,
+): Promise<Deno.CommandOutput> {
   return new Deno.Command("fio", {
     args: [
       "--name=restart",

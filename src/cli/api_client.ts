@@ -9,12 +9,14 @@ import type {
   DeviceInfo,
   EventPage,
   ExportInfo,
+  ImageCheckRequest,
+  ImageInfo,
   MountInfo,
   ProxyInfo,
 } from "../daemon/api_types.ts";
 import { errorMessage } from "../error_info.ts";
 
-export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, MountInfo, ProxyInfo };
+export type { DaemonEvent, DeviceInfo, EventPage, ExportInfo, ImageInfo, MountInfo, ProxyInfo };
 
 export const DEFAULT_SERVER = "http://127.0.0.1:8080";
 
@@ -37,12 +39,24 @@ export interface MountRequestBody {
   readOnly?: boolean;
 }
 
+/** `POST /api/images/check`: logs in once (read-only) and closes again; nothing is attached. */
+export type ImageCheckBody = ImageCheckRequest;
+
 export interface ExportRequestBody {
   name: string;
   image: string;
   username: string;
   password: string;
   readOnly?: boolean;
+}
+
+/** `POST /api/reload`: what the config reload did, by item label. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  unchanged: string[];
+  /** Settings that changed but apply only after a restart. */
+  restartNeeded?: string[];
 }
 
 /** The server refused or failed the request; `message` is the server's `error`. */
@@ -210,6 +224,11 @@ export class ApiClient {
     return reply.device;
   }
 
+  /** Whether the image exists and the credentials open it (IVBS login can take a while). */
+  checkImage(request: ImageCheckBody): Promise<ImageInfo> {
+    return this.#call<ImageInfo>("POST", "/api/images/check", request, this.#mountTimeoutMs);
+  }
+
   async exports(): Promise<ExportInfo[]> {
     return (await this.#call<{ exports: ExportInfo[] }>("GET", "/api/exports")).exports;
   }
@@ -237,6 +256,11 @@ export class ApiClient {
   /** Events after `since` (a previous page's `next`), oldest first. */
   events(since = 0): Promise<EventPage> {
     return this.#call<EventPage>("GET", `/api/events?since=${since}`);
+  }
+
+  /** Re-reads the daemon's config; bringing items up may take a while, so the mount timeout. */
+  reload(): Promise<ReloadResult> {
+    return this.#call<ReloadResult>("POST", "/api/reload", undefined, this.#mountTimeoutMs);
   }
 
   /**

@@ -95,6 +95,7 @@ export function startServing(
     listen: config.http.listen,
     hostname: machineName(),
     nbdHealth: () => nbdHealthOf(driver),
+    checkImage: (request) => daemon.checkImage(request),
   });
   // Our own server, not Deno.serve: a connection cap, timeouts, and accept
   // errors (EMFILE) that are survived instead of fatal (see http/server.ts).

@@ -10,3 +10,4 @@ export type { ExportInfo } from "./export_table.ts";
 export type { DaemonEvent, EventPage } from "./events.ts";
 export { MAX_EVENT_PAGE } from "./events.ts";
 export type { ProxyInfo } from "./proxy_registry.ts";
+export type { ImageCheckRequest, ImageInfo } from "./image_check.ts";

@@ -9,6 +9,7 @@
 import { type Logger, logger } from "../log.ts";
 import type { ConfiguredExport, ConfiguredMount, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
+import { checkImage, type ImageCheckRequest, type ImageInfo } from "./image_check.ts";
 import { type ExportOutcome, ExportTable } from "./export_table.ts";
 import { type MountInfo, MountTable } from "./mount_table.ts";
 import { EventLog, type EventLogOptions } from "./events.ts";
@@ -313,6 +314,11 @@ export class Daemon {
       });
       return { request, error: err };
     }
+  }
+
+  /** One read-only IVBS login, closed again: does the image exist for these credentials? */
+  checkImage(request: ImageCheckRequest): Promise<ImageInfo> {
+    return checkImage(this.#driver, request);
   }
 
   /**

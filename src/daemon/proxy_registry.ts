@@ -85,6 +85,14 @@ export interface ProxyRegistryOptions {
 /** Proxies a registry shows at most; a LIST_PROXIES flood cannot grow it without bound. */
 export const MAX_KNOWN_PROXIES = 256;
 
+/** A proxy's state: sessions first, then its failure memory, then the last idle check. */
+function stateOf(entry: Entry, inBackoff: boolean): ProxyState {
+  if (entry.users.size > 0) return "connected";
+  if (inBackoff) return "backoff";
+  if (entry.check === null) return "idle";
+  return entry.check.ok ? "reachable" : "unreachable";
+}
+
 export class ProxyRegistry {
   readonly #entries = new Map<string, Entry>();
   readonly #failureMemoryMs: number;
@@ -229,15 +237,7 @@ export class ProxyRegistry {
         address: e.address,
         name: e.name,
         origins,
-        state: e.users.size > 0
-          ? "connected"
-          : inBackoff
-          ? "backoff"
-          : e.check === null
-          ? "idle"
-          : e.check.ok
-          ? "reachable"
-          : "unreachable",
+        state: stateOf(e, inBackoff),
         usedBy: [...e.users.keys()].sort(),
         backoffUntil: inBackoff ? iso(backoffEnd) : null,
         lastError: e.lastError,

@@ -16,8 +16,7 @@ import type { ContentfulStatusCode } from "hono/utils/http-status";
 import { z } from "zod";
 import { type Logger, logger } from "../log.ts";
 import { METRICS_CONTENT_TYPE, renderMetrics } from "../daemon/metrics.ts";
-import type { NbdHealth } from "../daemon/view_contract.ts";
-import { judgeNbdHealth } from "../nbd/host_health.ts";
+import { judgeNbdHealth, type NbdHealth } from "../nbd/host_health.ts";
 import { VERSION } from "../version.ts";
 import { type RefusalReporter, tokenAuth } from "./auth.ts";
 import { MountError, type MountErrorCode, type MountTable } from "../daemon/mount_table.ts";
@@ -29,6 +28,7 @@ import {
   withinBytes,
 } from "../daemon/config.ts";
 import { ConnectionsSchema, type ListenAddress } from "../daemon/config.ts";
+import type { ImageCheckRequest, ImageInfo } from "../daemon/image_check.ts";
 import { requestGuard } from "./guard.ts";
 import { registerLegacyRoutes } from "./legacy.ts";
 import { PAGE_EVENTS, renderLive, renderStatusPage, type StatusPageData } from "./status_page.ts";
@@ -67,6 +67,8 @@ export interface AppOptions {
   hostname?: string;
   /** The nbd module's health (status page, /metrics); default: told from the devices. */
   nbdHealth?(): NbdHealth | Promise<NbdHealth>;
+  /** `POST /api/images/check` (the CSI controller's "does this volume exist"). */
+  checkImage?: (request: ImageCheckRequest) => Promise<ImageInfo>;
 }
 
 /** Largest request body accepted; API bodies are a few hundred bytes. */
@@ -226,6 +228,13 @@ export function createApp(options: AppOptions): Hono {
     await table.unmount(device);
     return c.json({ device, state: "unmounted" });
   });
+
+  const checkImage = options.checkImage;
+  if (checkImage) {
+    // IVBS has no lookup without a login: the check opens one read-only session and closes it.
+    const schema = MountBodySchema.pick({ image: true, username: true, password: true });
+    app.post("/api/images/check", async (c) => c.json(await checkImage(await readJson(c, schema))));
+  }
 
   app.get("/api/exports", (c) => c.json({ ...exports.listenInfo(), exports: exports.list() }));
 

@@ -22,7 +22,7 @@ import { type Clock, SYSTEM_CLOCK, type TimerHandle } from "../clock.ts";
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { writeAll } from "../io/stream.ts";
-import { closeQuietly, Listener, type Slot } from "../io/listener.ts";
+import { Listener, type Slot } from "../io/listener.ts";
 import { HttpError, type RequestHead } from "./message.ts";
 import { ConnectionGone, MessageReader } from "./message_reader.ts";
 import { REASONS, writeResponse } from "./response_writer.ts";
@@ -151,10 +151,12 @@ export class HttpServer {
       maxChunkLineBytes: MAX_CHUNK_LINE_BYTES,
     });
     // Each write of an answer gets the request timeout; a stalled reader is cut.
+    // Between writes no timer runs: a quiet stream (events) is not a stalled one.
     const timedOut = {
       write: async (data: Uint8Array) => {
         this.#arm(c, requestTimeoutMs);
         const n = await conn.write(data);
+        this.#clock.clearTimeout(c.timer);
         slot.touch();
         return n;
       },
@@ -315,5 +317,3 @@ function isDisconnect(error: unknown): boolean {
     error instanceof Deno.errors.Interrupted ||
     error instanceof Deno.errors.NotConnected;
 }
-
-export { closeQuietly };

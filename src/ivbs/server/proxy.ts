@@ -6,6 +6,13 @@
 import type { ProxyAddress } from "../wire.ts";
 import type { ConnectionContext } from "./context.ts";
 import { ServerConnection } from "./connection.ts";
+import { Listener } from "../../io/listener.ts";
+
+/**
+ * Connections one proxy serves at once; more wait in the backlog. Idle ones
+ * are never evicted: the proxy's own idle timeout closes them, as a real one does.
+ */
+const MAX_PROXY_CONNECTIONS = 1024;
 
 /** A proxy as the server's users see it (a live view). */
 export interface ProxyView {
@@ -40,8 +47,7 @@ export class ProxyListener implements ProxyView {
   readonly name: string;
   readonly host: string;
   #port: number;
-  #listener: Deno.TcpListener | null = null;
-  #acceptLoop: Promise<void> = Promise.resolve();
+  #listener: Listener<Deno.TcpConn> | null = null;
   readonly #connections = new Set<ServerConnection>();
   #stalled = false;
   #unstall: PromiseWithResolvers<void> | null = null;
@@ -104,9 +110,15 @@ export class ProxyListener implements ProxyView {
         ),
       );
     }
-    this.#listener = listener;
     this.#port = listener.addr.port; // port 0 becomes the ephemeral port, kept for restarts
-    this.#acceptLoop = this.#accept(listener);
+    this.#listener = new Listener({
+      sources: [listener],
+      serve: (conn) => this.#serve(conn),
+      maxConnections: MAX_PROXY_CONNECTIONS,
+      minIdleMs: Infinity,
+      noun: `IVBS connection to ${this.name}`,
+      log: this.#context.log,
+    });
     return Promise.resolve();
   }
 
@@ -114,14 +126,7 @@ export class ProxyListener implements ProxyView {
   async stop(): Promise<void> {
     const listener = this.#listener;
     this.#listener = null;
-    if (listener) {
-      try {
-        listener.close();
-      } catch {
-        // Already closed.
-      }
-    }
-    await this.#acceptLoop;
+    await listener?.stopAccepting();
     await this.#closeConnections();
   }
 
@@ -171,36 +176,16 @@ export class ProxyListener implements ProxyView {
     await Promise.all(connections.map((connection) => connection.done));
   }
 
-  async #accept(listener: Deno.TcpListener): Promise<void> {
-    while (true) {
-      let conn: Deno.TcpConn;
-      try {
-        conn = await listener.accept();
-      } catch (error) {
-        if (this.#listener === listener) {
-          this.#context.log.error("accept failed; proxy stopped", {
-            proxy: this.name,
-            reason: error instanceof Error ? error.message : String(error),
-          });
-          this.#listener = null;
-          try {
-            listener.close();
-          } catch {
-            // Already closed.
-          }
-        }
-        return;
-      }
-      try {
-        conn.setNoDelay(true); // small replies (keepalive, status) must not wait for Nagle
-      } catch {
-        // The peer is already gone; the reader will see it.
-      }
-      this.#onAccept();
-      const connection = new ServerConnection(conn, this.#context);
-      connection.listProxies = this.#listProxies;
-      this.#connections.add(connection);
-      connection.done.finally(() => this.#connections.delete(connection));
+  #serve(conn: Deno.TcpConn): Promise<void> {
+    try {
+      conn.setNoDelay(true); // small replies (keepalive, status) must not wait for Nagle
+    } catch {
+      // The peer is already gone; the reader will see it.
     }
+    this.#onAccept();
+    const connection = new ServerConnection(conn, this.#context);
+    connection.listProxies = this.#listProxies;
+    this.#connections.add(connection);
+    return connection.done.finally(() => this.#connections.delete(connection));
   }
 }
