@@ -128,7 +128,10 @@ Deno.test("one-shot mount takes the password from stdin or IVBSNETD_PASSWORD", a
     assert.equal(JSON.parse(env.out[0]).device, "/dev/nbd1");
     const none = capture();
     assert.equal(await runOneShot("mount", [...server, "auto", "demo", "demo"], none.io), 2);
-    assert.match(none.err[0], /no password/);
+    const error = JSON.parse(none.out[0]);
+    assert.match(error.error, /no password/, "with --json the error is JSON on stdout");
+    assert.equal(error.code, "USAGE");
+    assert.deepEqual(none.err, []);
   } finally {
     await daemon.stop();
   }
@@ -484,8 +487,12 @@ Deno.test("netdclient export asks for what is missing, liste lists and unexport 
     assert.match(text, /error: export "vm1" already exists/);
     assert.match(text, /removed export vm1.*\nnetdclient> liste\nNo NBD export\.\n/);
     assert.match(text, /netdclient> unexport\nExport name: vm1\nerror: no export named "vm1"/);
-    assert.match(text, /usage: export <name> <image> <user> <pass>/);
-    assert.ok(HELP.includes("unexport <name>") && HELP.includes("liste"));
+    assert.match(
+      text,
+      /too many arguments\nusage: export-add \[options\] NAME IMAGE USER \[PASSWORD\]/,
+    );
+    assert.match(HELP, /export-remove .*\(also unexport\)/);
+    assert.match(HELP, /exports .*\(also export-list, liste\)/);
   } finally {
     await daemon.stop();
   }

@@ -141,6 +141,7 @@ Deno.test("parseConfig rejects broken configs with one line naming the file and 
     [{ http: { listen: "localhost" } }, /http\.listen: "localhost" is not host:port/],
     [{ http: { listen: "127.0.0.1:70000" } }, /http\.listen/],
     [{ http: { token: "short" } }, /http\.token: token must have at least 8 characters/],
+    [{ http: { token: "has a space!" } }, /http\.token: token may use only letters, digits/],
     [{ http: { port: 80 } }, /http: unknown field "port"/],
     [{ ivbs: { proxies: [] } }, /ivbs\.proxies: at least one proxy is needed/],
     [{ ivbs: { proxies: [{ host: "" }] } }, /ivbs\.proxies\[0\]\.host: host must not be empty/],

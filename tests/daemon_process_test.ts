@@ -56,7 +56,10 @@ Deno.test("serve runs against the IVBS test server, obeys the one-shot client an
       mounted = JSON.parse(mount.stdout).device;
     } else {
       assert.equal(mount.code, 1, mount.stdout);
-      assert.match(mount.stderr, /nbd kernel module is not loaded.*\[NO_MODULE\]/);
+      // --json: the error is JSON on stdout too.
+      const refused = JSON.parse(mount.stdout);
+      assert.match(refused.error, /nbd kernel module is not loaded/);
+      assert.equal(refused.code, "NO_MODULE");
     }
 
     const list = await ivbsnetd(["list", ...server, "--json"]);

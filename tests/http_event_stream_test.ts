@@ -12,7 +12,7 @@ import { registerOperatorRoutes } from "../src/http/operator_routes.ts";
 import { startHttpServer } from "../src/http/server.ts";
 import { Hono } from "hono";
 import { ApiClient } from "../src/cli/api_client.ts";
-import { eventsCommand } from "../src/cli/commands.ts";
+import { eventsCommand } from "../src/cli/client_actions.ts";
 import { ManualClock } from "./manual_clock.ts";
 import { eventually } from "./wait.ts";
 
@@ -57,6 +57,25 @@ class SseReader {
   cancel(): Promise<void> {
     return this.#reader.cancel();
   }
+}
+
+/** Opens /api/events as a stream over a socket; `readUntil` reads until the text so far matches. */
+async function openStream(port: number) {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(
+    encoder.encode("GET /api/events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n"),
+  );
+  let text = "";
+  const buffer = new Uint8Array(4096);
+  const readUntil = async (pattern: RegExp): Promise<string> => {
+    while (!pattern.test(text)) {
+      const n = await conn.read(buffer);
+      if (n === null) throw new Error(`closed before ${pattern}: ${text}`);
+      text += decoder.decode(buffer.subarray(0, n));
+    }
+    return text;
+  };
+  return { conn, readUntil };
 }
 
 function eventsWith(count: number, capacity = 100): EventLog {
@@ -164,22 +183,10 @@ Deno.test("over a socket, events arrive as they are recorded; a follower that le
     },
   });
   try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
-    await conn.write(
-      encoder.encode("GET /api/events HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n"),
-    );
-    let text = "";
-    const buffer = new Uint8Array(4096);
-    const readUntil = async (pattern: RegExp) => {
-      while (!pattern.test(text)) {
-        const n = await conn.read(buffer);
-        if (n === null) throw new Error(`closed before ${pattern}: ${text}`);
-        text += decoder.decode(buffer.subarray(0, n));
-      }
-    };
-    await readUntil(/ivbsnetd events/);
-    assert.match(text, /transfer-encoding: chunked/);
-    assert.match(text, /content-type: text\/event-stream/);
+    const { conn, readUntil } = await openStream(server.addr.port);
+    const head = await readUntil(/ivbsnetd events/);
+    assert.match(head, /transfer-encoding: chunked/);
+    assert.match(head, /content-type: text\/event-stream/);
     events.record("warn", "ivbs", "failover started");
     await readUntil(/id: 2\nevent: warn\ndata: \{[^\n]*"failover started"/);
     conn.close();
@@ -239,19 +246,7 @@ Deno.test("a quiet stream outlives the request timeout: heartbeats on the clock 
     handler: () => eventStreamResponse({ events, since: null, clock }),
   });
   try {
-    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
-    await conn.write(
-      encoder.encode("GET / HTTP/1.1\r\nHost: a\r\nAccept: text/event-stream\r\n\r\n"),
-    );
-    let text = "";
-    const buffer = new Uint8Array(4096);
-    const readUntil = async (pattern: RegExp) => {
-      while (!pattern.test(text)) {
-        const n = await conn.read(buffer);
-        if (n === null) throw new Error(`closed before ${pattern}: ${text}`);
-        text += decoder.decode(buffer.subarray(0, n));
-      }
-    };
+    const { conn, readUntil } = await openStream(server.addr.port);
     await readUntil(/ivbsnetd events/);
     for (let beat = 1; beat <= 3; beat++) {
       await eventually("the stream waits for an event", () => clock.pending > 0);

@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { ApiClient } from "../src/cli/api_client.ts";
-import { eventsCommand } from "../src/cli/commands.ts";
+import { eventsCommand } from "../src/cli/client_actions.ts";
 import { runInteractive } from "../src/cli/netdclient.ts";
 import { type OneShotIo, runOneShot } from "../src/commands/one_shot.ts";
 import type { Terminal } from "../src/cli/prompt.ts";

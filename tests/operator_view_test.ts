@@ -194,7 +194,7 @@ Deno.test("the status page lists failing items, a missing nbd module and bad pro
   const html = renderLive({
     ...data,
     mounts: [data.mounts[0], data.mounts[1], failing],
-    nbd: { module: false, freeDevices: null },
+    nbd: { module: false, freeDevices: null, reason: "the nbd kernel module is not loaded" },
   });
   const attention = html.slice(0, html.indexOf("<h2>Mounted devices</h2>"));
   assert.match(attention, /^<section id="attention"><h2>Needs attention<\/h2>/);
@@ -204,14 +204,14 @@ Deno.test("the status page lists failing items, a missing nbd module and bad pro
     ),
     attention,
   );
-  assert.match(attention, /<li><b>nbd kernel module not loaded<\/b>: no mount is possible/);
+  assert.match(attention, /<li><b>Mounts cannot work<\/b>: the nbd kernel module is not loaded/);
   assert.match(attention, /<li><b>proxy 127\.0\.0\.1:11418<\/b> backoff: connection refused<\/li>/);
   const rows = html.slice(html.indexOf('<tbody id="mounts">'), html.indexOf("</tbody>"));
   assert.ok(rows.indexOf("/dev/nbd2") < rows.indexOf("/dev/nbd0"), "the failing mount comes first");
   assert.match(rows, /<span class="state failing">failing<\/span> <span class="why">/);
 });
 
-Deno.test("the status page without problems has no attention section; no free device is one", () => {
+Deno.test("the status page without problems has no attention section; a host problem is one", () => {
   const data = fakePageData(2, 0);
   const calm = renderLive({
     ...data,
@@ -219,6 +219,10 @@ Deno.test("the status page without problems has no attention section; no free de
     nbd: { module: true, freeDevices: 3 },
   });
   assert.ok(!calm.includes('id="attention"'));
-  const full = renderLive({ ...data, proxies: [], nbd: { module: true, freeDevices: 0 } });
-  assert.match(full, /<li><b>No free NBD device<\/b>: every device is in use<\/li>/);
+  const full = renderLive({
+    ...data,
+    proxies: [],
+    nbd: { module: true, freeDevices: 0, reason: "all 4 nbd devices are in use" },
+  });
+  assert.match(full, /<li><b>Mounts cannot work<\/b>: all 4 nbd devices are in use<\/li>/);
 });

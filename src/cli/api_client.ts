@@ -50,6 +50,15 @@ export interface ExportRequestBody {
   readOnly?: boolean;
 }
 
+/** `POST /api/reload`: what the config reload did, by item label. */
+export interface ReloadResult {
+  added: string[];
+  removed: string[];
+  unchanged: string[];
+  /** Settings that changed but apply only after a restart. */
+  restartNeeded?: string[];
+}
+
 /** The server refused or failed the request; `message` is the server's `error`. */
 export class ApiError extends Error {
   readonly code = "API";
@@ -247,6 +256,11 @@ export class ApiClient {
   /** Events after `since` (a previous page's `next`), oldest first. */
   events(since = 0): Promise<EventPage> {
     return this.#call<EventPage>("GET", `/api/events?since=${since}`);
+  }
+
+  /** Re-reads the daemon's config; bringing items up may take a while, so the mount timeout. */
+  reload(): Promise<ReloadResult> {
+    return this.#call<ReloadResult>("POST", "/api/reload", undefined, this.#mountTimeoutMs);
   }
 
   /**

@@ -6,17 +6,20 @@
 import { parseFlags, UsageError } from "../args.ts";
 import { ApiClient, DEFAULT_SERVER } from "../cli/api_client.ts";
 import { HELP, runInteractive } from "../cli/netdclient.ts";
-import { StdioTerminal } from "../cli/prompt.ts";
+import { ReadlineTerminal, stdoutSink } from "../cli/prompt.ts";
+import process from "node:process";
 import { EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
 
 export const CLIENT_HELP = [
   "usage: ivbsnetd client [--server URL] [--token TOKEN]",
   "",
-  "Interactive netdclient: type commands at the prompt (help lists them).",
+  "Interactive netdclient: type commands at the prompt (help lists them). Line",
+  "editing and history (up/down); Ctrl-C cancels the line, twice on an empty line",
+  "(or Ctrl-D) leaves.",
   "",
   "options:",
   `  --server URL     daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
-  "  --token TOKEN    bearer token for mount/unmount/export/unexport/disc",
+  "  --token TOKEN    bearer token for the commands that change state",
   "                   (default $IVBSNETD_TOKEN)",
   "  -h, --help       this help",
   "",
@@ -51,7 +54,11 @@ export async function run(args: string[]): Promise<number> {
     console.error(`ivbsnetd client: --server: ${(error as Error).message}`);
     return EXIT_USAGE;
   }
-  const terminal = new StdioTerminal();
+  const terminal = new ReadlineTerminal({
+    input: process.stdin,
+    output: stdoutSink(),
+    terminal: process.stdin.isTTY === true,
+  });
   try {
     await runInteractive(client, terminal);
   } finally {

@@ -1,111 +1,69 @@
 /**
- * One-shot client commands for scripts: `ivbsnetd mount|unmount|list|check|shutdown`
- * and, for NBD exports of a running daemon, `ivbsnetd export-add|export-remove|export-list`
- * (named apart from `ivbsnetd export`, which serves exports in the foreground
- * without a daemon). Exit codes: 0 done, 1 the server refused or failed the
- * operation, 2 usage error, 3 the server is not reachable.
+ * The client commands run from the shell (`ivbsnetd mount|unmount|list|…`, the
+ * definitions are src/cli/command_table.ts): flags and arguments checked
+ * against the definition, `--help` from it, and one error path. Exit codes: 0
+ * done, 1 the server refused or failed the operation, 2 usage error, 3 the
+ * server is not reachable. With `--json`, output and errors are JSON on stdout
+ * (`{"error", "code"}`), so a script reads one stream.
  * @module
  */
 import { parseFlagsAndPositionals, UsageError } from "../args.ts";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "../cli/api_client.ts";
 import {
-  addExportCommand,
-  checkCommand,
-  eventsCommand,
-  listAllCommand,
-  listExportsCommand,
-  listMountedCommand,
-  mountCommand,
-  type Output,
-  proxiesCommand,
-  removeExportCommand,
-  shutdownCommand,
-  unmountCommand,
-} from "../cli/commands.ts";
+  CancelledError,
+  CLIENT_COMMANDS,
+  type ClientCommand,
+  findCommand,
+  flagLines,
+  flagOwners,
+  type FlagSpec,
+  parseOptions,
+} from "../cli/command_table.ts";
+import type { Output } from "../cli/client_actions.ts";
 import { ByteSource, readRawSecret } from "../cli/prompt.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE } from "./exit_codes.ts";
 
-export type OneShotName =
-  | "mount"
-  | "unmount"
-  | "list"
-  | "check"
-  | "shutdown"
-  | "export-add"
-  | "export-remove"
-  | "export-list"
-  | "proxies"
-  | "events";
-
-const USAGE: Record<OneShotName, string> = {
-  mount: "mount [options] DEVICE|auto IMAGE USER [PASSWORD]",
-  unmount: "unmount [options] DEVICE",
-  list: "list [options] [--all]",
-  check: "check [options]",
-  shutdown: "shutdown [options]",
-  "export-add": "export-add [options] NAME IMAGE USER [PASSWORD]",
-  "export-remove": "export-remove [options] NAME",
-  "export-list": "export-list [options]",
-  proxies: "proxies [options]",
-  events: "events [options] [--follow] [--since SEQ]",
+/** The flags every command that talks to the daemon takes. */
+const SERVER_FLAGS: Record<string, FlagSpec> = {
+  server: {
+    type: "string",
+    value: "URL",
+    help: `daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
+  },
+  token: { type: "string", value: "TOKEN", help: "bearer token (default $IVBSNETD_TOKEN)" },
 };
 
-const SUMMARY: Record<OneShotName, string> = {
-  mount: "Mounts IMAGE as USER on DEVICE (nbdN, /dev/nbdN, or auto = first free device).",
-  unmount: "Detaches DEVICE and closes its IVBS session.",
-  list: "Lists mounted images (listm); --all lists every NBD device, free or used (lista).",
-  check: "Checks that the daemon answers.",
-  shutdown: "Asks the daemon to detach every device and exit (disc). With --keep-devices it\n" +
-    "exits leaving its netlink-attached devices to the next daemon (an upgrade).",
-  "export-add": "Makes the daemon serve IMAGE (as USER) as NBD export NAME, for QEMU, qemu-img,\n" +
-    "nbdinfo or fio: it prints the nbd+unix:///NAME?socket=PATH URI to use. Each client\n" +
-    "gets its own IVBS session. (`ivbsnetd export` instead serves exports in the\n" +
-    "foreground without a daemon.)",
-  "export-remove": "Stops serving export NAME; its clients are disconnected (liste/unexport).",
-  "export-list": "Lists the daemon's NBD exports with their URIs and clients (liste).",
-  proxies: "Lists every IVBS proxy the daemon knows (configured and learned from\n" +
-    "LIST_PROXIES): name, state (connected by which mounts and exports, backoff until\n" +
-    "when, idle), failures, failovers away from and to it, and the last error.",
-  events: "Prints the daemon's recent events (mounts, failovers, retries, I/O errors,\n" +
-    "export clients, config problems), oldest first; --follow keeps printing new\n" +
-    "ones until interrupted.",
+/** The flags every command takes. */
+const COMMON_FLAGS: Record<string, FlagSpec> = {
+  json: { type: "boolean", help: 'JSON on stdout, errors too ({"error", "code"})' },
+  help: { type: "boolean", short: "h", help: "this help" },
 };
 
-/** Commands that take a password and --read-only. */
-const WITH_PASSWORD = new Set<OneShotName>(["mount", "export-add"]);
+/** The client commands, for main.ts's table (it may import only src/commands/). */
+export function clientCommands(): readonly ClientCommand[] {
+  return CLIENT_COMMANDS;
+}
 
-export function helpText(name: OneShotName): string {
-  const extra = WITH_PASSWORD.has(name)
-    ? [
-      `  --read-only          ${
-        name === "mount" ? "mount" : "export"
-      } read-only even if the image is writable`,
-      "  --password-stdin     read the password from the first line of stdin",
-      "  PASSWORD may also come from IVBSNETD_PASSWORD; without either, it is asked",
-      "  for (without echo) when stdin is a terminal. Avoid PASSWORD on the command",
-      "  line: other users can see it in the process list.",
-    ]
-    : name === "list"
-    ? ["  --all                every NBD device, free or used"]
-    : name === "events"
-    ? [
-      "  --follow             keep printing new events as they happen",
-      "  --since SEQ          only events after sequence number SEQ",
-    ]
-    : name === "shutdown"
-    ? ["  --keep-devices       leave netlink-attached devices to the next daemon"]
-    : [];
+function flagsOf(command: ClientCommand): Record<string, FlagSpec> {
+  return { ...(command.local ? {} : SERVER_FLAGS), ...command.flags, ...COMMON_FLAGS };
+}
+
+function usageLine(word: string, command: ClientCommand): string {
+  return `usage: ivbsnetd ${word} [options]${command.usage ? ` ${command.usage}` : ""}`;
+}
+
+export function helpText(word: string): string {
+  const command = findCommand(word)?.command;
+  if (!command) throw new UsageError(`unknown command "${word}"`);
+  const aliases = Object.keys(command.aliases ?? {});
   return [
-    `usage: ivbsnetd ${USAGE[name]}`,
+    usageLine(word, command),
     "",
-    SUMMARY[name],
+    command.description,
+    ...(aliases.length > 0 ? ["", `Also: ${aliases.join(", ")} (netdclient words).`] : []),
     "",
     "options:",
-    `  --server URL         daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
-    "  --token TOKEN        bearer token (default $IVBSNETD_TOKEN)",
-    "  --json               machine-readable output on stdout",
-    ...extra,
-    "  -h, --help           this help",
+    ...flagLines(flagsOf(command)),
     "",
     "exit codes: 0 done, 1 the operation failed (message on stderr), 2 usage error,",
     "            3 the server is not reachable",
@@ -159,129 +117,89 @@ export function processIo(): OneShotIo {
   };
 }
 
-/** Runs one command; resolves with the exit code. */
+/** Runs one command (by name or alias); resolves with the exit code. */
 export async function runOneShot(
-  name: OneShotName,
+  word: string,
   args: string[],
   io: OneShotIo = processIo(),
 ): Promise<number> {
+  const found = findCommand(word);
+  if (!found) {
+    io.err.print(`ivbsnetd: unknown command "${word}"`);
+    return EXIT_USAGE;
+  }
+  const { command, implied } = found;
+  const json = args.includes("--json");
+  const fail = (exit: number, message: string, fields: Record<string, unknown>) => {
+    if (json) io.out.print(JSON.stringify({ error: message, ...fields }));
+    else io.err.print(`ivbsnetd ${word}: ${message}`);
+    return exit;
+  };
   try {
-    const { values, positionals } = parseFlagsAndPositionals(args, {
-      server: { type: "string" },
-      token: { type: "string" },
-      json: { type: "boolean", default: false },
-      all: { type: "boolean", default: false },
-      "keep-devices": { type: "boolean", default: false },
-      "read-only": { type: "boolean", default: false },
-      "password-stdin": { type: "boolean", default: false },
-      follow: { type: "boolean", default: false },
-      since: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    });
+    const { values, positionals } = parse(command, [...implied, ...args]);
     if (values.help) {
-      io.out.print(helpText(name));
+      io.out.print(helpText(word));
       return EXIT_OK;
     }
-    const json = values.json;
-    const client = makeClient(
-      values.server ?? io.env("IVBSNETD_SERVER"),
-      values.token ?? io.env("IVBSNETD_TOKEN"),
-    );
-    const onlyFor = (flag: boolean, option: string, commands: OneShotName[]) => {
-      if (flag && !commands.includes(name)) {
-        throw new UsageError(`--${option} applies to ${commands.join(" and ")} only`);
-      }
-    };
-    onlyFor(values.all, "all", ["list"]);
-    onlyFor(values["keep-devices"], "keep-devices", ["shutdown"]);
-    onlyFor(values["read-only"], "read-only", ["mount", "export-add"]);
-    onlyFor(values["password-stdin"], "password-stdin", ["mount", "export-add"]);
-    onlyFor(values.follow, "follow", ["events"]);
-    onlyFor(values.since !== undefined, "since", ["events"]);
-    const expect = (min: number, max: number) => {
-      if (positionals.length < min || positionals.length > max) {
-        throw new UsageError(`expected ${USAGE[name]}`);
-      }
-    };
-    /** IMAGE USER [PASSWORD] after the target, as mount and export-add take them. */
-    const imageRequest = async () => {
-      expect(3, 4);
-      const [, image, username, given] = positionals;
-      const password = await findPassword(given, values["password-stdin"], io);
-      return { image, username, password, readOnly: values["read-only"] || undefined };
-    };
-    switch (name) {
-      case "check":
-        expect(0, 0);
-        await checkCommand(client, io.out, json);
-        break;
-      case "list":
-        expect(0, 0);
-        await (values.all ? listAllCommand : listMountedCommand)(client, io.out, json);
-        break;
-      case "shutdown":
-        expect(0, 0);
-        await shutdownCommand(client, io.out, json, values["keep-devices"]);
-        break;
-      case "unmount":
-        expect(1, 1);
-        await unmountCommand(client, io.out, positionals[0], json);
-        break;
-      case "mount": {
-        const request = { device: positionals[0], ...await imageRequest() };
-        await mountCommand(client, io.out, request, json);
-        break;
-      }
-      case "export-list":
-        expect(0, 0);
-        await listExportsCommand(client, io.out, json);
-        break;
-      case "export-remove":
-        expect(1, 1);
-        await removeExportCommand(client, io.out, positionals[0], json);
-        break;
-      case "proxies":
-        expect(0, 0);
-        await proxiesCommand(client, io.out, json);
-        break;
-      case "events": {
-        expect(0, 0);
-        const since = values.since === undefined ? 0 : Number(values.since);
-        if (!/^\d+$/.test(values.since ?? "0") || !Number.isSafeInteger(since)) {
-          throw new UsageError("--since must be a whole number");
-        }
-        await eventsCommand(client, io.out, {
-          json,
-          follow: values.follow,
-          since,
-          signal: io.signal,
-        });
-        break;
-      }
-      case "export-add": {
-        const request = { name: positionals[0], ...await imageRequest() };
-        await addExportCommand(client, io.out, request, json);
-        break;
-      }
+    const [min, max] = command.args;
+    if (positionals.length < min || positionals.length > max) {
+      throw new UsageError(`expected ${command.usage || "no arguments"}`);
     }
+    const client = makeClient(
+      stringFlag(values.server) ?? io.env("IVBSNETD_SERVER"),
+      stringFlag(values.token) ?? io.env("IVBSNETD_TOKEN"),
+    );
+    await command.run({
+      client,
+      out: io.out,
+      json,
+      flags: values,
+      args: positionals,
+      password: (given, flags) => findPassword(given, flags["password-stdin"] === true, io),
+      signal: io.signal,
+    });
     return EXIT_OK;
   } catch (error) {
     if (error instanceof UsageError) {
-      io.err.print(`ivbsnetd ${name}: ${error.message}\nusage: ivbsnetd ${USAGE[name]}`);
+      const usage = usageLine(word, command);
+      if (json) return fail(EXIT_USAGE, error.message, { code: error.code, usage });
+      io.err.print(`ivbsnetd ${word}: ${error.message}\n${usage}`);
       return EXIT_USAGE;
     }
     if (error instanceof ServerUnreachableError) {
-      io.err.print(`ivbsnetd ${name}: ${error.message}`);
-      return EXIT_UNREACHABLE;
+      return fail(EXIT_UNREACHABLE, error.message, { code: error.code });
     }
     if (error instanceof ApiError) {
       const hint = error.status === 401 ? " (pass --token or set IVBSNETD_TOKEN)" : "";
       const reason = error.reason === undefined ? "" : ` [${error.reason}]`;
-      io.err.print(`ivbsnetd ${name}: ${error.message}${reason}${hint}`);
-      return EXIT_FAILED;
+      if (json) {
+        return fail(EXIT_FAILED, error.message, {
+          code: error.reason ?? error.code,
+          status: error.status,
+        });
+      }
+      return fail(EXIT_FAILED, `${error.message}${reason}${hint}`, {});
+    }
+    if (error instanceof CancelledError) {
+      return fail(EXIT_FAILED, error.message, { code: error.code });
     }
     throw error;
   }
+}
+
+/** The line against the command's flags; an option of another command says whose it is. */
+function parse(command: ClientCommand, args: string[]) {
+  try {
+    return parseFlagsAndPositionals(args, parseOptions(flagsOf(command)));
+  } catch (error) {
+    const flag = error instanceof UsageError && /^Unknown option '--([^']+)'/.exec(error.message);
+    const owners = flag ? flagOwners(flag[1]) : null;
+    throw owners ? new UsageError(owners) : error;
+  }
+}
+
+function stringFlag(value: string | boolean | undefined): string | undefined {
+  return typeof value === "string" ? value : undefined;
 }
 
 function makeClient(server: string | undefined, token: string | undefined): ApiClient {

@@ -184,7 +184,13 @@ export const ExportNameSchema = z.string({ error: "name must be a string" }).reg
 const CurrentSchema = z.strictObject({
   http: z.strictObject({
     listen: ListenSchema.default({ host: "127.0.0.1", port: 8080 }),
-    token: z.string().min(8, "token must have at least 8 characters").optional(),
+    // RFC 6750's token68: what an `Authorization: Bearer` header can carry (hono's bearerAuth).
+    token: z.string().min(8, "token must have at least 8 characters")
+      .regex(
+        /^[A-Za-z0-9._~+/-]+=*$/,
+        "token may use only letters, digits and ._~+/- (and = at the end)",
+      )
+      .optional(),
   }).prefault({}),
   ivbs: z.strictObject({
     proxies: z.array(

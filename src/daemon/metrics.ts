@@ -14,7 +14,8 @@ import type { MountSnapshot } from "./mount_table.ts";
 import { type ProcessReadings, renderProcessMetrics } from "./process_metrics.ts";
 import type { ProxyInfo } from "./proxy_registry.ts";
 import { renderProxyMetrics } from "./proxy_metrics.ts";
-import type { NbdHealth, ReconcileFields } from "./view_contract.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
+import type { ReconcileFields } from "./view_contract.ts";
 
 export { METRICS_CONTENT_TYPE } from "./exposition.ts";
 

@@ -1,8 +1,8 @@
 /**
  * The fields the views (API, status page, metrics, CLI) read beyond the
- * tables' own: what the reconciler says of each desired mount and export, and
- * the nbd module's health. They are optional, so a daemon part that does not
- * produce them yet (or an older daemon the CLI talks to) still fits.
+ * tables' own: what the reconciler says of each desired mount and export.
+ * They are optional, so a daemon part that does not produce them yet (or an
+ * older daemon the CLI talks to) still fits.
  * @module
  */
 
@@ -17,9 +17,6 @@ export interface ReconcileFields {
   /** Attempts since it last was ready. */
   attempts?: number;
 }
-
-/** `GET /api/health`'s `nbd`: is the module loaded, how many devices are free (src/nbd/host_health.ts). */
-export type { NbdHealth } from "../nbd/host_health.ts";
 
 /** The state that puts an item at the top of the status page. */
 export const FAILING: string = "failing";

@@ -127,7 +127,8 @@ export async function writeResponse(
         complete = true;
         break;
       }
-      collected.push(result.value);
+      // An empty chunk would read as the chunked terminator: it is dropped.
+      if (result.value.length > 0) collected.push(result.value);
       size += result.value.length;
       pending = reader.read();
     }

@@ -16,7 +16,7 @@ import type { DeviceInfo } from "../daemon/mount_table.ts";
 import type { DaemonEvent } from "../daemon/events.ts";
 import type { HistoryPoint } from "../daemon/history.ts";
 import type { ProxyInfo } from "../daemon/proxy_registry.ts";
-import type { NbdHealth } from "../daemon/view_contract.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 import { markup, raw } from "./markup.ts";
 import { graphsSection } from "./status_graphs.ts";
 import {
@@ -142,7 +142,12 @@ const SCRIPT = `
   }
   if (window.EventSource) {
     const stream = new EventSource("/api/events");
-    for (const level of ["info", "warn", "error"]) stream.addEventListener(level, refresh);
+    let events = 0;
+    const onEvent = () => {
+      live.dataset.events = String(++events);
+      refresh();
+    };
+    for (const level of ["info", "warn", "error"]) stream.addEventListener(level, onEvent);
     stream.onopen = () => { live.dataset.stream = "open"; };
     stream.onerror = () => { live.dataset.stream = "down"; };
   }

@@ -10,7 +10,8 @@ import type { ExportInfo } from "../daemon/export_table.ts";
 import type { DaemonEvent } from "../daemon/events.ts";
 import type { ProxyInfo } from "../daemon/proxy_registry.ts";
 import { formatBytes } from "../units.ts";
-import { FAILING, type NbdHealth, type ReconcileFields } from "../daemon/view_contract.ts";
+import { FAILING, type ReconcileFields } from "../daemon/view_contract.ts";
+import type { NbdHealth } from "../nbd/host_health.ts";
 import { type Markup, markup } from "./markup.ts";
 
 /** What the reconciler adds to a mount or export view (absent from older parts). */
@@ -62,14 +63,9 @@ export function attentionSection(data: AttentionSources): Markup | "" {
       items.push(markup`<li><b>export ${e.name}</b> ${e.image}: ${retryText(e)}</li>`);
     }
   }
-  const nbd = data.nbd;
-  if (nbd && !nbd.module) {
-    const why = nbd.reason ?? "no mount is possible until it is loaded (modprobe nbd)";
-    items.push(markup`<li><b>nbd kernel module not loaded</b>: ${why}</li>`);
-  } else if (nbd && nbd.freeDevices === 0) {
-    items.push(
-      markup`<li><b>No free NBD device</b>: ${nbd.reason ?? "every device is in use"}</li>`,
-    );
+  // Whatever keeps mounts from working here: no module, no free device, not root.
+  if (data.nbd?.reason !== undefined) {
+    items.push(markup`<li><b>Mounts cannot work</b>: ${data.nbd.reason}</li>`);
   }
   for (const p of data.proxies ?? []) {
     if (!PROXY_PROBLEMS.includes(p.state)) continue;

@@ -196,7 +196,13 @@ export class Listener<C extends Closable> {
       },
     };
     this.#entries.set(entry.id, entry);
-    entry.task = this.#options.serve(conn, entry)
+    let served: Promise<void>;
+    try {
+      served = this.#options.serve(conn, entry);
+    } catch (error) {
+      served = Promise.reject(error); // a synchronous throw must not end the accept loop
+    }
+    entry.task = served
       .catch((error) => {
         this.#options.log.warn(`${this.#options.noun} failed`, { error: errorMessage(error) });
       })

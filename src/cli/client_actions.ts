@@ -1,7 +1,7 @@
 /**
- * What each client command does against the API and what it prints; shared by
- * the interactive netdclient and the one-shot `ivbsnetd mount|unmount|list|check|shutdown`
- * and `ivbsnetd export-add|export-remove|export-list`.
+ * What each client command does against the API and what it prints (a table,
+ * a sentence, or JSON); the command table (command_table.ts) runs these for
+ * both the one-shot commands and the interactive netdclient.
  * @module
  */
 import { MAX_EVENT_PAGE } from "../daemon/api_types.ts";
@@ -13,6 +13,7 @@ import type {
   ExportRequestBody,
   MountInfo,
   MountRequestBody,
+  ReloadResult,
 } from "./api_client.ts";
 import { devicesTable, eventLine, exportsTable, mountsTable, proxiesTable } from "./table.ts";
 
@@ -121,6 +122,25 @@ export async function shutdownCommand(
         keepDevices ? "leaving its devices to the next daemon" : "detaching every device"
       })`,
   );
+}
+
+/** "1 added (mount /dev/nbd2: …), 0 removed, 2 unchanged". */
+export function describeReload(result: ReloadResult): string {
+  const part = (count: string[], what: string) =>
+    `${count.length} ${what}${count.length === 0 ? "" : ` (${count.join(", ")})`}`;
+  const lines = [
+    `reloaded the config: ${part(result.added, "added")}, ${part(result.removed, "removed")}, ` +
+    `${result.unchanged.length} unchanged`,
+  ];
+  if (result.restartNeeded?.length) {
+    lines.push(`changed but only applied after a restart: ${result.restartNeeded.join(", ")}`);
+  }
+  return lines.join("\n");
+}
+
+export async function reloadCommand(client: ApiClient, out: Output, json = false) {
+  const result = await client.reload();
+  out.print(json ? JSON.stringify(result) : describeReload(result));
 }
 
 export async function proxiesCommand(client: ApiClient, out: Output, json = false) {

@@ -1,0 +1,314 @@
+/**
+ * The client commands, defined once: name, the 2013 REPL words that are
+ * aliases of it, summary, usage, flags, the arguments it takes and what it
+ * runs. The one-shot commands (`ivbsnetd mount …`, src/commands/one_shot.ts)
+ * and the interactive netdclient (netdclient.ts) both run these definitions,
+ * so they share one vocabulary, one `--help` and one set of usage errors.
+ * @module
+ */
+import { UsageError } from "../args.ts";
+import { buildInfo } from "../version.ts";
+import type { ApiClient } from "./api_client.ts";
+import {
+  addExportCommand,
+  checkCommand,
+  eventsCommand,
+  listAllCommand,
+  listExportsCommand,
+  listMountedCommand,
+  mountCommand,
+  type Output,
+  proxiesCommand,
+  reloadCommand,
+  removeExportCommand,
+  shutdownCommand,
+  unmountCommand,
+} from "./client_actions.ts";
+
+export interface FlagSpec {
+  type: "string" | "boolean";
+  short?: string;
+  /** The value's placeholder in help ("SEQ"); string flags only. */
+  value?: string;
+  help: string;
+}
+
+export type FlagValues = Record<string, string | boolean | undefined>;
+
+/** An argument the REPL asks for when it is missing (the one-shot form needs it given). */
+export interface Question {
+  prompt: string;
+  /** Taken when the answer is empty. */
+  fallback?: string;
+}
+
+/** What a command runs with: the parsed line and how to reach the daemon and the user. */
+export interface CommandContext {
+  client: ApiClient;
+  out: Output;
+  json: boolean;
+  flags: FlagValues;
+  args: string[];
+  /** The password: `given`, else from stdin, the environment or a prompt without echo. */
+  password(given: string | undefined, flags: FlagValues): Promise<string>;
+  /** Aborts a long-running command (events --follow). */
+  signal?: AbortSignal;
+}
+
+export interface ClientCommand {
+  name: string;
+  /** Other words for it, with the flags they imply (the 2013 REPL's lista = list --all). */
+  aliases?: Record<string, string[]>;
+  /** One line, for `ivbsnetd --help` and the REPL's help. */
+  summary: string;
+  /** The arguments after the name and options ("DEVICE|auto IMAGE USER [PASSWORD]"). */
+  usage: string;
+  /** A paragraph for `--help`. */
+  description: string;
+  flags: Record<string, FlagSpec>;
+  /** How many arguments it takes. */
+  args: readonly [min: number, max: number];
+  /** The REPL asks for missing leading arguments in this order. */
+  questions?: readonly Question[];
+  /** Needs no daemon (version): the REPL does not check the server first. */
+  local?: boolean;
+  run(context: CommandContext): Promise<void>;
+}
+
+/** Raised when the user cancels a question (Ctrl-C at the password prompt). */
+export class CancelledError extends Error {
+  readonly code = "CANCELLED";
+  constructor(what: string) {
+    super(`${what} cancelled`);
+    this.name = "CancelledError";
+  }
+}
+
+const PASSWORD_FLAGS: Record<string, FlagSpec> = {
+  "read-only": { type: "boolean", help: "read-only even if the image is writable" },
+  "password-stdin": { type: "boolean", help: "read the password from the first line of stdin" },
+};
+
+const PASSWORD_NOTE = "PASSWORD may also come from IVBSNETD_PASSWORD; without either, it is\n" +
+  "asked for (without echo) when stdin is a terminal. Avoid PASSWORD on the command\n" +
+  "line: other users can see it in the process list.";
+
+/** IMAGE USER [PASSWORD] after the target, as mount and export-add take them. */
+async function imageRequest(context: CommandContext) {
+  const [, image, username, given] = context.args;
+  const password = await context.password(given, context.flags);
+  return { image, username, password, readOnly: context.flags["read-only"] === true || undefined };
+}
+
+export const CLIENT_COMMANDS: readonly ClientCommand[] = [
+  {
+    name: "check",
+    summary: "check that the daemon answers",
+    usage: "",
+    description: "Checks that the daemon answers, and shows its version and what it serves.",
+    flags: {},
+    args: [0, 0],
+    run: (c) => checkCommand(c.client, c.out, c.json),
+  },
+  {
+    name: "list",
+    aliases: { listm: [], lista: ["--all"] },
+    summary: "list mounted images (--all: every NBD device)",
+    usage: "[--all]",
+    description:
+      "Lists mounted images (listm); --all lists every NBD device, free or used (lista).",
+    flags: { all: { type: "boolean", help: "every NBD device, free or used" } },
+    args: [0, 0],
+    run: (c) => (c.flags.all ? listAllCommand : listMountedCommand)(c.client, c.out, c.json),
+  },
+  {
+    name: "mount",
+    summary: "mount an image on /dev/nbdX through the daemon",
+    usage: "DEVICE|auto IMAGE USER [PASSWORD]",
+    description:
+      "Mounts IMAGE as USER on DEVICE (nbdN, /dev/nbdN, or auto = first free device).\n" +
+      PASSWORD_NOTE,
+    flags: PASSWORD_FLAGS,
+    args: [3, 4],
+    questions: [{ prompt: "Device [auto]", fallback: "auto" }, { prompt: "Image" }, {
+      prompt: "User",
+    }],
+    run: async (c) =>
+      await mountCommand(c.client, c.out, { device: c.args[0], ...await imageRequest(c) }, c.json),
+  },
+  {
+    name: "unmount",
+    summary: "detach a device through the daemon",
+    usage: "DEVICE",
+    description: "Detaches DEVICE and closes its IVBS session.",
+    flags: {},
+    args: [1, 1],
+    questions: [{ prompt: "Device" }],
+    run: (c) => unmountCommand(c.client, c.out, c.args[0], c.json),
+  },
+  {
+    name: "exports",
+    aliases: { "export-list": [], liste: [] },
+    summary: "list the daemon's NBD exports",
+    usage: "",
+    description: "Lists the daemon's NBD exports with their URIs and clients (liste).",
+    flags: {},
+    args: [0, 0],
+    run: (c) => listExportsCommand(c.client, c.out, c.json),
+  },
+  {
+    name: "export-add",
+    aliases: { export: [] },
+    summary: "serve an image as an NBD export of the daemon (prints its nbd+unix:// URI)",
+    usage: "NAME IMAGE USER [PASSWORD]",
+    description:
+      "Makes the daemon serve IMAGE (as USER) as NBD export NAME, for QEMU, qemu-img,\n" +
+      "nbdinfo or fio: it prints the nbd+unix:///NAME?socket=PATH URI to use. Each client\n" +
+      "gets its own IVBS session. (`ivbsnetd export` instead serves exports in the\n" +
+      "foreground without a daemon.)\n" + PASSWORD_NOTE,
+    flags: PASSWORD_FLAGS,
+    args: [3, 4],
+    questions: [{ prompt: "Export name" }, { prompt: "Image" }, { prompt: "User" }],
+    run: async (c) =>
+      await addExportCommand(
+        c.client,
+        c.out,
+        { name: c.args[0], ...await imageRequest(c) },
+        c.json,
+      ),
+  },
+  {
+    name: "export-remove",
+    aliases: { unexport: [] },
+    summary: "stop an NBD export of the daemon",
+    usage: "NAME",
+    description: "Stops serving export NAME; its clients are disconnected (unexport).",
+    flags: {},
+    args: [1, 1],
+    questions: [{ prompt: "Export name" }],
+    run: (c) => removeExportCommand(c.client, c.out, c.args[0], c.json),
+  },
+  {
+    name: "proxies",
+    summary: "list the IVBS proxies the daemon knows and their health",
+    usage: "",
+    description: "Lists every IVBS proxy the daemon knows (configured and learned from\n" +
+      "LIST_PROXIES): name, state (connected by which mounts and exports, backoff until\n" +
+      "when, idle, reachable or unreachable), failures, failovers away from and to it,\n" +
+      "and the last error.",
+    flags: {},
+    args: [0, 0],
+    run: (c) => proxiesCommand(c.client, c.out, c.json),
+  },
+  {
+    name: "events",
+    summary: "print the daemon's recent events (--follow: keep printing)",
+    usage: "[--follow] [--since SEQ] [--last N]",
+    description: "Prints the daemon's recent events (mounts, failovers, retries, I/O errors,\n" +
+      "export clients, refusals, config problems), oldest first; --follow keeps printing\n" +
+      "new ones until interrupted (Ctrl-C).",
+    flags: {
+      follow: { type: "boolean", help: "keep printing new events as they happen" },
+      since: { type: "string", value: "SEQ", help: "only events after sequence number SEQ" },
+      last: { type: "string", value: "N", help: "only the newest N of the events there now" },
+    },
+    args: [0, 0],
+    run: (c) =>
+      eventsCommand(c.client, c.out, {
+        json: c.json,
+        follow: c.flags.follow === true,
+        since: wholeNumber(c.flags.since, "--since"),
+        last: wholeNumber(c.flags.last, "--last"),
+        signal: c.signal,
+      }),
+  },
+  {
+    name: "reload",
+    summary: "make the daemon re-read its config (like SIGHUP)",
+    usage: "",
+    description: "Asks the daemon to re-read its config file: added mounts and exports come\n" +
+      "up, removed ones are detached, unchanged ones are not touched. Prints what changed.",
+    flags: {},
+    args: [0, 0],
+    run: (c) => reloadCommand(c.client, c.out, c.json),
+  },
+  {
+    name: "shutdown",
+    aliases: { disc: [] },
+    summary: "stop the daemon (detaches every device)",
+    usage: "[--keep-devices]",
+    description:
+      "Asks the daemon to detach every device and exit (disc). With --keep-devices it\n" +
+      "exits leaving its netlink-attached devices to the next daemon (an upgrade).",
+    flags: {
+      "keep-devices": {
+        type: "boolean",
+        help: "leave netlink-attached devices to the next daemon",
+      },
+    },
+    args: [0, 0],
+    run: (c) => shutdownCommand(c.client, c.out, c.json, c.flags["keep-devices"] === true),
+  },
+  {
+    name: "version",
+    summary: "print the version (also --version)",
+    usage: "",
+    description: "Prints this program's version and the Deno, V8 and TypeScript it runs on.",
+    flags: {},
+    args: [0, 0],
+    local: true,
+    run: (c) => {
+      const info = buildInfo();
+      c.out.print(
+        c.json
+          ? JSON.stringify(info)
+          : `ivbsnetd ${info.version} (deno ${info.deno}, v8 ${info.v8}, typescript ${info.typescript})`,
+      );
+      return Promise.resolve();
+    },
+  },
+];
+
+function wholeNumber(value: string | boolean | undefined, flag: string): number | undefined {
+  if (typeof value !== "string") return undefined;
+  if (!/^\d{1,15}$/.test(value)) throw new UsageError(`${flag} must be a whole number`);
+  return Number(value);
+}
+
+/** A command by its name or alias, with the arguments the alias implies. */
+export function findCommand(word: string): { command: ClientCommand; implied: string[] } | null {
+  for (const command of CLIENT_COMMANDS) {
+    if (command.name === word) return { command, implied: [] };
+    const implied = command.aliases?.[word];
+    if (implied) return { command, implied };
+  }
+  return null;
+}
+
+/** "--since SEQ  only events after …" lines, aligned. */
+export function flagLines(flags: Record<string, FlagSpec>): string[] {
+  const entries = Object.entries(flags).map(([name, spec]) => {
+    const short = spec.short ? `-${spec.short}, ` : "";
+    return [`${short}--${name}${spec.value ? ` ${spec.value}` : ""}`, spec.help];
+  });
+  return entries.map(([left, help]) => `  ${left.padEnd(20)} ${help}`);
+}
+
+/**
+ * A command's flags plus the caller's own (--server, --json…) for node:util
+ * parseArgs; the help texts stay behind.
+ */
+export function parseOptions(flags: Record<string, FlagSpec>) {
+  return Object.fromEntries(
+    Object.entries(flags).map(([name, spec]) => [
+      name,
+      spec.short ? { type: spec.type, short: spec.short } : { type: spec.type },
+    ]),
+  );
+}
+
+/** "--all applies to list only", for a flag another command has; null when none has it. */
+export function flagOwners(flag: string): string | null {
+  const owners = CLIENT_COMMANDS.filter((c) => flag in c.flags).map((c) => c.name);
+  return owners.length === 0 ? null : `--${flag} applies to ${owners.join(" and ")} only`;
+}
