@@ -80,6 +80,7 @@ Deno.test("restore takes over a state file whose pid was recycled by another pro
       readOnly: false,
       sizeBytes: 1 << 20,
       options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+      connections: 1,
     };
     await writeState(dir, [record]);
     // The daemon that wrote it is gone; its pid now belongs to `sleep`.

@@ -575,6 +575,7 @@ Deno.test("a device the previous daemon left is taken over once IVBS answers, by
     readOnly: false,
     sizeBytes: 4096,
     options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+    connections: 1,
   });
   try {
     await writeState(`${dir}/state`, [record(1, "other"), record(2, "third")]);

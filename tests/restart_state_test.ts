@@ -6,8 +6,7 @@
 import assert from "node:assert/strict";
 import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
-import type { DeviceAttachment, MountBackend, ReattachRequest } from "../src/daemon/driver.ts";
-import { FakeAttachment, type FakeBackend, FakeMountDriver } from "../src/daemon/fake_driver.ts";
+import { PersistentFakeDriver } from "./support/persistent_fake_driver.ts";
 import {
   type MountRecord,
   readState,
@@ -34,85 +33,6 @@ function recorder(): Logger & { lines: string[] } {
   };
 }
 
-/**
- * Like the netlink driver: the kernel picks the device, attachments can be
- * released (left attached), and a later driver can take them over while the
- * "kernel" (shared between driver instances) still shows their backend id.
- */
-class PersistentFakeDriver extends FakeMountDriver {
-  readonly picksDevice = true;
-  released = 0;
-  reattached: ReattachRequest[] = [];
-  #nextId = 0;
-
-  constructor(readonly kernel: Map<number, string>) {
-    super({ devices: 4, images: { disk: { size: 8 * MIB } }, users: { alice: "pw" } });
-  }
-
-  override async attach(
-    device: string,
-    backends: readonly MountBackend[],
-  ): Promise<DeviceAttachment> {
-    let index = 0;
-    while (device === "auto" && this.kernel.has(index)) index++;
-    if (device !== "auto") index = Number(device.replace("/dev/nbd", ""));
-    const backendId = `fake:${++this.#nextId}`;
-    this.kernel.set(index, backendId);
-    return this.#persistent(await super.attach(`/dev/nbd${index}`, backends), index, backendId);
-  }
-
-  reattach(
-    request: ReattachRequest,
-    backends: readonly MountBackend[],
-  ): Promise<DeviceAttachment> {
-    this.reattached.push(request);
-    if (this.kernel.get(request.index) !== request.backendId) {
-      return Promise.reject(Object.assign(new Error("gone"), { code: "NO_DEVICE" }));
-    }
-    const device = `/dev/nbd${request.index}`;
-    const attachment = new FakeAttachment(device, backends as FakeBackend[], () => {});
-    this.attached.set(device, attachment);
-    return Promise.resolve(this.#persistent(attachment, request.index, request.backendId));
-  }
-
-  isStillAttached(index: number, backendId: string): Promise<boolean> {
-    return Promise.resolve(this.kernel.get(index) === backendId);
-  }
-
-  detachOrphan(index: number): Promise<boolean> {
-    if (!this.kernel.get(index)?.startsWith("ivbsnetd:")) return Promise.resolve(false);
-    this.kernel.delete(index);
-    this.foreign.delete(`/dev/nbd${index}`);
-    return Promise.resolve(true);
-  }
-
-  #persistent(attachment: DeviceAttachment, index: number, backendId: string): DeviceAttachment {
-    const kernel = this.kernel;
-    const release = () => {
-      this.released++;
-      return Promise.resolve();
-    };
-    return {
-      device: attachment.device,
-      stats: attachment.stats,
-      connections: attachment.connections,
-      done: attachment.done,
-      detach: async () => {
-        kernel.delete(index);
-        await attachment.detach();
-      },
-      persistent: {
-        index,
-        backendId,
-        sizeBytes: 8 * MIB,
-        options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
-        connections: attachment.connections.length,
-        release,
-      },
-    };
-  }
-}
-
 function configFor(stateDir: string, mounts: unknown[] = []) {
   return parseConfig(
     JSON.stringify({
@@ -133,6 +53,7 @@ const RECORD: MountRecord = {
   readOnly: false,
   sizeBytes: 8 * MIB,
   options: { blockSize: 4096, timeoutS: 0, deadConnTimeoutS: 120 },
+  connections: 1,
 };
 
 Deno.test("the state file round-trips, is 0600, names the user and holds no password", async () => {
@@ -262,6 +183,79 @@ Deno.test("unmount detaches a device an earlier daemon left that nobody took ove
     assert.equal(kernel.has(2), false, "the orphan is detached");
     await assert.rejects(daemon.table.unmount("nbd3"), /not mounted by this daemon/);
     assert.equal(kernel.get(3), "someone-else", "another tool's device is left alone");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a prepared take-over logs in without touching the device; takeOver or abandon ends it", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map([[2, RECORD.backendId], [3, "ivbsnetd:other"]]);
+  try {
+    const driver = new PersistentFakeDriver(kernel);
+    const daemon = new Daemon({ config: configFor(dir), driver, log: recorder() });
+    const prepared = await daemon.table.prepareAdopt(RECORD, "pw");
+    assert.equal(driver.openCalls, 1, "logged in and attached the image");
+    assert.equal(driver.reattached.length, 0, "the kernel is not handed a socket yet");
+    assert.deepEqual(daemon.table.list().map((m) => [m.device, m.state]), [
+      ["/dev/nbd2", "mounting"],
+    ]);
+    await assert.rejects(daemon.table.prepareAdopt(RECORD, "pw"), /already mounting/);
+
+    const info = await prepared.takeOver();
+    assert.equal(info.state, "mounted");
+    assert.deepEqual(driver.reattached.map((r) => r.backendId), [RECORD.backendId]);
+    await assert.rejects(prepared.abandon(), /already used/);
+
+    const other = { ...RECORD, device: "/dev/nbd3", index: 3, backendId: "ivbsnetd:other" };
+    const dropped = await daemon.table.prepareAdopt(other, "pw");
+    await dropped.abandon();
+    assert.deepEqual(daemon.table.list().map((m) => m.device), ["/dev/nbd2"], "entry freed");
+    assert.equal(driver.reattached.length, 1, "an abandoned take-over never reaches the kernel");
+    await assert.rejects(
+      daemon.table.prepareAdopt({ ...other, sizeBytes: 4 * MIB }, "pw"),
+      /image disk is \d+ bytes, the device 4194304/,
+    );
+    assert.deepEqual(daemon.table.list().map((m) => m.device), ["/dev/nbd2"]);
+    await daemon.shutdown("SIGINT");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("prepareTakeover logs in for every device and export; restore and the exports then only hand over", async () => {
+  const dir = await Deno.makeTempDir();
+  const kernel = new Map<number, string>();
+  const config = parseConfig(
+    JSON.stringify({
+      users: [{ username: "alice", password: "pw" }],
+      mounts: [{ image: "disk", user: "alice" }],
+      exports: { items: [{ name: "vm1", image: "disk", user: "alice" }] },
+      stateDir: dir,
+      credentials: { path: `${dir}/credentials.json` },
+    }),
+    "test.json",
+  ).config;
+  try {
+    const old = new Daemon({ config, driver: new PersistentFakeDriver(kernel), log: recorder() });
+    await old.reconcile();
+    await old.saveState();
+    await old.shutdown("SIGTERM", { keepDevices: true });
+
+    const driver = new PersistentFakeDriver(kernel);
+    const next = new Daemon({ config, driver, log: recorder() });
+    const prepared = await next.prepareTakeover();
+    assert.equal(prepared.size, 1);
+    assert.equal(driver.openCalls, 2, "one session for the device, one probe for the export");
+    assert.equal(driver.reattached.length, 0, "nothing handed over yet");
+
+    const [outcome] = await next.restore(prepared);
+    assert.equal(outcome.mount?.device, "/dev/nbd0");
+    assert.equal(driver.reattached.length, 1);
+    await next.reconcile();
+    assert.deepEqual(next.exports.list().map((e) => [e.name, e.state]), [["vm1", "ready"]]);
+    assert.equal(driver.openCalls, 2, "no second login for either");
+    await next.shutdown("SIGINT");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

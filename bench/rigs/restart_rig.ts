@@ -34,6 +34,28 @@ export interface RestartOptions {
   stopProxyDuringRestart?: boolean;
   /** nbd.connections of the daemon (default: the daemon's default). */
   connections?: number;
+  /** The restart begins once the device has seen this many MiB written (default 32). */
+  restartAfterMb?: number;
+  /** main.ts of the checkout whose daemons (old and new) run; default this one. */
+  main?: string;
+  /** main.ts of the checkout the first (old) daemon runs, for an upgrade; default `main`. */
+  oldMain?: string;
+  /**
+   * Also serve an NBD export under a second fio job (nbd engine, crc32c) during
+   * the restart, through qemu-nbd as a client that reconnects (reconnect-delay),
+   * the way QEMU guests use exports.
+   */
+  exportUnderFio?: { fioMb: number };
+}
+
+/** What the export's fio job saw (exportUnderFio). */
+export interface ExportOutcome {
+  fioCode: number;
+  fioStderr: string;
+  fioError: number;
+  verifiedBytes: number;
+  /** The new daemon serves the export, and it had written through it. */
+  servedAgain: boolean;
 }
 
 export interface RestartOutcome {
@@ -61,6 +83,8 @@ export interface RestartOutcome {
   newLog: string;
   /** The proxy stopped during the restart ("host:port"), when one was. */
   stoppedProxy: string | null;
+  /** With exportUnderFio. */
+  export: ExportOutcome | null;
 }
 
 export interface Mount {
@@ -105,29 +129,51 @@ export function startFio(
   out: string,
   fioMb: number,
 ): Promise<Deno.CommandOutput> {
+  return fioWriteVerify(
+    [`--directory=${directory}`, "--filename=data", "--ioengine=libaio", "--direct=1"],
+    out,
+    "fio",
+    fioMb,
+  );
+}
+
+/** fio randwrite 64k qd16 + crc32c verify on `target`; report `${out}/${name}.json`. */
+function fioWriteVerify(
+  target: string[],
+  out: string,
+  name: string,
+  fioMb: number,
+): Promise<Deno.CommandOutput> {
   return new Deno.Command("fio", {
     args: [
-      "--name=restart",
-      `--directory=${directory}`,
-      "--filename=data",
+      `--name=${name}`,
+      ...target,
       `--size=${fioMb}M`,
       "--bs=64k",
       "--rw=randwrite",
-      "--ioengine=libaio",
-      "--direct=1",
       "--iodepth=16",
       "--verify=crc32c",
       "--verify_fatal=1",
       "--do_verify=1",
       "--verify_state_save=0",
-      `--write_lat_log=${out}/fio`,
+      `--write_lat_log=${out}/${name}`,
       "--log_avg_msec=0",
       "--output-format=json",
-      `--output=${out}/fio.json`,
+      `--output=${out}/${name}.json`,
     ],
     stdout: "piped",
     stderr: "piped",
   }).output();
+}
+
+/** fio's job error (-1 when it wrote no report) and the bytes its verify phase read. */
+async function fioJob(out: string, name: string): Promise<{ error: number; verified: number }> {
+  try {
+    const job = JSON.parse(await Deno.readTextFile(`${out}/${name}.json`)).jobs[0];
+    return { error: job.error, verified: job.read.io_bytes };
+  } catch {
+    return { error: -1, verified: 0 }; // fio died before writing its report
+  }
 }
 
 /** The longest completion latency in fio's per-I/O log, in ms. */
@@ -192,7 +238,11 @@ export async function restartUnderFio(
 ): Promise<RestartOutcome> {
   const attached = await attachedNbdDevices();
   if (attached.length > 0) throw new Error(`nbd devices attached before the run: ${attached}`);
-  const ivbs = await startIvbs([{ name: "disk", size: options.fioMb * MIB + 256 * MIB }]);
+  const exported = options.exportUnderFio;
+  const ivbs = await startIvbs([
+    { name: "disk", size: options.fioMb * MIB + 256 * MIB },
+    ...(exported ? [{ name: "exp", size: exported.fioMb * MIB + 64 * MIB }] : []),
+  ]);
   const stateDir = await Deno.makeTempDir({ prefix: "ivbsnetd-state-" });
   const { dir, path } = await writeConfig({
     http: { listen: "127.0.0.1:0" },
@@ -205,12 +255,19 @@ export async function restartUnderFio(
     },
     users: [USER],
     mounts: [{ device: "auto", image: "disk", user: USER.username }],
+    ...(exported
+      ? { exports: { items: [{ name: "vm1", image: "exp", user: USER.username }] } }
+      : {}),
     stateDir,
   });
   const mnt = `${dir}/mnt`;
   await Deno.mkdir(mnt);
-  let daemon = await DaemonProcess.start(path);
+  const main = options.main;
+  const program = (checkout: string | undefined) =>
+    checkout === undefined ? undefined : [Deno.execPath(), "run", "-A", checkout];
+  let daemon = await DaemonProcess.start(path, { program: program(options.oldMain ?? main) });
   let mounted = false;
+  let bridge: QemuNbdBridge | null = null;
   try {
     const { device } = await mountedOn(daemon.url);
     const sysfs = `/sys/block/${device.slice("/dev/".length)}/backend`;
@@ -220,11 +277,28 @@ export async function restartUnderFio(
     mounted = true;
     const mark = await logMark();
     const fio = startFio(mnt, dir, options.fioMb);
+    let exportFio: Promise<Deno.CommandOutput> | null = null;
+    if (exported) {
+      await until("export vm1 ready", async () => (await exportWritten(daemon.url)) ?? null);
+      bridge = await QemuNbdBridge.start(`${stateDir}/nbd.sock`, "vm1", dir);
+      exportFio = fioWriteVerify(
+        ["--ioengine=nbd", `--uri=nbd+unix:///?socket=${bridge.socket}`],
+        dir,
+        "export",
+        exported.fioMb,
+      );
+    }
     // Let fio get going, then restart the daemon under it.
     await until("fio writes", async () => {
       const [m] = await mounts(daemon.url);
-      return m && m.bytesWritten > 32 * MIB ? m : null;
+      return m && m.bytesWritten > (options.restartAfterMb ?? 32) * MIB ? m : null;
     });
+    if (exported) {
+      await until(
+        "fio writes through the export",
+        async () => (await exportWritten(daemon.url) ?? 0) > 4 * MIB ? true : null,
+      );
+    }
     let stoppedProxy: string | null = null;
     if (options.stopProxyDuringRestart) {
       const [m] = await mounts(daemon.url);
@@ -234,7 +308,10 @@ export async function restartUnderFio(
       await ivbs.stopProxy(index);
     }
     const began = performance.now();
-    const next = await RESTARTS[kind](daemon, (args) => DaemonProcess.start(path, { args }));
+    const next = await RESTARTS[kind](
+      daemon,
+      (args) => DaemonProcess.start(path, { args, program: program(main) }),
+    );
     daemon = next.daemon;
     const listening = performance.now();
     const again = await mountedOn(daemon.url);
@@ -242,11 +319,18 @@ export async function restartUnderFio(
     const sameDevice = again.device === device &&
       (await Deno.readTextFile(sysfs)).trim() === backendId;
     const result = await fio;
-    let job = { error: -1, read: { io_bytes: 0 } };
-    try {
-      job = JSON.parse(await Deno.readTextFile(`${dir}/fio.json`)).jobs[0];
-    } catch {
-      // fio died before writing its report: fioCode says so.
+    const job = await fioJob(dir, "fio");
+    let exportOutcome: ExportOutcome | null = null;
+    if (exportFio) {
+      const ran = await exportFio;
+      const exportJob = await fioJob(dir, "export");
+      exportOutcome = {
+        fioCode: ran.code,
+        fioStderr: new TextDecoder().decode(ran.stderr),
+        fioError: exportJob.error,
+        verifiedBytes: exportJob.verified,
+        servedAgain: (await exportWritten(daemon.url) ?? 0) > 0,
+      };
     }
     const lines = await mark.since();
     await sh("umount", mnt);
@@ -260,7 +344,7 @@ export async function restartUnderFio(
       fioCode: result.code,
       fioStderr: new TextDecoder().decode(result.stderr),
       fioError: job.error,
-      verifiedBytes: job.read.io_bytes,
+      verifiedBytes: job.verified,
       stallMs: await longestStallMs(dir),
       kernelErrors: errorLines(lines),
       ioErrorLines: lines.filter((line) => /I\/O error/.test(line)).length,
@@ -270,13 +354,84 @@ export async function restartUnderFio(
       oldLog: next.oldLog,
       newLog: last.stderr,
       stoppedProxy,
+      export: exportOutcome,
     };
+  } catch (error) {
+    // What the daemon and the kernel said is what explains a failed run.
+    await bridge?.stop();
+    if (mounted) await sh("umount", mnt);
+    mounted = false;
+    const { stderr } = await daemon.stop("SIGINT");
+    const kernel = (await sh("dmesg")).stdout.split("\n").slice(-30).join("\n");
+    console.error(`daemon log (tail):\n${stderr.slice(-6000)}\nkernel log (tail):\n${kernel}`);
+    throw error;
   } finally {
+    await bridge?.stop();
     if (mounted) await sh("umount", mnt);
     await daemon.stop("SIGINT");
     await ivbs.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(stateDir, { recursive: true });
+    for (const path of [dir, stateDir]) {
+      // A filesystem still mounted there must not hide the run's own error.
+      await Deno.remove(path, { recursive: true }).catch((error) => {
+        console.error(`cannot remove ${path}: ${error.message}`);
+      });
+    }
+  }
+}
+
+/** Bytes written through export vm1 by this daemon, or null while it is not ready. */
+async function exportWritten(url: string): Promise<number | null> {
+  const { exports } = await (await fetch(`${url}/api/exports`)).json() as {
+    exports: { name: string; state: string; bytesWritten: number }[];
+  };
+  const vm1 = exports.find((e) => e.name === "vm1" && e.state === "ready");
+  return vm1 ? vm1.bytesWritten : null;
+}
+
+/**
+ * qemu-nbd as a client of an export that reconnects (reconnect-delay: its
+ * requests wait for the daemon to come back), serving what it reads on a unix
+ * socket of its own for fio's nbd engine: a QEMU guest's view of the export.
+ */
+class QemuNbdBridge {
+  private constructor(readonly socket: string, readonly pid: number) {}
+
+  static async start(exportSocket: string, name: string, dir: string): Promise<QemuNbdBridge> {
+    const socket = `${dir}/qemu-nbd.sock`;
+    const pidFile = `${dir}/qemu-nbd.pid`;
+    // Its forked server keeps the parent's stdio: inherited, not piped, or
+    // reading the pipes to their end would wait for the server to exit.
+    const started = await new Deno.Command("qemu-nbd", {
+      args: [
+        "--image-opts",
+        `driver=nbd,server.type=unix,server.path=${exportSocket},export=${name},reconnect-delay=120`,
+        `--socket=${socket}`,
+        "--persistent",
+        "--fork",
+        `--pid-file=${pidFile}`,
+      ],
+      stdin: "null",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).output();
+    if (!started.success) throw new Error(`qemu-nbd exited with ${started.code}`);
+    return new QemuNbdBridge(socket, Number((await Deno.readTextFile(pidFile)).trim()));
+  }
+
+  async stop(): Promise<void> {
+    try {
+      Deno.kill(this.pid, "SIGTERM");
+    } catch {
+      return; // already gone
+    }
+    await until("qemu-nbd exits", async () => {
+      try {
+        await Deno.stat(`/proc/${this.pid}`);
+        return null;
+      } catch {
+        return true;
+      }
+    }, 10_000).catch(() => {});
   }
 }
 

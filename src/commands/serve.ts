@@ -24,6 +24,7 @@ import { unsafeListenProblem } from "../daemon/config_checks.ts";
 import { Daemon } from "../daemon/daemon.ts";
 import { httpConnectionCap, raiseDescriptorLimit } from "../daemon/fd_limit.ts";
 import { readState } from "../daemon/state_file.ts";
+import { PreparedTakeover } from "../daemon/takeover.ts";
 import { daemonGone, isDaemonProcess } from "../daemon/daemon_process.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
 import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
@@ -53,9 +54,10 @@ export const SERVE_HELP = [
   "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
   "                      Without it: no mounts, HTTP on 127.0.0.1:8080, proxy 127.0.0.1:11417",
   "  --listen HOST:PORT  overrides http.listen (port 0 = any free port)",
-  "  --replace           upgrade in place: once ready, stop the daemon recorded in",
-  "                      stateDir (SIGTERM: it leaves its devices) and take its",
-  "                      devices over; the pause is this daemon's take-over only",
+  "  --replace           upgrade in place: log in for every device the daemon",
+  "                      recorded in stateDir serves, then stop it (SIGTERM: it",
+  "                      leaves its devices) and hand the kernel the new sockets;",
+  "                      the pause is the hand-over only",
   "  -h, --help          this help",
   "",
   "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
@@ -81,7 +83,16 @@ export function startServing(
   log: Logger = logger("daemon"),
   http: { maxConnections?: number; reload?: () => Promise<DaemonConfig> } = {},
 ): Serving {
-  const daemon = new Daemon({ config, driver, log });
+  return serveHttp(new Daemon({ config, driver, log }), driver, http);
+}
+
+/** Starts the HTTP API over `daemon`; the daemon's shutdown stops the server first. */
+function serveHttp(
+  daemon: Daemon,
+  driver: MountDriver,
+  http: { maxConnections?: number; reload?: () => Promise<DaemonConfig> } = {},
+): Serving {
+  const config = daemon.config;
   const app = createApp({
     table: daemon.table,
     exports: daemon.exports,
@@ -200,11 +211,19 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
 
   const maxConnections = httpConnectionCap(raiseDescriptorLimit(log));
   const driver = await deps.createDriver(config);
-  if (values.replace && !await replacePrevious(config.stateDir, log)) return EXIT_FAILED;
+  const daemon = new Daemon({ config, driver, log });
+  let prepared = new PreparedTakeover();
+  if (values.replace) {
+    const ready = await replacePrevious(daemon, log);
+    if (ready === null) return EXIT_FAILED;
+    prepared = ready;
+  }
   let serving: Serving;
   try {
-    serving = startServing(config, driver, log, { maxConnections, reload: reloadConfig });
+    serving = serveHttp(daemon, driver, { maxConnections, reload: reloadConfig });
   } catch (error) {
+    // The devices stay attached, with their I/O waiting, for the next daemon.
+    await prepared.abandonRest();
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
       console.error(`ivbsnetd serve: cannot listen on ${where}: address in use`);
@@ -218,7 +237,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     }
     throw error;
   }
-  const { daemon, url } = serving;
+  const { url } = serving;
   // Config problems are logged as events, so the status page and /api/events show them.
   for (const warning of warnings) daemon.configProblem(warning);
   const removeSignals = stopOnSignals(daemon, log);
@@ -241,7 +260,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   });
   logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
-  const restored = await daemon.restore();
+  const restored = await daemon.restore(prepared);
   if (restored.length > 0) {
     const up = restored.filter((o) => o.mount).length;
     log.info("devices taken over", { devices: up, dropped: restored.length - up });
@@ -302,30 +321,51 @@ function tellSystemd(state: string, log: Logger): void {
 const REPLACE_WAIT_MS = 90_000;
 
 /**
- * `serve --replace`: asks the daemon that wrote the state file to leave its
- * devices (SIGTERM) and waits for it to exit. False when it does not exit.
+ * `serve --replace`: while the daemon that wrote the state file still serves,
+ * makes ready everything slow (every device's IVBS session logged in, its
+ * image attached and its size checked: `Daemon.prepareTakeover`), then asks
+ * that daemon to leave its devices (SIGTERM) and waits for it to exit, so the
+ * pause its devices see is the hand-over alone. The HTTP API and the export
+ * socket are opened after it has gone: the old daemon holds them until it
+ * exits, and it (today's daemon too) does not share its port. Resolves with
+ * the prepared take-over, or null when the old daemon does not exit.
  */
-async function replacePrevious(stateDir: string, log: Logger): Promise<boolean> {
+async function replacePrevious(daemon: Daemon, log: Logger): Promise<PreparedTakeover | null> {
+  const stateDir = daemon.config.stateDir;
   let state;
   try {
     state = await readState(stateDir);
   } catch (error) {
     log.warn("--replace: unreadable state file; nothing to replace", { error });
-    return true;
+    return new PreparedTakeover();
   }
   const pid = state?.pid;
   if (pid === undefined || pid === Deno.pid || !await isDaemonProcess(pid)) {
     log.info("--replace: no running daemon in the state file", { stateDir });
-    return true;
+    return new PreparedTakeover();
   }
-  log.info("--replace: asking the running daemon to leave its devices", { pid });
+  const began = performance.now();
+  const prepared = await daemon.prepareTakeover();
+  log.info("--replace: ready; asking the running daemon to leave its devices", {
+    pid,
+    prepared: prepared.size,
+    preparedMs: Math.round(performance.now() - began),
+  });
   try {
     Deno.kill(pid, "SIGTERM");
   } catch (error) {
     log.warn("--replace: cannot signal the running daemon", { pid, error });
-    return true;
+    return prepared;
   }
-  if (await daemonGone(pid, REPLACE_WAIT_MS, 20)) return true;
-  log.error("--replace: the running daemon did not exit", { pid });
-  return false;
+  const stopped = performance.now();
+  if (!await daemonGone(pid, REPLACE_WAIT_MS, 20)) {
+    log.error("--replace: the running daemon did not exit", { pid });
+    await prepared.abandonRest();
+    return null;
+  }
+  log.info("--replace: the running daemon has left; taking over", {
+    pid,
+    waitedMs: Math.round(performance.now() - stopped),
+  });
+  return prepared;
 }

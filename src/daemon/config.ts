@@ -74,6 +74,32 @@ export function defaultStateDir(uid: number | null, runtimeDir: string | undefin
   return `/tmp/ivbsnetd-${uid ?? "user"}`;
 }
 
+/**
+ * Where the credential store goes by default: in the state directory when that
+ * is the runtime directory (tmpfs /run for root) or the operator asked for it
+ * (`runtimeDir` null), else in the runtime directory under a name made from
+ * the state directory, so two daemons with their own state directories never
+ * share one file.
+ */
+export function defaultCredentialsPath(stateDir: string, runtimeDir: string | null): string {
+  const inDir = (dir: string, name: string) => `${dir === "/" ? "" : dir}/${name}`;
+  if (runtimeDir === null || runtimeDir === stateDir) return inDir(stateDir, "credentials.json");
+  const escaped = stateDir.replaceAll("/", "-");
+  const name = escaped.length <= 200
+    ? `credentials${escaped}.json`
+    : `credentials-${fnv1a(stateDir)}.json`;
+  return inDir(runtimeDir, name);
+}
+
+/** FNV-1a, 32 bits, as 8 hex digits: a short stable name for a long path. */
+function fnv1a(text: string): string {
+  let hash = 0x811c9dc5;
+  for (const byte of new TextEncoder().encode(text)) {
+    hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
+  }
+  return hash.toString(16).padStart(8, "0");
+}
+
 /** defaultStateDir for this process; without sys/env permission it falls back to /tmp. */
 function processStateDir(): string {
   let uid: number | null = null;
@@ -141,8 +167,11 @@ const HostSchema = z.string().min(1, "host must not be empty").max(253);
 const PortSchema = z.number().int().min(1).max(65535);
 
 /**
- * Default connections per kernel device. Measured in the NBD VM (fio through
- * the daemon, interleaved rounds; see README "Several connections per device").
+ * Default connections per kernel device: 1, the behaviour before several were
+ * possible, until bench/kernel_connections.ts (1 / 2 / 4 connections, fio
+ * through the daemon in the NBD VM, interleaved rounds) has measured a better
+ * one; its run did not complete in the session that added it (README,
+ * "Several connections per device").
  */
 export const DEFAULT_CONNECTIONS = 1;
 
@@ -256,6 +285,12 @@ const CurrentSchema = z.strictObject({
       message: "initialMs must not exceed maxMs",
     }),
   }).prefault({}),
+  credentials: z.strictObject({
+    path: AbsolutePathSchema("credentials.path").optional(),
+    keepInStateDir: z.boolean().default(false),
+  }).prefault({}).refine((c) => !(c.path !== undefined && c.keepInStateDir), {
+    message: "give credentials.path or credentials.keepInStateDir, not both",
+  }),
   exports: z.strictObject({
     listen: z.strictObject({
       socket: SocketPathSchema.optional(),
@@ -369,6 +404,10 @@ function fromCurrent(data: z.output<typeof CurrentSchema>): DaemonConfig {
   const stateDir = (data.stateDir ?? processStateDir()).replace(/(.)\/+$/, "$1");
   return {
     stateDir,
+    credentialsPath: data.credentials.path ?? defaultCredentialsPath(
+      stateDir,
+      data.stateDir === undefined || data.credentials.keepInStateDir ? null : processStateDir(),
+    ),
     exports: {
       socket: data.exports.listen.socket ?? `${stateDir === "/" ? "" : stateDir}/nbd.sock`,
       tcp: data.exports.listen.tcp,

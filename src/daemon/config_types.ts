@@ -88,6 +88,13 @@ export interface DaemonConfig {
   users: { username: string; password: string }[];
   /** Directory for runtime files such as the export socket; created with mode 0700. */
   stateDir: string;
+  /**
+   * The credential store (credential_store.ts): what live mounts and API
+   * exports need to log in again after a restart. Default on the runtime
+   * tmpfs (/run/ivbsnetd for root), never outliving a reboot unless
+   * `credentials.keepInStateDir` or `credentials.path` put it elsewhere.
+   */
+  credentialsPath: string;
   exports: ExportSettings;
   /** Retries of desired mounts and exports that are not up: capped, jittered, forever. */
   reconcile: { backoff: { initialMs: number; maxMs: number } };

@@ -8,7 +8,7 @@
  */
 import { type Logger, logger } from "../log.ts";
 import type { Clock } from "../clock.ts";
-import type { DaemonConfig } from "./config.ts";
+import type { ConfiguredExport, DaemonConfig } from "./config.ts";
 import type { MountDriver } from "./driver.ts";
 import { checkImage, type ImageCheckRequest, type ImageInfo } from "./image_check.ts";
 import { ApiExportTable, ApiMountTable } from "./api_tables.ts";
@@ -28,7 +28,15 @@ import {
   type SessionOwner,
   type SessionWatch,
 } from "./proxy_registry.ts";
-import { readState, StateFileError, StateWriter } from "./state_file.ts";
+import {
+  type DaemonState,
+  type ExportRecord,
+  readState,
+  StateFileError,
+  StateWriter,
+} from "./state_file.ts";
+import { CredentialStore, StoredCredentials } from "./credential_store.ts";
+import { mountPassword, prepareAdoptions, PreparedTakeover, takeoverPassword } from "./takeover.ts";
 import { errorMessage } from "../error_info.ts";
 import { daemonGone } from "./daemon_process.ts";
 import { type IdleProbeOptions, IdleProxyProber } from "./proxy_probe.ts";
@@ -49,11 +57,11 @@ export interface DaemonOptions {
   events?: EventLogOptions;
   /** The graphs' sampling (interval, points kept). */
   history?: HistoryOptions;
+  /** The idle proxies' checks (interval, clock), when the driver can probe. */
+  probes?: IdleProbeOptions;
   /** The reconciler's timers (tests pass a manual clock) and jitter. */
   clock?: Clock;
   random?: () => number;
-  /** The idle proxies' checks (interval, clock), when the driver can probe. */
-  probes?: IdleProbeOptions;
 }
 
 export class Daemon {
@@ -77,6 +85,10 @@ export class Daemon {
   readonly #log: Logger;
   readonly #driver: MountDriver;
   readonly #state: StateWriter;
+  /** What live mounts and API exports need to log in again after a restart. */
+  readonly #credentials: CredentialStore;
+  /** What the previous daemon stored (read by restore), for its exports. */
+  #stored = new StoredCredentials();
   /** False once a second live daemon was seen on the same stateDir: its file is not ours. */
   #ownsState = true;
   /** Stopped for good: the API's exports are not kept for a next daemon. */
@@ -100,6 +112,7 @@ export class Daemon {
         error,
       });
     });
+    this.#credentials = new CredentialStore(options.config.credentialsPath, this.#log);
     const watchSession = (owner: SessionOwner) => this.#watch(owner, logFor("ivbs"));
     this.table = new ApiMountTable(options.driver, {
       deviceCount: options.config.nbd.devices,
@@ -183,44 +196,120 @@ export class Daemon {
   /** Writes the state file from the mount table (the mounts that outlive the daemon). */
   async saveState(): Promise<void> {
     if (!this.#ownsState) return;
+    // Credentials first: a state record whose credentials are not on disk yet
+    // could not be taken over after a crash in between.
     const exports = this.#forgetApiExports ? [] : this.reconciliation.apiExportRecords();
+    const saved = new Set(exports.map((e) => e.name));
+    await this.#credentials.write({
+      mounts: this.table.persistentCredentials(),
+      exports: this.reconciliation.apiExportCredentials().filter((e) => saved.has(e.name)),
+    });
     await this.#state.write(this.table.persistentRecords(), exports);
   }
 
   /**
-   * Takes over the devices a previous daemon left attached (its state file):
-   * each one still carrying its backend id is mounted again with a new socket;
-   * each one gone is one log line and leaves the state. Never throws.
+   * The previous daemon's state, or null: none, unreadable (logged), or in a
+   * newer format (logged; this daemon then never writes the file, so a
+   * downgrade does not destroy what the newer daemon left).
    */
-  async restore(): Promise<MountOutcome[]> {
-    const stateDir = this.config.stateDir;
-    let state;
+  async #readPrevious(): Promise<DaemonState | null> {
     try {
-      state = await readState(stateDir);
+      return await readState(this.config.stateDir);
     } catch (error) {
+      if (error instanceof StateFileError && error.reason === "newer") {
+        this.#ownsState = false;
+        this.#log.error(
+          "state file from a newer ivbsnetd: leaving it as it is; its devices are not taken over and this daemon's are not saved",
+          { error: error.message },
+        );
+        return null;
+      }
       const message = error instanceof StateFileError ? error.message : errorMessage(error);
       this.#log.error("ignoring an unreadable state file", { error: message });
+      return null;
+    }
+  }
+
+  /**
+   * `serve --replace`, while the previous daemon still serves: logs in and
+   * attaches the image for every device its state file lists (see
+   * takeover.ts), and checks every export it will serve (ExportTable.prepare).
+   * `restore(prepared)` and `reconcile()` complete it once that daemon
+   * has left.
+   */
+  async prepareTakeover(): Promise<PreparedTakeover> {
+    const state = await this.#readPrevious();
+    const stored = await this.#credentials.load();
+    // Exports: the probe `add` would make (login, image, size), made now.
+    const exports = [
+      ...this.config.exports.items,
+      ...this.#restorableExports(state?.exports ?? [], stored, () => {}),
+    ];
+    await Promise.all(exports.map((item) =>
+      this.exports.prepare(item).catch((error) => {
+        this.#log.warn("cannot prepare an export; trying again once the old daemon has left", {
+          export: item.name,
+          image: item.image,
+          error: errorMessage(error),
+        });
+      })
+    ));
+    if (state === null || state.mounts.length === 0) return new PreparedTakeover();
+    return await prepareAdoptions(state.mounts, {
+      table: this.table,
+      driver: this.#driver,
+      password: (record) => mountPassword(this.config.users, stored, record),
+      log: this.#log,
+    });
+  }
+
+  /**
+   * Takes over the devices a previous daemon left attached (its state file):
+   * each one still carrying its backend id is mounted again with a new socket
+   * (with `prepared`, those already logged in only get the socket); each one
+   * gone is one log line and leaves the state. The password is the config
+   * user's, else the credential store's. Never throws.
+   */
+  async restore(prepared = new PreparedTakeover()): Promise<MountOutcome[]> {
+    const stateDir = this.config.stateDir;
+    const state = await this.#readPrevious();
+    if (state === null || (state.mounts.length === 0 && state.exports.length === 0)) {
+      await prepared.abandonRest();
       return [];
     }
-    if (state === null || (state.mounts.length === 0 && state.exports.length === 0)) return [];
     if (state.pid !== Deno.pid && !await daemonGone(state.pid, PREVIOUS_DAEMON_EXIT_MS)) {
       this.#ownsState = false;
       this.#log.error("another daemon still runs on this stateDir; not taking over its devices", {
         stateDir,
         pid: state.pid,
       });
+      await prepared.abandonRest();
       return [];
     }
-    this.reconciliation.restoreExports(state.exports);
-    if (state.mounts.length === 0) return [];
+    this.#stored = await this.#credentials.load();
+    this.reconciliation.addApiExports(
+      this.#restorableExports(state.exports, this.#stored, (record) => {
+        this.#log.error(
+          "cannot serve an export again: its user is not in the config and no credentials were stored for it",
+          { export: record.name, image: record.image, user: record.username },
+        );
+      }),
+    );
+    if (state.mounts.length === 0) {
+      await prepared.abandonRest();
+      return [];
+    }
     this.#log.info("taking over devices from the previous daemon", {
       pid: state.pid,
       mounts: state.mounts.length,
+      prepared: prepared.size,
     });
     const outcomes = await Promise.all(state.mounts.map(async (record): Promise<MountOutcome> => {
       const request = { device: record.device, image: record.image };
+      const ready = prepared.claim(record);
       const still = await this.#driver.isStillAttached?.(record.index, record.backendId) ?? false;
       if (!still) {
+        await ready?.abandon();
         this.#log.warn("device of the previous daemon is gone; forgetting it", {
           device: record.device,
           image: record.image,
@@ -228,16 +317,22 @@ export class Daemon {
         });
         return { request, error: new Error(`${record.device} is gone`) };
       }
-      const user = this.config.users.find((u) => u.username === record.username);
-      if (!user) {
+      const password = ready ? undefined : mountPassword(this.config.users, this.#stored, record);
+      if (!ready && password === undefined) {
         this.#log.error(
-          "cannot take over a device: its user is not in the config; its I/O fails after nbd.deadConnTimeoutS",
+          "cannot take over a device: its user is not in the config and no credentials were stored for it; its I/O fails after nbd.deadConnTimeoutS",
           { device: record.device, image: record.image, user: record.username },
         );
-        return { request, error: new Error(`user ${record.username} not in the config`) };
+        return {
+          request,
+          error: new Error(`user ${record.username} not in the config, no stored credentials`),
+        };
       }
       try {
-        return { request, mount: await this.table.adopt(record, user.password) };
+        const mount = ready
+          ? await ready.takeOver()
+          : await (await this.table.prepareAdopt(record, password as string)).takeOver();
+        return { request, mount };
       } catch (error) {
         const err = error instanceof Error ? error : new Error(String(error));
         this.#log.error("taking over a device failed; retrying while it waits for us", {
@@ -246,10 +341,12 @@ export class Daemon {
           code: (err as { code?: string }).code,
           error: err.message,
         });
-        this.reconciliation.retryTakeover(record, user.password);
+        const retryWith = password ?? mountPassword(this.config.users, this.#stored, record);
+        if (retryWith !== undefined) this.reconciliation.retryTakeover(record, retryWith);
         return { request, error: err };
       }
     }));
+    await prepared.abandonRest();
     await this.saveState();
     return outcomes;
   }
@@ -280,6 +377,27 @@ export class Daemon {
       throw error;
     }
     return await this.reconciliation.reload(config);
+  }
+
+  /** `records` the config does not list, with their passwords (config, else `stored`). */
+  #restorableExports(
+    records: readonly ExportRecord[],
+    stored: StoredCredentials,
+    noPassword: (record: ExportRecord) => void,
+  ): ConfiguredExport[] {
+    const configured = new Set(this.config.exports.items.map((item) => item.name));
+    const restorable: ConfiguredExport[] = [];
+    for (const record of records) {
+      if (configured.has(record.name)) continue;
+      const password = takeoverPassword(
+        this.config.users,
+        record.username,
+        () => stored.exportPassword(record.name, record.username),
+      );
+      if (password === undefined) noPassword(record);
+      else restorable.push({ ...record, password });
+    }
+    return restorable;
   }
 
   /** One read-only IVBS login, closed again: does the image exist for these credentials? */

@@ -92,7 +92,8 @@ export function mountItem(
       if (leftOver) {
         // Until the kernel drops it (nbd.deadConnTimeoutS), the device waits for us.
         if (await stillAttached(leftOver)) {
-          return watch((await table.adopt(leftOver, spec.password, { quiet: true })).device);
+          const adoption = await table.prepareAdopt(leftOver, spec.password);
+          return watch((await adoption.takeOver()).device);
         }
         leftOver = null;
       }

@@ -64,6 +64,12 @@ interface Entry {
   rate: RateSampler;
 }
 
+/** What opening a session on an export's image needs (and a probe fills in). */
+type SessionTarget = Pick<
+  Entry,
+  "name" | "image" | "username" | "password" | "readOnly" | "sizeBytes"
+>;
+
 /** "[::1]" for IPv6 literals in URIs. */
 function uriHost(host: string): string {
   return host.includes(":") ? `[${host}]` : host;
@@ -81,6 +87,11 @@ export class ExportTable {
   readonly #entries = new Map<string, Entry>();
   #server: ExportServer | null = null;
   #starting: Promise<ExportServer> | null = null;
+  /** Probes made ahead by `prepare`, by export name, for `add` to use once. */
+  readonly #prepared = new Map<
+    string,
+    { request: ExportRequest; sizeBytes: number; readOnly: boolean }
+  >();
   #closing = false;
 
   constructor(driver: MountDriver, options: ExportTableOptions) {
@@ -165,7 +176,7 @@ export class ExportTable {
     });
     try {
       const server = await this.#ensureServer();
-      await this.#probe(entry);
+      if (!this.#usePrepared(entry, request)) await this.#probe(entry);
       if (this.#closing) throw new ExportError("the daemon is shutting down", "SHUTTING_DOWN");
       server.addExport({
         name: entry.name,
@@ -194,7 +205,7 @@ export class ExportTable {
    * and the end of its watch (to call once it is closed).
    */
   async #openSession(
-    entry: Entry,
+    entry: SessionTarget,
     check = false,
   ): Promise<{ backend: MountBackend; unwatch: () => void }> {
     const watch = this.#watchSession?.({ export: entry.name, image: entry.image, check });
@@ -215,7 +226,37 @@ export class ExportTable {
     }
   }
 
-  async #probe(entry: Entry): Promise<void> {
+  /**
+   * Checks an export's image and credentials ahead (the probe `add` makes),
+   * so that a later `add` of the same request serves it without a round trip
+   * to IVBS: `serve --replace` does it while the old daemon still serves the
+   * export. Throws what the probe throws.
+   */
+  async prepare(request: ExportRequest): Promise<void> {
+    const entry: SessionTarget = { ...request, readOnly: request.readOnly ?? false, sizeBytes: 0 };
+    await this.#probe(entry);
+    this.#prepared.set(request.name, {
+      request,
+      sizeBytes: entry.sizeBytes,
+      readOnly: entry.readOnly,
+    });
+  }
+
+  /** Takes the prepared probe of `request` (the same one only); false when there is none. */
+  #usePrepared(entry: Entry, request: ExportRequest): boolean {
+    const prepared = this.#prepared.get(request.name);
+    this.#prepared.delete(request.name);
+    const same = prepared !== undefined && prepared.request.image === request.image &&
+      prepared.request.username === request.username &&
+      prepared.request.password === request.password &&
+      (prepared.request.readOnly ?? false) === (request.readOnly ?? false);
+    if (!same) return false;
+    entry.sizeBytes = prepared.sizeBytes;
+    entry.readOnly = prepared.readOnly;
+    return true;
+  }
+
+  async #probe(entry: SessionTarget): Promise<void> {
     const { backend, unwatch } = await this.#openSession(entry, true);
     entry.sizeBytes = backend.size;
     entry.readOnly = backend.readOnly;
@@ -323,6 +364,15 @@ export class ExportTable {
       image: e.image,
       username: e.username,
       readOnly: e.readOnly,
+    }));
+  }
+
+  /** The credentials of the exports `records()` lists (for the credential store). */
+  credentials(): { name: string; username: string; password: string }[] {
+    return [...this.#entries.values()].filter((e) => e.state !== "removing").map((e) => ({
+      name: e.name,
+      username: e.username,
+      password: e.password,
     }));
   }
 

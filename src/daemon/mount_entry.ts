@@ -5,16 +5,19 @@
  * through their lifecycle.
  * @module
  */
-import type { DeviceAttachment } from "./driver.ts";
+import type { DeviceAttachment, NbdDevice } from "./driver.ts";
 import { combinedBackend, connectionInfos, type MountSessions } from "./mount_sessions.ts";
-import type { MountInfo, MountState } from "./mount_types.ts";
+import type { DeviceInfo, MountInfo, MountState } from "./mount_types.ts";
 import { RateSampler } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
+import type { MountCredential } from "./credential_store.ts";
 
 export interface MountEntry {
   device: string;
   image: string;
   username: string;
+  /** Kept for the credential store (the next daemon logs in with it); never shown. */
+  password: string;
   readOnly: boolean;
   state: "mounting" | "mounted" | "unmounting";
   mountedAt: Date;
@@ -33,12 +36,14 @@ export function newMountEntry(
   image: string,
   username: string,
   readOnly: boolean,
+  password: string,
 ): { entry: MountEntry; finish: () => void } {
   let finish!: () => void;
   const entry: MountEntry = {
     device,
     image,
     username,
+    password,
     readOnly,
     state: "mounting",
     mountedAt: new Date(),
@@ -71,6 +76,26 @@ export function mountRecord(entry: MountEntry): MountRecord | null {
     sizeBytes: persistent.sizeBytes,
     options: { ...persistent.options },
     connections: persistent.connections,
+  };
+}
+
+/** What a mount that outlives the daemon needs to log in again; null for any other. */
+export function mountCredential(entry: MountEntry): MountCredential | null {
+  const persistent = entry.attachment?.persistent;
+  if (!persistent || entry.state === "unmounting") return null;
+  return { backendId: persistent.backendId, username: entry.username, password: entry.password };
+}
+
+/** A kernel device as `lista` shows it, joined with the table's entry on it. */
+export function deviceInfo(d: NbdDevice, entry: MountEntry | undefined): DeviceInfo {
+  return {
+    device: d.device,
+    index: d.index,
+    inUse: d.inUse || entry !== undefined,
+    sizeBytes: d.sizeBytes,
+    pid: d.pid,
+    image: entry?.image ?? null,
+    state: entry ? mountState(entry) : d.inUse ? "foreign" : "free",
   };
 }
 

@@ -7,6 +7,7 @@
 import { backendWithClose } from "../block/backend.ts";
 import type { DeviceAttachment, MountBackend, MountDriver, SessionStats } from "./driver.ts";
 import type { ConnectionInfo } from "./mount_types.ts";
+import type { Logger } from "../log.ts";
 import type { SessionWatch } from "./proxy_registry.ts";
 
 /** Sessions being opened or open, with the proxy registry's view of each. */
@@ -20,6 +21,17 @@ export interface SessionRequest {
   username: string;
   password: string;
   readOnly: boolean;
+}
+
+/** Connections for a mount: those wanted, within what the driver can attach (`most`). */
+export function connectionCount(wanted: number, most: number, log: Logger): number {
+  if (wanted > most) {
+    log.warn("fewer connections than asked: this attach path serves fewer", {
+      asked: wanted,
+      connections: most,
+    });
+  }
+  return Math.max(1, Math.min(wanted, most));
 }
 
 /**

@@ -15,14 +15,16 @@ import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 import {
   closeSessions,
   combinedBackend,
+  connectionCount,
   openSessions,
   type SessionRequest,
 } from "./mount_sessions.ts";
 import {
+  deviceInfo,
+  mountCredential,
   type MountEntry,
   mountInfo,
   mountRecord,
-  mountState,
   newMountEntry,
 } from "./mount_entry.ts";
 import {
@@ -34,9 +36,11 @@ import {
   type MountSnapshot,
   type MountTableOptions,
   PASSTHROUGH_CODES,
+  type PreparedAdoption,
 } from "./mount_types.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import type { MountRecord } from "./state_file.ts";
+import type { MountCredential } from "./credential_store.ts";
 
 export {
   type ConnectionInfo,
@@ -143,9 +147,14 @@ export class MountTable {
       request.image,
       request.username,
       request.readOnly ?? false,
+      request.password,
     );
     this.#entries.set(device, entry);
-    const connections = this.#connectionCount(request.connections);
+    const connections = connectionCount(
+      request.connections ?? this.#connections,
+      this.#driver.maxConnections ?? 1,
+      this.#log,
+    );
     progress("mounting", {
       device,
       image: request.image,
@@ -171,22 +180,18 @@ export class MountTable {
   }
 
   /**
-   * Takes over a device a previous daemon left attached (its state record):
-   * logs in, attaches the image, and hands the kernel a new socket. Throws
-   * NO_DEVICE when the device no longer carries the record's backend id and
-   * MOUNT_FAILED when the image's size differs from the device's. `quiet` as
-   * for mount().
+   * Takes over a device a previous daemon left attached (its state record), in
+   * two steps. This one is safe while that daemon still serves the device: it
+   * reserves the entry, opens the sessions (log in, attach the image) and
+   * checks the size (MOUNT_FAILED when it differs). `takeOver()` then hands
+   * the kernel the new sockets (RECONFIGURE; NO_DEVICE when the device no
+   * longer carries the record's backend id); `abandon()` closes the sessions.
    */
-  async adopt(
-    record: MountRecord,
-    password: string,
-    options: { quiet?: boolean } = {},
-  ): Promise<MountInfo> {
-    const progress = (message: string, fields: object) =>
-      options.quiet ? this.#log.debug(message, fields) : this.#log.info(message, fields);
+  async prepareAdopt(record: MountRecord, password: string): Promise<PreparedAdoption> {
     if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
     const driver = this.#driver;
-    if (!driver.reattach) {
+    const reattach = driver.reattach?.bind(driver);
+    if (!reattach) {
       throw new MountError(`Cannot take over ${record.device}: no netlink here`, "NO_DEVICE");
     }
     const existing = this.#entries.get(record.device);
@@ -199,54 +204,62 @@ export class MountTable {
       record.image,
       record.username,
       record.readOnly,
+      password,
     );
     this.#entries.set(record.device, entry);
-    progress("taking over", { device: record.device, image: record.image });
-    try {
-      const credentials = { ...record, password };
-      const owner = { device: record.device, image: record.image };
-      await this.#openSessions(entry, credentials, record.connections ?? 1, owner);
-      const backend = entry.sessions.backends[0];
-      const blockSize = record.options.blockSize;
-      const size = Math.floor(backend.size / blockSize) * blockSize;
-      if (size !== record.sizeBytes) {
-        await this.#closeSessions(entry);
-        throw new MountError(
-          `Cannot take over ${record.device}: image ${record.image} is ${backend.size} bytes, the device ${record.sizeBytes}`,
-          "MOUNT_FAILED",
-        );
-      }
-      try {
-        if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
-        entry.attachment = await driver.reattach(record, entry.sessions.backends, {
-          log: this.#deviceLog?.({ device: record.device }),
-        });
-      } catch (error) {
-        await this.#closeSessions(entry);
-        throw this.#wrap(error, `Cannot take over ${record.device}`);
-      }
-      this.#watch(entry, entry.attachment);
-    } catch (error) {
+    const release = async () => {
+      await this.#closeSessions(entry);
       this.#entries.delete(record.device);
-      throw error;
-    } finally {
       finish();
+    };
+    const fail = async (error: unknown, what: string): Promise<never> => {
+      await release();
+      throw this.#wrap(error, what);
+    };
+    this.#log.info("taking over", { device: record.device, image: record.image });
+    try {
+      const owner = { device: record.device, image: record.image };
+      await this.#openSessions(entry, { ...record, password }, record.connections, owner);
+    } catch (error) {
+      return await fail(error, `Cannot open IVBS image ${record.image}`);
     }
-    progress("taken over", { device: record.device, image: record.image });
-    return mountInfo(entry);
-  }
-
-  /** Connections for a request: its own or the default, within what the driver can attach. */
-  #connectionCount(requested: number | undefined): number {
-    const wanted = requested ?? this.#connections;
-    const most = this.#driver.maxConnections ?? 1;
-    if (wanted > most) {
-      this.#log.warn("fewer connections than asked: this attach path serves fewer", {
-        asked: wanted,
-        connections: most,
-      });
+    const backend = entry.sessions.backends[0];
+    const blockSize = record.options.blockSize;
+    if (Math.floor(backend.size / blockSize) * blockSize !== record.sizeBytes) {
+      const message =
+        `image ${record.image} is ${backend.size} bytes, the device ${record.sizeBytes}`;
+      return await fail(
+        new MountError(message, "MOUNT_FAILED"),
+        `Cannot take over ${record.device}`,
+      );
     }
-    return Math.max(1, Math.min(wanted, most));
+    let used = false;
+    const once = () => {
+      if (used) throw new Error(`the take-over of ${record.device} was already used`);
+      used = true;
+    };
+    return {
+      record,
+      takeOver: async () => {
+        once();
+        try {
+          if (this.#closing) throw new MountError("the daemon is shutting down", "SHUTTING_DOWN");
+          entry.attachment = await reattach(record, entry.sessions.backends, {
+            log: this.#deviceLog?.({ device: record.device }),
+          });
+        } catch (error) {
+          return await fail(error, `Cannot take over ${record.device}`);
+        }
+        this.#watch(entry, entry.attachment);
+        finish();
+        this.#log.info("taken over", { device: record.device, image: record.image });
+        return mountInfo(entry);
+      },
+      abandon: async () => {
+        once();
+        await release();
+      },
+    };
   }
 
   /** Step one of a mount: the sessions, one per connection (all or none). */
@@ -270,12 +283,12 @@ export class MountTable {
 
   /** State records of the mounts that outlive the daemon. */
   persistentRecords(): MountRecord[] {
-    const records: MountRecord[] = [];
-    for (const entry of this.#sorted()) {
-      const record = mountRecord(entry);
-      if (record) records.push(record);
-    }
-    return records;
+    return this.#sorted().flatMap((entry) => mountRecord(entry) ?? []);
+  }
+
+  /** What each mount that outlives the daemon needs to log in again (credential_store.ts). */
+  persistentCredentials(): MountCredential[] {
+    return this.#sorted().flatMap((entry) => mountCredential(entry) ?? []);
   }
 
   #pickFree(devices: NbdDevice[], image: string): string {
@@ -477,18 +490,7 @@ export class MountTable {
   /** Every managed kernel device, free or used, with what this daemon has on it. */
   async devices(): Promise<DeviceInfo[]> {
     const devices = await this.#kernelDevices();
-    return devices.map((d) => {
-      const entry = this.#entries.get(d.device);
-      return {
-        device: d.device,
-        index: d.index,
-        inUse: d.inUse || entry !== undefined,
-        sizeBytes: d.sizeBytes,
-        pid: d.pid,
-        image: entry?.image ?? null,
-        state: entry ? mountState(entry) : d.inUse ? "foreign" : "free",
-      };
-    });
+    return devices.map((d) => deviceInfo(d, this.#entries.get(d.device)));
   }
 
   #sorted(): MountEntry[] {

@@ -9,6 +9,7 @@ import type { Logger } from "../log.ts";
 import type { DeviceAttachment, MountBackend } from "./driver.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import type { Throughput } from "./rate.ts";
+import type { MountRecord } from "./state_file.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -152,4 +153,16 @@ export interface MountTableOptions {
   deviceLog?: (context: { device: string }) => Logger;
   /** Called whenever the set of mounts that outlive the daemon changes (to save the state). */
   onPersistentChange?: () => void;
+}
+
+/**
+ * A take-over made ready (`MountTable.prepareAdopt`): the IVBS sessions are
+ * open, the device not yet handed over. Exactly one of the two is called, once.
+ */
+export interface PreparedAdoption {
+  readonly record: MountRecord;
+  /** Hands the kernel the new sockets (RECONFIGURE) and serves the device. */
+  takeOver(): Promise<MountInfo>;
+  /** Closes the sessions and frees the entry; the device stays as it is. */
+  abandon(): Promise<void>;
 }

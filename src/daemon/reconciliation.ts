@@ -108,23 +108,9 @@ export class Reconciliation {
     this.#statusListeners.push(listener);
   }
 
-  /** Exports the previous daemon served for the API, desired again (passwords from the config). */
-  restoreExports(records: readonly ExportRecord[]): void {
-    const configured = new Set(this.#config.exports.items.map((item) => item.name));
-    for (const record of records) {
-      if (configured.has(record.name)) continue;
-      const user = this.#config.users.find((u) => u.username === record.username);
-      if (!user) {
-        this.#log.error("cannot serve an export again: its user is not in the config", {
-          export: record.name,
-          image: record.image,
-          user: record.username,
-        });
-        continue;
-      }
-      const spec = { ...record, password: user.password };
-      this.reconciler.add(exportItem(this.#exports, spec, "api"));
-    }
+  /** Exports the previous daemon served for the API (with passwords), desired again. */
+  addApiExports(specs: readonly ConfiguredExport[]): void {
+    for (const spec of specs) this.reconciler.add(exportItem(this.#exports, spec, "api"));
   }
 
   /**
@@ -172,6 +158,15 @@ export class Reconciliation {
       image: item.spec.image,
       username: item.spec.username,
       readOnly: item.spec.readOnly,
+    }));
+  }
+
+  /** The API's exports' credentials, for the credential store. */
+  apiExportCredentials(): { name: string; username: string; password: string }[] {
+    return this.#items("export").filter((r) => r.item.origin === "api").map(({ item }) => ({
+      name: item.spec.name,
+      username: item.spec.username,
+      password: item.spec.password,
     }));
   }
 

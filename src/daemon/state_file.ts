@@ -6,14 +6,22 @@
  * its password comes from the config of the daemon that takes over.
  *
  * Written atomically (a 0600 temp file in the same directory, fsync, rename),
- * so a crash leaves the old or the new file, never half of one.
+ * so a crash leaves the old or the new file, never half of one. The file
+ * carries its format's version; every earlier format is read, a newer one is
+ * refused and left as it is.
  * @module
  */
 import { z } from "zod";
 import { MAX_CONNECTIONS } from "../block/device.ts";
 
 export const STATE_FILE = "mounts.json";
-const STATE_VERSION = 1;
+/**
+ * The format this daemon writes. Every earlier one is read (see `migrate`):
+ * 1 (ivbsnetd up to 6320cf8, and main until format 2): `connections` and
+ *   `exports` optional (absent: 1 and none).
+ * 2: each mount records the sockets its device was connected with.
+ */
+export const STATE_VERSION = 2;
 
 export interface MountRecord {
   /** "/dev/nbdN" */
@@ -28,8 +36,8 @@ export interface MountRecord {
   sizeBytes: number;
   /** Settings the device was connected with. */
   options: { blockSize: number; timeoutS: number; deadConnTimeoutS: number };
-  /** Sockets the device was connected with (a takeover hands it as many); older files: 1. */
-  connections?: number;
+  /** Sockets the device was connected with (a take-over hands it as many). */
+  connections: number;
 }
 
 /** An NBD export, so that the next daemon serves it again at the same socket. */
@@ -46,7 +54,7 @@ export interface DaemonState {
   pid: number;
   writtenAt: string;
   mounts: MountRecord[];
-  /** Exports to serve again (older files have none). */
+  /** Exports to serve again. */
   exports: ExportRecord[];
 }
 
@@ -63,7 +71,7 @@ const RecordSchema = z.object({
     timeoutS: z.number().int().min(0),
     deadConnTimeoutS: z.number().int().min(0),
   }),
-  connections: z.number().int().min(1).max(MAX_CONNECTIONS).optional(),
+  connections: z.number().int().min(1).max(MAX_CONNECTIONS),
 });
 
 const ExportRecordSchema = z.object({
@@ -73,20 +81,48 @@ const ExportRecordSchema = z.object({
   readOnly: z.boolean(),
 });
 
-const StateSchema = z.object({
-  version: z.literal(STATE_VERSION),
+const StateV1Schema = z.object({
+  version: z.literal(1),
+  pid: z.number().int(),
+  writtenAt: z.string(),
+  mounts: z.array(RecordSchema.extend({ connections: RecordSchema.shape.connections.optional() })),
+  exports: z.array(ExportRecordSchema).default([]),
+});
+
+const StateV2Schema = z.object({
+  version: z.literal(2),
   pid: z.number().int(),
   writtenAt: z.string(),
   mounts: z.array(RecordSchema),
-  exports: z.array(ExportRecordSchema).default([]),
+  exports: z.array(ExportRecordSchema),
 });
+
+/** Each format's schema and how its content becomes the current format. */
+const FORMATS: Record<number, (value: unknown) => DaemonState> = {
+  1: (value) => {
+    const v1 = StateV1Schema.parse(value);
+    return {
+      ...v1,
+      version: 2,
+      mounts: v1.mounts.map((m) => ({ ...m, connections: m.connections ?? 1 })),
+    };
+  },
+  2: (value) => StateV2Schema.parse(value),
+};
 
 /** A state file that exists but cannot be used. */
 export class StateFileError extends Error {
   readonly code = "STATE_FILE";
-  constructor(message: string) {
+  /**
+   * "newer": written by a newer ivbsnetd in a format this one does not know;
+   * it must be left as it is (a downgrade must not destroy what the newer
+   * daemon left). "unreadable": damaged or not a state file.
+   */
+  readonly reason: "newer" | "unreadable";
+  constructor(message: string, reason: "newer" | "unreadable" = "unreadable") {
     super(message);
     this.name = "StateFileError";
+    this.reason = reason;
   }
 }
 
@@ -94,7 +130,7 @@ export function statePath(stateDir: string): string {
   return `${stateDir === "/" ? "" : stateDir}/${STATE_FILE}`;
 }
 
-/** The state a previous daemon left, or null when there is none. */
+/** The state a previous daemon left (in any format up to ours), or null when there is none. */
 export async function readState(stateDir: string): Promise<DaemonState | null> {
   const path = statePath(stateDir);
   let text: string;
@@ -104,19 +140,62 @@ export async function readState(stateDir: string): Promise<DaemonState | null> {
     if (error instanceof Deno.errors.NotFound) return null;
     throw new StateFileError(`cannot read ${path}: ${(error as Error).message}`);
   }
+  return parseState(text, path);
+}
+
+/** A state file's text in any known format, as the current format. */
+export function parseState(text: string, path: string): DaemonState {
   let value: unknown;
   try {
     value = JSON.parse(text);
   } catch (error) {
     throw new StateFileError(`${path} is not JSON: ${(error as Error).message}`);
   }
-  const parsed = StateSchema.safeParse(value);
-  if (!parsed.success) {
+  const version = typeof value === "object" && value !== null
+    ? (value as { version?: unknown }).version
+    : undefined;
+  if (typeof version !== "number" || !Number.isInteger(version) || version < 1) {
+    throw new StateFileError(`${path} is not a state file (no format version)`);
+  }
+  if (version > STATE_VERSION) {
     throw new StateFileError(
-      `${path} is not a state file of this version: ${parsed.error.message}`,
+      `${path} is in state format ${version}, written by a newer ivbsnetd; this one reads formats 1 to ${STATE_VERSION}`,
+      "newer",
     );
   }
-  return parsed.data as DaemonState;
+  try {
+    return FORMATS[version](value);
+  } catch (error) {
+    const detail = error instanceof z.ZodError
+      ? error.issues.slice(0, 3).map((i) => `${i.path.join(".") || "(top)"}: ${i.message}`)
+        .join("; ")
+      : String(error);
+    throw new StateFileError(`${path} is not a valid format ${version} state file: ${detail}`);
+  }
+}
+
+/**
+ * Replaces `path` atomically with `text`: a 0600 temp file in the same
+ * directory, fsync, rename; a crash leaves the old or the new file.
+ */
+export async function writePrivateFile(path: string, text: string): Promise<void> {
+  const temp = `${path}.${Deno.pid}.tmp`;
+  const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: 0o600 });
+  try {
+    await file.write(new TextEncoder().encode(text));
+    await file.sync();
+  } finally {
+    file.close();
+  }
+  await Deno.chmod(temp, 0o600); // mode on create is masked by the umask
+  await Deno.rename(temp, path);
+}
+
+/** Removes `path`; one that is not there is fine. */
+export async function removeIfPresent(path: string): Promise<void> {
+  await Deno.remove(path).catch((error) => {
+    if (!(error instanceof Deno.errors.NotFound)) throw error;
+  });
 }
 
 /**
@@ -130,9 +209,7 @@ export async function writeState(
 ): Promise<void> {
   const path = statePath(stateDir);
   if (mounts.length === 0 && exports.length === 0) {
-    await Deno.remove(path).catch((error) => {
-      if (!(error instanceof Deno.errors.NotFound)) throw error;
-    });
+    await removeIfPresent(path);
     return;
   }
   await Deno.mkdir(stateDir, { recursive: true, mode: 0o700 });
@@ -143,39 +220,42 @@ export async function writeState(
     mounts,
     exports,
   };
-  const temp = `${path}.${Deno.pid}.tmp`;
-  const file = await Deno.open(temp, { write: true, create: true, truncate: true, mode: 0o600 });
-  try {
-    await file.write(new TextEncoder().encode(JSON.stringify(state, null, 2) + "\n"));
-    await file.sync();
-  } finally {
-    file.close();
-  }
-  await Deno.chmod(temp, 0o600); // mode on create is masked by the umask
-  await Deno.rename(temp, path);
+  await writePrivateFile(path, JSON.stringify(state, null, 2) + "\n");
 }
 
 /**
- * Serializes writes: each call writes the latest records once the previous
- * write has finished (a slow disk never reorders two states).
+ * Runs writes one after the other: a slow disk never reorders two states. A
+ * failed write is reported and does not stop the next one.
  */
-export class StateWriter {
-  readonly #stateDir: string;
+export class WriteQueue {
   readonly #onError: (error: unknown) => void;
   #chain: Promise<void> = Promise.resolve();
 
+  constructor(onError: (error: unknown) => void) {
+    this.#onError = onError;
+  }
+
+  /** Queues `task`; resolves once it has run (or failed and was reported). */
+  run(task: () => Promise<void>): Promise<void> {
+    this.#chain = this.#chain.then(task).catch(this.#onError);
+    return this.#chain;
+  }
+}
+
+/** Writes the latest records once the previous write has finished. */
+export class StateWriter {
+  readonly #stateDir: string;
+  readonly #queue: WriteQueue;
+
   constructor(stateDir: string, onError: (error: unknown) => void) {
     this.#stateDir = stateDir;
-    this.#onError = onError;
+    this.#queue = new WriteQueue(onError);
   }
 
   /** Queues a write; resolves once it is on disk (or failed and was reported). */
   write(mounts: MountRecord[], exports: ExportRecord[] = []): Promise<void> {
     const snapshot = mounts.map((m) => ({ ...m, options: { ...m.options } }));
     const exported = exports.map((e) => ({ ...e }));
-    this.#chain = this.#chain.then(() => writeState(this.#stateDir, snapshot, exported)).catch(
-      this.#onError,
-    );
-    return this.#chain;
+    return this.#queue.run(() => writeState(this.#stateDir, snapshot, exported));
   }
 }

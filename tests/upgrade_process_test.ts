@@ -1,0 +1,174 @@
+/**
+ * Restarts and upgrades of the real program, on NBD exports (no kernel
+ * needed; tests/kernel/upgrade_test.ts does devices in the NBD VM):
+ * - an export added through the API by a user the config does not know (a CSI
+ *   volume's) is served again after `kill -9`, SIGTERM and `serve --replace`,
+ *   from the credential store, which is the only place its password is kept;
+ * - the daemon of today's main (6320cf8) is replaced by this one, by
+ *   `serve --replace` and by SIGTERM then start: every export is served again
+ *   and the state file is rewritten in the current format.
+ */
+import assert from "node:assert/strict";
+import { DaemonProcess, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
+import { startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { STATE_VERSION } from "../src/daemon/state_file.ts";
+import { oldCheckout } from "./support/old_checkout.ts";
+
+const MIB = 1024 * 1024;
+/** A user only the API knows, as the CSI plugin's secrets bring it. */
+const BOB = { username: "bob", password: "bob-pw-never-logged-7730" };
+
+async function until(what: string, check: () => Promise<boolean>, limitMs = 60_000) {
+  const deadline = Date.now() + limitMs;
+  while (!(await check().catch(() => false))) {
+    if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+async function exportStates(url: string): Promise<Record<string, string>> {
+  const { exports } = await (await fetch(`${url}/api/exports`)).json() as {
+    exports: { name: string; state: string }[];
+  };
+  return Object.fromEntries(exports.map((e) => [e.name, e.state]));
+}
+
+async function ready(url: string, names: string[]): Promise<boolean> {
+  const states = await exportStates(url);
+  return names.every((name) => states[name] === "ready");
+}
+
+async function post(url: string, path: string, body: unknown): Promise<Response> {
+  return await fetch(`${url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+}
+
+Deno.test("an API export of a user not in the config survives kill -9, SIGTERM and serve --replace through the credential store", async () => {
+  const ivbs = await startIvbsServer({
+    users: [USER, BOB],
+    images: [{ name: "disk", size: 4 * MIB }],
+    listProxiesIntervalMs: 0,
+  });
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-credentials-" });
+  const stateDir = `${base}/state`;
+  const credentials = `${base}/run/ivbsnetd/credentials.json`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+    credentials: { path: credentials },
+  });
+  const logs: string[] = [];
+  let daemon = await DaemonProcess.start(path);
+  try {
+    const added = await post(daemon.url, "/api/exports", { name: "csi1", image: "disk", ...BOB });
+    assert.equal(added.status, 201, await added.text());
+    // Credentials are written first, then the state file.
+    await until(
+      "the credential store and the state file hold csi1",
+      async () =>
+        (await Deno.readTextFile(credentials)).includes('"csi1"') &&
+        (await Deno.readTextFile(`${stateDir}/mounts.json`)).includes('"csi1"'),
+    );
+    assert.equal((await Deno.stat(credentials)).mode! & 0o777, 0o600);
+    assert.equal((await Deno.stat(`${base}/run/ivbsnetd`)).mode! & 0o777, 0o700);
+    const state = await Deno.readTextFile(`${stateDir}/mounts.json`);
+    assert.ok(state.includes('"bob"') && !state.includes(BOB.password), "state: user, no password");
+
+    for (const stop of ["SIGKILL", "SIGTERM"] as const) {
+      logs.push((await daemon.stop(stop)).stderr);
+      daemon = await DaemonProcess.start(path);
+      await until(`csi1 served again after ${stop}`, () => ready(daemon.url, ["csi1"]));
+    }
+
+    const old = daemon;
+    daemon = await DaemonProcess.start(path, { args: ["--replace"] });
+    const left = await old.wait();
+    logs.push(left.stderr);
+    assert.equal(left.code, 0, "the old daemon stopped cleanly");
+    await until("csi1 served after --replace", () => ready(daemon.url, ["csi1"]));
+
+    const removed = await fetch(`${daemon.url}/api/exports/csi1`, { method: "DELETE" });
+    assert.equal(removed.status, 200, await removed.text());
+    await until("removing the export removes its password", async () => {
+      try {
+        await Deno.stat(credentials);
+        return false;
+      } catch (error) {
+        return error instanceof Deno.errors.NotFound;
+      }
+    });
+  } finally {
+    logs.push((await daemon.stop()).stderr);
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
+  }
+  for (const log of logs) assert.ok(!log.includes(BOB.password), "no log line has the password");
+});
+
+for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
+  Deno.test(`upgrade from today's main (${how}): every export is served again, the state file is rewritten in the current format`, async () => {
+    const old = await oldCheckout();
+    const ivbs = await startIvbsServer({
+      users: [USER],
+      images: [{ name: "disk", size: 4 * MIB }, { name: "spare", size: 4 * MIB }],
+      listProxiesIntervalMs: 0,
+    });
+    const base = await Deno.makeTempDir({ prefix: "ivbsnetd-upgrade-" });
+    const stateDir = `${base}/state`;
+    // The config as today's main reads it (its schema is strict: no new keys).
+    const { dir, path } = await writeConfig({
+      http: { listen: "127.0.0.1:0" },
+      ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+      users: [USER],
+      stateDir,
+      exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+    });
+    let daemon = await DaemonProcess.start(path, {
+      program: [Deno.execPath(), "run", "-A", old.main],
+    });
+    try {
+      await until("vm1 ready under the old daemon", () => ready(daemon.url, ["vm1"]));
+      const added = await post(daemon.url, "/api/exports", {
+        name: "api1",
+        image: "spare",
+        ...USER,
+      });
+      assert.equal(added.status, 201, await added.text());
+      await until(
+        "the old daemon records api1",
+        async () => (await Deno.readTextFile(`${stateDir}/mounts.json`)).includes('"api1"'),
+      );
+      assert.equal(JSON.parse(await Deno.readTextFile(`${stateDir}/mounts.json`)).version, 1);
+
+      const previous = daemon;
+      if (how === "serve --replace") {
+        daemon = await DaemonProcess.start(path, { args: ["--replace"] });
+        assert.equal((await previous.wait()).code, 0, "the old daemon stopped cleanly");
+      } else {
+        assert.equal((await previous.stop("SIGTERM")).code, 0);
+        daemon = await DaemonProcess.start(path);
+      }
+      await until(
+        "vm1 and api1 served by the new daemon",
+        () => ready(daemon.url, ["vm1", "api1"]),
+      );
+      await until(
+        "the state file is rewritten in the current format",
+        async () =>
+          JSON.parse(await Deno.readTextFile(`${stateDir}/mounts.json`)).version === STATE_VERSION,
+      );
+    } finally {
+      await daemon.stop();
+      await ivbs.close();
+      await old.remove();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(base, { recursive: true });
+    }
+  });
+}
