@@ -5,7 +5,8 @@
 #   2. CPU per request: user/system ticks of both processes over N requests;
 #   3. top JS frames: deno --cpu-prof of both processes over N requests.
 # Usage: bench/profile_qd1.sh [TREE (default: this checkout)] [N (default 20000)] [randread|randwrite|write|read]
-# Environment: BS (default 4k), QD (default 1), WARM (warm-up requests, default 5000), e.g.
+# Environment: BS (default 4k), QD (default 1), WARM (warm-up requests, default 5000),
+# CPU_ONLY=1 (stop after the CPU per request line: quick before/after pairs), e.g.
 #   BS=1M QD=8 WARM=1000 bench/profile_qd1.sh . 2000 write   (where a 1 MiB write's CPU goes)
 set -euo pipefail
 TREE=$(cd "${1:-$(dirname "$0")/..}" && pwd)
@@ -71,6 +72,10 @@ p = side["clat_ns"]["percentile"]
 print("fio: %.0f IOPS, p50 %.0f us, p99 %.0f us" % (side["iops"], p["50.000000"] / 1e3, p["99.000000"] / 1e3))'
 echo "CPU per request: export $(((($(ticks "$EXPORT") - e0) * 10000000) / N / 1000)) us," \
   "IVBS server $(((($(ticks "$SERVER") - s0) * 10000000) / N / 1000)) us (10 ms ticks: coarse)"
+if [ -n "${CPU_ONLY:-}" ]; then
+  stop
+  exit 0
+fi
 
 strace -f -c -o "$DIR/strace.export" -p "$EXPORT" 2>/dev/null &
 T1=$!

@@ -8,9 +8,7 @@ import assert from "node:assert/strict";
 import { judgeNbdHealth, type NbdHostFacts, readNbdHealth } from "../src/nbd/host_health.ts";
 import { nbdHealthOf } from "../src/daemon/host_health.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { MountTable } from "../src/daemon/mount_table.ts";
-import { ExportTable } from "../src/daemon/export_table.ts";
-import { createApp } from "../src/http/app.ts";
+import { fakeApp } from "./support/fake_app.ts";
 import { DaemonProcess, writeConfig } from "../bench/rigs/daemon_harness.ts";
 
 const free = { inUse: false };
@@ -88,29 +86,9 @@ Deno.test("readNbdHealth reads this host: the module is there exactly when sysfs
   }
 });
 
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
-
-function appOver(driver: FakeMountDriver) {
-  const table = new MountTable(driver, { deviceCount: 8, log: quietLog });
-  const exports = new ExportTable(driver, {
-    settings: { socket: "/nonexistent/ivbsnetd-health/nbd.sock", items: [] },
-    stateDir: "/nonexistent/ivbsnetd-health",
-    log: quietLog,
-    serverLog: quietLog,
-  });
-  const app = createApp({
-    table,
-    exports,
-    requestShutdown: () => {},
-    startedAt: Date.now(),
-    log: quietLog,
-    nbdHealth: () => nbdHealthOf(driver),
-  });
-  return { app, table };
-}
-
 Deno.test("GET /api/health says when the nbd module is missing, and counts free devices otherwise", async () => {
-  const none = appOver(new FakeMountDriver({ devices: 0, images: {}, users: {} }));
+  const empty = new FakeMountDriver({ devices: 0, images: {}, users: {} });
+  const none = fakeApp(empty, { nbdHealth: () => nbdHealthOf(empty) });
   const missing = await (await none.app.request("/api/health")).json();
   assert.equal(missing.status, "ok", "the daemon itself is fine: exports work");
   assert.equal(missing.nbd.module, false);
@@ -122,7 +100,7 @@ Deno.test("GET /api/health says when the nbd module is missing, and counts free 
     images: { disk: { size: 1 << 20 } },
     users: { alice: "pw" },
   });
-  const some = appOver(driver);
+  const some = fakeApp(driver, { nbdHealth: () => nbdHealthOf(driver) });
   await some.table.mount({ image: "disk", username: "alice", password: "pw" });
   driver.foreign.add("/dev/nbd3");
   const health = await (await some.app.request("/api/health")).json();

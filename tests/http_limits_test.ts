@@ -5,30 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { MountTable } from "../src/daemon/mount_table.ts";
-import { ExportTable } from "../src/daemon/export_table.ts";
 import { ConfigError, parseConfig } from "../src/daemon/config.ts";
-import { createApp } from "../src/http/app.ts";
+import { fakeApp } from "./support/fake_app.ts";
 
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 const LONG_IMAGE = "é".repeat(200); // 200 UTF-16 units, 400 bytes of UTF-8
 
 function setup(devices: number) {
-  const driver = new FakeMountDriver({ devices, images: {}, users: { alice: "pw" } });
-  const table = new MountTable(driver, { deviceCount: 16, log: quietLog });
-  const exports = new ExportTable(driver, {
-    settings: { socket: "/nonexistent/ivbsnetd-limits/nbd.sock", items: [] },
-    stateDir: "/nonexistent/ivbsnetd-limits",
-    log: quietLog,
-    serverLog: quietLog,
-  });
-  const app = createApp({
-    table,
-    exports,
-    requestShutdown: () => {},
-    startedAt: Date.now(),
-    log: quietLog,
-  });
+  const { app } = fakeApp(new FakeMountDriver({ devices, images: {}, users: { alice: "pw" } }));
   const post = async (path: string, body: unknown) => {
     const response = await app.request(path, {
       method: "POST",

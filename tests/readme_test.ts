@@ -5,10 +5,8 @@
  * command creates.
  */
 import assert from "node:assert/strict";
-import { createApp } from "../src/http/app.ts";
+import { fakeApp } from "./support/fake_app.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { MountTable } from "../src/daemon/mount_table.ts";
-import { ExportTable } from "../src/daemon/export_table.ts";
 import { HELP } from "../src/cli/netdclient.ts";
 import { parseConfig } from "../src/daemon/config.ts";
 
@@ -22,22 +20,8 @@ function section(heading: string): string {
   return next < 0 ? README.slice(start) : README.slice(start, start + heading.length + 2 + next);
 }
 
-const quiet = { debug() {}, info() {}, warn() {}, error() {} };
-
 Deno.test("the README's API table names every route the app serves", () => {
-  const driver = new FakeMountDriver({ devices: 0, images: {}, users: {} });
-  const app = createApp({
-    table: new MountTable(driver, { deviceCount: 0, log: quiet }),
-    exports: new ExportTable(driver, {
-      settings: { socket: "/nonexistent/readme/nbd.sock", items: [] },
-      stateDir: "/nonexistent/readme",
-      log: quiet,
-      serverLog: quiet,
-    }),
-    requestShutdown: () => {},
-    startedAt: Date.now(),
-    log: quiet,
-  });
+  const { app } = fakeApp(new FakeMountDriver({ devices: 0, images: {}, users: {} }));
   const table = section("### 4. HTTP API");
   const routes = app.routes
     .filter((r) => r.method !== "ALL" && !r.path.includes("*"))

@@ -167,8 +167,11 @@ const HostSchema = z.string().min(1, "host must not be empty").max(253);
 const PortSchema = z.number().int().min(1).max(65535);
 
 /**
- * Default connections per kernel device. Measured in the NBD VM (fio through
- * the daemon, interleaved rounds; see README "Several connections per device").
+ * Default connections per kernel device: 1, the behaviour before several were
+ * possible, until bench/kernel_connections.ts (1 / 2 / 4 connections, fio
+ * through the daemon in the NBD VM, interleaved rounds) has measured a better
+ * one; its run did not complete in the session that added it (README,
+ * "Several connections per device").
  */
 export const DEFAULT_CONNECTIONS = 1;
 

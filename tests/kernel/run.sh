@@ -21,7 +21,7 @@ fi
 if [ -x "$VM" ]; then
   echo "no /dev/nbd0 here (or not root): running the kernel tests in $VM"
   deno check tests/kernel/
-  exec "$VM" --mem "${NBD_VM_MEM:-3G}" --timeout "${NBD_VM_TIMEOUT:-1800}" -- bash tests/kernel/run.sh
+  exec "$VM" --mem "${NBD_VM_MEM:-3G}" --timeout "${NBD_VM_TIMEOUT:-3600}" -- bash tests/kernel/run.sh
 fi
 
 echo "SKIP kernel tests: no /dev/nbd0 (modprobe nbd, as root) and no NBD VM at $VM"
