@@ -8,6 +8,7 @@ import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { startServing } from "../src/commands/serve.ts";
 import { setLogLevel } from "../src/log.ts";
+import { quietLog } from "./support/log.ts";
 
 setLogLevel("error");
 
@@ -37,8 +38,6 @@ function startDaemon(options: { token?: string; stateDir?: string } = {}) {
     stop: () => serving.daemon.shutdown("test over"),
   };
 }
-
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** A port nothing listens on (bound then released). */
 function deadPort(): number {

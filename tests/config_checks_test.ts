@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { loadConfig, MAX_TIMER_MS, parseConfig } from "../src/daemon/config.ts";
 import { jsonSyntaxWhere, mixedFormatKeys } from "../src/daemon/config_checks.ts";
 import { looseMode } from "../src/file_mode.ts";
-import { serveWith } from "./serve_in_process.ts";
+import { serveWith } from "./support/serve_in_process.ts";
 
 const SECRET = "hunter2-Pa55-secret";
 const TOKEN_SECRET = "tok3n-that-must-not-leak";

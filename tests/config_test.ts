@@ -7,7 +7,7 @@ import {
   parseConfig,
   parseListenAddress,
 } from "../src/daemon/config.ts";
-import { serveWith } from "./serve_in_process.ts";
+import { serveWith } from "./support/serve_in_process.ts";
 
 const FULL = {
   http: { listen: "127.0.0.1:9090", token: "0123456789abcdef" },

@@ -16,7 +16,7 @@ import {
   rpcError,
   SECRETS,
   withCsi,
-} from "./csi_fixture.ts";
+} from "./support/csi_fixture.ts";
 
 setLogLevel("error");
 

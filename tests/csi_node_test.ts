@@ -17,7 +17,7 @@ import {
   rpcError,
   SECRETS,
   withCsi,
-} from "./csi_fixture.ts";
+} from "./support/csi_fixture.ts";
 import { setLogLevel } from "../src/log.ts";
 
 setLogLevel("error");

@@ -8,7 +8,7 @@
  */
 import assert from "node:assert/strict";
 import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
 
 const MIB = 1024 * 1024;
 /** The daemon's descriptor limit (soft = hard, so start-up cannot raise it). */

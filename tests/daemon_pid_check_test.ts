@@ -10,7 +10,7 @@ import { Daemon } from "../src/daemon/daemon.ts";
 import { daemonGone, isDaemonCommandLine, isDaemonProcess } from "../src/daemon/daemon_process.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { type MountRecord, statePath, writeState } from "../src/daemon/state_file.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
 import { DaemonProcess, writeConfig } from "../bench/rigs/daemon_harness.ts";
 
 Deno.test("isDaemonCommandLine accepts only ivbsnetd's serve, however it was started", () => {

@@ -15,7 +15,8 @@ import {
   USER,
   writeConfig,
 } from "../bench/rigs/daemon_harness.ts";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
+import { eventually } from "./support/wait.ts";
 
 const TOKEN = "process-test-token-1";
 const MIB = 1024 * 1024;
@@ -198,14 +199,13 @@ Deno.test("serve exports an IVBS image to nbdinfo and qemu-io, takes exports fro
     const auth = [...server, "--token", TOKEN];
     // Configured exports are added right after the HTTP server starts; wait for them to settle.
     let names: string[] = [];
-    for (let i = 0; i < 100; i++) {
+    await eventually("the configured exports settled", async () => {
       const list = await ivbsnetd(["export-list", ...server, "--json"]);
       assert.equal(list.code, 0, list.stderr);
       const exports = JSON.parse(list.stdout) as { name: string; state: string }[];
       names = exports.filter((e) => e.state === "ready").map((e) => e.name);
-      if (names.length > 0 && exports.every((e) => ["ready", "failing"].includes(e.state))) break;
-      await new Promise((resolve) => setTimeout(resolve, 50));
-    }
+      return names.length > 0 && exports.every((e) => ["ready", "failing"].includes(e.state));
+    });
     assert.deepEqual(names, ["vm1"], "the export of a missing image failed alone");
     assert.equal((await Deno.stat(stateDir)).mode! & 0o777, 0o700, "state dir is 0700");
     assert.equal((await Deno.stat(socket)).mode! & 0o777, 0o600, "socket is 0600");

@@ -7,7 +7,11 @@
  */
 import assert from "node:assert/strict";
 import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
+import { eventually } from "./support/wait.ts";
+
+/** A daemon (re)starting is slow on a loaded host: waits for one get this long. */
+const RESTART_MS = 30_000;
 
 const MIB = 1024 * 1024;
 const BLOCKS = 48;
@@ -39,15 +43,6 @@ async function qemuIo(imageOpts: string, commands: string[]) {
     ...commands.flatMap((c) => ["-c", c]),
     imageOpts,
   ]);
-}
-
-/** Polls `check` every 10 ms until it holds; fails with `what` after `limitMs`. */
-async function until(what: string, check: () => boolean | Promise<boolean>, limitMs = 30_000) {
-  const deadline = Date.now() + limitMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
 }
 
 /** True once the daemon at `url` lists export `name` as ready. */
@@ -83,13 +78,14 @@ async function restartUnderQemu(stop: "SIGKILL" | "SIGTERM"): Promise<void> {
     `driver=nbd,server.type=unix,server.path=${socket},export=vm1,reconnect-delay=${delay}`;
   let daemon = await DaemonProcess.start(path);
   try {
-    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    await eventually("export vm1 ready", () => exportReady(daemon.url, "vm1"), RESTART_MS);
     let clientDone = false;
     const client = qemuIo(opts(30), patternCommands()).finally(() => clientDone = true);
     // The daemon goes down mid-run: once IVBS has seen a quarter of the writes.
-    await until(
+    await eventually(
       "the client's writes reach IVBS",
       () => (ivbs.stats.requests.WRITE ?? 0) >= BLOCKS / 4 || clientDone,
+      RESTART_MS,
     );
     if (clientDone) assert.fail(`the client ended early: ${JSON.stringify(await client)}`);
     const stopped = await daemon.stop(stop);
@@ -148,7 +144,7 @@ Deno.test("an export added through the API is served again after kill -9 and SIG
   });
   let daemon = await DaemonProcess.start(path);
   try {
-    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    await eventually("export vm1 ready", () => exportReady(daemon.url, "vm1"), RESTART_MS);
     const added = await fetch(`${daemon.url}/api/exports`, {
       method: "POST",
       headers: { "content-type": "application/json" },
@@ -157,10 +153,10 @@ Deno.test("an export added through the API is served again after kill -9 and SIG
     assert.equal(added.status, 201, await added.text());
     // The state file is written right after the export is added, not before the answer.
     let state = "";
-    await until("the state file records api1", async () => {
+    await eventually("the state file records api1", async () => {
       state = await Deno.readTextFile(`${stateDir}/mounts.json`).catch(() => "");
       return state.includes('"api1"');
-    });
+    }, RESTART_MS);
     assert.ok(!state.includes(USER.password), "the state file holds no password");
     assert.equal(
       (await Deno.stat(`${stateDir}/mounts.json`)).mode! & 0o777,
@@ -174,10 +170,10 @@ Deno.test("an export added through the API is served again after kill -9 and SIG
     for (const stop of ["SIGKILL", "SIGTERM"] as const) {
       await daemon.stop(stop);
       daemon = await DaemonProcess.start(path);
-      await until(`both exports back after ${stop}`, async () => {
+      await eventually(`both exports back after ${stop}`, async () => {
         const states = await exportStates(daemon.url);
         return states.vm1 === "ready" && states.api1 === "ready";
-      });
+      }, RESTART_MS);
     }
 
     const shutdown = await fetch(`${daemon.url}/api/shutdown`, {
@@ -188,7 +184,7 @@ Deno.test("an export added through the API is served again after kill -9 and SIG
     assert.equal(shutdown.status, 202);
     assert.equal((await daemon.wait()).code, 0);
     daemon = await DaemonProcess.start(path);
-    await until("export vm1 ready", () => exportReady(daemon.url, "vm1"));
+    await eventually("export vm1 ready", () => exportReady(daemon.url, "vm1"), RESTART_MS);
     assert.deepEqual(await exportStates(daemon.url), { vm1: "ready" }, "a shutdown forgets api1");
   } finally {
     await daemon.stop();

@@ -6,9 +6,10 @@
 import assert from "node:assert/strict";
 import { ExportTable, prepareStateDir } from "../src/daemon/export_table.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import { NbdTestClient } from "./nbd_test_client.ts";
+import { NbdTestClient } from "./support/nbd_test_client.ts";
+import { quietLog } from "./support/log.ts";
+import { eventually } from "./support/wait.ts";
 
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 const REQUEST = { image: "disk", username: "u", password: "p" };
 
 async function fixture() {
@@ -35,15 +36,6 @@ async function fixture() {
       await Deno.remove(dir, { recursive: true });
     },
   };
-}
-
-/** Polls until the server has seen the clients (they connect from this same process). */
-async function eventually(what: string, condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  assert.fail(`not reached: ${what}`);
 }
 
 Deno.test("each client of an export gets its own session; closeAll disconnects them and removes the socket", async () => {

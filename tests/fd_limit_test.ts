@@ -10,7 +10,7 @@ import {
   MAX_HTTP_CONNECTIONS,
   MIN_HTTP_CONNECTIONS,
 } from "../src/daemon/fd_limit.ts";
-import { hasTool } from "./tools.ts";
+import { hasTool } from "./support/tools.ts";
 
 const FD_LIMIT = fileURLToPath(new URL("../src/daemon/fd_limit.ts", import.meta.url));
 

@@ -4,6 +4,7 @@ import { MountTable } from "../src/daemon/mount_table.ts";
 import { ExportTable } from "../src/daemon/export_table.ts";
 import { createApp, MAX_BODY_BYTES } from "../src/http/app.ts";
 import { logger } from "../src/log.ts";
+import { quietLog } from "./support/log.ts";
 
 const TOKEN = "s3cret-token-for-tests";
 const PASSWORD = "pw-alice-42";
@@ -59,7 +60,6 @@ function setup(options: { token?: string; devices?: number; stateDir?: string } 
 }
 
 /** Logs of code under test go nowhere unless a test wants to look at them. */
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 const MOUNT = { image: "disk", username: "alice", password: PASSWORD };
 const EXPORT = { image: "disk", username: "alice", password: PASSWORD };

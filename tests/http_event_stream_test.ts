@@ -13,12 +13,12 @@ import { startHttpServer } from "../src/http/server.ts";
 import { Hono } from "hono";
 import { ApiClient } from "../src/cli/api_client.ts";
 import { eventsCommand } from "../src/cli/client_actions.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { eventually } from "./wait.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { eventually } from "./support/wait.ts";
+import { quietLog } from "./support/log.ts";
 
 const decoder = new TextDecoder();
 const encoder = new TextEncoder();
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 interface SseMessage {
   id?: string;

@@ -6,7 +6,7 @@
  * is answered (none was closed to fit a cap lowered for good).
  */
 import assert from "node:assert/strict";
-import { hasTool } from "./tools.ts";
+import { hasTool } from "./support/tools.ts";
 
 const CAP = 8;
 const encoder = new TextEncoder();

@@ -11,10 +11,10 @@ import { ExportTable } from "../src/daemon/export_table.ts";
 import { type AppOptions, createApp } from "../src/http/app.ts";
 import { EventLog } from "../src/daemon/events.ts";
 import { hostAllowed } from "../src/http/guard.ts";
+import { quietLog } from "./support/log.ts";
 
 const TOKEN = "guard-test-token-77";
 const PASSWORD = "pw-alice-guard";
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 /** A logger that keeps its warn lines (message and fields) as text. */
 function warnLines() {

@@ -7,8 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { type HttpServer, type HttpServerOptions, startHttpServer } from "../src/http/server.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { eventually } from "./wait.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { eventually } from "./support/wait.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
@@ -158,9 +158,7 @@ Deno.test("a client that aborts its request body costs one short log line, no st
       );
       conn.close();
     }
-    for (let i = 0; i < 200 && log.lines.length < 3; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    await eventually("three log lines", () => log.lines.length >= 3, 2_000);
     assert.equal(log.lines.length, 3, log.lines.join("\n"));
     for (const line of log.lines) {
       assert.match(line, /^info HTTP client left before its request was answered/);

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
 import { isDaemonProcess } from "../src/daemon/daemon_process.ts";
 import { DaemonProcess } from "../bench/rigs/daemon_harness.ts";
 

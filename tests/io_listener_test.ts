@@ -11,7 +11,7 @@ import {
   type ListenerOptions,
   type Slot,
 } from "../src/io/listener.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 
 class FakeConn {
   closed = false;

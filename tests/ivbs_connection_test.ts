@@ -18,9 +18,9 @@ import {
   SESSION_ID_SIZE,
   Status,
 } from "../src/ivbs/wire.ts";
-import { closedPort, type FakePeer, fakeProxy, type Packet } from "./ivbs_fake_proxy.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { EventRecorder, eventually } from "./wait.ts";
+import { closedPort, type FakePeer, fakeProxy, type Packet } from "./support/ivbs_fake_proxy.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { EventRecorder, eventually } from "./support/wait.ts";
 
 const NO_ID = new Uint8Array(SESSION_ID_SIZE);
 

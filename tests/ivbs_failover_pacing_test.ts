@@ -9,9 +9,9 @@ import { Failover, type FailoverHost } from "../src/ivbs/failover.ts";
 import { proxyLabel } from "../src/ivbs/proxy_list.ts";
 import type { IvbsSessionEvent } from "../src/ivbs/session.ts";
 import type { ProxyAddress } from "../src/ivbs/wire.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { EventRecorder } from "./wait.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { EventRecorder } from "./support/wait.ts";
 
 const A = { host: "127.0.0.1", port: 1001 };
 const B = { host: "127.0.0.1", port: 1002 };

@@ -7,11 +7,17 @@ import {
   type IvbsSessionOptions,
 } from "../src/ivbs/session.ts";
 import { decodeReadRequest, Status } from "../src/ivbs/wire.ts";
-import { captureLog, FAKE_USER, fakeProxy, type Packet, serveWell } from "./ivbs_fake_proxy.ts";
-import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
-import { MiB, USER, withServer } from "./ivbs_test_server.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { EventRecorder, eventually } from "./wait.ts";
+import {
+  captureLog,
+  FAKE_USER,
+  fakeProxy,
+  type Packet,
+  serveWell,
+} from "./support/ivbs_fake_proxy.ts";
+import { BlockModel, runWorkload, verifyAll } from "./support/ivbs_workload.ts";
+import { MiB, USER, withServer } from "./support/ivbs_test_server.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { EventRecorder, eventually } from "./support/wait.ts";
 
 /** Short timeouts so every fault resolves within a fraction of a second. */
 const FAST: Partial<IvbsSessionOptions> = {

@@ -13,11 +13,11 @@ import {
 } from "../src/ivbs/liveness.ts";
 import type { IvbsTestServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionEvent } from "../src/ivbs/session.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
-import { BlockModel, runWorkload, verifyAll } from "./ivbs_workload.ts";
-import { USER, withServer } from "./ivbs_test_server.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { EventRecorder, eventually } from "./wait.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
+import { BlockModel, runWorkload, verifyAll } from "./support/ivbs_workload.ts";
+import { USER, withServer } from "./support/ivbs_test_server.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { EventRecorder, eventually } from "./support/wait.ts";
 
 const RULES: LivenessOptions = {
   silenceMs: 500,

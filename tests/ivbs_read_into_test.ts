@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { BackendError } from "../src/block/backend.ts";
 import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../src/ivbs/session.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 import {
   decodeReadRequest,
   encodeHeader,
@@ -12,7 +12,13 @@ import {
   Op,
   Status,
 } from "../src/ivbs/wire.ts";
-import { captureLog, FAKE_USER, fakeProxy, type Packet, serveWell } from "./ivbs_fake_proxy.ts";
+import {
+  captureLog,
+  FAKE_USER,
+  fakeProxy,
+  type Packet,
+  serveWell,
+} from "./support/ivbs_fake_proxy.ts";
 
 const MiB = 1024 * 1024;
 const USER = { username: "alice", password: "correct horse" };

@@ -13,7 +13,7 @@ import {
   Status,
   statusName,
 } from "../src/ivbs/wire.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
 
 const SID = new Uint8Array(SESSION_ID_SIZE).fill(1);
 

@@ -7,7 +7,7 @@ import {
   Op,
   Status,
 } from "../src/ivbs/wire.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 import {
   attached,
   pattern,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { IdleTimeout } from "../src/ivbs/server/idle_timeout.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 
 /** An idle timeout of 1 s on a manual clock, recording when it fired. */
 function idle(options: { stalled?: () => boolean } = {}) {

@@ -15,7 +15,7 @@ import {
   Status,
 } from "../src/ivbs/wire.ts";
 import { MEMORY_CHUNK_SIZE } from "../src/ivbs/server/store.ts";
-import { eventually } from "./wait.ts";
+import { eventually } from "./support/wait.ts";
 import { attached, MiB, pattern, RawClient, withServer } from "./support/ivbs_raw_client.ts";
 import { setLogLevel } from "../src/log.ts";
 

@@ -1,7 +1,7 @@
 /** IVBS test server: how long a connection lives (idle timeout, bad ops, oversize frames). */
 import assert from "node:assert/strict";
 import { encodeEmpty, Op, Status } from "../src/ivbs/wire.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 import { attached, RawClient, withServer } from "./support/ivbs_raw_client.ts";
 import { setLogLevel } from "../src/log.ts";
 

@@ -9,7 +9,7 @@ import {
   IvbsProtocolError,
   MAX_IO_LENGTH,
 } from "../src/ivbs/wire.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
 
 const MiB = 1024 * 1024;
 const USER = { username: "alice", password: "correct horse" };

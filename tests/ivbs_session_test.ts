@@ -8,9 +8,9 @@ import {
   type IvbsSessionOptions,
 } from "../src/ivbs/session.ts";
 import { encodeHeader, MAX_IO_LENGTH, Op, Status } from "../src/ivbs/wire.ts";
-import { captureLog, closedPort, fakeProxy } from "./ivbs_fake_proxy.ts";
-import { MiB, USER, withServer as withTestServer } from "./ivbs_test_server.ts";
-import { BlockModel, runWorkload } from "./ivbs_workload.ts";
+import { captureLog, closedPort, fakeProxy } from "./support/ivbs_fake_proxy.ts";
+import { MiB, USER, withServer as withTestServer } from "./support/ivbs_test_server.ts";
+import { BlockModel, runWorkload } from "./support/ivbs_workload.ts";
 
 /** The session tests' store: alice's writable disk, a read-only image and one only bob may attach. */
 function withServer(

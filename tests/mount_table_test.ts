@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { parseConfig } from "../src/daemon/config.ts";
-import { ManualClock } from "./manual_clock.ts";
+import { ManualClock } from "./support/manual_clock.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { MountError, MountTable } from "../src/daemon/mount_table.ts";
 import { proxiesFor } from "../src/daemon/system_driver.ts";
+import { quietLog } from "./support/log.ts";
 
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 const REQUEST = { image: "disk", username: "u", password: "p" };
 
 function fixture(devices = 4) {

@@ -20,7 +20,8 @@ import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
 import { UsageError } from "../src/args.ts";
 import { parseExportArgs } from "../src/commands/export.ts";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
+import { eventually } from "./support/wait.ts";
 
 const MiB = 1024 * 1024;
 
@@ -115,15 +116,6 @@ async function writeRandomFile(path: string, size: number): Promise<void> {
     let written = 0;
     while (written < chunk.length) written += await file.write(chunk.subarray(written));
   }
-}
-
-/** Polls `condition` (state settling after another process exited); fails after 5 s. */
-async function eventually(what: string, condition: () => boolean): Promise<void> {
-  for (let i = 0; i < 500; i++) {
-    if (condition()) return;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-  assert.fail(`not reached: ${what}`);
 }
 
 /** A raw NBD client over the export's unix socket, for bytes no real client sends. */
@@ -567,9 +559,7 @@ Deno.test({
           stderr: "piped",
         }).spawn();
         // Wait until the copy is under way, then stop the proxy this client uses.
-        while ((ivbs.stats.requests["WRITE"] ?? 0) < 16) {
-          await new Promise((resolve) => setTimeout(resolve, 5));
-        }
+        await eventually("16 WRITEs under way", () => (ivbs.stats.requests["WRITE"] ?? 0) >= 16);
         const inUse = sessions.at(-1)!.proxy!;
         const index = ivbs.proxies.findIndex((p) => `${p.host}:${p.port}` === inUse);
         assert.ok(index >= 0, `proxy ${inUse} is one of the server's`);
@@ -922,7 +912,7 @@ async function copyWhileKillingProxies(
   const served = () => (ivbs.stats.requests["WRITE"] ?? 0) + (ivbs.stats.requests["READ"] ?? 0);
   const waitServed = async (more: number) => {
     const target = served() + more;
-    while (!done && served() < target) await new Promise((resolve) => setTimeout(resolve, 2));
+    await eventually(`${more} more requests served`, () => done || served() >= target, 60_000);
   };
   let kills = 0;
   for (let next = 0; !done; next = (next + 1) % ivbs.proxies.length) {

@@ -17,8 +17,8 @@ import {
   TransmissionFlag as F,
 } from "../src/nbd/wire.ts";
 import type { Logger } from "../src/log.ts";
-import { NbdTestClient } from "./nbd_test_client.ts";
-import { hasTool } from "./tools.ts";
+import { NbdTestClient } from "./support/nbd_test_client.ts";
+import { hasTool } from "./support/tools.ts";
 
 const MiB = 1024 * 1024;
 const SIZE = 1 * MiB;

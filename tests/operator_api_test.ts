@@ -13,10 +13,10 @@ import { ProxyRegistry } from "../src/daemon/proxy_registry.ts";
 import { Status } from "../src/ivbs/wire.ts";
 import type { DaemonEvent } from "../src/daemon/events.ts";
 import type { ProxyInfo } from "../src/daemon/proxy_registry.ts";
-import { NbdTestClient } from "./nbd_test_client.ts";
+import { NbdTestClient } from "./support/nbd_test_client.ts";
 import { DaemonProcess, writeConfig } from "../bench/rigs/daemon_harness.ts";
-import { operatorFixture, quietLog, USER } from "./operator_fixture.ts";
-import { eventually } from "./wait.ts";
+import { operatorFixture, quietLog, USER } from "./support/operator_fixture.ts";
+import { eventually } from "./support/wait.ts";
 import type { Daemon } from "../src/daemon/daemon.ts";
 
 function appOf(daemon: Daemon) {

@@ -11,8 +11,8 @@ import type { Terminal } from "../src/cli/prompt.ts";
 import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { startServing } from "../src/commands/serve.ts";
-import { quietLog } from "./operator_fixture.ts";
-import { eventually } from "./wait.ts";
+import { quietLog } from "./support/operator_fixture.ts";
+import { eventually } from "./support/wait.ts";
 
 function startDaemon() {
   const { config } = parseConfig(

@@ -14,9 +14,9 @@ import { parseConfig } from "../src/daemon/config.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { registerOperatorRoutes } from "../src/http/operator_routes.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
-import { withServer } from "./ivbs_test_server.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
+import { withServer } from "./support/ivbs_test_server.ts";
 import { Hono } from "hono";
 
 const INTERVAL = 30_000;

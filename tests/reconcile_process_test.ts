@@ -10,10 +10,10 @@
 import assert from "node:assert/strict";
 import { DaemonProcess, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
-import { captureLog } from "./ivbs_fake_proxy.ts";
-import { NbdTestClient } from "./nbd_test_client.ts";
-import { hasTool } from "./tools.ts";
-import { eventually } from "./wait.ts";
+import { captureLog } from "./support/ivbs_fake_proxy.ts";
+import { NbdTestClient } from "./support/nbd_test_client.ts";
+import { hasTool } from "./support/tools.ts";
+import { eventually } from "./support/wait.ts";
 import { type EventView, freePort, getJson } from "./support/daemon_api.ts";
 
 const TOKEN = "reconcile-process-token";

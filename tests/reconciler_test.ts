@@ -18,8 +18,9 @@ import {
 import { writeState } from "../src/daemon/state_file.ts";
 import { errorCode } from "../src/error_info.ts";
 import { Reconciler, type UpItem } from "../src/daemon/reconciler.ts";
-import { ManualClock } from "./manual_clock.ts";
-import { eventually } from "./wait.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import { eventually } from "./support/wait.ts";
+import { quietLog } from "./support/log.ts";
 
 interface Line {
   level: string;
@@ -317,8 +318,6 @@ async function daemonFixture(config: object, options: { ivbsDown?: boolean } = {
     },
   };
 }
-
-const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
 
 Deno.test("a configured mount and export wait for IVBS, then come up; the events say failing and ready once each", async () => {
   const t = await daemonFixture({

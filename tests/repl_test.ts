@@ -13,9 +13,9 @@ import { ReadlineTerminal } from "../src/cli/prompt.ts";
 import { parseConfig } from "../src/daemon/config.ts";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { startServing } from "../src/commands/serve.ts";
-import { quietLog } from "./operator_fixture.ts";
-import { eventually } from "./wait.ts";
-import { hasTool } from "./tools.ts";
+import { quietLog } from "./support/operator_fixture.ts";
+import { eventually } from "./support/wait.ts";
+import { hasTool } from "./support/tools.ts";
 
 const CTRL_C = "\x03";
 const CTRL_D = "\x04";

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { notifySystemd } from "../src/daemon/sd_notify.ts";
-import { hasTool } from "./tools.ts";
+import { hasTool } from "./support/tools.ts";
 import { DaemonProcess, startIvbs, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 
 const HAS_PYTHON = await hasTool("python3");

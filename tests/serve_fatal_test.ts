@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
 import { runServe } from "../src/commands/serve.ts";
+import { eventually } from "./support/wait.ts";
 
 Deno.test("an unhandled rejection stops serve through its shutdown path with exit 1", async () => {
   const out: string[] = [];
@@ -15,9 +16,7 @@ Deno.test("an unhandled rejection stops serve through its shutdown path with exi
     const running = runServe(["--listen", "127.0.0.1:0"], {
       createDriver: () => new FakeMountDriver({ devices: 2, images: {}, users: {} }),
     });
-    for (let i = 0; i < 500 && !out.some((l) => l.includes("listening on")); i++) {
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
+    await eventually("serve listening", () => out.some((l) => l.includes("listening on")), 5_000);
     const url = /listening on (\S+)/.exec(out.join("\n"))?.[1];
     assert.ok(url, "serve started");
     // A bug somewhere: a promise rejected with nobody listening.

@@ -11,10 +11,10 @@ import assert from "node:assert/strict";
 import { createApp } from "../src/http/app.ts";
 import { exportKey } from "../src/daemon/history.ts";
 import type { Daemon } from "../src/daemon/daemon.ts";
-import { hasTool } from "./tools.ts";
-import { NbdTestClient, runLoad } from "./nbd_test_client.ts";
-import { operatorFixture, quietLog, USER } from "./operator_fixture.ts";
-import { eventually } from "./wait.ts";
+import { hasTool } from "./support/tools.ts";
+import { NbdTestClient, runLoad } from "./support/nbd_test_client.ts";
+import { operatorFixture, quietLog, USER } from "./support/operator_fixture.ts";
+import { eventually } from "./support/wait.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "chromium";
 const chromiumMissing = !(await hasTool(CHROMIUM));

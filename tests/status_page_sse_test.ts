@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import { REFRESH_MS, renderLive, renderStatusPage } from "../src/http/status_page.ts";
 import { fakePageData } from "../bench/rigs/status_page_data.ts";
-import { hasTool } from "./tools.ts";
+import { hasTool } from "./support/tools.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM") ?? "chromium";
 const chromiumMissing = !(await hasTool(CHROMIUM));

@@ -9,10 +9,10 @@
  */
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { hasTool, runTool } from "./tools.ts";
+import { hasTool, runTool } from "./support/tools.ts";
 import { DaemonProcess, ivbsnetd, writeConfig } from "../bench/rigs/daemon_harness.ts";
 import { EXIT_FAILED, EXIT_USAGE } from "../src/commands/exit_codes.ts";
-import { serveWith } from "./serve_in_process.ts";
+import { serveWith } from "./support/serve_in_process.ts";
 
 const UNIT = fileURLToPath(new URL("../systemd/ivbsnetd.service", import.meta.url));
 const BINARY = "/usr/local/bin/ivbsnetd";

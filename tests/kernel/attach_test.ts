@@ -25,6 +25,7 @@ import {
   threadsInDoIt,
   within,
 } from "./helpers.ts";
+import { eventually } from "../support/wait.ts";
 
 const skip = skipReason();
 if (skip) console.log(`SKIP kernel NBD tests: ${skip}`);
@@ -356,7 +357,7 @@ Deno.test({
       stdout: "null",
       stderr: "null",
     }).spawn();
-    while (device.stats.inFlight === 0) await new Promise((resolve) => setTimeout(resolve, 5));
+    await eventually("a read in flight", () => device.stats.inFlight > 0);
     await within(DETACH_LIMIT_MS, "detach", device.detach());
     await reader.status; // it may fail: requests after the disconnect get EIO
     assert.ok(backend.calls > 0);
@@ -387,7 +388,7 @@ Deno.test({
       stdout: "null",
       stderr: "null",
     }).spawn();
-    while (device.stats.inFlight < 2) await new Promise((resolve) => setTimeout(resolve, 5));
+    await eventually("two writes in flight", () => device.stats.inFlight >= 2);
     await within(DETACH_LIMIT_MS, "detach", device.detach());
     await writer.status;
     assert.equal(backend.finished, backend.calls, "a backend call was still running");

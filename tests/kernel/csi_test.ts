@@ -24,7 +24,7 @@ import { mounts, startFio, until } from "../../bench/rigs/restart_rig.ts";
 import { loadCsi } from "../../src/csi/server.ts";
 import { Code } from "../../src/csi/status.ts";
 import { record, run, sh } from "./helpers.ts";
-import { pathExists, rpc, rpcError } from "../csi_fixture.ts";
+import { pathExists, rpc, rpcError } from "../support/csi_fixture.ts";
 
 const MIB = 1024 * 1024;
 const FIO_MB = 128;

@@ -15,6 +15,7 @@ import {
   writeConfig,
 } from "../../bench/rigs/daemon_harness.ts";
 import { readBlock } from "./helpers.ts";
+import { eventually } from "../support/wait.ts";
 
 const MIB = 1024 * 1024;
 const skip = kernelSkipReason();
@@ -35,12 +36,10 @@ async function mounts(url: string): Promise<Mount[]> {
 
 /** Waits (bounded) for the configured mounts, which run after the daemon starts listening. */
 async function waitForMounts(url: string, count: number): Promise<Mount[]> {
-  for (let attempt = 0; attempt < 100; attempt++) {
+  return await eventually(`${count} mounts up`, async () => {
     const now = (await mounts(url)).filter((m) => m.state === "mounted");
-    if (now.length >= count) return now;
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error(`fewer than ${count} mounts came up`);
+    return now.length >= count && now;
+  }, 20_000);
 }
 
 /** A recognizable 1 MiB block. */

@@ -16,8 +16,8 @@ import {
   writeConfig,
 } from "../../bench/rigs/daemon_harness.ts";
 import { startIvbsServer } from "../../src/ivbs/server/mod.ts";
-import { hasTool, runTool } from "../tools.ts";
-import { eventually } from "../wait.ts";
+import { hasTool, runTool } from "../support/tools.ts";
+import { eventually } from "../support/wait.ts";
 import { quiet, readBlock } from "./helpers.ts";
 import { type EventView, freePort, getJson } from "../support/daemon_api.ts";
 

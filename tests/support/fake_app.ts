@@ -8,8 +8,8 @@ import type { FakeMountDriver } from "../../src/daemon/fake_driver.ts";
 import { MountTable } from "../../src/daemon/mount_table.ts";
 import { ExportTable } from "../../src/daemon/export_table.ts";
 import { type AppOptions, createApp } from "../../src/http/app.ts";
-
-export const quietLog = { debug() {}, info() {}, warn() {}, error() {} };
+import { quietLog } from "./log.ts";
+export { quietLog };
 
 /** `createApp` over new tables of `driver`; `options` adds to or overrides the defaults. */
 export function fakeApp(

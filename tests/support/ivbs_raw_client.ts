@@ -16,7 +16,7 @@ import {
   type PacketHeader,
   statusName,
 } from "../../src/ivbs/wire.ts";
-import { withServer as withSharedServer } from "../ivbs_test_server.ts";
+import { withServer as withSharedServer } from "./ivbs_test_server.ts";
 import type { IvbsServerOptions, IvbsTestServer } from "../../src/ivbs/server/mod.ts";
 
 export const MiB = 1024 * 1024;

@@ -2,7 +2,7 @@
  * The IVBS test server as the session-level tests run it: user alice, one
  * 2 MiB image "disk", no LIST_PROXIES pushes, a quiet log; closed after `body`.
  */
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
+import { type IvbsTestServer, startIvbsServer } from "../../src/ivbs/server/mod.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
 
 export const USER = { username: "alice", password: "correct horse" };

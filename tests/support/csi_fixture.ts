@@ -6,28 +6,26 @@
  * would.
  */
 import * as grpc from "@grpc/grpc-js";
-import { ApiClient } from "../src/cli/api_client.ts";
-import { startServing } from "../src/commands/serve.ts";
-import { ControllerService } from "../src/csi/controller.ts";
-import { ControllerState } from "../src/csi/controller_state.ts";
-import { NodeService } from "../src/csi/node.ts";
-import { type CsiServer, loadCsi, startCsiServer } from "../src/csi/server.ts";
-import { VolumeFs } from "../src/csi/volume_fs.ts";
-import { parseConfig } from "../src/daemon/config.ts";
-import type { Daemon } from "../src/daemon/daemon.ts";
-import { FakeMountDriver } from "../src/daemon/fake_driver.ts";
-import type { Logger } from "../src/log.ts";
+import { ApiClient } from "../../src/cli/api_client.ts";
+import { startServing } from "../../src/commands/serve.ts";
+import { ControllerService } from "../../src/csi/controller.ts";
+import { ControllerState } from "../../src/csi/controller_state.ts";
+import { NodeService } from "../../src/csi/node.ts";
+import { type CsiServer, loadCsi, startCsiServer } from "../../src/csi/server.ts";
+import { VolumeFs } from "../../src/csi/volume_fs.ts";
+import { parseConfig } from "../../src/daemon/config.ts";
+import type { Daemon } from "../../src/daemon/daemon.ts";
+import { FakeMountDriver } from "../../src/daemon/fake_driver.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
-import { FakeHost } from "./csi_fake_host.ts";
+import { FakeHost } from "../csi_fake_host.ts";
+import { quietLog } from "./log.ts";
 
-export { pathExists } from "./csi_fake_host.ts";
+export { pathExists } from "../csi_fake_host.ts";
 
 export const USERNAME = "kube";
 export const PASSWORD = "csi-secret-pw-31337";
 export const SECRETS = { username: USERNAME, password: PASSWORD };
 export const IMAGE_SIZE = 64 * 1024 * 1024;
-
-const quietLog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export interface RpcError {
   code: number;

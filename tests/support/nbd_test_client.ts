@@ -3,8 +3,8 @@
  * newstyle with NO_ZEROES, NBD_OPT_EXPORT_NAME, then one READ or WRITE at a
  * time with simple replies. Uses the project's codec for the request header.
  */
-import { IHAVEOPT, Opt } from "../src/nbd/handshake.ts";
-import { Command, decodeReply, encodeRequest, REPLY_SIZE } from "../src/nbd/wire.ts";
+import { IHAVEOPT, Opt } from "../../src/nbd/handshake.ts";
+import { Command, decodeReply, encodeRequest, REPLY_SIZE } from "../../src/nbd/wire.ts";
 
 export class NbdTestClient {
   #handle = 1n;

@@ -4,7 +4,7 @@
  * the same advance.
  * @module
  */
-import type { Clock, TimerHandle } from "../src/clock.ts";
+import type { Clock, TimerHandle } from "../../src/clock.ts";
 
 interface Timer {
   at: number;

@@ -8,7 +8,7 @@
  * random fill, FNV-1a checksum) and keeps only each block's version.
  * @module
  */
-import type { Backend } from "../src/block/backend.ts";
+import type { Backend } from "../../src/block/backend.ts";
 
 export interface WorkloadOptions {
   blockSize: number;

@@ -4,9 +4,9 @@
  * misbehaves) through src/ivbs/wire.ts. Listens on 127.0.0.1:0 only.
  * @module
  */
-import { FrameReader } from "../src/io/frame_reader.ts";
-import { writeAll } from "../src/io/stream.ts";
-import type { Logger } from "../src/log.ts";
+import { FrameReader } from "../../src/io/frame_reader.ts";
+import { writeAll } from "../../src/io/stream.ts";
+import type { Logger } from "../../src/log.ts";
 import {
   decodeAttachRequest,
   decodeHeader,
@@ -24,7 +24,7 @@ import {
   type ProxyAddress,
   SESSION_ID_SIZE,
   Status,
-} from "../src/ivbs/wire.ts";
+} from "../../src/ivbs/wire.ts";
 
 export interface Packet {
   header: PacketHeader;

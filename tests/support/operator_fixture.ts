@@ -3,16 +3,16 @@
  * proxies, fault injection), with real IVBS sessions and short timeouts, for
  * the operator-view tests. No kernel: exports need none.
  */
-import { parseConfig } from "../src/daemon/config.ts";
-import { Daemon } from "../src/daemon/daemon.ts";
-import { createSystemDriver } from "../src/daemon/system_driver.ts";
-import type { KernelDevices } from "../src/nbd/attach.ts";
-import { type IvbsTestServer, startIvbsServer } from "../src/ivbs/server/mod.ts";
-import type { Logger } from "../src/log.ts";
+import { parseConfig } from "../../src/daemon/config.ts";
+import { Daemon } from "../../src/daemon/daemon.ts";
+import { createSystemDriver } from "../../src/daemon/system_driver.ts";
+import type { KernelDevices } from "../../src/nbd/attach.ts";
+import { type IvbsTestServer, startIvbsServer } from "../../src/ivbs/server/mod.ts";
 import { captureLog } from "./ivbs_fake_proxy.ts";
+import { quietLog } from "./log.ts";
+export { quietLog };
 
 export const USER = { username: "alice", password: "operator-pw-77" };
-export const quietLog: Logger = { debug() {}, info() {}, warn() {}, error() {} };
 
 export interface OperatorFixture {
   server: IvbsTestServer;
