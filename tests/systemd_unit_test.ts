@@ -92,6 +92,8 @@ Deno.test("the unit waits for readiness, runs the installed launcher and keeps d
   assert.deepEqual(unit.get("KillSignal"), ["SIGTERM"]);
   assert.deepEqual(unit.get("Before"), ["remote-fs-pre.target"]);
   assert.equal(unit.get("ExecStop"), undefined, "a stop must not detach devices under mounts");
+  // SIGHUP re-reads the config (serve.ts); without a handler it would end the daemon.
+  assert.deepEqual(unit.get("ExecReload"), ["/bin/kill -HUP $MAINPID"]);
   // The install writes the README there; the unit must point at something that exists.
   assert.deepEqual(unit.get("Documentation"), [
     "file:///usr/local/share/doc/ivbsnetd/README.md",

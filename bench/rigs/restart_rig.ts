@@ -54,8 +54,12 @@ export interface ExportOutcome {
   fioStderr: string;
   fioError: number;
   verifiedBytes: number;
-  /** The new daemon serves the export, and it had written through it. */
+  /** The new daemon lists the export ready. */
   servedAgain: boolean;
+  /** fio was still running when the old daemon was gone (else it did not cross the restart). */
+  runningAtRestart: boolean;
+  /** Bytes fio wrote through the new daemon. */
+  writtenAfter: number;
 }
 
 export interface RestartOutcome {
@@ -278,6 +282,7 @@ export async function restartUnderFio(
     const mark = await logMark();
     const fio = startFio(mnt, dir, options.fioMb);
     let exportFio: Promise<Deno.CommandOutput> | null = null;
+    let exportFioDoneAt: number | null = null;
     if (exported) {
       await until("export vm1 ready", async () => (await exportWritten(daemon.url)) ?? null);
       bridge = await QemuNbdBridge.start(`${stateDir}/nbd.sock`, "vm1", dir);
@@ -286,7 +291,7 @@ export async function restartUnderFio(
         dir,
         "export",
         exported.fioMb,
-      );
+      ).finally(() => exportFioDoneAt = performance.now());
     }
     // Let fio get going, then restart the daemon under it.
     await until("fio writes", async () => {
@@ -329,7 +334,9 @@ export async function restartUnderFio(
         fioStderr: new TextDecoder().decode(ran.stderr),
         fioError: exportJob.error,
         verifiedBytes: exportJob.verified,
-        servedAgain: (await exportWritten(daemon.url) ?? 0) > 0,
+        servedAgain: (await exportWritten(daemon.url)) !== null,
+        runningAtRestart: exportFioDoneAt === null || exportFioDoneAt > next.oldGone,
+        writtenAfter: await exportWritten(daemon.url) ?? 0,
       };
     }
     const lines = await mark.since();

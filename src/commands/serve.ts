@@ -218,12 +218,15 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     if (ready === null) return EXIT_FAILED;
     prepared = ready;
   }
+  // --replace: the devices' I/O waits for this hand-over, the API can wait for it.
+  const handedOver = prepared.size > 0 ? await daemon.restore(prepared) : null;
   let serving: Serving;
   try {
     serving = serveHttp(daemon, driver, { maxConnections, reload: reloadConfig });
   } catch (error) {
     // The devices stay attached, with their I/O waiting, for the next daemon.
-    await prepared.abandonRest();
+    if (handedOver) await daemon.shutdown("cannot listen", { keepDevices: true });
+    else await prepared.abandonRest();
     const where = urlOf(config.http.listen);
     if (error instanceof Deno.errors.AddrInUse) {
       console.error(`ivbsnetd serve: cannot listen on ${where}: address in use`);
@@ -260,7 +263,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   });
   logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
-  const restored = await daemon.restore(prepared);
+  const restored = handedOver ?? await daemon.restore(prepared);
   if (restored.length > 0) {
     const up = restored.filter((o) => o.mount).length;
     log.info("devices taken over", { devices: up, dropped: restored.length - up });

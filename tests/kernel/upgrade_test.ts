@@ -9,7 +9,7 @@
  * verification passes, the kernel logs no error line, the device is taken
  * over (same device, same backend id) and the export is served again.
  *
- * FIO_MB (default 128) sets the device's fio size; the export's is a quarter.
+ * FIO_MB (default 128) sets the device's fio size; the export's is half.
  */
 import assert from "node:assert/strict";
 import { attachedNbdDevices, kernelSkipReason } from "../../bench/rigs/daemon_harness.ts";
@@ -21,7 +21,7 @@ const MIB = 1024 * 1024;
 const skip = kernelSkipReason();
 if (skip) console.warn(`upgrade_test: skipped: ${skip}`);
 const FIO_MB = Number(Deno.env.get("FIO_MB") ?? "128");
-const EXPORT_FIO_MB = Math.max(16, Math.floor(FIO_MB / 4));
+const EXPORT_FIO_MB = Math.max(16, Math.floor(FIO_MB / 2));
 
 async function upgradePasses(kind: RestartKind): Promise<void> {
   const old = await oldCheckout();
@@ -54,7 +54,12 @@ async function upgradePasses(kind: RestartKind): Promise<void> {
     assert.equal(exported.fioCode, 0, `fio on the export failed: ${exported.fioStderr}`);
     assert.equal(exported.fioError, 0, "fio on the export saw no I/O error");
     assert.ok(exported.verifiedBytes >= EXPORT_FIO_MB * MIB, "the export's verify read it all");
-    assert.ok(exported.servedAgain, "the new daemon serves the export, and fio wrote through it");
+    assert.ok(exported.servedAgain, "the new daemon serves the export");
+    if (exported.runningAtRestart) {
+      assert.ok(exported.writtenAfter > 0, "fio went on writing through the new daemon");
+    } else {
+      console.warn("the export's fio ended before the old daemon was gone: it did not cross it");
+    }
     assert.deepEqual(await attachedNbdDevices(), [], "SIGINT detached the device");
     await record(
       `upgrade from ${TODAYS_MAIN} (${kind}) under fio ${FIO_MB} MiB on ext4 + ${EXPORT_FIO_MB} MiB ` +
