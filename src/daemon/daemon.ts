@@ -297,6 +297,8 @@ export class Daemon {
     );
     if (state.mounts.length === 0) {
       await prepared.abandonRest();
+      // The API exports just made desired are written back, in this daemon's format.
+      await this.saveState();
       return [];
     }
     this.#log.info("taking over devices from the previous daemon", {
