@@ -46,7 +46,9 @@ async function restartPasses(kind: RestartKind, stopProxyDuringRestart = false):
     stopProxyDuringRestart,
   });
   if (outcome.stoppedProxy !== null) {
-    const attached = [...outcome.newLog.matchAll(/IVBS image attached image=disk proxy=(\S+)/g)];
+    const attached = [
+      ...outcome.newLog.matchAll(/IVBS image attached (?:\S+=\S+ )*?image=disk proxy=(\S+)/g),
+    ];
     assert.ok(attached.length > 0, "the new daemon logged in");
     assert.ok(
       attached.every(([, proxy]) => proxy !== outcome.stoppedProxy),
