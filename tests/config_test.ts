@@ -1,13 +1,8 @@
 import assert from "node:assert/strict";
 import { DEFAULT_LIVENESS } from "../src/ivbs/liveness.ts";
-import {
-  ConfigError,
-  defaultStateDir,
-  loadConfig,
-  parseConfig,
-  parseListenAddress,
-} from "../src/daemon/config.ts";
+import { ConfigError, loadConfig, parseConfig, parseListenAddress } from "../src/daemon/config.ts";
 import { serveWith } from "./support/serve_in_process.ts";
+import { defaultStateDir } from "../src/daemon/config_paths.ts";
 
 const FULL = {
   http: { listen: "127.0.0.1:9090", token: "0123456789abcdef" },

@@ -7,7 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { CredentialStore } from "../src/daemon/credential_store.ts";
-import { defaultCredentialsPath, parseConfig } from "../src/daemon/config.ts";
+import { parseConfig } from "../src/daemon/config.ts";
+import { defaultCredentialsPath } from "../src/daemon/config_paths.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { readState } from "../src/daemon/state_file.ts";
 import type { Logger } from "../src/log.ts";

@@ -25,6 +25,7 @@ import { parseDeviceName } from "./device_name.ts";
 import { describeZodError } from "./zod_issues.ts";
 import { looseMode } from "../file_mode.ts";
 import { jsonSyntaxWhere, mixedFormatKeys, mixedFormatMessage } from "./config_checks.ts";
+import { defaultCredentialsPath, processStateDir } from "./config_paths.ts";
 
 /** Default IVBS proxy port (also in src/ivbs/wire.ts; repeated so config needs no codec). */
 const DEFAULT_IVBS_PORT = 11417;
@@ -62,59 +63,6 @@ export function parseListenAddress(text: string): ListenAddress | null {
   if (port > 65535) return null;
   const host = match[1] ?? (match[2] === "" ? "0.0.0.0" : match[2]);
   return { host, port };
-}
-
-/**
- * Where runtime files go when the config does not say: /run/ivbsnetd for root,
- * else $XDG_RUNTIME_DIR/ivbsnetd, else /tmp/ivbsnetd-UID.
- */
-export function defaultStateDir(uid: number | null, runtimeDir: string | undefined): string {
-  if (uid === 0) return "/run/ivbsnetd";
-  if (runtimeDir && runtimeDir.startsWith("/")) return `${runtimeDir.replace(/\/+$/, "")}/ivbsnetd`;
-  return `/tmp/ivbsnetd-${uid ?? "user"}`;
-}
-
-/**
- * Where the credential store goes by default: in the state directory when that
- * is the runtime directory (tmpfs /run for root) or the operator asked for it
- * (`runtimeDir` null), else in the runtime directory under a name made from
- * the state directory, so two daemons with their own state directories never
- * share one file.
- */
-export function defaultCredentialsPath(stateDir: string, runtimeDir: string | null): string {
-  const inDir = (dir: string, name: string) => `${dir === "/" ? "" : dir}/${name}`;
-  if (runtimeDir === null || runtimeDir === stateDir) return inDir(stateDir, "credentials.json");
-  const escaped = stateDir.replaceAll("/", "-");
-  const name = escaped.length <= 200
-    ? `credentials${escaped}.json`
-    : `credentials-${fnv1a(stateDir)}.json`;
-  return inDir(runtimeDir, name);
-}
-
-/** FNV-1a, 32 bits, as 8 hex digits: a short stable name for a long path. */
-function fnv1a(text: string): string {
-  let hash = 0x811c9dc5;
-  for (const byte of new TextEncoder().encode(text)) {
-    hash = Math.imul(hash ^ byte, 0x01000193) >>> 0;
-  }
-  return hash.toString(16).padStart(8, "0");
-}
-
-/** defaultStateDir for this process; without sys/env permission it falls back to /tmp. */
-function processStateDir(): string {
-  let uid: number | null = null;
-  let runtimeDir: string | undefined;
-  try {
-    uid = Deno.uid();
-  } catch {
-    // No sys permission: not root as far as we know.
-  }
-  try {
-    runtimeDir = Deno.env.get("XDG_RUNTIME_DIR");
-  } catch {
-    // No env permission.
-  }
-  return defaultStateDir(uid, runtimeDir);
 }
 
 /**
