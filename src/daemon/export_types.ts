@@ -6,6 +6,7 @@
 import type { DeviceIoStats } from "./driver.ts";
 import type { DesiredState } from "./desired_status.ts";
 import type { Throughput } from "./rate.ts";
+import type { IoCounters } from "../block/counters.ts";
 
 /** Why an export was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type ExportErrorCode =
@@ -50,7 +51,7 @@ export interface ExportRequest {
 export type ExportState = "adding" | "ready" | "removing";
 
 /** What views show of an export. Never carries the password. */
-export interface ExportInfo {
+export interface ExportInfo extends IoCounters {
   name: string;
   image: string;
   username: string;
@@ -74,11 +75,6 @@ export interface ExportInfo {
   tcpUri: string | null;
   /** Clients in the transmission phase now (each with its own IVBS session). */
   clients: number;
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
   errors: number;
   /** Over every client session so far, open or closed. */
   failovers: number;

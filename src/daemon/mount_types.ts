@@ -10,6 +10,7 @@ import type { DeviceAttachment, MountBackend } from "./driver.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import type { Throughput } from "./rate.ts";
 import type { MountRecord } from "./state_file.ts";
+import type { IoCounters } from "../block/counters.ts";
 
 /** Why a mount or unmount was refused; `code` is stable (the HTTP layer maps it to a status). */
 export type MountErrorCode =
@@ -66,20 +67,14 @@ export interface MountRequest {
 }
 
 /** One connection of a mount: its socket to the kernel and its IVBS session. */
-export interface ConnectionInfo {
+export interface ConnectionInfo extends IoCounters {
   /** IVBS proxy of this connection's session, "host:port"; null while it reconnects. */
   proxy: string | null;
-  /** Kernel requests this connection serves right now. */
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
   failovers: number;
 }
 
 /** What views show of a mount. Never carries the password. */
-export interface MountInfo {
+export interface MountInfo extends IoCounters {
   device: string;
   image: string;
   username: string;
@@ -100,12 +95,6 @@ export interface MountInfo {
    * or before the session is open. `connections` has each connection's.
    */
   proxy: string | null;
-  /** Kernel requests being served right now. */
-  inFlight: number;
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
   errors: number;
   failovers: number;
   reconnects: number;

@@ -4,6 +4,7 @@
  * @module
  */
 import type { ConnectionEndCause } from "./connection.ts";
+import type { IoCounters } from "../block/counters.ts";
 
 /**
  * Why the session left a proxy: the connection's end (closed by the proxy, an
@@ -34,14 +35,8 @@ export type IvbsSessionEvent =
   /** The session stopped for good (e.g. the image changed size); every request fails with EIO. */
   | { type: "failed"; reason: string };
 
-export interface IvbsSessionStats {
-  /** Requests (≤ 32 MiB pieces) accepted and not yet answered, including those awaiting a proxy. */
-  inFlight: number;
-  /** Completed successfully. */
-  reads: number;
-  writes: number;
-  bytesRead: number;
-  bytesWritten: number;
+/** A session's counters; `inFlight` counts ≤ 32 MiB pieces, those awaiting a proxy included. */
+export interface IvbsSessionStats extends IoCounters {
   /** Connections lost while mounted. */
   failovers: number;
   /** Connections re-established after a loss. */
