@@ -11,24 +11,10 @@ import { parseConfig } from "../src/daemon/config.ts";
 import { defaultCredentialsPath } from "../src/daemon/config_paths.ts";
 import { Daemon } from "../src/daemon/daemon.ts";
 import { readState } from "../src/daemon/state_file.ts";
-import type { Logger } from "../src/log.ts";
 import { PersistentFakeDriver } from "./support/persistent_fake_driver.ts";
+import { recorder } from "./support/log.ts";
 
 const SECRET = "s3cret-never-logged";
-
-function recorder(): Logger & { lines: string[] } {
-  const lines: string[] = [];
-  const keep = (level: string) => (message: string, fields?: Record<string, unknown>) => {
-    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
-  };
-  return {
-    lines,
-    debug: keep("DEBUG"),
-    info: keep("INFO"),
-    warn: keep("WARN"),
-    error: keep("ERROR"),
-  };
-}
 
 const SET = {
   mounts: [{ backendId: "ivbsnetd:00aa", username: "bob", password: SECRET }],

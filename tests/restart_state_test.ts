@@ -14,24 +14,9 @@ import {
   statePath,
   writeState,
 } from "../src/daemon/state_file.ts";
-import type { Logger } from "../src/log.ts";
+import { recorder } from "./support/log.ts";
 
 const MIB = 1024 * 1024;
-
-/** A logger that keeps its lines. */
-function recorder(): Logger & { lines: string[] } {
-  const lines: string[] = [];
-  const keep = (level: string) => (message: string, fields?: Record<string, unknown>) => {
-    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
-  };
-  return {
-    lines,
-    debug: keep("DEBUG"),
-    info: keep("INFO"),
-    warn: keep("WARN"),
-    error: keep("ERROR"),
-  };
-}
 
 function configFor(stateDir: string, mounts: unknown[] = []) {
   return parseConfig(

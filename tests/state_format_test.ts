@@ -16,24 +16,10 @@ import {
   statePath,
   writeState,
 } from "../src/daemon/state_file.ts";
-import type { Logger } from "../src/log.ts";
 import { PersistentFakeDriver } from "./support/persistent_fake_driver.ts";
+import { recorder } from "./support/log.ts";
 
 const FIXTURE_V1 = new URL("./fixtures/state_v1_main_6320cf8.json", import.meta.url);
-
-function recorder(): Logger & { lines: string[] } {
-  const lines: string[] = [];
-  const keep = (level: string) => (message: string, fields?: Record<string, unknown>) => {
-    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
-  };
-  return {
-    lines,
-    debug: keep("DEBUG"),
-    info: keep("INFO"),
-    warn: keep("WARN"),
-    error: keep("ERROR"),
-  };
-}
 
 Deno.test("format 1, as today's main writes it, reads as the current format", async () => {
   const text = await Deno.readTextFile(FIXTURE_V1);
