@@ -10,7 +10,7 @@ import {
   readPasswordFile,
   UsageError,
 } from "../src/args.ts";
-import type { Logger } from "../src/log.ts";
+import { memoryLog } from "./support/log.ts";
 
 function usageMessage(run: () => unknown): string {
   try {
@@ -94,12 +94,6 @@ Deno.test("parseFlags turns parseArgs errors into a one-line UsageError", () => 
   assert.deepEqual(both.positionals, ["a", "b"]);
   assert.equal(both.values.help, true);
 });
-
-function memoryLog(lines: string[]): Logger {
-  const put = (message: string, fields?: object) =>
-    lines.push(`${message} ${JSON.stringify(fields ?? {})}`);
-  return { debug: put, info: put, warn: put, error: put };
-}
 
 Deno.test("readPasswordFile returns the first line and warns when others may read the file", async () => {
   const dir = await Deno.makeTempDir({ prefix: "args_test_" });

@@ -9,22 +9,10 @@ import assert from "node:assert/strict";
 import { type HttpServer, type HttpServerOptions, startHttpServer } from "../src/http/server.ts";
 import { ManualClock } from "./support/manual_clock.ts";
 import { eventually } from "./support/wait.ts";
+import { memoryLog } from "./support/log.ts";
 
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
-
-function memoryLog() {
-  const lines: string[] = [];
-  const push = (level: string) => (message: string, fields?: object) =>
-    lines.push(`${level} ${message} ${fields ? JSON.stringify(fields) : ""}`);
-  return {
-    lines,
-    debug: push("debug"),
-    info: push("info"),
-    warn: push("warn"),
-    error: push("error"),
-  };
-}
 
 async function withServer(
   options: Partial<HttpServerOptions>,

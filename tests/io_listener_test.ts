@@ -12,6 +12,7 @@ import {
   type Slot,
 } from "../src/io/listener.ts";
 import { ManualClock } from "./support/manual_clock.ts";
+import { memoryLog } from "./support/log.ts";
 
 class FakeConn {
   closed = false;
@@ -73,19 +74,6 @@ class FakeSource implements AcceptSource<FakeConn> {
     this.#waiting?.reject(new Deno.errors.BadResource("closed"));
     this.#waiting = null;
   }
-}
-
-function memoryLog() {
-  const lines: string[] = [];
-  const push = (level: string) => (message: string, fields?: object) =>
-    lines.push(`${level} ${message} ${fields ? JSON.stringify(fields) : ""}`);
-  return {
-    lines,
-    debug: push("debug"),
-    info: push("info"),
-    warn: push("warn"),
-    error: push("error"),
-  };
 }
 
 /** Lets promise callbacks and the accept loop run (no time passes on the manual clock). */

@@ -22,6 +22,7 @@ import { UsageError } from "../src/args.ts";
 import { parseExportArgs } from "../src/commands/export.ts";
 import { hasTool, runTool } from "./support/tools.ts";
 import { eventually } from "./support/wait.ts";
+import { memoryLog } from "./support/log.ts";
 
 const MiB = 1024 * 1024;
 
@@ -35,13 +36,6 @@ for (const [tool, present] of Object.entries(TOOLS)) {
   if (!present) {
     console.warn(`nbd_export_test: ${tool} is not installed; tests using it are skipped`);
   }
-}
-
-/** A logger that keeps lines for assertions instead of printing them. */
-function memoryLog(lines: string[] = []): Logger & { lines: string[] } {
-  const put = (level: string) => (message: string, fields?: object) =>
-    lines.push(`${level} ${message} ${JSON.stringify(fields ?? {})}`);
-  return { lines, debug: put("debug"), info: put("info"), warn: put("warn"), error: put("error") };
 }
 
 /** qemu-img arguments copying raw `from` to raw `to` (-n: `to` exists, do not create it). */
