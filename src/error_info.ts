@@ -17,3 +17,13 @@ export function errorCode(error: unknown): string | undefined {
 export function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
+
+/**
+ * An error a caller catches by its stable `code` (the HTTP layer maps codes to
+ * statuses). Subclasses narrow the code and name themselves; nothing else.
+ */
+export class CodedError<Code extends string = string> extends Error {
+  constructor(message: string, readonly code: Code, options?: ErrorOptions) {
+    super(message, options);
+  }
+}

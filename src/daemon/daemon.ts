@@ -37,7 +37,7 @@ import {
 } from "./state_file.ts";
 import { CredentialStore, StoredCredentials } from "./credential_store.ts";
 import { mountPassword, prepareAdoptions, PreparedTakeover, takeoverPassword } from "./takeover.ts";
-import { errorMessage } from "../error_info.ts";
+import { CodedError, errorMessage } from "../error_info.ts";
 import { daemonGone } from "./daemon_process.ts";
 import { type IdleProbeOptions, IdleProxyProber } from "./proxy_probe.ts";
 
@@ -451,11 +451,8 @@ export class Daemon {
 }
 
 /** A reload that cannot run now. */
-export class ReloadError extends Error {
-  constructor(message: string, readonly code: "SHUTTING_DOWN") {
-    super(message);
-    this.name = "ReloadError";
-  }
+export class ReloadError extends CodedError<"SHUTTING_DOWN"> {
+  override readonly name = "ReloadError";
 }
 
 /** How long restore() waits for the daemon that wrote the state file to exit. */

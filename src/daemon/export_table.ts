@@ -7,7 +7,7 @@
  * failover is per client; the table only keeps the credentials to open them.
  * @module
  */
-import { errorCode, errorMessage } from "../error_info.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { type Backend, backendWithClose } from "../block/backend.ts";
 import { type ExportServer, ExportServerError, startExportServer } from "../nbd/export_server.ts";
@@ -16,15 +16,15 @@ import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
 import type { ExportRecord } from "./state_file.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import { RateSampler } from "./rate.ts";
+import { refusal } from "./refusal.ts";
 import {
+  EXPORT_REFUSAL,
   ExportError,
-  type ExportErrorCode,
   type ExportInfo,
   type ExportListenInfo,
   type ExportRequest,
   type ExportSnapshot,
   type ExportState,
-  PASSTHROUGH_CODES,
 } from "./export_types.ts";
 import { parentDir, prepareStateDir } from "./state_dir.ts";
 import { NO_IO } from "./desired_status.ts";
@@ -324,13 +324,7 @@ export class ExportTable {
         : "LISTEN_FAILED";
       return new ExportError(`${what}: ${error.message}`, code);
     }
-    const code = errorCode(error);
-    const message = `${what}: ${errorMessage(error)}`;
-    if (code !== undefined && PASSTHROUGH_CODES.has(code)) {
-      return new ExportError(message, code as ExportErrorCode);
-    }
-    this.#log.error("export failed for an unexpected reason", { error, code });
-    return new ExportError(message, "OPEN_FAILED");
+    return refusal(EXPORT_REFUSAL, error, what, this.#log);
   }
 
   /** Stops serving `name`: no new client can choose it, current clients are disconnected. */

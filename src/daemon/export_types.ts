@@ -4,6 +4,9 @@
  * @module
  */
 import type { DeviceIoStats } from "./driver.ts";
+import { CodedError } from "../error_info.ts";
+import { IVBS_MOUNT_ERROR_CODES, type IvbsMountErrorCode } from "../ivbs/errors.ts";
+import type { RefusalKind } from "./refusal.ts";
 import type { DesiredState } from "./desired_status.ts";
 import type { Throughput } from "./rate.ts";
 import type { IoCounters } from "../block/counters.ts";
@@ -16,29 +19,20 @@ export type ExportErrorCode =
   | "BUSY" // being added or removed
   | "SHUTTING_DOWN"
   | "LISTEN_FAILED" // the export socket or port cannot be opened
-  // Passed through from IvbsSession.open (IvbsMountError):
-  | "LOGIN_DENIED"
-  | "IMAGE_NOT_FOUND"
-  | "ACCESS_DENIED"
-  | "NO_PROXY"
-  | "PROTOCOL"
+  | IvbsMountErrorCode // passed through from IvbsSession.open
   | "OPEN_FAILED"; // anything else
 
-/** IVBS session codes an export refusal keeps as they are. */
-export const PASSTHROUGH_CODES = new Set<string>([
-  "LOGIN_DENIED",
-  "IMAGE_NOT_FOUND",
-  "ACCESS_DENIED",
-  "NO_PROXY",
-  "PROTOCOL",
-]);
-
-export class ExportError extends Error {
-  constructor(message: string, readonly code: ExportErrorCode) {
-    super(message);
-    this.name = "ExportError";
-  }
+export class ExportError extends CodedError<ExportErrorCode> {
+  override readonly name = "ExportError";
 }
+
+/** What a failure below the table becomes (refusal.ts): IVBS session codes are kept. */
+export const EXPORT_REFUSAL: RefusalKind<ExportErrorCode, ExportError> = {
+  ErrorClass: ExportError,
+  passThrough: new Set<string>(IVBS_MOUNT_ERROR_CODES),
+  otherwise: "OPEN_FAILED",
+  noun: "export",
+};
 
 export interface ExportRequest {
   name: string;

@@ -5,6 +5,7 @@
  * @module
  */
 import { BackendError } from "../block/backend.ts";
+import { CodedError } from "../error_info.ts";
 import { IoStats } from "../nbd/stats.ts";
 import { MAX_CONNECTIONS } from "../block/device.ts";
 import type {
@@ -17,11 +18,8 @@ import type {
 } from "./driver.ts";
 
 /** Errors shaped like IvbsMountError / NbdAttachError: a message and a stable code. */
-export class FakeDriverError extends Error {
-  constructor(message: string, readonly code: string) {
-    super(message);
-    this.name = "FakeDriverError";
-  }
+export class FakeDriverError extends CodedError<string> {
+  override readonly name = "FakeDriverError";
 }
 
 export interface FakeImage {

@@ -8,6 +8,7 @@
 import { getrlimit, RLIM_INFINITY, RLIMIT_NOFILE, setrlimit } from "../../ffi/rlimit.ts";
 import { errorMessage } from "../error_info.ts";
 import type { Logger } from "../log.ts";
+import { openDescriptors } from "./process_metrics.ts";
 
 /** Descriptors the HTTP API may hold at most, whatever the limit. */
 export const MAX_HTTP_CONNECTIONS = 256;
@@ -52,15 +53,4 @@ export function httpConnectionCap(softLimit: number | null, openNow = openDescri
   if (softLimit === null) return 64;
   const free = Math.max(0, softLimit - (openNow ?? 0));
   return Math.max(MIN_HTTP_CONNECTIONS, Math.min(MAX_HTTP_CONNECTIONS, Math.floor(free / 4)));
-}
-
-/** Descriptors this process has open (Deno's runtime holds dozens), or null if unknown. */
-export function openDescriptors(): number | null {
-  try {
-    let count = 0;
-    for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
-    return count;
-  } catch {
-    return null;
-  }
 }

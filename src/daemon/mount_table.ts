@@ -8,9 +8,10 @@
  * (the driver's attach, or reattach when a previous daemon left the device).
  * @module
  */
-import { errorCode, errorMessage } from "../error_info.ts";
+import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
+import { refusal } from "./refusal.ts";
 import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 import {
   closeSessions,
@@ -29,30 +30,19 @@ import {
 } from "./mount_entry.ts";
 import {
   type DeviceInfo,
+  MOUNT_REFUSAL,
   MountError,
-  type MountErrorCode,
   type MountInfo,
   type MountRequest,
   type MountSnapshot,
   type MountTableOptions,
-  PASSTHROUGH_CODES,
   type PreparedAdoption,
 } from "./mount_types.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import type { MountRecord } from "./state_file.ts";
 import type { MountCredential } from "./credential_store.ts";
 
-export {
-  type ConnectionInfo,
-  type DeviceInfo,
-  MountError,
-  type MountErrorCode,
-  type MountInfo,
-  type MountRequest,
-  type MountSnapshot,
-  type MountState,
-  type MountTableOptions,
-} from "./mount_types.ts";
+export * from "./mount_types.ts";
 
 export class MountTable {
   readonly #driver: MountDriver;
@@ -360,14 +350,7 @@ export class MountTable {
   }
 
   #wrap(error: unknown, what: string): MountError {
-    if (error instanceof MountError) return error;
-    const code = errorCode(error);
-    const message = `${what}: ${errorMessage(error)}`;
-    if (code !== undefined && PASSTHROUGH_CODES.has(code)) {
-      return new MountError(message, code as MountErrorCode);
-    }
-    this.#log.error("mount failed for an unexpected reason", { error, code });
-    return new MountError(message, "MOUNT_FAILED");
+    return refusal(MOUNT_REFUSAL, error, what, this.#log);
   }
 
   async #onDetached(

@@ -5,6 +5,10 @@
  * @module
  */
 import type { DesiredState } from "./desired_status.ts";
+import { CodedError } from "../error_info.ts";
+import { IVBS_MOUNT_ERROR_CODES, type IvbsMountErrorCode } from "../ivbs/errors.ts";
+import { NBD_ATTACH_ERROR_CODES, type NbdAttachErrorCode } from "../nbd/device_setup.ts";
+import type { RefusalKind } from "./refusal.ts";
 import type { Logger } from "../log.ts";
 import type { DeviceAttachment, MountBackend } from "./driver.ts";
 import type { WatchSession } from "./proxy_registry.ts";
@@ -22,36 +26,22 @@ export type MountErrorCode =
   | "NOT_MOUNTED"
   | "SHUTTING_DOWN"
   | "DETACH_FAILED"
-  // Passed through from IvbsSession.open (IvbsMountError) and attachDevice (NbdAttachError):
-  | "LOGIN_DENIED"
-  | "IMAGE_NOT_FOUND"
-  | "ACCESS_DENIED"
-  | "NO_PROXY"
-  | "PROTOCOL"
-  | "NOT_ROOT"
-  | "NO_DEVICE"
-  | "IOCTL"
+  // Passed through from IvbsSession.open and the kernel attach:
+  | IvbsMountErrorCode
+  | NbdAttachErrorCode
   | "MOUNT_FAILED"; // anything else
 
-export const PASSTHROUGH_CODES = new Set<string>([
-  "LOGIN_DENIED",
-  "IMAGE_NOT_FOUND",
-  "ACCESS_DENIED",
-  "NO_PROXY",
-  "PROTOCOL",
-  "NO_MODULE",
-  "NOT_ROOT",
-  "BUSY",
-  "NO_DEVICE",
-  "IOCTL",
-]);
-
-export class MountError extends Error {
-  constructor(message: string, readonly code: MountErrorCode) {
-    super(message);
-    this.name = "MountError";
-  }
+export class MountError extends CodedError<MountErrorCode> {
+  override readonly name = "MountError";
 }
+
+/** What a failure below the table becomes (refusal.ts). */
+export const MOUNT_REFUSAL: RefusalKind<MountErrorCode, MountError> = {
+  ErrorClass: MountError,
+  passThrough: new Set<string>([...IVBS_MOUNT_ERROR_CODES, ...NBD_ATTACH_ERROR_CODES]),
+  otherwise: "MOUNT_FAILED",
+  noun: "mount",
+};
 
 export type MountState = "mounting" | "mounted" | "reconnecting" | "unmounting";
 

@@ -15,8 +15,12 @@ export interface ProcessReadings {
   residentBytes: number;
 }
 
-/** Open descriptors: the entries of /proc/self/fd (the one listing it included, as usual). */
-function countOpenFds(): number | null {
+/**
+ * Descriptors this process has open: the entries of /proc/self/fd (the one
+ * listing it included, as usual; Deno's runtime holds dozens), or null where
+ * it cannot be read (not Linux, no permission).
+ */
+export function openDescriptors(): number | null {
   try {
     let count = 0;
     for (const _ of Deno.readDirSync("/proc/self/fd")) count++;
@@ -31,7 +35,7 @@ export function readProcess(): ProcessReadings {
   return {
     // The time origin is when this process started running JavaScript.
     startTimeSeconds: performance.timeOrigin / 1000,
-    openFds: countOpenFds(),
+    openFds: openDescriptors(),
     residentBytes: Deno.memoryUsage().rss,
   };
 }

@@ -6,13 +6,18 @@
 import type { Errno } from "../block/backend.ts";
 import { Status } from "./wire.ts";
 
-/** Why a mount (IvbsSession.open) failed; stable codes for the daemon and the HTTP API. */
-export type IvbsMountErrorCode =
-  | "LOGIN_DENIED" // the proxy refused the username/password
-  | "IMAGE_NOT_FOUND" // ATTACH_TO_IMAGE answered NOT_FOUND
-  | "ACCESS_DENIED" // ATTACH_TO_IMAGE answered PERMISSION_DENIED
-  | "NO_PROXY" // no configured or listed proxy could be reached
-  | "PROTOCOL"; // every proxy answered with bytes that are not IVBS
+/**
+ * Why a mount (IvbsSession.open) failed; stable codes for the daemon and the
+ * HTTP API (the mount and export tables pass them through as their own).
+ */
+export const IVBS_MOUNT_ERROR_CODES = [
+  "LOGIN_DENIED", // the proxy refused the username/password
+  "IMAGE_NOT_FOUND", // ATTACH_TO_IMAGE answered NOT_FOUND
+  "ACCESS_DENIED", // ATTACH_TO_IMAGE answered PERMISSION_DENIED
+  "NO_PROXY", // no configured or listed proxy could be reached
+  "PROTOCOL", // every proxy answered with bytes that are not IVBS
+] as const;
+export type IvbsMountErrorCode = typeof IVBS_MOUNT_ERROR_CODES[number];
 
 /** Thrown by IvbsSession.open when the image cannot be mounted. */
 export class IvbsMountError extends Error {

@@ -20,6 +20,7 @@ import {
 import type { Backend } from "../block/backend.ts";
 import type { DeviceAttachment, DeviceIoStats } from "../block/device.ts";
 import type { Logger } from "../log.ts";
+import { CodedError } from "../error_info.ts";
 import type { IoStats } from "./stats.ts";
 
 export interface AttachOptions {
@@ -50,14 +51,19 @@ export interface AttachedDevice extends DeviceAttachment {
   readonly stats: DeviceIoStats;
 }
 
-export type NbdAttachErrorCode = "NO_MODULE" | "NOT_ROOT" | "BUSY" | "NO_DEVICE" | "IOCTL";
+/** Why a device could not be attached; the mount table passes these through as its own. */
+export const NBD_ATTACH_ERROR_CODES = [
+  "NO_MODULE",
+  "NOT_ROOT",
+  "BUSY",
+  "NO_DEVICE",
+  "IOCTL",
+] as const;
+export type NbdAttachErrorCode = typeof NBD_ATTACH_ERROR_CODES[number];
 
 /** Why a device could not be attached. */
-export class NbdAttachError extends Error {
-  constructor(message: string, readonly code: NbdAttachErrorCode, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "NbdAttachError";
-  }
+export class NbdAttachError extends CodedError<NbdAttachErrorCode> {
+  override readonly name = "NbdAttachError";
 }
 
 export const DEFAULT_BLOCK_SIZE = 4096;
