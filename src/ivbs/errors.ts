@@ -40,16 +40,15 @@ export class ConnectionLostError extends Error {
   }
 }
 
-/** errno for a status that fails one request (contract: READ_ONLY→EPERM, INVALID_REQUEST→EINVAL, else EIO). */
+/** The failing statuses with an errno of their own (the contract); the others are EIO. */
+const STATUS_ERRNO: ReadonlyMap<number, Errno> = new Map([
+  [Status.READ_ONLY, "EPERM"],
+  [Status.INVALID_REQUEST, "EINVAL"],
+]);
+
+/** errno for a status that fails one request: its own, else EIO. */
 export function statusErrno(status: number): Errno {
-  switch (status) {
-    case Status.READ_ONLY:
-      return "EPERM";
-    case Status.INVALID_REQUEST:
-      return "EINVAL";
-    default:
-      return "EIO";
-  }
+  return STATUS_ERRNO.get(status) ?? "EIO";
 }
 
 /** What the session does with a reply status. */
@@ -60,19 +59,15 @@ export type StatusAction =
   | "failover" // USE_ANOTHER_PROXY, EXPIRED: drop the connection, replay elsewhere
   | "fail"; // anything else: that request fails with statusErrno()
 
+const STATUS_ACTION: ReadonlyMap<number, StatusAction> = new Map([
+  [Status.OK, "ok"],
+  [Status.NOT_LOGGEDIN, "relogin"],
+  [Status.NOT_READY, "retry"],
+  [Status.TEMPORARY_ERROR, "retry"],
+  [Status.USE_ANOTHER_PROXY, "failover"],
+  [Status.EXPIRED, "failover"],
+]);
+
 export function statusAction(status: number): StatusAction {
-  switch (status) {
-    case Status.OK:
-      return "ok";
-    case Status.NOT_LOGGEDIN:
-      return "relogin";
-    case Status.NOT_READY:
-    case Status.TEMPORARY_ERROR:
-      return "retry";
-    case Status.USE_ANOTHER_PROXY:
-    case Status.EXPIRED:
-      return "failover";
-    default:
-      return "fail";
-  }
+  return STATUS_ACTION.get(status) ?? "fail";
 }
