@@ -114,24 +114,26 @@ export const EXPORT_ERROR_STATUS: Record<ExportErrorCode, ContentfulStatusCode> 
   OPEN_FAILED: 500,
 };
 
-export const ExportBodySchema = z.strictObject({
-  name: ExportNameSchema,
+/** The image and the IVBS login that opens it: what mounts, exports and image checks carry. */
+const imageLoginFields = {
   image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
     .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
   username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
     .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
   password: z.string({ error: "password must be a string" }).max(1024),
-  readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+};
+const ReadOnlySchema = z.boolean({ error: "readOnly must be true or false" }).optional();
+
+export const ExportBodySchema = z.strictObject({
+  name: ExportNameSchema,
+  ...imageLoginFields,
+  readOnly: ReadOnlySchema,
 });
 
 export const MountBodySchema = z.strictObject({
   device: DeviceOrAutoSchema.optional(),
-  image: z.string({ error: "image must be a string" }).min(1, "image must not be empty")
-    .refine(...withinBytes(MAX_IMAGE_NAME_BYTES, "image")),
-  username: z.string({ error: "username must be a string" }).min(1, "username must not be empty")
-    .refine(...withinBytes(MAX_USERNAME_BYTES, "username")),
-  password: z.string({ error: "password must be a string" }).max(1024),
-  readOnly: z.boolean({ error: "readOnly must be true or false" }).optional(),
+  ...imageLoginFields,
+  readOnly: ReadOnlySchema,
   /** Connections (IVBS sessions) of the kernel device; default nbd.connections. */
   connections: ConnectionsSchema.optional(),
 });
@@ -235,7 +237,7 @@ export function createApp(options: AppOptions): Hono {
   const checkImage = options.checkImage;
   if (checkImage) {
     // IVBS has no lookup without a login: the check opens one read-only session and closes it.
-    const schema = MountBodySchema.pick({ image: true, username: true, password: true });
+    const schema = z.strictObject(imageLoginFields);
     app.post("/api/images/check", async (c) => c.json(await checkImage(await readJson(c, schema))));
   }
 
