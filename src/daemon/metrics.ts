@@ -9,7 +9,7 @@
 import { FAILOVER_CAUSES } from "../ivbs/session.ts";
 import type { DeviceIoStats } from "./driver.ts";
 import type { ExportSnapshot } from "./export_table.ts";
-import { Exposition, formatValue, type Labels } from "./exposition.ts";
+import { Exposition, formatValue, type Labels, type MetricType } from "./exposition.ts";
 import type { MountSnapshot } from "./mount_table.ts";
 import { type ProcessReadings, renderProcessMetrics } from "./process_metrics.ts";
 import type { ProxyInfo } from "./proxy_registry.ts";
@@ -19,20 +19,82 @@ import type { ReconcileFields } from "./view_contract.ts";
 
 export { METRICS_CONTENT_TYPE } from "./exposition.ts";
 
-/** A latency histogram from per-bucket (not cumulative) counts, as Prometheus wants it. */
-function histogram(out: Exposition, name: string, labels: Labels, io: DeviceIoStats): void {
-  const bounds = io.latencyBucketsMs;
-  let cumulative = 0;
-  bounds.forEach((boundMs, b) => {
-    cumulative += io.latencyCounts[b] ?? 0;
-    out.sample(`${name}_bucket`, { ...labels, le: formatValue(boundMs / 1000) }, cumulative);
-  });
-  // Entries past the bounds (the overflow bucket) only show in +Inf.
-  for (let b = bounds.length; b < io.latencyCounts.length; b++) cumulative += io.latencyCounts[b];
-  out.sample(`${name}_bucket`, { ...labels, le: "+Inf" }, cumulative);
-  out.sample(`${name}_sum`, labels, io.latencySumMs / 1000);
-  out.sample(`${name}_count`, labels, cumulative);
+/** Writes one item's samples of a family under the item's labels. */
+type Samples<T> = (out: Exposition, name: string, labels: Labels, item: T) => void;
+
+/**
+ * A family written for each of a list of items (mounts, exports): its name,
+ * type, HELP text and how an item's samples are written.
+ */
+type ItemFamily<T> = readonly [name: string, type: MetricType, help: string, samples: Samples<T>];
+
+/** Every family of `table` in order, each with every item's samples under that item's labels. */
+function itemFamilies<T>(
+  out: Exposition,
+  table: readonly ItemFamily<T>[],
+  items: readonly T[],
+  labels: readonly Labels[],
+): void {
+  for (const [name, type, help, samples] of table) {
+    out.family(name, type, help);
+    items.forEach((item, i) => samples(out, name, labels[i], item));
+  }
 }
+
+/** One sample an item: its value. */
+function one<T>(value: (item: T) => number): Samples<T> {
+  return (out, name, labels, item) => out.sample(name, labels, value(item));
+}
+
+/**
+ * A latency histogram from per-bucket (not cumulative) counts, as Prometheus
+ * wants it; none while there are no stats yet.
+ */
+function latency<T>(statsOf: (item: T) => DeviceIoStats | null | undefined): Samples<T> {
+  return (out, name, labels, item) => {
+    const io = statsOf(item);
+    if (!io) return;
+    const bounds = io.latencyBucketsMs;
+    let cumulative = 0;
+    bounds.forEach((boundMs, b) => {
+      cumulative += io.latencyCounts[b] ?? 0;
+      out.sample(`${name}_bucket`, { ...labels, le: formatValue(boundMs / 1000) }, cumulative);
+    });
+    // Entries past the bounds (the overflow bucket) only show in +Inf.
+    for (let b = bounds.length; b < io.latencyCounts.length; b++) cumulative += io.latencyCounts[b];
+    out.sample(`${name}_bucket`, { ...labels, le: "+Inf" }, cumulative);
+    out.sample(`${name}_sum`, labels, io.latencySumMs / 1000);
+    out.sample(`${name}_count`, labels, cumulative);
+  };
+}
+
+/** Bytes read and written, as the two directions of one family. */
+function bytes<T>(infoOf: (item: T) => { bytesRead: number; bytesWritten: number }): Samples<T> {
+  return (out, name, labels, item) => {
+    const info = infoOf(item);
+    out.sample(name, { ...labels, direction: "read" }, info.bytesRead);
+    out.sample(name, { ...labels, direction: "write" }, info.bytesWritten);
+  };
+}
+
+/** Requests by NBD op; zeros while there are no stats yet (before attach or the first client). */
+function operations<T>(statsOf: (item: T) => DeviceIoStats | null | undefined): Samples<T> {
+  return (out, name, labels, item) => {
+    const io = statsOf(item);
+    out.sample(name, { ...labels, op: "read" }, io?.reads ?? 0);
+    out.sample(name, { ...labels, op: "write" }, io?.writes ?? 0);
+    out.sample(name, { ...labels, op: "flush" }, io?.flushes ?? 0);
+    out.sample(name, { ...labels, op: "trim" }, io?.trims ?? 0);
+  };
+}
+
+/** Failovers by cause, every cause from the start so a rate() over it never starts from nothing. */
+const failoverCauses: Samples<MountSnapshot> = (out, name, labels, m) => {
+  const causes = m.backend?.stats?.failoverCauses ?? {};
+  for (const cause of new Set<string>([...FAILOVER_CAUSES, ...Object.keys(causes)])) {
+    out.sample(name, { ...labels, cause }, causes[cause] ?? 0);
+  }
+};
 
 /** One sample per state, zeros included, so every state has a series from the start. */
 function stateSamples(
@@ -46,29 +108,148 @@ function stateSamples(
   for (const state of states) out.sample(name, { state }, counts.get(state) ?? 0);
 }
 
-/** Bytes read and written, as the two directions of one family. */
-function byteSamples(
-  out: Exposition,
-  name: string,
-  labels: Labels,
-  info: { bytesRead: number; bytesWritten: number },
-): void {
-  out.sample(name, { ...labels, direction: "read" }, info.bytesRead);
-  out.sample(name, { ...labels, direction: "write" }, info.bytesWritten);
-}
+/** Per mount, labelled by device and image. */
+const MOUNT_FAMILIES: readonly ItemFamily<MountSnapshot>[] = [
+  [
+    "ivbsnetd_device_size_bytes",
+    "gauge",
+    "Size of the mounted image.",
+    one((m) => m.info.sizeBytes),
+  ],
+  ["ivbsnetd_io_bytes_total", "counter", "Bytes transferred for the kernel.", bytes((m) => m.info)],
+  [
+    "ivbsnetd_io_operations_total",
+    "counter",
+    "Kernel requests served, by op.",
+    operations((m) => m.attachment?.stats),
+  ],
+  [
+    "ivbsnetd_io_errors_total",
+    "counter",
+    "Kernel requests answered with an error.",
+    one((m) => m.info.errors),
+  ],
+  ["ivbsnetd_io_in_flight", "gauge", "Kernel requests being served.", one((m) => m.info.inFlight)],
+  [
+    "ivbsnetd_io_latency_seconds",
+    "histogram",
+    "Time from a kernel request to its reply.",
+    latency((m) => m.attachment?.stats),
+  ],
+  [
+    "ivbsnetd_ivbs_in_flight",
+    "gauge",
+    "IVBS requests awaiting a proxy's reply.",
+    one((m) => m.backend?.stats?.inFlight ?? 0),
+  ],
+  [
+    "ivbsnetd_ivbs_failovers_total",
+    "counter",
+    "Switches to another IVBS proxy.",
+    one((m) => m.info.failovers),
+  ],
+  [
+    "ivbsnetd_ivbs_reconnects_total",
+    "counter",
+    "IVBS reconnections (any proxy).",
+    one((m) => m.info.reconnects),
+  ],
+  [
+    "ivbsnetd_ivbs_retries_total",
+    "counter",
+    "IVBS requests retried after a status.",
+    one((m) => m.info.retries),
+  ],
+  [
+    "ivbsnetd_ivbs_keepalives_sent_total",
+    "counter",
+    "IVBS keepalives sent.",
+    one((m) => m.backend?.stats?.keepalivesSent ?? 0),
+  ],
+  // Hung-proxy detection: liveness probes and failovers by cause.
+  [
+    "ivbsnetd_ivbs_probes_sent_total",
+    "counter",
+    "IVBS keepalives sent to probe a proxy that looked hung.",
+    one((m) => m.backend?.stats?.probesSent ?? 0),
+  ],
+  [
+    "ivbsnetd_ivbs_probes_answered_total",
+    "counter",
+    "IVBS liveness probes the proxy answered (slow, not dead).",
+    one((m) => m.backend?.stats?.probesAnswered ?? 0),
+  ],
+  [
+    "ivbsnetd_ivbs_failovers_by_cause_total",
+    "counter",
+    "Switches to another IVBS proxy, by why the last one was left.",
+    failoverCauses,
+  ],
+  [
+    "ivbsnetd_ivbs_connected",
+    "gauge",
+    "1 while a proxy is in use, 0 while reconnecting.",
+    one((m) => m.info.proxy === null ? 0 : 1),
+  ],
+];
 
-/** Requests by NBD op; zeros while there are no stats yet (before attach or the first client). */
-function operationSamples(
-  out: Exposition,
-  name: string,
-  labels: Labels,
-  io: DeviceIoStats | null | undefined,
-): void {
-  out.sample(name, { ...labels, op: "read" }, io?.reads ?? 0);
-  out.sample(name, { ...labels, op: "write" }, io?.writes ?? 0);
-  out.sample(name, { ...labels, op: "flush" }, io?.flushes ?? 0);
-  out.sample(name, { ...labels, op: "trim" }, io?.trims ?? 0);
-}
+/** Per export, labelled by export name and image; clients share their export's counters. */
+const EXPORT_FAMILIES: readonly ItemFamily<ExportSnapshot>[] = [
+  [
+    "ivbsnetd_export_clients",
+    "gauge",
+    "NBD clients connected to the export.",
+    one((e) => e.info.clients),
+  ],
+  [
+    "ivbsnetd_export_size_bytes",
+    "gauge",
+    "Size of the exported image.",
+    one((e) => e.info.sizeBytes),
+  ],
+  [
+    "ivbsnetd_export_io_bytes_total",
+    "counter",
+    "Bytes transferred for NBD clients.",
+    bytes((e) => e.info),
+  ],
+  [
+    "ivbsnetd_export_io_operations_total",
+    "counter",
+    "NBD client requests, by op.",
+    operations((e) => e.stats),
+  ],
+  [
+    "ivbsnetd_export_io_errors_total",
+    "counter",
+    "NBD client requests answered with an error.",
+    one((e) => e.info.errors),
+  ],
+  [
+    "ivbsnetd_export_io_in_flight",
+    "gauge",
+    "NBD client requests being served.",
+    one((e) => e.info.inFlight),
+  ],
+  [
+    "ivbsnetd_export_io_latency_seconds",
+    "histogram",
+    "Time from an NBD client's request to its reply.",
+    latency((e) => e.stats),
+  ],
+  [
+    "ivbsnetd_export_ivbs_failovers_total",
+    "counter",
+    "Proxy switches of the export's client sessions.",
+    one((e) => e.info.failovers),
+  ],
+  [
+    "ivbsnetd_export_ivbs_reconnects_total",
+    "counter",
+    "IVBS reconnections of the export's client sessions.",
+    one((e) => e.info.reconnects),
+  ],
+];
 
 export interface DaemonGauges {
   uptimeSeconds: number;
@@ -101,63 +282,7 @@ export function renderMetrics(input: MetricsInput): string {
   stateSamples(out, "ivbsnetd_mounts", mountStates, mounts);
 
   const ids = mounts.map(({ info }) => ({ device: info.device, image: info.image }));
-
-  out.family("ivbsnetd_device_size_bytes", "gauge", "Size of the mounted image.");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_device_size_bytes", ids[i], m.info.sizeBytes));
-
-  out.family("ivbsnetd_io_bytes_total", "counter", "Bytes transferred for the kernel.");
-  mounts.forEach((m, i) => byteSamples(out, "ivbsnetd_io_bytes_total", ids[i], m.info));
-
-  out.family("ivbsnetd_io_operations_total", "counter", "Kernel requests served, by op.");
-  mounts.forEach((m, i) =>
-    operationSamples(out, "ivbsnetd_io_operations_total", ids[i], m.attachment?.stats)
-  );
-
-  out.family("ivbsnetd_io_errors_total", "counter", "Kernel requests answered with an error.");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_io_errors_total", ids[i], m.info.errors));
-
-  out.family("ivbsnetd_io_in_flight", "gauge", "Kernel requests being served.");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_io_in_flight", ids[i], m.info.inFlight));
-
-  out.family(
-    "ivbsnetd_io_latency_seconds",
-    "histogram",
-    "Time from a kernel request to its reply.",
-  );
-  mounts.forEach((m, i) => {
-    const io = m.attachment?.stats;
-    if (io) histogram(out, "ivbsnetd_io_latency_seconds", ids[i], io);
-  });
-
-  out.family("ivbsnetd_ivbs_in_flight", "gauge", "IVBS requests awaiting a proxy's reply.");
-  mounts.forEach((m, i) =>
-    out.sample("ivbsnetd_ivbs_in_flight", ids[i], m.backend?.stats?.inFlight ?? 0)
-  );
-
-  out.family("ivbsnetd_ivbs_failovers_total", "counter", "Switches to another IVBS proxy.");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_ivbs_failovers_total", ids[i], m.info.failovers));
-
-  out.family("ivbsnetd_ivbs_reconnects_total", "counter", "IVBS reconnections (any proxy).");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_ivbs_reconnects_total", ids[i], m.info.reconnects));
-
-  out.family("ivbsnetd_ivbs_retries_total", "counter", "IVBS requests retried after a status.");
-  mounts.forEach((m, i) => out.sample("ivbsnetd_ivbs_retries_total", ids[i], m.info.retries));
-
-  out.family("ivbsnetd_ivbs_keepalives_sent_total", "counter", "IVBS keepalives sent.");
-  mounts.forEach((m, i) =>
-    out.sample("ivbsnetd_ivbs_keepalives_sent_total", ids[i], m.backend?.stats?.keepalivesSent ?? 0)
-  );
-
-  renderLiveness(out, mounts, ids);
-
-  out.family(
-    "ivbsnetd_ivbs_connected",
-    "gauge",
-    "1 while a proxy is in use, 0 while reconnecting.",
-  );
-  mounts.forEach((m, i) =>
-    out.sample("ivbsnetd_ivbs_connected", ids[i], m.info.proxy === null ? 0 : 1)
-  );
+  itemFamilies(out, MOUNT_FAMILIES, mounts, ids);
   renderExports(out, exports);
   renderReconcileStates(
     out,
@@ -217,97 +342,11 @@ function renderNbdHealth(out: Exposition, nbd: NbdHealth): void {
   if (nbd.freeDevices !== null) out.sample("ivbsnetd_nbd_free_devices", {}, nbd.freeDevices);
 }
 
-/** Hung-proxy detection: liveness probes and failovers by cause. */
-function renderLiveness(out: Exposition, mounts: readonly MountSnapshot[], ids: Labels[]): void {
-  out.family(
-    "ivbsnetd_ivbs_probes_sent_total",
-    "counter",
-    "IVBS keepalives sent to probe a proxy that looked hung.",
-  );
-  mounts.forEach((m, i) =>
-    out.sample("ivbsnetd_ivbs_probes_sent_total", ids[i], m.backend?.stats?.probesSent ?? 0)
-  );
-  out.family(
-    "ivbsnetd_ivbs_probes_answered_total",
-    "counter",
-    "IVBS liveness probes the proxy answered (slow, not dead).",
-  );
-  mounts.forEach((m, i) =>
-    out.sample("ivbsnetd_ivbs_probes_answered_total", ids[i], m.backend?.stats?.probesAnswered ?? 0)
-  );
-  out.family(
-    "ivbsnetd_ivbs_failovers_by_cause_total",
-    "counter",
-    "Switches to another IVBS proxy, by why the last one was left.",
-  );
-  mounts.forEach((m, i) => {
-    const causes = m.backend?.stats?.failoverCauses ?? {};
-    // Every cause from the start, so a rate() over it never starts from nothing.
-    const names = new Set<string>([...FAILOVER_CAUSES, ...Object.keys(causes)]);
-    for (const cause of names) {
-      out.sample(
-        "ivbsnetd_ivbs_failovers_by_cause_total",
-        { ...ids[i], cause },
-        causes[cause] ?? 0,
-      );
-    }
-  });
-}
-
 /** Export families: labelled by export name and image; clients share their export's counters. */
 function renderExports(out: Exposition, exports: readonly ExportSnapshot[]): void {
   const ids = exports.map(({ info }) => ({ export: info.name, image: info.image }));
   out.family("ivbsnetd_exports", "gauge", "NBD exports served (or being added) by state.");
   stateSamples(out, "ivbsnetd_exports", ["adding", "ready", "removing"], exports);
 
-  out.family("ivbsnetd_export_clients", "gauge", "NBD clients connected to the export.");
-  exports.forEach((e, i) => out.sample("ivbsnetd_export_clients", ids[i], e.info.clients));
-
-  out.family("ivbsnetd_export_size_bytes", "gauge", "Size of the exported image.");
-  exports.forEach((e, i) => out.sample("ivbsnetd_export_size_bytes", ids[i], e.info.sizeBytes));
-
-  out.family("ivbsnetd_export_io_bytes_total", "counter", "Bytes transferred for NBD clients.");
-  exports.forEach((e, i) => byteSamples(out, "ivbsnetd_export_io_bytes_total", ids[i], e.info));
-
-  out.family("ivbsnetd_export_io_operations_total", "counter", "NBD client requests, by op.");
-  exports.forEach((e, i) =>
-    operationSamples(out, "ivbsnetd_export_io_operations_total", ids[i], e.stats)
-  );
-
-  out.family(
-    "ivbsnetd_export_io_errors_total",
-    "counter",
-    "NBD client requests answered with an error.",
-  );
-  exports.forEach((e, i) => out.sample("ivbsnetd_export_io_errors_total", ids[i], e.info.errors));
-
-  out.family("ivbsnetd_export_io_in_flight", "gauge", "NBD client requests being served.");
-  exports.forEach((e, i) => out.sample("ivbsnetd_export_io_in_flight", ids[i], e.info.inFlight));
-
-  out.family(
-    "ivbsnetd_export_io_latency_seconds",
-    "histogram",
-    "Time from an NBD client's request to its reply.",
-  );
-  exports.forEach((e, i) => {
-    if (e.stats) histogram(out, "ivbsnetd_export_io_latency_seconds", ids[i], e.stats);
-  });
-
-  out.family(
-    "ivbsnetd_export_ivbs_failovers_total",
-    "counter",
-    "Proxy switches of the export's client sessions.",
-  );
-  exports.forEach((e, i) =>
-    out.sample("ivbsnetd_export_ivbs_failovers_total", ids[i], e.info.failovers)
-  );
-
-  out.family(
-    "ivbsnetd_export_ivbs_reconnects_total",
-    "counter",
-    "IVBS reconnections of the export's client sessions.",
-  );
-  exports.forEach((e, i) =>
-    out.sample("ivbsnetd_export_ivbs_reconnects_total", ids[i], e.info.reconnects)
-  );
+  itemFamilies(out, EXPORT_FAMILIES, exports, ids);
 }
