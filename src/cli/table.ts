@@ -16,68 +16,79 @@ export function formatTable(headers: string[], rows: string[][], align: Align[] 
   return [line(headers), ...rows.map(line)].join("\n");
 }
 
+/** A column: its header, a row's cell and the alignment. */
+interface Column<T> {
+  readonly header: string;
+  readonly cell: (row: T) => string;
+  readonly align: Align;
+}
+
+function column<T>(header: string, cell: (row: T) => string, align: Align = "left"): Column<T> {
+  return { header, cell, align };
+}
+
+/** `rows` under `columns`, aligned (formatTable). */
+function columnTable<T>(columns: readonly Column<T>[], rows: readonly T[]): string {
+  return formatTable(
+    columns.map((c) => c.header),
+    rows.map((row) => columns.map((c) => c.cell(row))),
+    columns.map((c) => c.align),
+  );
+}
+
+/** What a mount and an export both show: the image, and what moved through it. */
+interface ImageRow {
+  image: string;
+  sizeBytes: number;
+  readOnly: boolean;
+  state: string;
+  bytesRead: number;
+  bytesWritten: number;
+}
+
+const IMAGE_COLUMNS: readonly Column<ImageRow>[] = [
+  column("IMAGE", (r) => r.image),
+  column("SIZE", (r) => formatBytes(r.sizeBytes), "right"),
+  column("MODE", (r) => r.readOnly ? "ro" : "rw"),
+  column("STATE", (r) => r.state),
+];
+
+const BYTES_COLUMNS: readonly Column<ImageRow>[] = [
+  column("READ", (r) => formatBytes(r.bytesRead), "right"),
+  column("WRITTEN", (r) => formatBytes(r.bytesWritten), "right"),
+];
+
 export function mountsTable(mounts: MountInfo[]): string {
   if (mounts.length === 0) return "No image mounted.";
-  return formatTable(
-    [
-      "DEVICE",
-      "IMAGE",
-      "SIZE",
-      "MODE",
-      "STATE",
-      "PROXY",
-      "READ",
-      "WRITTEN",
-      "IN-FLIGHT",
-      "FAILOVERS",
-    ],
-    mounts.map((m) => [
-      m.device,
-      m.image,
-      formatBytes(m.sizeBytes),
-      m.readOnly ? "ro" : "rw",
-      m.state,
-      m.proxy ?? "-",
-      formatBytes(m.bytesRead),
-      formatBytes(m.bytesWritten),
-      String(m.inFlight),
-      String(m.failovers),
-    ]),
-    ["left", "left", "right", "left", "left", "left", "right", "right", "right", "right"],
-  );
+  return columnTable<MountInfo>([
+    column("DEVICE", (m) => m.device),
+    ...IMAGE_COLUMNS,
+    column("PROXY", (m) => m.proxy ?? "-"),
+    ...BYTES_COLUMNS,
+    column("IN-FLIGHT", (m) => String(m.inFlight), "right"),
+    column("FAILOVERS", (m) => String(m.failovers), "right"),
+  ], mounts);
 }
 
 export function exportsTable(exports: ExportInfo[]): string {
   if (exports.length === 0) return "No NBD export.";
-  return formatTable(
-    ["NAME", "IMAGE", "SIZE", "MODE", "STATE", "CLIENTS", "READ", "WRITTEN", "URI"],
-    exports.map((e) => [
-      e.name,
-      e.image,
-      formatBytes(e.sizeBytes),
-      e.readOnly ? "ro" : "rw",
-      e.state,
-      String(e.clients),
-      formatBytes(e.bytesRead),
-      formatBytes(e.bytesWritten),
-      e.uri,
-    ]),
-    ["left", "left", "right", "left", "left", "right", "right", "right", "left"],
-  );
+  return columnTable<ExportInfo>([
+    column("NAME", (e) => e.name),
+    ...IMAGE_COLUMNS,
+    column("CLIENTS", (e) => String(e.clients), "right"),
+    ...BYTES_COLUMNS,
+    column("URI", (e) => e.uri),
+  ], exports);
 }
 
 export function devicesTable(devices: DeviceInfo[]): string {
   if (devices.length === 0) return "No NBD devices (the nbd kernel module is not loaded).";
-  return formatTable(
-    ["DEVICE", "STATE", "IMAGE", "SIZE"],
-    devices.map((d) => [
-      d.device,
-      d.state,
-      d.image ?? "-",
-      d.sizeBytes > 0 ? formatBytes(d.sizeBytes) : "-",
-    ]),
-    ["left", "left", "left", "right"],
-  );
+  return columnTable<DeviceInfo>([
+    column("DEVICE", (d) => d.device),
+    column("STATE", (d) => d.state),
+    column("IMAGE", (d) => d.image ?? "-"),
+    column("SIZE", (d) => d.sizeBytes > 0 ? formatBytes(d.sizeBytes) : "-", "right"),
+  ], devices);
 }
 
 /** "11:42:03" (UTC) from an ISO time. */
