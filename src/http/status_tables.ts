@@ -76,33 +76,6 @@ export function attentionSection(data: AttentionSources): Markup | "" {
   return markup`<section id="attention"><h2>Needs attention</h2><ul>${items}</ul></section>`;
 }
 
-const MOUNT_COLUMNS = [
-  "Device",
-  "Image",
-  "Size",
-  "State",
-  "Proxy",
-  "Read/s",
-  "Write/s",
-  "Read",
-  "Written",
-  "In flight",
-  "Failovers",
-] as const;
-
-const EXPORT_COLUMNS = [
-  "Export",
-  "Image",
-  "Size",
-  "State",
-  "URI",
-  "Clients",
-  "Read/s",
-  "Write/s",
-  "Read",
-  "Written",
-] as const;
-
 function header(columns: readonly string[]): Markup {
   return markup`<thead><tr>${columns.map((c) => markup`<th>${c}</th>`)}</tr></thead>`;
 }
@@ -116,61 +89,70 @@ function stateCell(item: { state: string } & Reconciled): Markup {
   return markup`${state(item.state)} <span class="why">${retryText(item)}</span>`;
 }
 
-export function mountsTable(mounts: readonly MountView[]): Markup {
-  const rows = mounts.length === 0
-    ? markup`<tr><td colspan="${MOUNT_COLUMNS.length}" class="empty">No image mounted.</td></tr>`
-    : failingFirst(mounts).map((m) =>
-      markup`<tr>${
-        cells([
-          m.device,
-          m.image + (m.readOnly ? " (ro)" : ""),
-          formatBytes(m.sizeBytes),
-          stateCell(m),
-          m.proxy ?? "—",
-          formatBytes(m.throughput.readBytesPerSec) + "/s",
-          formatBytes(m.throughput.writeBytesPerSec) + "/s",
-          formatBytes(m.bytesRead),
-          formatBytes(m.bytesWritten),
-          String(m.inFlight),
-          String(m.failovers),
-        ])
-      }</tr>\n`
+/** A column of the mounts or exports table: its header and an item's cell. */
+type Column<T> = readonly [header: string, cell: (item: T) => string | Markup];
+
+/** What a mount and an export both show: the image, and what moved through it. */
+type ImageView = (MountView | ExportView) & Reconciled;
+
+const IMAGE_COLUMNS: readonly Column<ImageView>[] = [
+  ["Image", (v) => v.image + (v.readOnly ? " (ro)" : "")],
+  ["Size", (v) => formatBytes(v.sizeBytes)],
+  ["State", stateCell],
+];
+
+const TRAFFIC_COLUMNS: readonly Column<ImageView>[] = [
+  ["Read/s", (v) => formatBytes(v.throughput.readBytesPerSec) + "/s"],
+  ["Write/s", (v) => formatBytes(v.throughput.writeBytesPerSec) + "/s"],
+  ["Read", (v) => formatBytes(v.bytesRead)],
+  ["Written", (v) => formatBytes(v.bytesWritten)],
+];
+
+const MOUNT_COLUMNS: readonly Column<MountView>[] = [
+  ["Device", (m) => m.device],
+  ...IMAGE_COLUMNS,
+  ["Proxy", (m) => m.proxy ?? "—"],
+  ...TRAFFIC_COLUMNS,
+  ["In flight", (m) => String(m.inFlight)],
+  ["Failovers", (m) => String(m.failovers)],
+];
+
+const EXPORT_COLUMNS: readonly Column<ExportView>[] = [
+  ["Export", (e) => e.name],
+  ...IMAGE_COLUMNS,
+  ["URI", (e) => markup`<code>${e.uri}</code>`],
+  ["Clients", (e) => String(e.clients)],
+  ...TRAFFIC_COLUMNS,
+];
+
+/** A titled table of mounts or exports, failing ones first; `empty` when there are none. */
+function itemsTable<T extends { state: string }>(
+  title: string,
+  id: string,
+  columns: readonly Column<T>[],
+  items: readonly T[],
+  empty: string,
+): Markup {
+  const rows = items.length === 0
+    ? markup`<tr><td colspan="${columns.length}" class="empty">${empty}</td></tr>`
+    : failingFirst(items).map((item) =>
+      markup`<tr>${cells(columns.map(([, cell]) => cell(item)))}</tr>\n`
     );
-  return markup`<h2>Mounted devices</h2>
+  return markup`<h2>${title}</h2>
 <table>
-${header(MOUNT_COLUMNS)}
-<tbody id="mounts">
+${header(columns.map(([name]) => name))}
+<tbody id="${id}">
 ${rows}
 </tbody>
 </table>`;
 }
 
+export function mountsTable(mounts: readonly MountView[]): Markup {
+  return itemsTable("Mounted devices", "mounts", MOUNT_COLUMNS, mounts, "No image mounted.");
+}
+
 export function exportsTable(exports: readonly ExportView[]): Markup {
-  const rows = exports.length === 0
-    ? markup`<tr><td colspan="${EXPORT_COLUMNS.length}" class="empty">No NBD export.</td></tr>`
-    : failingFirst(exports).map((e) =>
-      markup`<tr>${
-        cells([
-          e.name,
-          e.image + (e.readOnly ? " (ro)" : ""),
-          formatBytes(e.sizeBytes),
-          stateCell(e),
-          markup`<code>${e.uri}</code>`,
-          String(e.clients),
-          formatBytes(e.throughput.readBytesPerSec) + "/s",
-          formatBytes(e.throughput.writeBytesPerSec) + "/s",
-          formatBytes(e.bytesRead),
-          formatBytes(e.bytesWritten),
-        ])
-      }</tr>\n`
-    );
-  return markup`<h2>NBD exports</h2>
-<table>
-${header(EXPORT_COLUMNS)}
-<tbody id="exports">
-${rows}
-</tbody>
-</table>`;
+  return itemsTable("NBD exports", "exports", EXPORT_COLUMNS, exports, "No NBD export.");
 }
 
 const PROXY_COLUMNS = [
