@@ -54,7 +54,11 @@ export interface KernelDevices {
     backends: readonly Backend[],
     options?: { log?: Logger },
   ): Promise<DeviceAttachment>;
-  /** Takes over a device an earlier daemon left (netlink only). */
+  /**
+   * Takes over a device an earlier daemon left attached (netlink only: see
+   * `DeviceAttachment.persistent`), with one new socket per backend; throws
+   * with code NO_DEVICE when the device no longer carries `backendId`.
+   */
   reattach?(
     device: LeftDevice,
     backends: readonly Backend[],
@@ -64,6 +68,7 @@ export interface KernelDevices {
   isStillAttached?(index: number, backendId: string): Promise<boolean>;
   /** Disconnects a device an earlier daemon of ours left; false when it is not one. */
   detachOrphan?(index: number): Promise<boolean>;
+  /** Every NBD device the kernel has, free or used; [] without the nbd module. */
   listDevices(): Promise<NbdDevice[]>;
 }
 
