@@ -22,6 +22,11 @@ export interface Output {
   print(text: string): void;
 }
 
+/** `value` as one line of JSON for scripts, or as `text` tells it for people. */
+function show<T>(out: Output, json: boolean, value: T, text: (value: T) => string): void {
+  out.print(json ? JSON.stringify(value) : text(value));
+}
+
 export async function checkCommand(client: ApiClient, out: Output, json = false): Promise<void> {
   const health = await client.health();
   if (json) {
@@ -40,13 +45,11 @@ export async function checkCommand(client: ApiClient, out: Output, json = false)
 }
 
 export async function listMountedCommand(client: ApiClient, out: Output, json = false) {
-  const mounts = await client.mounts();
-  out.print(json ? JSON.stringify(mounts) : mountsTable(mounts));
+  show(out, json, await client.mounts(), mountsTable);
 }
 
 export async function listAllCommand(client: ApiClient, out: Output, json = false) {
-  const devices = await client.devices();
-  out.print(json ? JSON.stringify(devices) : devicesTable(devices));
+  show(out, json, await client.devices(), devicesTable);
 }
 
 export function describeMount(m: MountInfo): string {
@@ -61,20 +64,16 @@ export async function mountCommand(
   request: MountRequestBody,
   json = false,
 ): Promise<void> {
-  const mount = await client.mount(request);
-  out.print(json ? JSON.stringify(mount) : describeMount(mount));
+  show(out, json, await client.mount(request), describeMount);
 }
 
 export async function unmountCommand(client: ApiClient, out: Output, device: string, json = false) {
-  const canonical = await client.unmount(device);
-  out.print(
-    json ? JSON.stringify({ device: canonical, state: "unmounted" }) : `unmounted ${canonical}`,
-  );
+  const unmounted = { device: await client.unmount(device), state: "unmounted" };
+  show(out, json, unmounted, (u) => `unmounted ${u.device}`);
 }
 
 export async function listExportsCommand(client: ApiClient, out: Output, json = false) {
-  const exports = await client.exports();
-  out.print(json ? JSON.stringify(exports) : exportsTable(exports));
+  show(out, json, await client.exports(), exportsTable);
 }
 
 export function describeExport(e: ExportInfo): string {
@@ -90,8 +89,7 @@ export async function addExportCommand(
   request: ExportRequestBody,
   json = false,
 ): Promise<void> {
-  const info = await client.addExport(request);
-  out.print(json ? JSON.stringify(info) : describeExport(info));
+  show(out, json, await client.addExport(request), describeExport);
 }
 
 export async function removeExportCommand(
@@ -100,12 +98,8 @@ export async function removeExportCommand(
   name: string,
   json = false,
 ) {
-  const removed = await client.removeExport(name);
-  out.print(
-    json
-      ? JSON.stringify({ name: removed, state: "removed" })
-      : `removed export ${removed} (its clients were disconnected)`,
-  );
+  const removed = { name: await client.removeExport(name), state: "removed" };
+  show(out, json, removed, (r) => `removed export ${r.name} (its clients were disconnected)`);
 }
 
 export async function shutdownCommand(
@@ -115,13 +109,9 @@ export async function shutdownCommand(
   keepDevices = false,
 ) {
   await client.shutdown({ keepDevices });
-  out.print(
-    json
-      ? JSON.stringify({ status: "shutting down", keepDevices })
-      : `server ${client.server} is shutting down (${
-        keepDevices ? "leaving its devices to the next daemon" : "detaching every device"
-      })`,
-  );
+  const how = keepDevices ? "leaving its devices to the next daemon" : "detaching every device";
+  const stopping = { status: "shutting down", keepDevices };
+  show(out, json, stopping, () => `server ${client.server} is shutting down (${how})`);
 }
 
 /** "1 added (mount /dev/nbd2: …), 0 removed, 2 unchanged". */
@@ -139,13 +129,11 @@ export function describeReload(result: ReloadResult): string {
 }
 
 export async function reloadCommand(client: ApiClient, out: Output, json = false) {
-  const result = await client.reload();
-  out.print(json ? JSON.stringify(result) : describeReload(result));
+  show(out, json, await client.reload(), describeReload);
 }
 
 export async function proxiesCommand(client: ApiClient, out: Output, json = false) {
-  const proxies = await client.proxies();
-  out.print(json ? JSON.stringify(proxies) : proxiesTable(proxies));
+  show(out, json, await client.proxies(), proxiesTable);
 }
 
 export interface EventsOptions {
@@ -168,8 +156,7 @@ export async function eventsCommand(
   out: Output,
   options: EventsOptions = {},
 ): Promise<void> {
-  const print = (event: DaemonEvent) =>
-    out.print(options.json ? JSON.stringify(event) : eventLine(event));
+  const print = (event: DaemonEvent) => show(out, options.json ?? false, event, eventLine);
   let since = options.since ?? 0;
   if (options.follow) {
     for await (const item of client.followEvents(since, options.signal)) {
