@@ -192,60 +192,70 @@ export class ApiClient {
     return json as T;
   }
 
+  /** A list the daemon answers at /api/KEY under KEY (`{"mounts": […]}`). */
+  async #list<T>(key: "devices" | "mounts" | "exports" | "proxies"): Promise<T[]> {
+    return (await this.#call<Record<string, T[]>>("GET", `/api/${key}`))[key];
+  }
+
+  /** A POST that may log in to IVBS or bring items up, so it gets the mount timeout. */
+  #slowPost<T>(path: string, body?: unknown): Promise<T> {
+    return this.#call<T>("POST", path, body, this.#mountTimeoutMs);
+  }
+
+  /** Deletes a mount or export (detaching can take a while); resolves with the name the answer gives. */
+  async #remove(kind: "mounts" | "exports", name: string, key: "device" | "name") {
+    const path = `/api/${kind}/${encodeURIComponent(name)}`;
+    const reply = await this.#call<Record<string, string>>(
+      "DELETE",
+      path,
+      undefined,
+      this.#mountTimeoutMs,
+    );
+    return reply[key];
+  }
+
   health(): Promise<Health> {
     return this.#call<Health>("GET", "/api/health");
   }
 
-  async devices(): Promise<DeviceInfo[]> {
-    return (await this.#call<{ devices: DeviceInfo[] }>("GET", "/api/devices")).devices;
+  devices(): Promise<DeviceInfo[]> {
+    return this.#list("devices");
   }
 
-  async mounts(): Promise<MountInfo[]> {
-    return (await this.#call<{ mounts: MountInfo[] }>("GET", "/api/mounts")).mounts;
+  mounts(): Promise<MountInfo[]> {
+    return this.#list("mounts");
   }
 
   mount(request: MountRequestBody): Promise<MountInfo> {
-    return this.#call<MountInfo>("POST", "/api/mounts", request, this.#mountTimeoutMs);
+    return this.#slowPost("/api/mounts", request);
   }
 
   /** Resolves with the device's canonical name ("/dev/nbdN"). */
-  async unmount(device: string): Promise<string> {
-    const reply = await this.#call<{ device: string }>(
-      "DELETE",
-      `/api/mounts/${encodeURIComponent(device)}`,
-      undefined,
-      this.#mountTimeoutMs,
-    );
-    return reply.device;
+  unmount(device: string): Promise<string> {
+    return this.#remove("mounts", device, "device");
   }
 
   /** Whether the image exists and the credentials open it (IVBS login can take a while). */
   checkImage(request: ImageCheckBody): Promise<ImageInfo> {
-    return this.#call<ImageInfo>("POST", "/api/images/check", request, this.#mountTimeoutMs);
+    return this.#slowPost("/api/images/check", request);
   }
 
-  async exports(): Promise<ExportInfo[]> {
-    return (await this.#call<{ exports: ExportInfo[] }>("GET", "/api/exports")).exports;
+  exports(): Promise<ExportInfo[]> {
+    return this.#list("exports");
   }
 
-  /** Adding logs in to IVBS once to check the image, so it gets the mount timeout. */
+  /** Adding logs in to IVBS once to check the image. */
   addExport(request: ExportRequestBody): Promise<ExportInfo> {
-    return this.#call<ExportInfo>("POST", "/api/exports", request, this.#mountTimeoutMs);
+    return this.#slowPost("/api/exports", request);
   }
 
   /** Resolves with the removed export's name. */
-  async removeExport(name: string): Promise<string> {
-    const reply = await this.#call<{ name: string }>(
-      "DELETE",
-      `/api/exports/${encodeURIComponent(name)}`,
-      undefined,
-      this.#mountTimeoutMs,
-    );
-    return reply.name;
+  removeExport(name: string): Promise<string> {
+    return this.#remove("exports", name, "name");
   }
 
-  async proxies(): Promise<ProxyInfo[]> {
-    return (await this.#call<{ proxies: ProxyInfo[] }>("GET", "/api/proxies")).proxies;
+  proxies(): Promise<ProxyInfo[]> {
+    return this.#list("proxies");
   }
 
   /** Events after `since` (a previous page's `next`), oldest first. */
@@ -253,9 +263,9 @@ export class ApiClient {
     return this.#call<EventPage>("GET", `/api/events?since=${since}`);
   }
 
-  /** Re-reads the daemon's config; bringing items up may take a while, so the mount timeout. */
+  /** Re-reads the daemon's config (bringing items up may take a while). */
   reload(): Promise<ReloadResult> {
-    return this.#call<ReloadResult>("POST", "/api/reload", undefined, this.#mountTimeoutMs);
+    return this.#slowPost("/api/reload");
   }
 
   /**
