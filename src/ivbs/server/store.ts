@@ -121,17 +121,12 @@ class MemoryImage implements StoredImage {
     this.users = userSet(image.users);
   }
 
+  /** A copy of what views() shows (READ replies use the views themselves). */
   readInto(offset: number, target: Uint8Array): Promise<void> {
     let done = 0;
-    while (done < target.length) {
-      const at = offset + done;
-      const index = Math.floor(at / MEMORY_CHUNK_SIZE);
-      const within = at - index * MEMORY_CHUNK_SIZE;
-      const take = Math.min(MEMORY_CHUNK_SIZE - within, target.length - done);
-      const chunk = this.#chunks.get(index);
-      if (chunk) target.set(chunk.subarray(within, within + take), done);
-      else target.fill(0, done, done + take);
-      done += take;
+    for (const part of this.views(offset, target.length)) {
+      target.set(part, done);
+      done += part.length;
     }
     return Promise.resolve();
   }
