@@ -5,7 +5,7 @@
  * free, and if mounts cannot work, why. NBD exports need none of this.
  * @module
  */
-import { listNbdDevices } from "./devices.ts";
+import { listNbdDevices, pathExists } from "./devices.ts";
 
 /** The `nbd` part of `GET /api/health`. */
 export interface NbdHealth {
@@ -63,15 +63,6 @@ export function judgeNbdHealth(facts: NbdHostFacts): NbdHealth {
   return { module: true, freeDevices };
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 function effectiveUid(): number | null {
   try {
     return Deno.uid();
@@ -92,7 +83,7 @@ export async function readNbdHealth(
     readError = (error as Error).message;
   }
   // A built-in nbd shows in /sys/module too (it has parameters); devices prove it either way.
-  const module = (devices !== null && devices.length > 0) || await exists("/sys/module/nbd");
+  const module = (devices !== null && devices.length > 0) || await pathExists("/sys/module/nbd");
   return judgeNbdHealth({
     module,
     devices,

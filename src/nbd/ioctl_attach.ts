@@ -36,7 +36,7 @@ import {
 import { ConnStream } from "../io/conn_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../block/backend.ts";
-import { nbdIndex, readNbdDevice } from "./devices.ts";
+import { nbdIndex, pathExists, readNbdDevice } from "./devices.ts";
 import {
   type AttachedDevice,
   type AttachOptions,
@@ -57,15 +57,6 @@ import { transmissionFlagNames } from "./wire.ts";
 
 /** How long attach waits for the kernel to show the device running (its `pid` file). */
 const STARTUP_WAIT_MS = 10_000;
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Attaches `backend` to `device` ("/dev/nbdN") and starts serving it. */
 export async function attachDevice(
@@ -92,14 +83,14 @@ export async function attachDevice(
       "NO_DEVICE",
     );
   }
-  if (!await exists("/dev/nbd0") && !await exists("/sys/block/nbd0")) {
+  if (!await pathExists("/dev/nbd0") && !await pathExists("/sys/block/nbd0")) {
     throw new NbdAttachError(
       `Cannot attach ${device}: the nbd kernel module is not loaded (run "modprobe nbd")`,
       "NO_MODULE",
     );
   }
   const info = await readNbdDevice(index);
-  if (info === null || !await exists(device)) {
+  if (info === null || !await pathExists(device)) {
     throw new NbdAttachError(`Cannot attach ${device}: no such device`, "NO_DEVICE");
   }
   if (info.inUse) {
