@@ -23,6 +23,8 @@ import { parseExportArgs } from "../src/commands/export.ts";
 import { hasTool, runTool } from "./support/tools.ts";
 import { eventually } from "./support/wait.ts";
 import { memoryLog } from "./support/log.ts";
+import { ManualClock } from "./support/manual_clock.ts";
+import type { Clock } from "../src/clock.ts";
 
 const MiB = 1024 * 1024;
 
@@ -59,6 +61,7 @@ async function withExports(
     log?: Logger;
     idleEvictMs?: number;
     handshakeTimeoutMs?: number;
+    clock?: Clock;
   } = {},
 ): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "nbd_export_test_" });
@@ -70,6 +73,7 @@ async function withExports(
     maxClients: extra.maxClients,
     idleEvictMs: extra.idleEvictMs,
     handshakeTimeoutMs: extra.handshakeTimeoutMs,
+    clock: extra.clock,
     log,
   });
   try {
@@ -811,6 +815,27 @@ Deno.test("a client that never starts the handshake is closed at the handshake d
     assert.equal(total, 18, "the greeting, then the server hung up");
     silent.close();
   }, { handshakeTimeoutMs: 30 });
+});
+
+Deno.test("a client that stops mid-handshake is cut when the deadline passes on the server's clock, not before", async () => {
+  const clock = new ManualClock();
+  const log = memoryLog();
+  const deadlineMs = 10_000;
+  await withExports([memoryExport("disk", MiB)], async (_server, dir) => {
+    // Greeting read and client flags sent: the deadline runs from the greeting.
+    const client = await RawClient.connect(dir);
+    assert.equal(clock.nextAt, clock.now() + deadlineMs, "the deadline is a timer on that clock");
+    clock.advance(deadlineMs - 1);
+    await client.option(Opt.LIST, new Uint8Array(0));
+    assert.equal(await client.finalReply(), Rep.ACK, "1 ms before the deadline it still answers");
+    // Now the client sends nothing more, and the last millisecond passes.
+    clock.advance(1);
+    assert.ok(await client.closedByServer(), "cut at the deadline");
+    client.close();
+  }, { handshakeTimeoutMs: deadlineMs, clock, log });
+  const cut = log.lines.filter((line) => line.includes("NBD handshake failed"));
+  assert.equal(cut.length, 1, log.lines.join("\n"));
+  assert.match(cut[0], /TIMEOUT/);
 });
 
 Deno.test({

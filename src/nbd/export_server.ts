@@ -45,7 +45,7 @@ export interface ExportServerOptions {
    * so they lose their slot only to someone waiting for one.)
    */
   idleEvictMs?: number;
-  /** Timers of the accept loop (tests pass a manual clock). */
+  /** Timers of the accept loop and the handshake deadline (tests pass a manual clock). */
   clock?: Clock;
   /** Per-client bounds of the transmission phase. */
   serve?: Pick<ServeOptions, "maxInFlight" | "maxInFlightBytes">;
@@ -293,6 +293,7 @@ export class ExportServer {
       const stream = activityStream(client);
       negotiated = await negotiate(stream, this.#exports, {
         timeoutMs: this.#handshakeTimeoutMs,
+        clock: this.#clock,
         log,
       });
       if (!negotiated) {

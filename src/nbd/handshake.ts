@@ -21,6 +21,7 @@
 import { FrameReader } from "../io/frame_reader.ts";
 import { type ByteStream, writeAll } from "../io/stream.ts";
 import type { Logger } from "../log.ts";
+import { type Clock, SYSTEM_CLOCK } from "../clock.ts";
 import type { Backend } from "../block/backend.ts";
 import { transmissionFlags } from "./flags.ts";
 import {
@@ -77,6 +78,8 @@ export interface ExportEntry {
 export interface HandshakeOptions {
   /** Whole handshake deadline; on expiry the stream is closed. Default 10 000 ms. */
   timeoutMs?: number;
+  /** Times the deadline (tests pass a manual clock). Default the system clock. */
+  clock?: Clock;
   /** Options accepted per connection before we hang up. Default 256. */
   maxOptions?: number;
   log?: Logger;
@@ -132,7 +135,8 @@ export async function negotiate(
 ): Promise<NegotiatedExport | null> {
   const session = new HandshakeSession(stream, exports, options);
   const timeoutMs = options.timeoutMs ?? 10_000;
-  const timer = setTimeout(() => session.expire(), timeoutMs);
+  const clock = options.clock ?? SYSTEM_CLOCK;
+  const timer = clock.setTimeout(() => session.expire(), timeoutMs);
   try {
     const result = await session.run();
     if (session.expired && result) {
@@ -146,7 +150,7 @@ export async function negotiate(
     }
     throw error;
   } finally {
-    clearTimeout(timer);
+    clock.clearTimeout(timer);
     await session.releasePending();
   }
 }
