@@ -238,7 +238,7 @@ Deno.test({
       assert.ok(last.every((c) => moved(c) > 0), "every connection carried I/O at some point");
       await record(
         `multiconn: ${CONNECTIONS} connections over ${PROXIES} proxies, ${ROUNDS} proxy ` +
-          `stop/start rounds under fio (${fioRuns} runs of 4x24 MiB randwrite 64k + crc32c ` +
+          `stop/start rounds under fio (${fioRuns} runs of ${CONNECTIONS}x24 MiB randwrite 64k + crc32c ` +
           `verify): 0 errors, 0 kernel error lines; per-connection MiB moved: ` +
           last.map((c) => (moved(c) / MIB).toFixed(0)).join("/") + "; " + windows.join("; "),
       );
