@@ -15,6 +15,7 @@
  */
 import { createHash } from "node:crypto";
 import { getString, getU64, IvbsProtocolError, putString, putU64, view } from "./wire_fields.ts";
+import { codeNames } from "../code_names.ts";
 
 export { IvbsProtocolError };
 
@@ -83,21 +84,19 @@ export const Status = {
 } as const;
 export type StatusCode = typeof Status[keyof typeof Status];
 
-const OP_NAMES = new Map<number, string>(Object.entries(Op).map(([k, v]) => [v, k]));
-const STATUS_NAMES = new Map<number, string>(Object.entries(Status).map(([k, v]) => [v, k]));
-
 /** Name of an op code for logs ("READ", or "op 999" when unknown). */
-export function opName(op: number): string {
-  return OP_NAMES.get(op) ?? `op ${op}`;
-}
+export const opName: (op: number) => string = codeNames(Op, (op) => `op ${op}`);
 
 /** Name of a status code for logs ("EXPIRED", or "status 99" when unknown). */
-export function statusName(status: number): string {
-  return STATUS_NAMES.get(status) ?? `status ${status}`;
-}
+export const statusName: (status: number) => string = codeNames(
+  Status,
+  (status) => `status ${status}`,
+);
+
+const OP_CODES = new Set<number>(Object.values(Op));
 
 export function isKnownOp(op: number): op is OpCode {
-  return OP_NAMES.has(op);
+  return OP_CODES.has(op);
 }
 
 /** The decoded 48-byte header. */

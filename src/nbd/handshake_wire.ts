@@ -5,6 +5,7 @@
  * sockets and no state: handshake.ts drives the negotiation.
  * @module
  */
+import { codeNames } from "../code_names.ts";
 
 /** 'NBDMAGIC': first 8 bytes the server sends. */
 export const NBD_MAGIC = 0x4e42444d41474943n;
@@ -42,12 +43,8 @@ export const Opt = {
   SET_META_CONTEXT: 10,
   EXTENDED_HEADERS: 11,
 } as const;
-export const OPT_NAMES = new Map<number, string>(Object.entries(Opt).map(([k, v]) => [v, k]));
-
 /** Name of an option code for logs ("GO", or "OPT_42" when unknown). */
-export function optionName(option: number): string {
-  return OPT_NAMES.get(option) ?? `OPT_${option}`;
-}
+export const optionName: (option: number) => string = codeNames(Opt, (option) => `OPT_${option}`);
 
 /** Option reply types; errors have bit 31 set. */
 export const Rep = {

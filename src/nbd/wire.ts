@@ -14,6 +14,7 @@
  * @module
  */
 import type { Errno } from "../block/backend.ts";
+import { codeNames } from "../code_names.ts";
 
 /** Magic at the start of every request. */
 export const REQUEST_MAGIC = 0x25609513;
@@ -105,18 +106,14 @@ export const NbdError = {
 } as const;
 export type NbdErrorCode = typeof NbdError[keyof typeof NbdError];
 
-const COMMAND_NAMES = new Map<number, string>(Object.entries(Command).map(([k, v]) => [v, k]));
-const ERROR_NAMES = new Map<number, string>(Object.entries(NbdError).map(([k, v]) => [v, k]));
-
 /** Name of a command for logs ("READ", or "command 99" when unknown). */
-export function commandName(type: number): string {
-  return COMMAND_NAMES.get(type) ?? `command ${type}`;
-}
+export const commandName: (type: number) => string = codeNames(
+  Command,
+  (type) => `command ${type}`,
+);
 
 /** Name of an NBD error code for logs ("EPERM", or "error 99" when unknown). */
-export function errorName(code: number): string {
-  return ERROR_NAMES.get(code) ?? `error ${code}`;
-}
+export const errorName: (code: number) => string = codeNames(NbdError, (code) => `error ${code}`);
 
 /** Names of the set transmission flags, for logs: "HAS_FLAGS|READ_ONLY". */
 export function transmissionFlagNames(flags: number): string {
@@ -135,11 +132,12 @@ export function nbdErrorFor(errno: string): NbdErrorCode {
   return code === undefined || code === NbdError.OK ? NbdError.EIO : code as NbdErrorCode;
 }
 
-/** The errno for an NBD error code (a client's view); unknown codes read as EINVAL (proto.md). */
+/** Every NBD error code is named after its errno; unknown codes read as EINVAL (proto.md). */
+const errnoOfCode = codeNames(NbdError, () => "EINVAL");
+
+/** The errno for an NBD error code (a client's view). */
 export function errnoFor(code: number): Errno | null {
-  if (code === NbdError.OK) return null;
-  const name = ERROR_NAMES.get(code);
-  return (name ?? "EINVAL") as Errno;
+  return code === NbdError.OK ? null : errnoOfCode(code) as Errno;
 }
 
 /** Bytes that are not an NBD request. The connection cannot continue. */
