@@ -170,16 +170,25 @@ function view(bytes: Uint8Array): DataView {
   return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
-/** Decodes a 28-byte request header; throws NbdProtocolError on short input or bad magic. */
-export function decodeRequest(bytes: Uint8Array): NbdRequest {
-  if (bytes.length < REQUEST_SIZE) {
-    throw new NbdProtocolError(`short NBD request: ${bytes.length} of ${REQUEST_SIZE} bytes`);
+/**
+ * A view of a request or reply header: `bytes` hold at least `size` of them
+ * and start with `magic`; else NbdProtocolError naming `what`.
+ */
+function headerView(bytes: Uint8Array, what: string, size: number, magic: number): DataView {
+  if (bytes.length < size) {
+    throw new NbdProtocolError(`short NBD ${what}: ${bytes.length} of ${size} bytes`);
   }
   const dv = view(bytes);
-  const magic = dv.getUint32(REQ_MAGIC);
-  if (magic !== REQUEST_MAGIC) {
-    throw new NbdProtocolError(`bad NBD request magic 0x${magic.toString(16).padStart(8, "0")}`);
+  const found = dv.getUint32(0); // REQ_MAGIC, REP_MAGIC
+  if (found !== magic) {
+    throw new NbdProtocolError(`bad NBD ${what} magic 0x${found.toString(16).padStart(8, "0")}`);
   }
+  return dv;
+}
+
+/** Decodes a 28-byte request header; throws NbdProtocolError on short input or bad magic. */
+export function decodeRequest(bytes: Uint8Array): NbdRequest {
+  const dv = headerView(bytes, "request", REQUEST_SIZE, REQUEST_MAGIC);
   return {
     flags: dv.getUint16(REQ_FLAGS),
     type: dv.getUint16(REQ_TYPE),
@@ -244,14 +253,7 @@ export function encodeReply(
 
 /** Decodes a 16-byte simple reply header; throws NbdProtocolError on short input or bad magic. */
 export function decodeReply(bytes: Uint8Array): NbdReply {
-  if (bytes.length < REPLY_SIZE) {
-    throw new NbdProtocolError(`short NBD reply: ${bytes.length} of ${REPLY_SIZE} bytes`);
-  }
-  const dv = view(bytes);
-  const magic = dv.getUint32(REP_MAGIC);
-  if (magic !== REPLY_MAGIC) {
-    throw new NbdProtocolError(`bad NBD reply magic 0x${magic.toString(16).padStart(8, "0")}`);
-  }
+  const dv = headerView(bytes, "reply", REPLY_SIZE, REPLY_MAGIC);
   return { error: dv.getUint32(REP_ERROR), handle: dv.getBigUint64(REP_HANDLE) };
 }
 
