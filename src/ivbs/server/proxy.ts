@@ -42,6 +42,31 @@ export class ProxyListenError extends Error {
   }
 }
 
+/** A fault switch (stall, hold): while it is on, waiters wait; turning it off releases them all. */
+class FaultSwitch {
+  #off: PromiseWithResolvers<void> | null = null;
+
+  get on(): boolean {
+    return this.#off !== null;
+  }
+
+  set(on: boolean): void {
+    if (on === this.on) return;
+    if (on) {
+      this.#off = Promise.withResolvers<void>();
+    } else {
+      const off = this.#off;
+      this.#off = null;
+      off?.resolve();
+    }
+  }
+
+  /** Resolves once the switch is off (at once when it is). */
+  whenOff(): Promise<void> {
+    return this.#off?.promise ?? Promise.resolve();
+  }
+}
+
 export class ProxyListener implements ProxyView {
   readonly index: number;
   readonly name: string;
@@ -49,9 +74,8 @@ export class ProxyListener implements ProxyView {
   #port: number;
   #listener: Listener<Deno.TcpConn> | null = null;
   readonly #connections = new Set<ServerConnection>();
-  #stalled = false;
-  #unstall: PromiseWithResolvers<void> | null = null;
-  #release: PromiseWithResolvers<void> | null = null;
+  readonly #stall = new FaultSwitch();
+  readonly #hold = new FaultSwitch();
   readonly #context: ConnectionContext;
   readonly #listProxies: () => ProxyAddress[];
   readonly #onAccept: () => void;
@@ -73,10 +97,10 @@ export class ProxyListener implements ProxyView {
       ...shared,
       proxyIndex: index,
       proxyName: this.name,
-      stalled: () => this.#stalled,
-      whenUnstalled: () => this.#unstall?.promise ?? Promise.resolve(),
-      holding: () => this.#release !== null,
-      whenReleased: () => this.#release?.promise ?? Promise.resolve(),
+      stalled: () => this.#stall.on,
+      whenUnstalled: () => this.#stall.whenOff(),
+      holding: () => this.#hold.on,
+      whenReleased: () => this.#hold.whenOff(),
     };
   }
 
@@ -87,10 +111,10 @@ export class ProxyListener implements ProxyView {
     return this.#listener !== null;
   }
   get stalled(): boolean {
-    return this.#stalled;
+    return this.#stall.on;
   }
   get holding(): boolean {
-    return this.#release !== null;
+    return this.#hold.on;
   }
   get connections(): number {
     return this.#connections.size;
@@ -132,15 +156,7 @@ export class ProxyListener implements ProxyView {
 
   /** Stalled: connections stay open (new ones are accepted) but nothing is read or answered. */
   stall(stalled: boolean): void {
-    if (stalled === this.#stalled) return;
-    this.#stalled = stalled;
-    if (stalled) {
-      this.#unstall = Promise.withResolvers<void>();
-    } else {
-      const unstall = this.#unstall;
-      this.#unstall = null;
-      unstall?.resolve();
-    }
+    this.#stall.set(stalled);
   }
 
   /**
@@ -149,14 +165,7 @@ export class ProxyListener implements ProxyView {
    * Held requests keep their admission slots, as a real proxy's would.
    */
   hold(held: boolean): void {
-    if (held === this.holding) return;
-    if (held) {
-      this.#release = Promise.withResolvers<void>();
-    } else {
-      const release = this.#release;
-      this.#release = null;
-      release?.resolve();
-    }
+    this.#hold.set(held);
   }
 
   /** Closes the current connections abruptly; the listener keeps accepting. */
@@ -166,7 +175,7 @@ export class ProxyListener implements ProxyView {
 
   /** Pushes LIST_PROXIES to every connection (a stalled proxy sends nothing). */
   pushProxyList(proxies: readonly ProxyAddress[]): void {
-    if (this.#stalled) return;
+    if (this.#stall.on) return;
     for (const connection of this.#connections) connection.pushProxyList(proxies);
   }
 
