@@ -6,6 +6,7 @@
  */
 import type { CommandResult, Host } from "../src/csi/host.ts";
 import { escapeMountPath } from "../src/csi/mountinfo.ts";
+import { pathExists } from "../src/path_exists.ts";
 
 interface FakeMount {
   id: number;
@@ -176,12 +177,4 @@ export class FakeHost implements Host {
   }
 }
 
-/** Whether anything is at `path` (a link counts as itself). */
-export async function pathExists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
+export { pathExists };

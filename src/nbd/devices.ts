@@ -69,13 +69,3 @@ export async function findFreeDevice(exclude: Set<string> = new Set()): Promise<
   }
   return null;
 }
-
-/** Whether a name is there (a device node, a sysfs entry), not following a last symlink. */
-export async function pathExists(path: string): Promise<boolean> {
-  try {
-    await Deno.lstat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -5,7 +5,8 @@
  * free, and if mounts cannot work, why. NBD exports need none of this.
  * @module
  */
-import { listNbdDevices, pathExists } from "./devices.ts";
+import { listNbdDevices } from "./devices.ts";
+import { pathExists } from "../path_exists.ts";
 
 /** The `nbd` part of `GET /api/health`. */
 export interface NbdHealth {

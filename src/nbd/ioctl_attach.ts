@@ -36,7 +36,8 @@ import {
 import { ConnStream } from "../io/conn_stream.ts";
 import { type Logger, logger } from "../log.ts";
 import type { Backend } from "../block/backend.ts";
-import { nbdIndex, pathExists, readNbdDevice } from "./devices.ts";
+import { nbdIndex, readNbdDevice } from "./devices.ts";
+import { pathExists } from "../path_exists.ts";
 import {
   type AttachedDevice,
   type AttachOptions,
