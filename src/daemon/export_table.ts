@@ -16,7 +16,7 @@ import type { DeviceIoStats, MountBackend, MountDriver } from "./driver.ts";
 import type { ExportRecord } from "./state_file.ts";
 import type { WatchSession } from "./proxy_registry.ts";
 import { RateSampler } from "./rate.ts";
-import { refusal } from "./refusal.ts";
+import { asRefusal } from "./refusal.ts";
 import {
   EXPORT_REFUSAL,
   ExportError,
@@ -324,7 +324,7 @@ export class ExportTable {
         : "LISTEN_FAILED";
       return new ExportError(`${what}: ${error.message}`, code);
     }
-    return refusal(EXPORT_REFUSAL, error, what, this.#log);
+    return asRefusal(EXPORT_REFUSAL, error, what, this.#log);
   }
 
   /** Stops serving `name`: no new client can choose it, current clients are disconnected. */

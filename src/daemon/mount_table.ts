@@ -11,7 +11,7 @@
 import { errorMessage } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { parseDeviceName } from "./device_name.ts";
-import { refusal } from "./refusal.ts";
+import { asRefusal } from "./refusal.ts";
 import type { DeviceAttachment, MountDriver, NbdDevice } from "./driver.ts";
 import {
   closeSessions,
@@ -350,7 +350,7 @@ export class MountTable {
   }
 
   #wrap(error: unknown, what: string): MountError {
-    return refusal(MOUNT_REFUSAL, error, what, this.#log);
+    return asRefusal(MOUNT_REFUSAL, error, what, this.#log);
   }
 
   async #onDetached(

@@ -20,7 +20,7 @@ export interface RefusalKind<Code extends string, E extends CodedError<Code>> {
 }
 
 /** The table's refusal for `error`, its message prefixed with `what` ("Cannot open …"). */
-export function refusal<Code extends string, E extends CodedError<Code>>(
+export function asRefusal<Code extends string, E extends CodedError<Code>>(
   kind: RefusalKind<Code, E>,
   error: unknown,
   what: string,
