@@ -319,18 +319,36 @@ function checkIoLength(length: number) {
   }
 }
 
+/**
+ * The start of a READ or WRITE packet, in a buffer with `room` payload bytes:
+ * the header (data_len `dataLen`), the offset and, for a READ, the length.
+ */
+function ioRequest(
+  op: typeof Op.READ | typeof Op.WRITE,
+  sessionId: Uint8Array,
+  sequence: number,
+  offset: number,
+  length: number,
+  room: number,
+  dataLen: number,
+): Uint8Array {
+  checkIoLength(length);
+  const bytes = new Uint8Array(HEADER_SIZE + room);
+  encodeHeader({ sessionId, op, sequence, dataLen }, bytes);
+  const dv = view(bytes);
+  putU64(dv, HEADER_SIZE, offset, "offset");
+  if (op === Op.READ) putU64(dv, HEADER_SIZE + 8, length, "length");
+  return bytes;
+}
+
 export function encodeReadRequest(
   sessionId: Uint8Array,
   sequence: number,
   offset: number,
   length: number,
 ): Uint8Array {
-  checkIoLength(length);
-  const bytes = packet({ sessionId, op: Op.READ, sequence }, READ_REQUEST_SIZE);
-  const dv = view(bytes);
-  putU64(dv, HEADER_SIZE, offset, "offset");
-  putU64(dv, HEADER_SIZE + 8, length, "length");
-  return bytes;
+  const size = READ_REQUEST_SIZE;
+  return ioRequest(Op.READ, sessionId, sequence, offset, length, size, size);
 }
 
 export function decodeReadRequest(payload: Uint8Array): IoRange {
@@ -351,9 +369,8 @@ export function encodeWriteRequest(
   offset: number,
   data: Uint8Array,
 ): Uint8Array {
-  checkIoLength(data.length);
-  const bytes = packet({ sessionId, op: Op.WRITE, sequence }, WRITE_PREFIX_SIZE + data.length);
-  putU64(view(bytes), HEADER_SIZE, offset, "offset");
+  const size = WRITE_PREFIX_SIZE + data.length;
+  const bytes = ioRequest(Op.WRITE, sessionId, sequence, offset, data.length, size, size);
   bytes.set(data, HEADER_SIZE + WRITE_PREFIX_SIZE);
   return bytes;
 }
@@ -368,11 +385,8 @@ export function encodeWriteRequestHeader(
   offset: number,
   length: number,
 ): Uint8Array {
-  checkIoLength(length);
-  const bytes = new Uint8Array(HEADER_SIZE + WRITE_PREFIX_SIZE);
-  encodeHeader({ sessionId, op: Op.WRITE, sequence, dataLen: WRITE_PREFIX_SIZE + length }, bytes);
-  putU64(view(bytes), HEADER_SIZE, offset, "offset");
-  return bytes;
+  const dataLen = WRITE_PREFIX_SIZE + length;
+  return ioRequest(Op.WRITE, sessionId, sequence, offset, length, WRITE_PREFIX_SIZE, dataLen);
 }
 
 /** Splits a WRITE payload into its offset and a view of its data (no copy). */
