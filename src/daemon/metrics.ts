@@ -41,9 +41,20 @@ function itemFamilies<T>(
   }
 }
 
-/** One sample an item: its value. */
-function one<T>(value: (item: T) => number): Samples<T> {
-  return (out, name, labels, item) => out.sample(name, labels, value(item));
+/** One sample an item: its value (none while it has none). */
+function one<T>(value: (item: T) => number | undefined): Samples<T> {
+  return (out, name, labels, item) => {
+    const v = value(item);
+    if (v !== undefined) out.sample(name, labels, v);
+  };
+}
+
+/** An info sample: 1, with the item's value as the label `key` (none while it has none). */
+function labelled<T>(key: string, value: (item: T) => string | undefined): Samples<T> {
+  return (out, name, labels, item) => {
+    const v = value(item);
+    if (v !== undefined) out.sample(name, { ...labels, [key]: v }, 1);
+  };
 }
 
 /**
@@ -309,29 +320,36 @@ function renderReconcileStates(
   kind: "mount" | "export",
   items: readonly { labels: Labels; view: ReconcileFields }[],
 ): void {
-  const ids = items.map((item) => item.labels);
-  out.family(`ivbsnetd_${kind}_state`, "gauge", `Each ${kind}'s state (the label), always 1.`);
-  items.forEach((item, i) =>
-    out.sample(`ivbsnetd_${kind}_state`, { ...ids[i], state: item.view.state }, 1)
-  );
-  out.family(`ivbsnetd_${kind}_failing_info`, "gauge", `Why a ${kind} is failing (the label).`);
-  items.forEach((item, i) => {
-    if (item.view.reason !== undefined) {
-      out.sample(`ivbsnetd_${kind}_failing_info`, { ...ids[i], reason: item.view.reason }, 1);
-    }
-  });
-  const retry = `ivbsnetd_${kind}_next_retry_timestamp_seconds`;
-  out.family(retry, "gauge", `When a failing ${kind} is tried again (Unix time).`);
-  items.forEach((item, i) => {
-    const at = item.view.nextRetryAt === undefined ? NaN : Date.parse(item.view.nextRetryAt);
-    if (Number.isFinite(at)) out.sample(retry, ids[i], at / 1000);
-  });
-  out.family(`ivbsnetd_${kind}_attempts`, "gauge", `Attempts since the ${kind} was last ready.`);
-  items.forEach((item, i) => {
-    if (item.view.attempts !== undefined) {
-      out.sample(`ivbsnetd_${kind}_attempts`, ids[i], item.view.attempts);
-    }
-  });
+  const families: readonly ItemFamily<ReconcileFields>[] = [
+    [
+      `ivbsnetd_${kind}_state`,
+      "gauge",
+      `Each ${kind}'s state (the label), always 1.`,
+      labelled("state", (view) => view.state),
+    ],
+    [
+      `ivbsnetd_${kind}_failing_info`,
+      "gauge",
+      `Why a ${kind} is failing (the label).`,
+      labelled("reason", (view) => view.reason),
+    ],
+    [
+      `ivbsnetd_${kind}_next_retry_timestamp_seconds`,
+      "gauge",
+      `When a failing ${kind} is tried again (Unix time).`,
+      one((view) => {
+        const at = view.nextRetryAt === undefined ? NaN : Date.parse(view.nextRetryAt);
+        return Number.isFinite(at) ? at / 1000 : undefined;
+      }),
+    ],
+    [
+      `ivbsnetd_${kind}_attempts`,
+      "gauge",
+      `Attempts since the ${kind} was last ready.`,
+      one((view) => view.attempts),
+    ],
+  ];
+  itemFamilies(out, families, items.map((item) => item.view), items.map((item) => item.labels));
 }
 
 /** The nbd module and its free devices: what makes a mount possible at all. */
