@@ -112,7 +112,7 @@ export function parseCommandLine<F extends FlagSpecs>(
 /**
  * The flags and arguments of `args` by `flags` alone (no argument count):
  * node:util parseArgs in strict mode, its errors turned into a UsageError with
- * their first line, the one that names the flag (the rest is advice).
+ * the sentence that names the flag (the rest is advice).
  */
 export function parseFlagsOnly(
   flags: FlagSpecs,
@@ -127,7 +127,8 @@ export function parseFlagsOnly(
     });
     return { values: values as FlagValues, positionals };
   } catch (error) {
-    throw new UsageError(errorMessage(error).split("\n")[0]);
+    // "Unknown option '--x'. To specify a positional argument starting with a '-', …"
+    throw new UsageError(errorMessage(error).split("\n")[0].split(". To specify")[0]);
   }
 }
 

@@ -287,7 +287,6 @@ export const ATTACH = defineCommand({
     "exits 0. Needs root and the nbd module (modprobe nbd).",
   ].join("\n"),
   flags: {
-    device: { type: "string", value: "/dev/nbdN", help: "the NBD device (required)" },
     memory: {
       type: "string",
       value: "SIZE",
@@ -296,6 +295,7 @@ export const ATTACH = defineCommand({
     },
     image: { type: "string", value: "IMG", help: "an IVBS image", group: SOURCE },
     ...IVBS_LOGIN_FLAGS,
+    device: { type: "string", value: "/dev/nbdN", help: "the NBD device (required)" },
     ...READ_ONLY_FLAG,
     "block-size": {
       type: "string",
