@@ -9,8 +9,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { errorMessage } from "./error_info.ts";
-import { UsageError } from "./args.ts";
+import { UsageError, usageErrorOf } from "./args.ts";
 
 /** A flag that takes a value (`--config FILE`, `--proxy HOST:PORT` repeated). */
 export interface StringFlag {
@@ -111,8 +110,8 @@ export function parseCommandLine<F extends FlagSpecs>(
 
 /**
  * The flags and arguments of `args` by `flags` alone (no argument count):
- * node:util parseArgs in strict mode, its errors turned into a UsageError with
- * the sentence that names the flag (the rest is advice).
+ * node:util parseArgs in strict mode, its errors turned into a UsageError
+ * naming the flag.
  */
 export function parseFlagsOnly(
   flags: FlagSpecs,
@@ -127,8 +126,7 @@ export function parseFlagsOnly(
     });
     return { values: values as FlagValues, positionals };
   } catch (error) {
-    // "Unknown option '--x'. To specify a positional argument starting with a '-', …"
-    throw new UsageError(errorMessage(error).split("\n")[0].split(". To specify")[0]);
+    throw usageErrorOf(error);
   }
 }
 
