@@ -17,7 +17,8 @@ import { socketPath, startCsiServer } from "../csi/server.ts";
 import { VolumeFs } from "../csi/volume_fs.ts";
 import { VERSION } from "../version.ts";
 import { logger } from "../log.ts";
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
+import { errorMessage } from "../error_info.ts";
+import { EXIT_FAILED, EXIT_OK } from "./exit_codes.ts";
 import { untilStopSignal } from "./signals.ts";
 import type { CSI } from "./definitions.ts";
 import { daemonClient, processEnv } from "./one_shot.ts";
@@ -60,8 +61,7 @@ export async function run({ values }: CommandLine<typeof CSI.flags>): Promise<nu
   try {
     token = args.tokenFile ? await readPasswordFile(args.tokenFile, log) : undefined;
   } catch (error) {
-    console.error(`ivbsnetd csi: cannot read --token-file: ${(error as Error).message}`);
-    return EXIT_USAGE;
+    throw new UsageError(`cannot read --token-file: ${errorMessage(error)}`);
   }
   const daemon = daemonClient(args.server, token);
   let controller: ControllerService | undefined;
