@@ -143,16 +143,18 @@ function targetCommand(command: {
   };
 }
 
+/** A command that takes no arguments and no flags of its own. */
+function withoutArguments(command: Omit<ClientCommand, "usage" | "flags" | "args">): ClientCommand {
+  return { ...command, usage: "", flags: {}, args: [0, 0] };
+}
+
 export const CLIENT_COMMANDS: readonly ClientCommand[] = [
-  {
+  withoutArguments({
     name: "check",
     summary: "check that the daemon answers",
-    usage: "",
     description: "Checks that the daemon answers, and shows its version and what it serves.",
-    flags: {},
-    args: [0, 0],
     run: (c) => checkCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "list",
     aliases: { listm: [], lista: ["--all"] },
@@ -180,16 +182,13 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
     question: "Device",
     send: (c, device) => unmountCommand(c.client, c.out, device, c.json),
   }),
-  {
+  withoutArguments({
     name: "exports",
     aliases: { "export-list": [], liste: [] },
     summary: "list the daemon's NBD exports",
-    usage: "",
     description: "Lists the daemon's NBD exports with their URIs and clients (liste).",
-    flags: {},
-    args: [0, 0],
     run: (c) => listExportsCommand(c.client, c.out, c.json),
-  },
+  }),
   imageCommand({
     name: "export-add",
     aliases: { export: [] },
@@ -212,18 +211,15 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
     question: "Export name",
     send: (c, name) => removeExportCommand(c.client, c.out, name, c.json),
   }),
-  {
+  withoutArguments({
     name: "proxies",
     summary: "list the IVBS proxies the daemon knows and their health",
-    usage: "",
     description: "Lists every IVBS proxy the daemon knows (configured and learned from\n" +
       "LIST_PROXIES): name, state (connected by which mounts and exports, backoff until\n" +
       "when, idle, reachable or unreachable), failures, failovers away from and to it,\n" +
       "and the last error.",
-    flags: {},
-    args: [0, 0],
     run: (c) => proxiesCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "events",
     summary: "print the daemon's recent events (--follow: keep printing)",
@@ -246,16 +242,13 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
         signal: c.signal,
       }),
   },
-  {
+  withoutArguments({
     name: "reload",
     summary: "make the daemon re-read its config (like SIGHUP)",
-    usage: "",
     description: "Asks the daemon to re-read its config file: added mounts and exports come\n" +
       "up, removed ones are detached, unchanged ones are not touched. Prints what changed.",
-    flags: {},
-    args: [0, 0],
     run: (c) => reloadCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "shutdown",
     aliases: { disc: [] },
@@ -273,13 +266,10 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
     args: [0, 0],
     run: (c) => shutdownCommand(c.client, c.out, c.json, c.flags["keep-devices"] === true),
   },
-  {
+  withoutArguments({
     name: "version",
     summary: "print the version (also --version)",
-    usage: "",
     description: "Prints this program's version and the Deno, V8 and TypeScript it runs on.",
-    flags: {},
-    args: [0, 0],
     local: true,
     run: (c) => {
       const info = buildInfo();
@@ -290,7 +280,7 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
       );
       return Promise.resolve();
     },
-  },
+  }),
 ];
 
 function wholeNumber(value: FlagValues[string], flag: string): number | undefined {
