@@ -9,9 +9,9 @@
  *   and the state file is rewritten in the current format.
  */
 import assert from "node:assert/strict";
-import { DaemonProcess, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
+import { DaemonProcess, type RunResult, USER, writeConfig } from "../bench/rigs/daemon_harness.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
-import { STATE_VERSION } from "../src/daemon/state_file.ts";
+import { readState, STATE_VERSION } from "../src/daemon/state_file.ts";
 import { oldCheckout } from "./support/old_checkout.ts";
 
 const MIB = 1024 * 1024;
@@ -24,6 +24,39 @@ async function until(what: string, check: () => Promise<boolean>, limitMs = 60_0
     if (Date.now() > deadline) throw new Error(`gave up waiting: ${what}`);
     await new Promise((resolve) => setTimeout(resolve, 20));
   }
+}
+
+/**
+ * The exit of `daemon`; after `limitMs` an error naming `what` instead of a
+ * hang (the caller's catch adds every daemon's log).
+ */
+async function exitOf(what: string, daemon: DaemonProcess, limitMs = 60_000): Promise<RunResult> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const gaveUp = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`gave up waiting: ${what}`)), limitMs);
+  });
+  try {
+    return await Promise.race([daemon.wait(), gaveUp]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** `error` with the log of every daemon in `daemons` (each killed first, so its log is whole). */
+async function withLogs(error: unknown, daemons: DaemonProcess[]): Promise<Error> {
+  const logs = await Promise.all(
+    daemons.map(async (d) => `--- daemon pid ${d.pid} ---\n${(await d.stop("SIGKILL")).stderr}`),
+  );
+  const message = error instanceof Error ? error.message : String(error);
+  return new Error(`${message}\n${logs.join("\n")}`, { cause: error });
+}
+
+/**
+ * The state file names the daemon now serving: `serve --replace` finds the
+ * daemon to replace by that pid, so after any restart it must be the new one's.
+ */
+async function stateNames(stateDir: string, daemon: DaemonProcess): Promise<boolean> {
+  return (await readState(stateDir))?.pid === daemon.pid;
 }
 
 async function exportStates(url: string): Promise<Record<string, string>> {
@@ -46,11 +79,8 @@ async function post(url: string, path: string, body: unknown): Promise<Response>
   });
 }
 
-// Ignored on the reconcile branch: since merging main 78951b4 its serve --replace step
-// hangs (kill -9 and SIGTERM restarts serve csi1 again); not found before the deadline.
 Deno.test(
   "an API export of a user not in the config survives kill -9, SIGTERM and serve --replace through the credential store",
-  { ignore: true },
   async () => {
     const ivbs = await startIvbsServer({
       users: [USER, BOB],
@@ -69,6 +99,7 @@ Deno.test(
     });
     const logs: string[] = [];
     let daemon = await DaemonProcess.start(path);
+    const started = [daemon];
     try {
       const added = await post(daemon.url, "/api/exports", { name: "csi1", image: "disk", ...BOB });
       assert.equal(added.status, 201, await added.text());
@@ -90,15 +121,25 @@ Deno.test(
       for (const stop of ["SIGKILL", "SIGTERM"] as const) {
         logs.push((await daemon.stop(stop)).stderr);
         daemon = await DaemonProcess.start(path);
+        started.push(daemon);
         await until(`csi1 served again after ${stop}`, () => ready(daemon.url, ["csi1"]));
+        await until(
+          `the state file names the daemon started after ${stop}`,
+          () => stateNames(stateDir, daemon),
+        );
       }
 
       const old = daemon;
       daemon = await DaemonProcess.start(path, { args: ["--replace"] });
-      const left = await old.wait();
+      started.push(daemon);
+      const left = await exitOf("the old daemon exits after serve --replace", old);
       logs.push(left.stderr);
       assert.equal(left.code, 0, "the old daemon stopped cleanly");
       await until("csi1 served after --replace", () => ready(daemon.url, ["csi1"]));
+      await until(
+        "the state file names the daemon started with --replace",
+        () => stateNames(stateDir, daemon),
+      );
 
       const removed = await fetch(`${daemon.url}/api/exports/csi1`, { method: "DELETE" });
       assert.equal(removed.status, 200, await removed.text());
@@ -110,6 +151,8 @@ Deno.test(
           return error instanceof Deno.errors.NotFound;
         }
       });
+    } catch (error) {
+      throw await withLogs(error, started);
     } finally {
       logs.push((await daemon.stop()).stderr);
       await ivbs.close();
