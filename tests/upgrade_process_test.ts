@@ -163,6 +163,48 @@ Deno.test(
   },
 );
 
+Deno.test("serve --replace refuses to start beside a daemon the state file does not name, and says why", async () => {
+  const ivbs = await startIvbsServer({
+    users: [USER],
+    images: [{ name: "disk", size: 4 * MIB }],
+    listProxiesIntervalMs: 0,
+  });
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-unnamed-" });
+  const stateDir = `${base}/state`;
+  // Config exports only: nothing for a take-over to record, so no state file names this daemon.
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+    exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+  });
+  const running = await DaemonProcess.start(path);
+  try {
+    await until("vm1 ready", () => ready(running.url, ["vm1"]));
+    assert.equal(await readState(stateDir), null, "no state file names the running daemon");
+
+    const refused = await DaemonProcess.start(path, { args: ["--replace"] }).then(
+      async (beside) => {
+        await beside.stop();
+        assert.fail("serve --replace started beside the running daemon");
+      },
+      (error: Error) => error.message,
+    );
+    assert.match(refused, /serve exited \(1\) before listening/);
+    assert.match(refused, /names no running daemon, but another process serves the export socket/);
+    assert.ok(refused.includes(`${stateDir}/nbd.sock`), "the line names the socket");
+    assert.ok(await ready(running.url, ["vm1"]), "the running daemon still serves vm1");
+  } catch (error) {
+    throw await withLogs(error, [running]);
+  } finally {
+    await running.stop();
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
 for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
   Deno.test(`upgrade from today's main (${how}): every export is served again, the state file is rewritten in the current format`, async () => {
     const old = await oldCheckout();
