@@ -27,16 +27,21 @@ async function until(what: string, check: () => Promise<boolean>, limitMs = 60_0
 }
 
 /**
- * The exit of `daemon`; after `limitMs` an error naming `what` instead of a
- * hang (the caller's catch adds every daemon's log).
+ * The exit of `daemon` (after `signal`, if given); after `limitMs` an error
+ * naming `what` instead of a hang (the caller's catch adds every daemon's log).
  */
-async function exitOf(what: string, daemon: DaemonProcess, limitMs = 60_000): Promise<RunResult> {
+async function exitOf(
+  what: string,
+  daemon: DaemonProcess,
+  limitMs = 60_000,
+  signal?: Deno.Signal,
+): Promise<RunResult> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   const gaveUp = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new Error(`gave up waiting: ${what}`)), limitMs);
   });
   try {
-    return await Promise.race([daemon.wait(), gaveUp]);
+    return await Promise.race([signal ? daemon.stop(signal) : daemon.wait(), gaveUp]);
   } finally {
     clearTimeout(timer);
   }
@@ -197,6 +202,48 @@ Deno.test("serve --replace refuses to start beside a daemon the state file does 
     assert.ok(await ready(running.url, ["vm1"]), "the running daemon still serves vm1");
   } catch (error) {
     throw await withLogs(error, [running]);
+  } finally {
+    await running.stop();
+    await ivbs.close();
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(base, { recursive: true });
+  }
+});
+
+Deno.test("a daemon stopped while it waits for the previous one to leave exits at once, and leaves the previous one serving", async () => {
+  const ivbs = await startIvbsServer({
+    users: [USER],
+    images: [{ name: "disk", size: 4 * MIB }],
+    listProxiesIntervalMs: 0,
+  });
+  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-stopped-early-" });
+  const stateDir = `${base}/state`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+  });
+  const running = await DaemonProcess.start(path);
+  const started = [running];
+  try {
+    const added = await post(running.url, "/api/exports", { name: "api1", image: "disk", ...USER });
+    assert.equal(added.status, 201, await added.text());
+    await until("the state file names the running daemon", () => stateNames(stateDir, running));
+    // Started on the same stateDir, the second daemon listens, then waits (up
+    // to 15 s) for the one the state file names to exit before taking over.
+    const second = await DaemonProcess.start(path);
+    started.push(second);
+    const stopped = await exitOf("the second daemon exits on SIGTERM", second, 60_000, "SIGTERM");
+    assert.equal(stopped.code, 0, "stopped cleanly");
+    assert.ok(
+      !stopped.stderr.includes("another daemon still runs on this stateDir"),
+      "it stopped waiting for the other daemon when it was told to stop",
+    );
+    assert.ok(await ready(running.url, ["api1"]), "the first daemon still serves api1");
+    assert.ok(await stateNames(stateDir, running), "and the state file still names it");
+  } catch (error) {
+    throw await withLogs(error, started);
   } finally {
     await running.stop();
     await ivbs.close();

@@ -264,7 +264,9 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
   });
   logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
-  const restored = handedOver ?? await daemon.restore(prepared);
+  // A stop meanwhile (SIGTERM) ends the wait: what restore has not taken over stays for the next daemon.
+  const restored = handedOver ??
+    await Promise.race([daemon.restore(prepared), daemon.done.then(() => [])]);
   if (restored.length > 0) {
     const up = restored.filter((o) => o.mount).length;
     log.info("devices taken over", { devices: up, dropped: restored.length - up });
