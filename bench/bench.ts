@@ -19,10 +19,12 @@
  *
  * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
  *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
- *          [--connections N]
+ *          [--connections N] [--peer-tcp]
  *   --before DIR: also run the export pair of another checkout (before/after, same run).
  *   --connections N: add the 1 MiB qd8 rows with N fio jobs, one NBD connection each
  *     (host setting: each export connection has its own IVBS session).
+ *   --peer-tcp: also run the peer with its second hop over TCP 127.0.0.1, as
+ *     the daemon's hop to IVBS is ("peer tcp"; ratios stay against "peer").
  * @module
  */
 import { parseArgs } from "node:util";
@@ -84,6 +86,35 @@ function ivbsArgs(dir: string, port: number): string[] {
   ];
 }
 
+/**
+ * nbdkit nbd → nbdkit memory with the second hop over TCP 127.0.0.1, like the
+ * daemon's hop to IVBS (`--peer-tcp`): separates what the transport costs
+ * from what the implementation costs. [nbdkit memory, nbdkit nbd].
+ */
+async function startNbdkitTcpPeers(dir: string): Promise<Child[]> {
+  const port = freePort();
+  const memory = new Child("nbdkit memory (tcp)", "nbdkit", [
+    "--foreground",
+    "--ipaddr",
+    "127.0.0.1",
+    "--port",
+    String(port),
+    "memory",
+    IMAGE_SIZE,
+  ]);
+  await waitFor("nbdkit memory on TCP", () => portOpen(port));
+  const proxy = new Child("nbdkit nbd (tcp)", "nbdkit", [
+    "--foreground",
+    "--unix",
+    `${dir}/peer-tcp.sock`,
+    "nbd",
+    "hostname=127.0.0.1",
+    `port=${port}`,
+  ]);
+  await waitFor("nbdkit nbd over TCP", () => exists(`${dir}/peer-tcp.sock`));
+  return [memory, proxy];
+}
+
 /** [nbdkit memory, nbdkit nbd in front of it]. */
 async function startNbdkitPeers(dir: string): Promise<Child[]> {
   const memory = new Child("nbdkit memory", "nbdkit", [
@@ -125,13 +156,23 @@ async function startExportPair(
   return { export: child, server: server.child, uri: `nbd+unix:///bench?socket=${socket}` };
 }
 
-/** `before`: another checkout whose export pair runs interleaved beside ours (before/after). */
-async function setupHost(dir: string, before?: string): Promise<Setup> {
+/**
+ * `before`: another checkout whose export pair runs interleaved beside ours
+ * (before/after); `peerTcp`: also the peer with its second hop over TCP.
+ */
+async function setupHost(dir: string, before?: string, peerTcp = false): Promise<Setup> {
   const ours = await startExportPair(dir, "ivbsnetd");
   const old = before ? await startExportPair(dir, "before", `${before}/main.ts`) : undefined;
   const peers = await startNbdkitPeers(dir);
+  const tcpPeers = peerTcp ? await startNbdkitTcpPeers(dir) : [];
   const uri = (socket: string) => `nbd+unix:///?socket=${dir}/${socket}`;
-  const children = [ours.export, ours.server, ...(old ? [old.export, old.server] : []), ...peers];
+  const children = [
+    ours.export,
+    ours.server,
+    ...(old ? [old.export, old.server] : []),
+    ...peers,
+    ...tcpPeers,
+  ];
   const target = (label: string, uri: string, processes: Child[]): RoundTarget => ({
     label,
     fio: { kind: "nbd-uri", uri },
@@ -143,6 +184,7 @@ async function setupHost(dir: string, before?: string): Promise<Setup> {
       ...(old ? [target("before", old.uri, [old.export, old.server])] : []),
       // nbdkit nbd first: the front process, as the export is ours.
       target("peer", uri("peer.sock"), [peers[1], peers[0]]),
+      ...(peerTcp ? [target("peer tcp", uri("peer-tcp.sock"), [tcpPeers[1], tcpPeers[0]])] : []),
       target("ceiling", uri("memory.sock"), [peers[0]]),
     ],
     children,
@@ -235,6 +277,7 @@ async function main() {
       before: { type: "string" },
       "no-ceiling": { type: "boolean" },
       connections: { type: "string" },
+      "peer-tcp": { type: "boolean" },
     },
   });
   const setting = positionals[0];
@@ -248,7 +291,9 @@ async function main() {
   const seconds = Number(values.seconds);
   const loadBefore = loadAverage();
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
-  const setup = setting === "host" ? await setupHost(dir, values.before) : await setupKernel(dir);
+  const setup = setting === "host"
+    ? await setupHost(dir, values.before, values["peer-tcp"])
+    : await setupKernel(dir);
   if (values["no-ceiling"]) setup.targets = setup.targets.filter((t) => t.label !== "ceiling");
   const workloads = [...WORKLOADS, ...connectionRows(Number(values.connections ?? 1))].filter(
     (w) => !values.only || values.only.split(",").some((o) => w.name.includes(o)),
