@@ -4,6 +4,11 @@
  * - an export added through the API by a user the config does not know (a CSI
  *   volume's) is served again after `kill -9`, SIGTERM and `serve --replace`,
  *   from the credential store, which is the only place its password is kept;
+ * - after each restart the state file names the daemon now serving, since
+ *   `serve --replace` finds the daemon to replace by it; where it names none
+ *   but the export socket answers, `--replace` refuses instead of starting
+ *   beside that daemon;
+ * - a daemon stopped while it waits for the previous one to leave exits at once;
  * - the daemon of today's main (6320cf8) is replaced by this one, by
  *   `serve --replace` and by SIGTERM then start: every export is served again
  *   and the state file is rewritten in the current format.
@@ -17,6 +22,44 @@ import { oldCheckout } from "./support/old_checkout.ts";
 const MIB = 1024 * 1024;
 /** A user only the API knows, as the CSI plugin's secrets bring it. */
 const BOB = { username: "bob", password: "bob-pw-never-logged-7730" };
+
+/**
+ * An IVBS test server (4 MiB `images`), a temp dir `base` with the stateDir in
+ * it, and a config file for both; `config(base)` adds keys.
+ */
+async function setup(
+  prefix: string,
+  { users = [USER], images = ["disk"], config = () => ({}) }: {
+    users?: { username: string; password: string }[];
+    images?: string[];
+    config?: (base: string) => Record<string, unknown>;
+  } = {},
+) {
+  const ivbs = await startIvbsServer({
+    users,
+    images: images.map((name) => ({ name, size: 4 * MIB })),
+    listProxiesIntervalMs: 0,
+  });
+  const base = await Deno.makeTempDir({ prefix });
+  const stateDir = `${base}/state`;
+  const { dir, path } = await writeConfig({
+    http: { listen: "127.0.0.1:0" },
+    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
+    users: [USER],
+    stateDir,
+    ...config(base),
+  });
+  return {
+    base,
+    stateDir,
+    path,
+    cleanup: async () => {
+      await ivbs.close();
+      await Deno.remove(dir, { recursive: true });
+      await Deno.remove(base, { recursive: true });
+    },
+  };
+}
 
 async function until(what: string, check: () => Promise<boolean>, limitMs = 60_000) {
   const deadline = Date.now() + limitMs;
@@ -87,21 +130,12 @@ async function post(url: string, path: string, body: unknown): Promise<Response>
 Deno.test(
   "an API export of a user not in the config survives kill -9, SIGTERM and serve --replace through the credential store",
   async () => {
-    const ivbs = await startIvbsServer({
+    const credentialsIn = (base: string) => `${base}/run/ivbsnetd/credentials.json`;
+    const { base, stateDir, path, cleanup } = await setup("ivbsnetd-credentials-", {
       users: [USER, BOB],
-      images: [{ name: "disk", size: 4 * MIB }],
-      listProxiesIntervalMs: 0,
+      config: (base) => ({ credentials: { path: credentialsIn(base) } }),
     });
-    const base = await Deno.makeTempDir({ prefix: "ivbsnetd-credentials-" });
-    const stateDir = `${base}/state`;
-    const credentials = `${base}/run/ivbsnetd/credentials.json`;
-    const { dir, path } = await writeConfig({
-      http: { listen: "127.0.0.1:0" },
-      ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
-      users: [USER],
-      stateDir,
-      credentials: { path: credentials },
-    });
+    const credentials = credentialsIn(base);
     const logs: string[] = [];
     let daemon = await DaemonProcess.start(path);
     const started = [daemon];
@@ -160,29 +194,16 @@ Deno.test(
       throw await withLogs(error, started);
     } finally {
       logs.push((await daemon.stop()).stderr);
-      await ivbs.close();
-      await Deno.remove(dir, { recursive: true });
-      await Deno.remove(base, { recursive: true });
+      await cleanup();
     }
     for (const log of logs) assert.ok(!log.includes(BOB.password), "no log line has the password");
   },
 );
 
 Deno.test("serve --replace refuses to start beside a daemon the state file does not name, and says why", async () => {
-  const ivbs = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "disk", size: 4 * MIB }],
-    listProxiesIntervalMs: 0,
-  });
-  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-unnamed-" });
-  const stateDir = `${base}/state`;
   // Config exports only: nothing for a take-over to record, so no state file names this daemon.
-  const { dir, path } = await writeConfig({
-    http: { listen: "127.0.0.1:0" },
-    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
-    users: [USER],
-    stateDir,
-    exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+  const { stateDir, path, cleanup } = await setup("ivbsnetd-unnamed-", {
+    config: () => ({ exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] } }),
   });
   const running = await DaemonProcess.start(path);
   try {
@@ -204,26 +225,12 @@ Deno.test("serve --replace refuses to start beside a daemon the state file does 
     throw await withLogs(error, [running]);
   } finally {
     await running.stop();
-    await ivbs.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(base, { recursive: true });
+    await cleanup();
   }
 });
 
 Deno.test("a daemon stopped while it waits for the previous one to leave exits at once, and leaves the previous one serving", async () => {
-  const ivbs = await startIvbsServer({
-    users: [USER],
-    images: [{ name: "disk", size: 4 * MIB }],
-    listProxiesIntervalMs: 0,
-  });
-  const base = await Deno.makeTempDir({ prefix: "ivbsnetd-stopped-early-" });
-  const stateDir = `${base}/state`;
-  const { dir, path } = await writeConfig({
-    http: { listen: "127.0.0.1:0" },
-    ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
-    users: [USER],
-    stateDir,
-  });
+  const { stateDir, path, cleanup } = await setup("ivbsnetd-stopped-early-");
   const running = await DaemonProcess.start(path);
   const started = [running];
   try {
@@ -246,29 +253,17 @@ Deno.test("a daemon stopped while it waits for the previous one to leave exits a
     throw await withLogs(error, started);
   } finally {
     await running.stop();
-    await ivbs.close();
-    await Deno.remove(dir, { recursive: true });
-    await Deno.remove(base, { recursive: true });
+    await cleanup();
   }
 });
 
 for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
   Deno.test(`upgrade from today's main (${how}): every export is served again, the state file is rewritten in the current format`, async () => {
     const old = await oldCheckout();
-    const ivbs = await startIvbsServer({
-      users: [USER],
-      images: [{ name: "disk", size: 4 * MIB }, { name: "spare", size: 4 * MIB }],
-      listProxiesIntervalMs: 0,
-    });
-    const base = await Deno.makeTempDir({ prefix: "ivbsnetd-upgrade-" });
-    const stateDir = `${base}/state`;
     // The config as today's main reads it (its schema is strict: no new keys).
-    const { dir, path } = await writeConfig({
-      http: { listen: "127.0.0.1:0" },
-      ivbs: { proxies: ivbs.addresses(), connectTimeoutMs: 2000 },
-      users: [USER],
-      stateDir,
-      exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] },
+    const { stateDir, path, cleanup } = await setup("ivbsnetd-upgrade-", {
+      images: ["disk", "spare"],
+      config: () => ({ exports: { items: [{ name: "vm1", image: "disk", user: USER.username }] } }),
     });
     let daemon = await DaemonProcess.start(path, {
       program: [Deno.execPath(), "run", "-A", old.main],
@@ -290,7 +285,8 @@ for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
       const previous = daemon;
       if (how === "serve --replace") {
         daemon = await DaemonProcess.start(path, { args: ["--replace"] });
-        assert.equal((await previous.wait()).code, 0, "the old daemon stopped cleanly");
+        const left = await exitOf("the old daemon exits after serve --replace", previous);
+        assert.equal(left.code, 0, "the old daemon stopped cleanly");
       } else {
         assert.equal((await previous.stop("SIGTERM")).code, 0);
         daemon = await DaemonProcess.start(path);
@@ -306,10 +302,8 @@ for (const how of ["serve --replace", "SIGTERM, then start"] as const) {
       );
     } finally {
       await daemon.stop();
-      await ivbs.close();
+      await cleanup();
       await old.remove();
-      await Deno.remove(dir, { recursive: true });
-      await Deno.remove(base, { recursive: true });
     }
   });
 }
