@@ -21,34 +21,27 @@ export class UsageError extends Error {
 }
 
 /**
- * node:util parseArgs in strict mode; its errors become a UsageError holding
- * their first line (the line that names the flag; the rest is advice).
+ * node:util parseArgs in strict mode, for scripts with a fixed set of flags
+ * (bench/); its errors become a UsageError (see usageErrorOf). Subcommands use
+ * their definition instead (command_line.ts).
  */
 export function parseFlags<T extends ParseArgsOptionsConfig>(
   args: string[],
   options: T,
 ): { values: ReturnType<typeof parseArgs<{ options: T; strict: true }>>["values"] } {
-  return parseCommandLine(args, options, false);
-}
-
-/** parseFlags for commands that also take positional arguments. */
-export function parseFlagsAndPositionals<T extends ParseArgsOptionsConfig>(
-  args: string[],
-  options: T,
-): ReturnType<typeof parseArgs<{ options: T; strict: true; allowPositionals: true }>> {
-  return parseCommandLine(args, options, true);
-}
-
-function parseCommandLine<T extends ParseArgsOptionsConfig>(
-  args: string[],
-  options: T,
-  allowPositionals: boolean,
-) {
   try {
-    return parseArgs({ args, options, strict: true, allowPositionals });
+    return parseArgs({ args, options, strict: true });
   } catch (error) {
-    throw new UsageError(errorMessage(error).split("\n")[0]);
+    throw usageErrorOf(error);
   }
+}
+
+/**
+ * A parseArgs error as a UsageError: the sentence that names the flag, not the
+ * advice after it ("Unknown option '--x'. To specify a positional argument…").
+ */
+export function usageErrorOf(error: unknown): UsageError {
+  return new UsageError(errorMessage(error).split("\n")[0].split(". To specify")[0]);
 }
 
 /** Binary size suffixes: K = KiB … T = TiB; no suffix = bytes. */

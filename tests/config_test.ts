@@ -408,7 +408,7 @@ Deno.test("serve exits 2 with one clear line for each kind of broken config", as
     assert.equal(badFlag.stderr.length, 1);
     const badListen = await serveWith(["--listen", "nowhere"]);
     assert.equal(badListen.code, 2);
-    assert.match(badListen.stderr[0], /--listen nowhere is not host:port/);
+    assert.match(badListen.stderr[0], /--listen "nowhere" is not HOST:PORT/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -11,6 +11,7 @@ import { ExportTable } from "../src/daemon/export_table.ts";
 import { type AppOptions, createApp } from "../src/http/app.ts";
 import { EventLog } from "../src/daemon/events.ts";
 import { hostAllowed } from "../src/http/guard.ts";
+import { startHttpServer } from "../src/http/server.ts";
 import { quietLog } from "./support/log.ts";
 
 const TOKEN = "guard-test-token-77";
@@ -328,5 +329,37 @@ Deno.test("guard refusals (foreign Host, cross-origin, non-JSON body) are warn e
     assert.equal(lines.length, 3);
   } finally {
     await cleanup();
+  }
+});
+
+Deno.test("an absolute-form request is judged by the host it names, not by its Host field", async () => {
+  const ctx = await setup();
+  const server = startHttpServer({
+    hostname: "127.0.0.1",
+    port: 0,
+    handler: (request) => ctx.app.fetch(request),
+    log: quietLog,
+  });
+  const ask = async (head: string) => {
+    const conn = await Deno.connect({ hostname: "127.0.0.1", port: server.addr.port });
+    await conn.write(new TextEncoder().encode(`${head}Connection: close\r\n\r\n`));
+    const answer = await new Response(conn.readable).text();
+    return answer.slice(0, answer.indexOf("\r\n"));
+  };
+  try {
+    assert.equal(
+      await ask("GET http://127.0.0.1:8080/api/health HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
+      "HTTP/1.1 200 OK",
+      "a loopback authority is served",
+    );
+    assert.equal(
+      await ask("GET http://evil.example:8080/api/mounts HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
+      "HTTP/1.1 421 Misdirected Request",
+      "a foreign authority is refused though the Host field is loopback",
+    );
+    assertNothingChanged(ctx, "absolute form");
+  } finally {
+    await server.close();
+    await ctx.cleanup();
   }
 });

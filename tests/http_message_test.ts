@@ -161,7 +161,11 @@ const CASES: [string, string, number | "ok"][] = [
   ["HTTP/2.0", `GET / HTTP/2.0\r\n${H}\r\n`, 505],
   ["HTTP/1.10", `GET / HTTP/1.10\r\n${H}\r\n`, 400],
   ["asterisk-form on GET", `GET * HTTP/1.1\r\n${H}\r\n`, 400],
-  ["absolute-form", `GET http://evil/ HTTP/1.1\r\n${H}\r\n`, 400],
+  ["absolute-form of https", `GET https://a/ HTTP/1.1\r\n${H}\r\n`, 400],
+  ["absolute-form with userinfo", `GET http://u@a/ HTTP/1.1\r\n${H}\r\n`, 400],
+  ["absolute-form without authority", `GET http:/// HTTP/1.1\r\n${H}\r\n`, 400],
+  ["absolute-form with a space in it", `GET http://a /x HTTP/1.1\r\n${H}\r\n`, 400],
+  ["absolute-form without Host in HTTP/1.1", `GET http://a/ HTTP/1.1\r\n\r\n`, 400],
   ["non-ASCII in the target", `GET /\xe9 HTTP/1.1\r\n${H}\r\n`, 400],
   ["no Host in HTTP/1.1", `GET / HTTP/1.1\r\n\r\n`, 400],
   ["two Hosts", `GET / HTTP/1.1\r\n${H}${H}\r\n`, 400],
@@ -271,6 +275,31 @@ Deno.test("HTTP/1.0 with Transfer-Encoding is read as chunked and closes after t
   assert.deepEqual(body, encoder.encode("hi"));
   const plain = await readRequest("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
   assert.equal(plain.head.keepAlive, true, "without TE, HTTP/1.0 keep-alive is honoured");
+});
+
+Deno.test("an absolute-form target is accepted: its authority replaces Host, its path is the target (RFC 9112 §3.2.2)", async () => {
+  const cases: [target: string, path: string][] = [
+    ["http://127.0.0.1:8080/api/health?x=1", "/api/health?x=1"],
+    ["HTTP://127.0.0.1:8080", "/"],
+    ["http://[::1]:8080?q", "/?q"],
+  ];
+  for (const [target, path] of cases) {
+    const { head } = await readRequest(`GET ${target} HTTP/1.1\r\nHost: other.example\r\n\r\n`);
+    const authority = /^http:\/\/([^/?]+)/i.exec(target)![1];
+    assert.equal(head.target, path, target);
+    assert.equal(head.host, authority, `${target}: the authority is the host`);
+    assert.deepEqual(
+      head.headers,
+      [["Host", authority]],
+      `${target}: and the Host field the app sees`,
+    );
+  }
+  const v10 = await readRequest("GET http://127.0.0.1/x HTTP/1.0\r\n\r\n");
+  assert.deepEqual([v10.head.target, v10.head.host, v10.head.headers], [
+    "/x",
+    "127.0.0.1",
+    [["Host", "127.0.0.1"]],
+  ]);
 });
 
 Deno.test("Expect: 100-continue counts only for HTTP/1.1", async () => {

@@ -2,12 +2,21 @@
 import assert from "node:assert/strict";
 import { Status } from "../src/ivbs/wire.ts";
 import { UsageError } from "../src/args.ts";
-import { loadUsersFile, parseServerArgs, run } from "../src/commands/ivbs_server.ts";
+import { parseCommandLine } from "../src/command_line.ts";
+import { IVBS_SERVER } from "../src/commands/definitions.ts";
+import { loadUsersFile, serverCommand } from "../src/commands/ivbs_server.ts";
+import { main } from "../main.ts";
+import { captureConsole } from "./support/console_capture.ts";
 import { MiB, RawClient } from "./support/ivbs_raw_client.ts";
 import { setLogLevel } from "../src/log.ts";
 
 // Expected refusals are logged at info/warn; keep the test output readable.
 setLogLevel("error");
+
+/** The server a command line asks for, through the command's definition. */
+function parseServerArgs(args: string[]) {
+  return serverCommand(parseCommandLine(IVBS_SERVER, args).values);
+}
 
 Deno.test("parseServerArgs reads every flag", () => {
   const command = parseServerArgs([
@@ -37,7 +46,6 @@ Deno.test("parseServerArgs reads every flag", () => {
     "0",
   ]);
   assert.deepEqual(command, {
-    help: false,
     usersFile: "u.json",
     adminPort: 0,
     options: {
@@ -84,40 +92,32 @@ Deno.test("parseServerArgs rejects bad flags with a UsageError that never shows 
   }
 });
 
-Deno.test("run exits 0 on --help and 2 on a bad flag or missing users", async () => {
-  const log = console.log;
-  const error = console.error;
-  const printed: string[] = [];
-  console.log = (...args: unknown[]) => printed.push(args.join(" "));
-  console.error = (...args: unknown[]) => printed.push(args.join(" "));
-  try {
-    assert.equal(await run(["--help"]), 0);
-    for (
-      const flag of [
-        "--host",
-        "--port",
-        "--proxies",
-        "--data-dir",
-        "--create",
-        "--user",
-        "--users-file",
-        "--idle-timeout",
-        "--list-interval",
-        "--reply-delay",
-        "--admin-port",
-        "--help",
-      ]
-    ) {
-      assert.ok(printed[0].includes(flag), `--help does not document ${flag}`);
-    }
-    assert.match(printed[0], /example:/);
-    assert.equal(await run(["--nope"]), 2);
-    assert.equal(await run(["--port", "0"]), 2);
-    assert.match(printed.at(-1)!, /no users/);
-  } finally {
-    console.log = log;
-    console.error = error;
+Deno.test("ivbs-server exits 0 on --help and 2 on a bad flag or missing users", async () => {
+  const help = await captureConsole(() => main(["ivbs-server", "--help"]));
+  assert.equal(help.result, 0);
+  for (
+    const flag of [
+      "--host",
+      "--port",
+      "--proxies",
+      "--data-dir",
+      "--create",
+      "--user",
+      "--users-file",
+      "--idle-timeout",
+      "--list-interval",
+      "--reply-delay",
+      "--admin-port",
+      "--help",
+    ]
+  ) {
+    assert.ok(help.stdout[0].includes(flag), `--help does not document ${flag}`);
   }
+  assert.match(help.stdout[0], /example:/);
+  assert.equal((await captureConsole(() => main(["ivbs-server", "--nope"]))).result, 2);
+  const noUsers = await captureConsole(() => main(["ivbs-server", "--port", "0"]));
+  assert.equal(noUsers.result, 2);
+  assert.match(noUsers.stderr.at(-1)!, /^ivbsnetd ivbs-server: no users/);
 });
 
 Deno.test("loadUsersFile reads a JSON user list and names the file when it is wrong", async () => {

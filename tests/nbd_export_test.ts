@@ -19,7 +19,9 @@ import { IvbsSession } from "../src/ivbs/session.ts";
 import { startIvbsServer } from "../src/ivbs/server/mod.ts";
 import type { Logger } from "../src/log.ts";
 import { UsageError } from "../src/args.ts";
-import { parseExportArgs } from "../src/commands/export.ts";
+import { parseCommandLine } from "../src/command_line.ts";
+import { EXPORT } from "../src/commands/definitions.ts";
+import { exportCommand } from "../src/commands/export.ts";
 import { hasTool, runTool } from "./support/tools.ts";
 import { eventually } from "./support/wait.ts";
 import { memoryLog } from "./support/log.ts";
@@ -650,6 +652,11 @@ Deno.test("an IVBS export with a wrong password answers ERR_UNKNOWN and logs the
 });
 
 // ---- the `ivbsnetd export` command -----------------------------------------
+
+/** The exports a command line asks for, through the command's definition. */
+function parseExportArgs(args: string[]) {
+  return exportCommand(parseCommandLine(EXPORT, args).values);
+}
 
 Deno.test("parseExportArgs pairs names with images and defaults names to image names", () => {
   const ivbs = ["--user", "u", "--password-file", "/p", "--proxy", "127.0.0.1:11417"];

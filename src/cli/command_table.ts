@@ -1,12 +1,15 @@
 /**
  * The client commands, defined once: name, the 2013 REPL words that are
  * aliases of it, summary, usage, flags, the arguments it takes and what it
- * runs. The one-shot commands (`ivbsnetd mount …`, src/commands/one_shot.ts)
- * and the interactive netdclient (netdclient.ts) both run these definitions,
- * so they share one vocabulary, one `--help` and one set of usage errors.
+ * runs (the command line's shape is src/command_line.ts, shared with every
+ * other subcommand). The one-shot commands (`ivbsnetd mount …`,
+ * src/commands/one_shot.ts) and the interactive netdclient (netdclient.ts)
+ * both run these definitions, so they share one vocabulary, one `--help` and
+ * one set of usage errors.
  * @module
  */
 import { UsageError } from "../args.ts";
+import type { CommandSpec, FlagSpecs, FlagValues } from "../command_line.ts";
 import { buildInfo } from "../version.ts";
 import type { ApiClient } from "./api_client.ts";
 import {
@@ -24,16 +27,6 @@ import {
   shutdownCommand,
   unmountCommand,
 } from "./client_actions.ts";
-
-export interface FlagSpec {
-  type: "string" | "boolean";
-  short?: string;
-  /** The value's placeholder in help ("SEQ"); string flags only. */
-  value?: string;
-  help: string;
-}
-
-export type FlagValues = Record<string, string | boolean | undefined>;
 
 /** An argument the REPL asks for when it is missing (the one-shot form needs it given). */
 export interface Question {
@@ -55,19 +48,9 @@ export interface CommandContext {
   signal?: AbortSignal;
 }
 
-export interface ClientCommand {
-  name: string;
+export interface ClientCommand extends CommandSpec {
   /** Other words for it, with the flags they imply (the 2013 REPL's lista = list --all). */
   aliases?: Record<string, string[]>;
-  /** One line, for `ivbsnetd --help` and the REPL's help. */
-  summary: string;
-  /** The arguments after the name and options ("DEVICE|auto IMAGE USER [PASSWORD]"). */
-  usage: string;
-  /** A paragraph for `--help`. */
-  description: string;
-  flags: Record<string, FlagSpec>;
-  /** How many arguments it takes. */
-  args: readonly [min: number, max: number];
   /** The REPL asks for missing leading arguments in this order. */
   questions?: readonly Question[];
   /** Needs no daemon (version): the REPL does not check the server first. */
@@ -84,32 +67,94 @@ export class CancelledError extends Error {
   }
 }
 
-const PASSWORD_FLAGS: Record<string, FlagSpec> = {
+/** `--read-only`: mount, export-add, and the foreground attach and export. */
+export const READ_ONLY_FLAG = {
   "read-only": { type: "boolean", help: "read-only even if the image is writable" },
+} as const satisfies FlagSpecs;
+
+const PASSWORD_FLAGS = {
+  ...READ_ONLY_FLAG,
   "password-stdin": { type: "boolean", help: "read the password from the first line of stdin" },
-};
+} as const satisfies FlagSpecs;
 
 const PASSWORD_NOTE = "PASSWORD may also come from IVBSNETD_PASSWORD; without either, it is\n" +
   "asked for (without echo) when stdin is a terminal. Avoid PASSWORD on the command\n" +
   "line: other users can see it in the process list.";
 
-/** IMAGE USER [PASSWORD] after the target, as mount and export-add take them. */
-async function imageRequest(context: CommandContext) {
-  const [, image, username, given] = context.args;
-  const password = await context.password(given, context.flags);
-  return { image, username, password, readOnly: context.flags["read-only"] === true || undefined };
+/** What mount and export-add send after their first argument. */
+interface ImageRequest {
+  image: string;
+  username: string;
+  password: string;
+  readOnly?: boolean;
+}
+
+/**
+ * mount and export-add: TARGET IMAGE USER [PASSWORD], the missing ones asked
+ * for at the prompt (the password without echo), with the password flags.
+ */
+function imageCommand(command: {
+  name: string;
+  aliases?: Record<string, string[]>;
+  summary: string;
+  target: string;
+  description: string;
+  targetQuestion: Question;
+  send(context: CommandContext, target: string, request: ImageRequest): Promise<void>;
+}): ClientCommand {
+  return {
+    name: command.name,
+    aliases: command.aliases,
+    summary: command.summary,
+    usage: `${command.target} IMAGE USER [PASSWORD]`,
+    description: `${command.description}\n${PASSWORD_NOTE}`,
+    flags: PASSWORD_FLAGS,
+    args: [3, 4],
+    questions: [command.targetQuestion, { prompt: "Image" }, { prompt: "User" }],
+    run: async (context) => {
+      const [target, image, username, given] = context.args;
+      const password = await context.password(given, context.flags);
+      const readOnly = context.flags["read-only"] === true || undefined;
+      await command.send(context, target, { image, username, password, readOnly });
+    },
+  };
+}
+
+/** unmount and export-remove: one TARGET, asked for at the prompt when missing. */
+function targetCommand(command: {
+  name: string;
+  aliases?: Record<string, string[]>;
+  summary: string;
+  target: string;
+  description: string;
+  question: string;
+  send(context: CommandContext, target: string): Promise<void>;
+}): ClientCommand {
+  return {
+    name: command.name,
+    aliases: command.aliases,
+    summary: command.summary,
+    usage: command.target,
+    description: command.description,
+    flags: {},
+    args: [1, 1],
+    questions: [{ prompt: command.question }],
+    run: (context) => command.send(context, context.args[0]),
+  };
+}
+
+/** A command that takes no arguments and no flags of its own. */
+function withoutArguments(command: Omit<ClientCommand, "usage" | "flags" | "args">): ClientCommand {
+  return { ...command, usage: "", flags: {}, args: [0, 0] };
 }
 
 export const CLIENT_COMMANDS: readonly ClientCommand[] = [
-  {
+  withoutArguments({
     name: "check",
     summary: "check that the daemon answers",
-    usage: "",
     description: "Checks that the daemon answers, and shows its version and what it serves.",
-    flags: {},
-    args: [0, 0],
     run: (c) => checkCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "list",
     aliases: { listm: [], lista: ["--all"] },
@@ -121,85 +166,60 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
     args: [0, 0],
     run: (c) => (c.flags.all ? listAllCommand : listMountedCommand)(c.client, c.out, c.json),
   },
-  {
+  imageCommand({
     name: "mount",
     summary: "mount an image on /dev/nbdX through the daemon",
-    usage: "DEVICE|auto IMAGE USER [PASSWORD]",
-    description:
-      "Mounts IMAGE as USER on DEVICE (nbdN, /dev/nbdN, or auto = first free device).\n" +
-      PASSWORD_NOTE,
-    flags: PASSWORD_FLAGS,
-    args: [3, 4],
-    questions: [{ prompt: "Device [auto]", fallback: "auto" }, { prompt: "Image" }, {
-      prompt: "User",
-    }],
-    run: async (c) =>
-      await mountCommand(c.client, c.out, { device: c.args[0], ...await imageRequest(c) }, c.json),
-  },
-  {
+    target: "DEVICE|auto",
+    description: "Mounts IMAGE as USER on DEVICE (nbdN, /dev/nbdN, or auto = first free device).",
+    targetQuestion: { prompt: "Device [auto]", fallback: "auto" },
+    send: (c, device, request) => mountCommand(c.client, c.out, { device, ...request }, c.json),
+  }),
+  targetCommand({
     name: "unmount",
     summary: "detach a device through the daemon",
-    usage: "DEVICE",
+    target: "DEVICE",
     description: "Detaches DEVICE and closes its IVBS session.",
-    flags: {},
-    args: [1, 1],
-    questions: [{ prompt: "Device" }],
-    run: (c) => unmountCommand(c.client, c.out, c.args[0], c.json),
-  },
-  {
+    question: "Device",
+    send: (c, device) => unmountCommand(c.client, c.out, device, c.json),
+  }),
+  withoutArguments({
     name: "exports",
     aliases: { "export-list": [], liste: [] },
     summary: "list the daemon's NBD exports",
-    usage: "",
     description: "Lists the daemon's NBD exports with their URIs and clients (liste).",
-    flags: {},
-    args: [0, 0],
     run: (c) => listExportsCommand(c.client, c.out, c.json),
-  },
-  {
+  }),
+  imageCommand({
     name: "export-add",
     aliases: { export: [] },
     summary: "serve an image as an NBD export of the daemon (prints its nbd+unix:// URI)",
-    usage: "NAME IMAGE USER [PASSWORD]",
+    target: "NAME",
     description:
       "Makes the daemon serve IMAGE (as USER) as NBD export NAME, for QEMU, qemu-img,\n" +
       "nbdinfo or fio: it prints the nbd+unix:///NAME?socket=PATH URI to use. Each client\n" +
       "gets its own IVBS session. (`ivbsnetd export` instead serves exports in the\n" +
-      "foreground without a daemon.)\n" + PASSWORD_NOTE,
-    flags: PASSWORD_FLAGS,
-    args: [3, 4],
-    questions: [{ prompt: "Export name" }, { prompt: "Image" }, { prompt: "User" }],
-    run: async (c) =>
-      await addExportCommand(
-        c.client,
-        c.out,
-        { name: c.args[0], ...await imageRequest(c) },
-        c.json,
-      ),
-  },
-  {
+      "foreground without a daemon.)",
+    targetQuestion: { prompt: "Export name" },
+    send: (c, name, request) => addExportCommand(c.client, c.out, { name, ...request }, c.json),
+  }),
+  targetCommand({
     name: "export-remove",
     aliases: { unexport: [] },
     summary: "stop an NBD export of the daemon",
-    usage: "NAME",
+    target: "NAME",
     description: "Stops serving export NAME; its clients are disconnected (unexport).",
-    flags: {},
-    args: [1, 1],
-    questions: [{ prompt: "Export name" }],
-    run: (c) => removeExportCommand(c.client, c.out, c.args[0], c.json),
-  },
-  {
+    question: "Export name",
+    send: (c, name) => removeExportCommand(c.client, c.out, name, c.json),
+  }),
+  withoutArguments({
     name: "proxies",
     summary: "list the IVBS proxies the daemon knows and their health",
-    usage: "",
     description: "Lists every IVBS proxy the daemon knows (configured and learned from\n" +
       "LIST_PROXIES): name, state (connected by which mounts and exports, backoff until\n" +
       "when, idle, reachable or unreachable), failures, failovers away from and to it,\n" +
       "and the last error.",
-    flags: {},
-    args: [0, 0],
     run: (c) => proxiesCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "events",
     summary: "print the daemon's recent events (--follow: keep printing)",
@@ -222,16 +242,13 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
         signal: c.signal,
       }),
   },
-  {
+  withoutArguments({
     name: "reload",
     summary: "make the daemon re-read its config (like SIGHUP)",
-    usage: "",
     description: "Asks the daemon to re-read its config file: added mounts and exports come\n" +
       "up, removed ones are detached, unchanged ones are not touched. Prints what changed.",
-    flags: {},
-    args: [0, 0],
     run: (c) => reloadCommand(c.client, c.out, c.json),
-  },
+  }),
   {
     name: "shutdown",
     aliases: { disc: [] },
@@ -249,13 +266,10 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
     args: [0, 0],
     run: (c) => shutdownCommand(c.client, c.out, c.json, c.flags["keep-devices"] === true),
   },
-  {
+  withoutArguments({
     name: "version",
     summary: "print the version (also --version)",
-    usage: "",
     description: "Prints this program's version and the Deno, V8 and TypeScript it runs on.",
-    flags: {},
-    args: [0, 0],
     local: true,
     run: (c) => {
       const info = buildInfo();
@@ -266,10 +280,10 @@ export const CLIENT_COMMANDS: readonly ClientCommand[] = [
       );
       return Promise.resolve();
     },
-  },
+  }),
 ];
 
-function wholeNumber(value: string | boolean | undefined, flag: string): number | undefined {
+function wholeNumber(value: FlagValues[string], flag: string): number | undefined {
   if (typeof value !== "string") return undefined;
   if (!/^\d{1,15}$/.test(value)) throw new UsageError(`${flag} must be a whole number`);
   return Number(value);
@@ -283,28 +297,6 @@ export function findCommand(word: string): { command: ClientCommand; implied: st
     if (implied) return { command, implied };
   }
   return null;
-}
-
-/** "--since SEQ  only events after …" lines, aligned. */
-export function flagLines(flags: Record<string, FlagSpec>): string[] {
-  const entries = Object.entries(flags).map(([name, spec]) => {
-    const short = spec.short ? `-${spec.short}, ` : "";
-    return [`${short}--${name}${spec.value ? ` ${spec.value}` : ""}`, spec.help];
-  });
-  return entries.map(([left, help]) => `  ${left.padEnd(20)} ${help}`);
-}
-
-/**
- * A command's flags plus the caller's own (--server, --json…) for node:util
- * parseArgs; the help texts stay behind.
- */
-export function parseOptions(flags: Record<string, FlagSpec>) {
-  return Object.fromEntries(
-    Object.entries(flags).map(([name, spec]) => [
-      name,
-      spec.short ? { type: spec.type, short: spec.short } : { type: spec.type },
-    ]),
-  );
 }
 
 /** "--all applies to list only", for a flag another command has; null when none has it. */

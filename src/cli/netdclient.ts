@@ -18,11 +18,8 @@ import {
   CLIENT_COMMANDS,
   type ClientCommand,
   findCommand,
-  flagLines,
-  type FlagSpec,
-  parseOptions,
 } from "./command_table.ts";
-import { parseFlagsAndPositionals } from "../args.ts";
+import { flagLines, type FlagSpec, parseFlagsOnly } from "../command_line.ts";
 import type { Terminal } from "./prompt.ts";
 
 export const PROMPT = "netdclient> ";
@@ -107,10 +104,7 @@ async function runAtPrompt(
   command: ClientCommand,
   typed: string[],
 ): Promise<boolean> {
-  const { values, positionals } = parseFlagsAndPositionals(
-    typed,
-    parseOptions({ ...command.flags, ...PROMPT_FLAGS }),
-  );
+  const { values, positionals } = parseFlagsOnly({ ...command.flags, ...PROMPT_FLAGS }, typed);
   if (values.help) {
     out.print(commandHelp(command));
     return true;

@@ -5,44 +5,14 @@
  * kernel attachment, so it is a command above both layers (like export.ts).
  * @module
  */
-import {
-  parseFlags,
-  parseHostPort,
-  parseSize,
-  parseWholeNumber,
-  readPasswordFile,
-  UsageError,
-} from "../args.ts";
+import { parseSize, parseWholeNumber, readPasswordFile, UsageError } from "../args.ts";
+import type { CommandLine, FlagValuesOf } from "../command_line.ts";
 import { errorCode } from "../error_info.ts";
 import { type Logger, logger } from "../log.ts";
 import { type Backend, MemoryBackend } from "../block/backend.ts";
 import { IvbsSession } from "../ivbs/session.ts";
 import { onStopSignal } from "./signals.ts";
-
-export const HELP = `usage: ivbsnetd attach --device /dev/nbdN SOURCE [options]
-
-Attaches SOURCE to the kernel NBD device and serves it until SIGINT or
-SIGTERM, then detaches (NBD_DISCONNECT, answer what is in flight, close) and
-exits 0. Needs root and the nbd module (modprobe nbd).
-
-SOURCE, one of:
-  --memory SIZE          a memory disk of SIZE bytes (K/M/G/T suffix), lost at exit
-  --image IMG            an IVBS image
-    --user U             IVBS username
-    --password-file F    file holding the password (trailing newline ignored)
-    --proxy HOST:PORT    an IVBS proxy; repeat for the fallback list
-
-options:
-  --read-only            attach read-only
-  --block-size N         logical block size, 512..4096 (default 4096)
-  --timeout S            kernel request timeout in seconds (default 0 = none;
-                         the IVBS layer has its own I/O timeout)
-  --max-in-flight N      requests in flight to the backend (default 128)
-  --max-request-kb N     largest request the kernel sends, KiB (default 1024)
-  -h, --help             show this help
-
-Prints "attached DEVICE SIZE" on stdout once the device is live.
-`;
+import { type ATTACH, ivbsLogin } from "./definitions.ts";
 
 export interface AttachArgs {
   device: string;
@@ -66,23 +36,8 @@ function parseWhole(text: string | undefined, name: string, fallback: number, mi
   return text === undefined ? fallback : parseWholeNumber(text, `--${name}`, min);
 }
 
-/** Parses the command line; returns null for --help. */
-export function parseAttachArgs(args: string[]): AttachArgs | null {
-  const { values } = parseFlags(args, {
-    device: { type: "string" },
-    memory: { type: "string" },
-    image: { type: "string" },
-    user: { type: "string" },
-    "password-file": { type: "string" },
-    proxy: { type: "string", multiple: true },
-    "read-only": { type: "boolean" },
-    "block-size": { type: "string" },
-    timeout: { type: "string" },
-    "max-in-flight": { type: "string" },
-    "max-request-kb": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
-  if (values.help) return null;
+/** The attachment the flags describe; a UsageError names the flag that is wrong. */
+export function attachArgs(values: FlagValuesOf<typeof ATTACH.flags>): AttachArgs {
   if (!values.device) throw new UsageError("--device /dev/nbdN is required");
   if ((values.memory === undefined) === (values.image === undefined)) {
     throw new UsageError("give exactly one of --memory SIZE or --image IMG");
@@ -91,16 +46,7 @@ export function parseAttachArgs(args: string[]): AttachArgs | null {
   if (values.memory !== undefined) {
     source = { kind: "memory", size: parseSize(values.memory) };
   } else {
-    if (!values.user) throw new UsageError("--image needs --user");
-    if (!values["password-file"]) throw new UsageError("--image needs --password-file");
-    if (!values.proxy?.length) throw new UsageError("--image needs at least one --proxy");
-    source = {
-      kind: "ivbs",
-      image: values.image!,
-      username: values.user,
-      passwordFile: values["password-file"],
-      proxies: values.proxy.map((text) => parseHostPort(text, "--proxy")),
-    };
+    source = { kind: "ivbs", image: values.image!, ...ivbsLogin(values) };
   }
   return {
     device: values.device,
@@ -126,20 +72,9 @@ async function openBackend(args: AttachArgs, log: Logger): Promise<Backend> {
   });
 }
 
-export async function run(argv: string[]): Promise<number> {
+export async function run({ values }: CommandLine<typeof ATTACH.flags>): Promise<number> {
   const log = logger("attach");
-  let args: AttachArgs | null;
-  try {
-    args = parseAttachArgs(argv);
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd attach: ${error.message} (see --help)`);
-    return 2;
-  }
-  if (args === null) {
-    console.log(HELP);
-    return 0;
-  }
+  const args = attachArgs(values);
   // Loaded here so `attach --help` and usage errors need no FFI permission.
   const { attachDevice } = await import("../nbd/ioctl_attach.ts");
   let backend: Backend;

@@ -6,8 +6,9 @@
  * volumes need: kill or restart it at any time.
  * @module
  */
-import { parseFlags, readPasswordFile, UsageError } from "../args.ts";
-import { ApiClient, DEFAULT_SERVER } from "../cli/api_client.ts";
+import { readPasswordFile, UsageError } from "../args.ts";
+import type { CommandLine, FlagValuesOf } from "../command_line.ts";
+import { DEFAULT_SERVER } from "../cli/api_client.ts";
 import { ControllerService } from "../csi/controller.ts";
 import { ControllerState } from "../csi/controller_state.ts";
 import { systemHost } from "../csi/host.ts";
@@ -16,28 +17,11 @@ import { socketPath, startCsiServer } from "../csi/server.ts";
 import { VolumeFs } from "../csi/volume_fs.ts";
 import { VERSION } from "../version.ts";
 import { logger } from "../log.ts";
-import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
+import { errorMessage } from "../error_info.ts";
+import { EXIT_FAILED, EXIT_OK } from "./exit_codes.ts";
 import { untilStopSignal } from "./signals.ts";
-
-export const HELP = `usage: ivbsnetd csi --endpoint unix:///PATH --node-id NAME [options]
-       ivbsnetd csi --endpoint unix:///PATH --controller [options]
-
-Serves the Container Storage Interface (spec v1.12) on a unix socket for
-Kubernetes. Volumes are existing IVBS images (volume id = image name), with
-the IVBS username and password from the PV's secrets. Every device and IVBS
-action goes through the daemon's HTTP API (--server).
-
-  --endpoint unix:///P   the socket to serve (kubelet's plugin directory)
-  --node-id NAME         this node's name (node mode; usually the Kubernetes node name)
-  --controller           serve Identity + Controller instead of Node: record which
-                         node has a volume and refuse a second one for a
-                         single-node volume (runs beside the external-attacher)
-  --state-dir DIR        where the controller keeps its record (default
-                         /var/lib/ivbsnetd-csi)
-  --server URL           the daemon's API (default ${DEFAULT_SERVER})
-  --token-file F         file holding the API's bearer token
-  -h, --help             show this help
-`;
+import type { CSI } from "./definitions.ts";
+import { daemonClient, processEnv } from "./one_shot.ts";
 
 export interface CsiArgs {
   endpoint: string;
@@ -48,18 +32,8 @@ export interface CsiArgs {
   tokenFile: string | null;
 }
 
-/** Parses the command line; null for --help. */
-export function parseCsiArgs(argv: string[]): CsiArgs | null {
-  const { values } = parseFlags(argv, {
-    endpoint: { type: "string" },
-    "node-id": { type: "string" },
-    controller: { type: "boolean" },
-    "state-dir": { type: "string" },
-    server: { type: "string" },
-    "token-file": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
-  if (values.help) return null;
+/** The plugin the flags describe; a UsageError names the flag that is wrong. */
+export function csiArgs(values: FlagValuesOf<typeof CSI.flags>): CsiArgs {
   if (!values.endpoint) throw new UsageError("--endpoint unix:///PATH is required");
   try {
     socketPath(values.endpoint);
@@ -75,33 +49,21 @@ export function parseCsiArgs(argv: string[]): CsiArgs | null {
     nodeId: values["node-id"] ?? null,
     controller,
     stateDir: values["state-dir"] ?? "/var/lib/ivbsnetd-csi",
-    server: values.server ?? DEFAULT_SERVER,
+    server: values.server ?? processEnv("IVBSNETD_SERVER") ?? DEFAULT_SERVER,
     tokenFile: values["token-file"] ?? null,
   };
 }
 
-export async function run(argv: string[]): Promise<number> {
+export async function run({ values }: CommandLine<typeof CSI.flags>): Promise<number> {
   const log = logger("csi");
-  let args: CsiArgs | null;
-  try {
-    args = parseCsiArgs(argv);
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd csi: ${error.message} (see --help)`);
-    return EXIT_USAGE;
-  }
-  if (args === null) {
-    console.log(HELP);
-    return EXIT_OK;
-  }
+  const args = csiArgs(values);
   let token: string | undefined;
   try {
     token = args.tokenFile ? await readPasswordFile(args.tokenFile, log) : undefined;
   } catch (error) {
-    console.error(`ivbsnetd csi: cannot read --token-file: ${(error as Error).message}`);
-    return EXIT_USAGE;
+    throw new UsageError(`cannot read --token-file: ${errorMessage(error)}`);
   }
-  const daemon = new ApiClient({ server: args.server, token });
+  const daemon = daemonClient(args.server, token);
   let controller: ControllerService | undefined;
   if (args.controller) {
     await Deno.mkdir(args.stateDir, { recursive: true, mode: 0o700 });

@@ -10,35 +10,18 @@
  * over a demo's device (unlike `serve`, where SIGTERM leaves it to the next daemon).
  * @module
  */
-import { parseFlags, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
+import type { CommandLine } from "../command_line.ts";
 import { startIvbsServer } from "../ivbs/server/mod.ts";
 import { logger } from "../log.ts";
-import {
-  type DaemonConfig,
-  type ListenAddress,
-  parseConfig,
-  parseListenAddress,
-} from "../daemon/config.ts";
+import { type DaemonConfig, type ListenAddress, parseConfig } from "../daemon/config.ts";
 import type { Daemon } from "../daemon/daemon.ts";
 import { nbdHealthOf } from "../daemon/host_health.ts";
-import { type ServeDependencies, startServing } from "./serve.ts";
+import { listenFlag, type ServeDependencies, startServing } from "./serve.ts";
 import { onStopSignal } from "./signals.ts";
+import type { DEMO } from "./definitions.ts";
 
 const GIB = 1024 * 1024 * 1024;
-
-export const DEMO_HELP = [
-  "usage: ivbsnetd demo [--listen HOST:PORT] [--size-gib N] [--socket PATH]",
-  "",
-  "Starts an IVBS test server (image demo, user demo, password demo), the daemon",
-  "and its status page, serves the image as NBD export demo (for qemu-img, qemu-io,",
-  "nbdinfo, fio) and mounts it too when this machine can (nbd module + root).",
-  "",
-  "options:",
-  "  --listen HOST:PORT  HTTP address (default 127.0.0.1:8080)",
-  "  --size-gib N        size of the demo image in GiB (default 1; memory, sparse)",
-  "  --socket PATH       NBD export socket (default: nbd.sock in a new temp directory)",
-  "  -h, --help          this help",
-].join("\n");
 
 /** Command lines that use an NBD export, for people to paste (the URI is single-quoted). */
 export function exportUsage(uri: string): string[] {
@@ -52,39 +35,25 @@ export function exportUsage(uri: string): string[] {
 }
 
 /** `ivbsnetd demo` on this machine (mounting where the kernel and our uid allow). */
-export async function run(args: string[]): Promise<number> {
+export async function run(line: CommandLine<typeof DEMO.flags>): Promise<number> {
   const { kernelMountDriver } = await import("./kernel_driver.ts");
-  return await runDemo(args, { createDriver: kernelMountDriver });
+  return await demoCommand(line, { createDriver: kernelMountDriver });
 }
 
-export async function runDemo(args: string[], deps: ServeDependencies): Promise<number> {
+async function demoCommand(
+  { values }: CommandLine<typeof DEMO.flags>,
+  deps: ServeDependencies,
+): Promise<number> {
   const log = logger("demo");
-  let values;
-  try {
-    ({ values } = parseFlags(args, {
-      listen: { type: "string", default: "127.0.0.1:8080" },
-      "size-gib": { type: "string", default: "1" },
-      socket: { type: "string" },
-      help: { type: "boolean", short: "h", default: false },
-    }));
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd demo: ${error.message}\n\n${DEMO_HELP}`);
-    return 2;
-  }
-  if (values.help) {
-    console.log(DEMO_HELP);
-    return 0;
-  }
-  const listen = parseListenAddress(values.listen);
-  const sizeGib = Number(values["size-gib"]);
-  if (!listen || !(sizeGib > 0 && sizeGib <= 1024)) {
-    console.error(`ivbsnetd demo: bad --listen or --size-gib\n\n${DEMO_HELP}`);
-    return 2;
+  const listenText = values.listen ?? "127.0.0.1:8080";
+  const listen = listenFlag(listenText);
+  const sizeText = values["size-gib"] ?? "1";
+  const sizeGib = Number(sizeText);
+  if (!(sizeGib > 0 && sizeGib <= 1024)) {
+    throw new UsageError(`--size-gib "${sizeText}" must be a number of GiB, 0 < N <= 1024`);
   }
   if (values.socket !== undefined && !values.socket.startsWith("/")) {
-    console.error(`ivbsnetd demo: --socket ${values.socket} must be an absolute path`);
-    return 2;
+    throw new UsageError(`--socket ${values.socket} must be an absolute path`);
   }
 
   // From here a stop signal means: undo everything started so far, then exit.
@@ -101,10 +70,16 @@ export async function runDemo(args: string[], deps: ServeDependencies): Promise<
     }
   });
   try {
-    return await demo(values, listen, sizeGib, deps, (started) => {
-      daemon = started;
-      if (stopSignal !== null) void started.shutdown(`${stopSignal} during start-up`);
-    });
+    return await demo(
+      { listen: listenText, socket: values.socket },
+      listen,
+      sizeGib,
+      deps,
+      (started) => {
+        daemon = started;
+        if (stopSignal !== null) void started.shutdown(`${stopSignal} during start-up`);
+      },
+    );
   } finally {
     removeSignals();
   }

@@ -7,7 +7,6 @@
  * @module
  */
 import {
-  parseFlags,
   parseHostPort,
   parseSeconds,
   parseSize,
@@ -15,6 +14,7 @@ import {
   readPasswordFile,
   UsageError,
 } from "../args.ts";
+import type { CommandLine, FlagValuesOf } from "../command_line.ts";
 import { logger } from "../log.ts";
 import { type Backend, MemoryBackend } from "../block/backend.ts";
 import {
@@ -26,41 +26,7 @@ import {
 import { IvbsMountError } from "../ivbs/errors.ts";
 import { IvbsSession, type IvbsSessionOptions } from "../ivbs/session.ts";
 import { untilStopSignal } from "./signals.ts";
-
-export const HELP = `usage: ivbsnetd export --socket PATH [--tcp 127.0.0.1:PORT] [options] SOURCE
-
-Serves NBD exports until SIGINT or SIGTERM. Clients connect with URIs like
-nbd+unix:///NAME?socket=PATH or nbd://127.0.0.1:PORT/NAME. Each client of an
-IVBS export gets its own IVBS session, so proxy failover is per client.
-This runs without a daemon; to add exports to a running daemon (ivbsnetd
-serve) use ivbsnetd export-add, export-remove and export-list instead.
-
-listeners:
-  --socket PATH          unix socket (mode 0600; a stale one is replaced)
-  --tcp HOST:PORT        also listen on TCP; loopback only (NBD has no auth here)
-
-SOURCE, one of:
-  --memory SIZE          one memory disk per --name (SIZE with K/M/G/T suffix),
-                         shared by that export's clients, lost at exit
-  --image IMG            an IVBS image; repeat for several exports
-    --user U             IVBS username
-    --password-file F    file holding the password (trailing newline ignored)
-    --proxy HOST:PORT    an IVBS proxy; repeat for the fallback list
-
-options:
-  --name NAME            export name; repeat for several (with --image, pairs
-                         with the --image at the same position; default: the
-                         image names)
-  --read-only            serve every export read-only
-  --max-clients N        clients at once, all exports together (default 64)
-  --handshake-timeout S  seconds a client may take to negotiate (default 10)
-  -h, --help             show this help
-
-example:
-  ivbsnetd export --socket /run/ivbsnetd/nbd.sock --image disk0 --user alice \\
-    --password-file /etc/ivbsnetd/alice.pass --proxy 127.0.0.1:11417 --proxy 127.0.0.1:11418
-  qemu-img info 'nbd+unix:///disk0?socket=/run/ivbsnetd/nbd.sock'
-`;
+import { type EXPORT, ivbsLogin } from "./definitions.ts";
 
 export type ExportSource =
   | { kind: "memory"; size: number }
@@ -74,7 +40,6 @@ export type ExportSource =
   };
 
 export interface ExportCommand {
-  help: boolean;
   socketPath?: string;
   tcp?: { hostname: string; port: number };
   names: string[];
@@ -84,29 +49,13 @@ export interface ExportCommand {
   handshakeTimeoutMs?: number;
 }
 
-/** Parses the command line; throws UsageError naming the flag and value. */
-export function parseExportArgs(args: string[]): ExportCommand {
-  const { values } = parseFlags(args, {
-    socket: { type: "string" },
-    tcp: { type: "string" },
-    name: { type: "string", multiple: true },
-    memory: { type: "string" },
-    image: { type: "string", multiple: true },
-    user: { type: "string" },
-    "password-file": { type: "string" },
-    proxy: { type: "string", multiple: true },
-    "read-only": { type: "boolean" },
-    "max-clients": { type: "string" },
-    "handshake-timeout": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
+/** The exports the flags describe; a UsageError names the flag and value that are wrong. */
+export function exportCommand(values: FlagValuesOf<typeof EXPORT.flags>): ExportCommand {
   const command: ExportCommand = {
-    help: values.help ?? false,
     names: values.name ?? [],
     source: { kind: "memory", size: 0 },
     readOnly: values["read-only"] ?? false,
   };
-  if (command.help) return command;
   if (!values.socket && !values.tcp) throw new UsageError("give --socket PATH and/or --tcp");
   command.socketPath = values.socket;
   if (values.tcp) {
@@ -138,17 +87,7 @@ export function parseExportArgs(args: string[]): ExportCommand {
         `${command.names.length} --name for ${images.length} --image: give one per image or none`,
       );
     }
-    if (!values.user) throw new UsageError("--image needs --user");
-    if (!values["password-file"]) throw new UsageError("--image needs --password-file");
-    const proxies = (values.proxy ?? []).map((text) => parseHostPort(text, "--proxy"));
-    if (proxies.length === 0) throw new UsageError("--image needs at least one --proxy HOST:PORT");
-    command.source = {
-      kind: "ivbs",
-      images,
-      username: values.user,
-      passwordFile: values["password-file"],
-      proxies,
-    };
+    command.source = { kind: "ivbs", images, ...ivbsLogin(values) };
   }
   const duplicate = command.names.find((name, i) => command.names.indexOf(name) !== i);
   if (duplicate !== undefined) throw new UsageError(`--name "${duplicate}" is given twice`);
@@ -206,19 +145,8 @@ async function buildExports(
   return { exports, release: () => Promise.resolve() };
 }
 
-export async function run(args: string[]): Promise<number> {
-  let command: ExportCommand;
-  try {
-    command = parseExportArgs(args);
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd export: ${error.message} (see --help)`);
-    return 2;
-  }
-  if (command.help) {
-    console.log(HELP);
-    return 0;
-  }
+export async function run({ values }: CommandLine<typeof EXPORT.flags>): Promise<number> {
+  const command = exportCommand(values);
   const log = logger("export");
   let built;
   try {

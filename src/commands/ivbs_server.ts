@@ -4,10 +4,12 @@
  * @module
  */
 import { z } from "zod";
-import { parseFlags, parsePort, parseSeconds, parseSize, SIZE_UNITS, UsageError } from "../args.ts";
+import { parsePort, parseSeconds, parseSize, SIZE_UNITS, UsageError } from "../args.ts";
+import type { CommandLine, FlagValuesOf } from "../command_line.ts";
 import { errorMessage } from "../error_info.ts";
 import { logger } from "../log.ts";
 import { untilStopSignal } from "./signals.ts";
+import type { IVBS_SERVER } from "./definitions.ts";
 import { DEFAULT_PORT } from "../ivbs/wire.ts";
 import { type AdminServer, serveAdmin } from "../ivbs/server/admin.ts";
 import {
@@ -17,44 +19,7 @@ import {
   startIvbsServer,
 } from "../ivbs/server/mod.ts";
 
-export const HELP = `usage: ivbsnetd ivbs-server [options]
-
-Runs an IVBS test server: one or more proxies (TCP listeners) over one shared
-image store, until SIGINT or SIGTERM. Good enough to run the daemon against.
-
-options:
-  --host HOST            listen address of every proxy (default 127.0.0.1)
-  --port PORT            a proxy on PORT; repeat for more proxies
-                         (default: one proxy on ${DEFAULT_PORT}; 0 = any free port)
-  --proxies N            N proxies on consecutive ports from the first --port
-                         (or ${DEFAULT_PORT}) upward
-  --data-dir DIR         keep images as DIR/NAME.img files (sparse); existing ones
-                         are served too. Default: in memory, lost at exit
-  --create NAME:SIZE[:ro]
-                         create image NAME of SIZE bytes if missing (suffix K, M,
-                         G or T for KiB..TiB; ":ro" = read-only); repeatable
-  --user NAME:PASS       allow user NAME with password PASS; repeatable
-  --users-file FILE      JSON list of users: [{"username": "...", "password": "..."}]
-  --idle-timeout SECONDS close connections that send nothing this long (default 30)
-  --list-interval SECONDS
-                         push LIST_PROXIES this often; 0 = never (default 5)
-  --reply-delay MIN-MAX  delay every reply by a random MIN..MAX ms, so pipelined
-                         replies come back out of order (default: none)
-  --admin-port PORT      serve the admin JSON API on 127.0.0.1:PORT
-                         (GET /proxies, POST /proxies/N/stop|start|stall|unstall|
-                         hold|release|drop, POST /inject {"status":"TEMPORARY_ERROR",
-                         "count":3}, GET /stats). stall: a proxy that reads and
-                         answers nothing (hung); hold: READ/WRITE replies held
-                         back but KEEPALIVE answered (alive, storage stuck)
-  -h, --help             show this help
-
-example:
-  ivbsnetd ivbs-server --proxies 2 --user alice:secret --create disk0:1G \\
-    --create golden:64M:ro --data-dir /var/tmp/ivbs --admin-port 11500
-`;
-
 export interface ServerCommand {
-  help: boolean;
   options: IvbsServerOptions;
   usersFile?: string;
   adminPort?: number;
@@ -85,25 +50,8 @@ function parseDelay(text: string): { min: number; max: number } {
   return { min, max };
 }
 
-/** Parses the flags (not the users file, which is read by `run`). Throws UsageError. */
-export function parseServerArgs(args: string[]): ServerCommand {
-  // parseFlags keeps parseArgs' first line, which names the flag, never a value of another flag.
-  const { values } = parseFlags(args, {
-    host: { type: "string" },
-    port: { type: "string", multiple: true },
-    proxies: { type: "string" },
-    "data-dir": { type: "string" },
-    create: { type: "string", multiple: true },
-    user: { type: "string", multiple: true },
-    "users-file": { type: "string" },
-    "idle-timeout": { type: "string" },
-    "list-interval": { type: "string" },
-    "reply-delay": { type: "string" },
-    "admin-port": { type: "string" },
-    help: { type: "boolean", short: "h" },
-  });
-  if (values.help) return { help: true, options: { users: [] } };
-
+/** The server the flags describe (not the users file, which `run` reads). Throws UsageError. */
+export function serverCommand(values: FlagValuesOf<typeof IVBS_SERVER.flags>): ServerCommand {
   let ports = (values.port ?? []).map((p) => parsePort(p, "--port"));
   if (values.proxies !== undefined) {
     const count = Number(values.proxies);
@@ -135,7 +83,6 @@ export function parseServerArgs(args: string[]): ServerCommand {
   }
   if (values["reply-delay"] !== undefined) options.replyDelayMs = parseDelay(values["reply-delay"]);
   return {
-    help: false,
     options,
     usersFile: values["users-file"],
     adminPort: values["admin-port"] === undefined
@@ -181,25 +128,12 @@ function formatSize(bytes: number): string {
   return `${bytes} bytes`;
 }
 
-export async function run(args: string[]): Promise<number> {
+export async function run({ values }: CommandLine<typeof IVBS_SERVER.flags>): Promise<number> {
   const log = logger("ivbs-server");
-  let command: ServerCommand;
-  try {
-    command = parseServerArgs(args);
-    if (command.help) {
-      console.log(HELP);
-      return 0;
-    }
-    if (command.usersFile) {
-      command.options.users.push(...await loadUsersFile(command.usersFile));
-    }
-    if (command.options.users.length === 0) {
-      throw new UsageError("no users: give --user NAME:PASS or --users-file FILE");
-    }
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbs-server: ${error.message} (see --help)`);
-    return 2;
+  const command = serverCommand(values);
+  if (command.usersFile) command.options.users.push(...await loadUsersFile(command.usersFile));
+  if (command.options.users.length === 0) {
+    throw new UsageError("no users: give --user NAME:PASS or --users-file FILE");
   }
 
   let server;

@@ -7,67 +7,57 @@
  * (`{"error", "code"}`), so a script reads one stream.
  * @module
  */
-import { parseFlagsAndPositionals, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
+import { type CommandSpec, type FlagValues, JSON_FLAG } from "../command_line.ts";
+import { errorMessage } from "../error_info.ts";
 import { ApiClient, ApiError, DEFAULT_SERVER, ServerUnreachableError } from "../cli/api_client.ts";
 import {
   CancelledError,
-  CLIENT_COMMANDS,
   type ClientCommand,
   findCommand,
-  flagLines,
   flagOwners,
-  type FlagSpec,
-  parseOptions,
 } from "../cli/command_table.ts";
 import type { Output } from "../cli/client_actions.ts";
 import { ByteSource, readRawSecret } from "../cli/prompt.ts";
+import { SERVER_FLAGS } from "./definitions.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE } from "./exit_codes.ts";
+import { runCommand } from "./run_command.ts";
 
-/** The flags every command that talks to the daemon takes. */
-const SERVER_FLAGS: Record<string, FlagSpec> = {
-  server: {
-    type: "string",
-    value: "URL",
-    help: `daemon address (default $IVBSNETD_SERVER or ${DEFAULT_SERVER})`,
-  },
-  token: { type: "string", value: "TOKEN", help: "bearer token (default $IVBSNETD_TOKEN)" },
-};
+const EXIT_CODES =
+  "exit codes: 0 done, 1 the operation failed (message on stderr), 2 usage error,\n" +
+  "            3 the server is not reachable";
 
-/** The flags every command takes. */
-const COMMON_FLAGS: Record<string, FlagSpec> = {
-  json: { type: "boolean", help: 'JSON on stdout, errors too ({"error", "code"})' },
-  help: { type: "boolean", short: "h", help: "this help" },
-};
-
-/** The client commands, for main.ts's table (it may import only src/commands/). */
-export function clientCommands(): readonly ClientCommand[] {
-  return CLIENT_COMMANDS;
-}
-
-function flagsOf(command: ClientCommand): Record<string, FlagSpec> {
-  return { ...(command.local ? {} : SERVER_FLAGS), ...command.flags, ...COMMON_FLAGS };
-}
-
-function usageLine(word: string, command: ClientCommand): string {
-  return `usage: ivbsnetd ${word} [options]${command.usage ? ` ${command.usage}` : ""}`;
-}
-
-export function helpText(word: string): string {
-  const command = findCommand(word)?.command;
-  if (!command) throw new UsageError(`unknown command "${word}"`);
+/**
+ * A client command's whole command line: its own flags, how to reach the
+ * daemon (not for local commands) and --json; its netdclient words in --help.
+ */
+export function oneShotSpec(command: ClientCommand): CommandSpec {
   const aliases = Object.keys(command.aliases ?? {});
-  return [
-    usageLine(word, command),
-    "",
-    command.description,
-    ...(aliases.length > 0 ? ["", `Also: ${aliases.join(", ")} (netdclient words).`] : []),
-    "",
-    "options:",
-    ...flagLines(flagsOf(command)),
-    "",
-    "exit codes: 0 done, 1 the operation failed (message on stderr), 2 usage error,",
-    "            3 the server is not reachable",
-  ].join("\n");
+  return {
+    ...command,
+    description: command.description +
+      (aliases.length > 0 ? `\n\nAlso: ${aliases.join(", ")} (netdclient words).` : ""),
+    flags: { ...(command.local ? {} : SERVER_FLAGS), ...command.flags, ...JSON_FLAG },
+    notes: EXIT_CODES,
+  };
+}
+
+/** An environment variable; undefined where it is unset or may not be read. */
+export function processEnv(name: string): string | undefined {
+  try {
+    return Deno.env.get(name);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The daemon at `server` (default the local one); a bad URL is a usage error. */
+export function daemonClient(server: string | undefined, token: string | undefined): ApiClient {
+  try {
+    return new ApiClient({ server: server ?? DEFAULT_SERVER, token });
+  } catch (error) {
+    throw new UsageError(`--server: ${errorMessage(error)}`);
+  }
 }
 
 export interface OneShotIo {
@@ -83,13 +73,6 @@ export interface OneShotIo {
 }
 
 export function processIo(): OneShotIo {
-  const env = (name: string) => {
-    try {
-      return Deno.env.get(name);
-    } catch {
-      return undefined;
-    }
-  };
   const withSource = async <T>(use: (source: ByteSource) => Promise<T>): Promise<T> => {
     const source = new ByteSource(Deno.stdin.readable);
     try {
@@ -101,7 +84,7 @@ export function processIo(): OneShotIo {
   return {
     out: { print: (text) => console.log(text) },
     err: { print: (text) => console.error(text) },
-    env,
+    env: processEnv,
     readStdinLine: () => withSource((source) => source.line()),
     askSecret: async (prompt) => {
       if (!Deno.stdin.isTerminal()) return null;
@@ -129,23 +112,30 @@ export async function runOneShot(
     return EXIT_USAGE;
   }
   const { command, implied } = found;
-  const json = args.includes("--json");
+  return await runCommand(
+    oneShotSpec(command),
+    [...implied, ...args],
+    ({ values, positionals }) => runClient(word, command, values, positionals, io),
+    { word, io, explain: belongsElsewhere },
+  );
+}
+
+/** Runs a parsed command against the daemon; the daemon's refusals become exit codes. */
+async function runClient(
+  word: string,
+  command: ClientCommand,
+  values: FlagValues,
+  positionals: string[],
+  io: OneShotIo,
+): Promise<number> {
+  const json = values.json === true;
   const fail = (exit: number, message: string, fields: Record<string, unknown>) => {
     if (json) io.out.print(JSON.stringify({ error: message, ...fields }));
     else io.err.print(`ivbsnetd ${word}: ${message}`);
     return exit;
   };
   try {
-    const { values, positionals } = parse(command, [...implied, ...args]);
-    if (values.help) {
-      io.out.print(helpText(word));
-      return EXIT_OK;
-    }
-    const [min, max] = command.args;
-    if (positionals.length < min || positionals.length > max) {
-      throw new UsageError(`expected ${command.usage || "no arguments"}`);
-    }
-    const client = makeClient(
+    const client = daemonClient(
       stringFlag(values.server) ?? io.env("IVBSNETD_SERVER"),
       stringFlag(values.token) ?? io.env("IVBSNETD_TOKEN"),
     );
@@ -160,12 +150,6 @@ export async function runOneShot(
     });
     return EXIT_OK;
   } catch (error) {
-    if (error instanceof UsageError) {
-      const usage = usageLine(word, command);
-      if (json) return fail(EXIT_USAGE, error.message, { code: error.code, usage });
-      io.err.print(`ivbsnetd ${word}: ${error.message}\n${usage}`);
-      return EXIT_USAGE;
-    }
     if (error instanceof ServerUnreachableError) {
       return fail(EXIT_UNREACHABLE, error.message, { code: error.code });
     }
@@ -187,27 +171,15 @@ export async function runOneShot(
   }
 }
 
-/** The line against the command's flags; an option of another command says whose it is. */
-function parse(command: ClientCommand, args: string[]) {
-  try {
-    return parseFlagsAndPositionals(args, parseOptions(flagsOf(command)));
-  } catch (error) {
-    const flag = error instanceof UsageError && /^Unknown option '--([^']+)'/.exec(error.message);
-    const owners = flag ? flagOwners(flag[1]) : null;
-    throw owners ? new UsageError(owners) : error;
-  }
+/** An option of another client command says whose it is ("--all applies to list only"). */
+function belongsElsewhere(error: UsageError): UsageError {
+  const flag = /^Unknown option '--([^']+)'/.exec(error.message);
+  const owners = flag ? flagOwners(flag[1]) : null;
+  return owners ? new UsageError(owners) : error;
 }
 
-function stringFlag(value: string | boolean | undefined): string | undefined {
+function stringFlag(value: FlagValues[string]): string | undefined {
   return typeof value === "string" ? value : undefined;
-}
-
-function makeClient(server: string | undefined, token: string | undefined): ApiClient {
-  try {
-    return new ApiClient({ server: server ?? DEFAULT_SERVER, token });
-  } catch (error) {
-    throw new UsageError(`--server: ${(error as Error).message}`);
-  }
 }
 
 async function findPassword(

@@ -5,7 +5,8 @@
  * taking requests, detach every device, close the NBD exports and exit 0.
  * @module
  */
-import { parseFlags, UsageError } from "../args.ts";
+import { UsageError } from "../args.ts";
+import type { CommandLine } from "../command_line.ts";
 import { createApp } from "../http/app.ts";
 import { startHttpServer } from "../http/server.ts";
 import { type Logger, logger } from "../log.ts";
@@ -31,6 +32,8 @@ import { socketAnswers } from "../nbd/export_server.ts";
 import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
 import type { MountDriver } from "../daemon/driver.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
+import { SERVE } from "./definitions.ts";
+import { runCommand } from "./run_command.ts";
 
 /** How the command gets its mount driver; `run` passes the real one, tests a fake. */
 export interface ServeDependencies {
@@ -39,32 +42,6 @@ export interface ServeDependencies {
 
 /** A bad config or bad flags (the shared usage code). */
 const EXIT_CONFIG = EXIT_USAGE;
-
-export const SERVE_HELP = [
-  "usage: ivbsnetd serve [--config FILE] [--listen HOST:PORT] [--replace]",
-  "",
-  "Runs the daemon: the HTTP API and status page, and the mounts and NBD exports",
-  "FILE lists (exports listen on exports.listen.socket, default <stateDir>/nbd.sock).",
-  "Stops on SIGINT or `ivbsnetd shutdown` (POST /api/shutdown), detaching every",
-  "device and closing every export first. SIGTERM (and `ivbsnetd shutdown",
-  "--keep-devices`) instead leaves netlink-attached devices to the next daemon:",
-  "their I/O waits (up to nbd.deadConnTimeoutS) until a daemon started on the same",
-  "stateDir takes them over.",
-  "",
-  "options:",
-  "  --config FILE       JSON config (current or 2013 format; see config.example.json).",
-  "                      Without it: no mounts, HTTP on 127.0.0.1:8080, proxy 127.0.0.1:11417",
-  "  --listen HOST:PORT  overrides http.listen (port 0 = any free port)",
-  "  --replace           upgrade in place: log in for every device the daemon",
-  "                      recorded in stateDir serves, then stop it (SIGTERM: it",
-  "                      leaves its devices) and hand the kernel the new sockets;",
-  "                      the pause is the hand-over only",
-  "  -h, --help          this help",
-  "",
-  "On start it prints `ivbsnetd: listening on http://HOST:PORT` on stdout.",
-  "exit codes: 0 stopped cleanly, 1 could not start (e.g. port in use) or stopped on an",
-  "uncaught error (after the usual shutdown), 2 bad config or usage",
-].join("\n");
 
 /** A running daemon with its HTTP server. */
 export interface Serving {
@@ -158,30 +135,29 @@ export async function loadServeConfig(
 }
 
 /** `ivbsnetd serve` on this machine's NBD devices. */
-export async function run(args: string[]): Promise<number> {
+export async function run(line: CommandLine<typeof SERVE.flags>): Promise<number> {
   const { kernelMountDriver } = await import("./kernel_driver.ts");
-  return await runServe(args, { createDriver: kernelMountDriver });
+  return await serve(line, { createDriver: kernelMountDriver });
 }
 
+/** `ivbsnetd serve ARGS` with the driver `deps` makes (tests pass a fake one). */
 export async function runServe(args: string[], deps: ServeDependencies): Promise<number> {
+  return await runCommand(SERVE, args, (line) => serve(line, deps));
+}
+
+/** `--listen HOST:PORT` (serve, demo); a UsageError when it is not one. */
+export function listenFlag(text: string): ListenAddress {
+  const listen = parseListenAddress(text);
+  if (!listen) throw new UsageError(`--listen "${text}" is not HOST:PORT`);
+  return listen;
+}
+
+async function serve(
+  { values }: CommandLine<typeof SERVE.flags>,
+  deps: ServeDependencies,
+): Promise<number> {
   const log = logger("daemon");
-  let values;
-  try {
-    ({ values } = parseFlags(args, {
-      config: { type: "string", short: "c" },
-      listen: { type: "string" },
-      replace: { type: "boolean", default: false },
-      help: { type: "boolean", short: "h", default: false },
-    }));
-  } catch (error) {
-    if (!(error instanceof UsageError)) throw error;
-    console.error(`ivbsnetd serve: ${error.message} (see ivbsnetd serve --help)`);
-    return EXIT_CONFIG;
-  }
-  if (values.help) {
-    console.log(SERVE_HELP);
-    return EXIT_OK;
-  }
+  const listen = values.listen === undefined ? null : listenFlag(values.listen);
   let config: DaemonConfig;
   let warnings: string[];
   try {
@@ -193,15 +169,7 @@ export async function runServe(args: string[], deps: ServeDependencies): Promise
     console.error(`ivbsnetd serve: ${error.message}`);
     return EXIT_CONFIG;
   }
-  let listen: ListenAddress | null = null;
-  if (values.listen !== undefined) {
-    listen = parseListenAddress(values.listen);
-    if (!listen) {
-      console.error(`ivbsnetd serve: --listen ${values.listen} is not host:port`);
-      return EXIT_CONFIG;
-    }
-    config.http.listen = listen;
-  }
+  if (listen) config.http.listen = listen;
   const reloadConfig = configReloader(values.config, listen, log);
   const unsafe = unsafeListenProblem(config.http.listen, config.http.token);
   if (unsafe) {

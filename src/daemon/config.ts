@@ -115,11 +115,12 @@ const HostSchema = z.string().min(1, "host must not be empty").max(253);
 const PortSchema = z.number().int().min(1).max(65535);
 
 /**
- * Default connections per kernel device: 1, the behaviour before several were
- * possible, until bench/kernel_connections.ts (1 / 2 / 4 connections, fio
- * through the daemon in the NBD VM, interleaved rounds) has measured a better
- * one; its run did not complete in the session that added it (README,
- * "Several connections per device").
+ * Default connections per kernel device: 1. Measured (bench/kernel_connections.ts,
+ * NBD VM with 4 CPUs, 4 proxies, 3 interleaved rounds, bench/results.md): 1, 2 and
+ * 4 connections overlap on every row, as expected where one event loop serves
+ * every connection of a device. More connections spread a device over proxies and
+ * confine a failover's pause to part of its I/O; they are chosen per mount
+ * (README, "Several connections per device").
  */
 export const DEFAULT_CONNECTIONS = 1;
 

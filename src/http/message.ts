@@ -11,7 +11,11 @@
  * - Framing: Content-Length is one run of digits, at most once; Transfer-
  *   Encoding is `chunked` alone; both together are refused. HTTP/1.0 with
  *   Transfer-Encoding is read as chunked and the connection closes afterwards
- *   (§6.1). The asterisk form is for OPTIONS only; the absolute form is refused.
+ *   (§6.1). The asterisk form is for OPTIONS only.
+ * - The absolute form (`GET http://host:port/path`) is accepted, as §3.2.2
+ *   requires of a server: its authority replaces the Host field (the guard
+ *   then checks the host the request really names), its path is the target.
+ *   Only `http:` (nothing else is served here), and no userinfo.
  *
  * Every function here works on bytes already received and throws only
  * HttpError; the reader (message_reader.ts) bounds how many bytes it gives.
@@ -29,7 +33,7 @@ export class HttpError extends Error {
 
 export interface RequestHead {
   method: string;
-  /** The origin-form target (path and query); "*" only for OPTIONS. */
+  /** The origin-form target (path and query; an absolute form's path); "*" only for OPTIONS. */
   target: string;
   /** HTTP/1.x minor version: 0 or 1. */
   minor: 0 | 1;
@@ -55,6 +59,8 @@ const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const FIELD_VALUE = /^[\x21-\x7e\x80-\xff]([\x20\x21-\x7e\x80-\xff\t]*[\x21-\x7e\x80-\xff])?$/;
 /** An origin-form target: "/" then visible ASCII (no whitespace, controls or non-ASCII). */
 const ORIGIN_FORM = /^\/[\x21-\x7e]*$/;
+/** An absolute-form target of scheme http: the authority, then an optional origin-form part. */
+const ABSOLUTE_FORM = /^http:\/\/([A-Za-z0-9.:[\]_-]{1,255})((?:[/?][\x21-\x7e]*)?)$/i;
 const METHOD = /^[A-Z]{1,16}$/;
 const AUTHORITY = /^[A-Za-z0-9.:[\]_-]{1,255}$/;
 /** Content-Length digits; 15 keep the number exact in a double. */
@@ -129,10 +135,15 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
   if (!versionMatch) throw new HttpError(400, "malformed request line");
   if (versionMatch[1] !== "1") throw new HttpError(505, `HTTP/${versionMatch[1]} not supported`);
   const minor = versionMatch[2] === "0" ? 0 : 1;
+  let path = target;
+  let targetAuthority: string | null = null;
   if (target === "*") {
     if (method !== "OPTIONS") throw new HttpError(400, "asterisk-form is for OPTIONS only");
   } else if (!ORIGIN_FORM.test(target)) {
-    throw new HttpError(400, "request target must be a path");
+    const absolute = ABSOLUTE_FORM.exec(target);
+    if (!absolute) throw new HttpError(400, "request target must be a path or an http: URL");
+    targetAuthority = absolute[1];
+    path = absolute[2] === "" ? "/" : absolute[2].startsWith("?") ? `/${absolute[2]}` : absolute[2];
   }
 
   const headers = parseFieldLines(lines.slice(1));
@@ -158,10 +169,19 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
   if (lengthText !== undefined && !DIGITS.test(lengthText)) {
     throw new HttpError(400, "bad Content-Length");
   }
-  const host = single.get("host");
-  if (minor === 1 && host === undefined) throw new HttpError(400, "HTTP/1.1 request without Host");
-  if (host !== undefined && host !== "" && !AUTHORITY.test(host)) {
+  const sentHost = single.get("host");
+  if (minor === 1 && sentHost === undefined) {
+    throw new HttpError(400, "HTTP/1.1 request without Host");
+  }
+  if (sentHost !== undefined && sentHost !== "" && !AUTHORITY.test(sentHost)) {
     throw new HttpError(400, "bad Host");
+  }
+  // §3.2.2: the absolute form's authority overrides Host, in the fields the app sees too.
+  const host = targetAuthority ?? sentHost;
+  if (targetAuthority !== null) {
+    const at = headers.findIndex(([name]) => name.toLowerCase() === "host");
+    if (at >= 0) headers[at] = [headers[at][0], targetAuthority];
+    else headers.push(["Host", targetAuthority]);
   }
 
   const connection = (lists.get("connection") ?? "").toLowerCase().split(",").map(trimOws);
@@ -172,7 +192,7 @@ export function parseRequestHead(bytes: Uint8Array): RequestHead {
     : connection.includes("keep-alive");
   return {
     method,
-    target,
+    target: path,
     minor,
     headers,
     host: host || null,
