@@ -191,6 +191,21 @@ Deno.test("firstPass resolves once every item was tried once, failing or not", a
   reconciler.stop();
 });
 
+Deno.test("a stop before start ends the first pass: firstPass resolves and nothing is tried", async () => {
+  const { clock, reconciler } = fixture();
+  const item = scriptedItem("disk", []);
+  reconciler.add(item);
+  reconciler.stop(); // SIGTERM while serve still takes the previous daemon's devices over
+  reconciler.start();
+  let passed = false;
+  const pass = reconciler.firstPass().then(() => passed = true);
+  await settle();
+  assert.equal(passed, true, "serve would wait here forever, its daemon already stopped");
+  await pass;
+  assert.equal(item.ups, 0, "no attempt after the stop");
+  assert.equal(clock.pending, 0);
+});
+
 Deno.test("a ready item that is lost is reconciled again after the backoff, with one line", async () => {
   const { clock, lines, reconciler } = fixture();
   const item = scriptedItem("disk", []);

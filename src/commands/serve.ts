@@ -28,6 +28,7 @@ import { readState } from "../daemon/state_file.ts";
 import { PreparedTakeover } from "../daemon/takeover.ts";
 import { daemonGone, isDaemonProcess } from "../daemon/daemon_process.ts";
 import { notifySystemd } from "../daemon/sd_notify.ts";
+import { socketAnswers } from "../nbd/export_server.ts";
 import { logNbdHealth, nbdHealthOf } from "../daemon/host_health.ts";
 import type { MountDriver } from "../daemon/driver.ts";
 import { EXIT_FAILED, EXIT_OK, EXIT_USAGE } from "./exit_codes.ts";
@@ -231,7 +232,9 @@ async function serve(
   });
   logNbdHealth(await nbdHealthOf(driver), daemon.events.wrap(log, "daemon"));
 
-  const restored = handedOver ?? await daemon.restore(prepared);
+  // A stop meanwhile (SIGTERM) ends the wait: what restore has not taken over stays for the next daemon.
+  const restored = handedOver ??
+    await Promise.race([daemon.restore(prepared), daemon.done.then(() => [])]);
   if (restored.length > 0) {
     const up = restored.filter((o) => o.mount).length;
     log.info("devices taken over", { devices: up, dropped: restored.length - up });
@@ -312,7 +315,16 @@ async function replacePrevious(daemon: Daemon, log: Logger): Promise<PreparedTak
   }
   const pid = state?.pid;
   if (pid === undefined || pid === Deno.pid || !await isDaemonProcess(pid)) {
-    log.info("--replace: no running daemon in the state file", { stateDir });
+    // A daemon the state file does not name would go on serving beside us.
+    const socket = daemon.config.exports.socket;
+    if (await socketAnswers(socket)) {
+      log.error(
+        "--replace: the state file names no running daemon, but another process serves the export socket; stop it and start again",
+        { stateDir, statePid: pid, socket },
+      );
+      return null;
+    }
+    log.info("--replace: no running daemon in the state file", { stateDir, statePid: pid });
     return new PreparedTakeover();
   }
   const began = performance.now();
@@ -321,6 +333,7 @@ async function replacePrevious(daemon: Daemon, log: Logger): Promise<PreparedTak
     pid,
     prepared: prepared.size,
     preparedMs: Math.round(performance.now() - began),
+    exitWithinMs: REPLACE_WAIT_MS,
   });
   try {
     Deno.kill(pid, "SIGTERM");

@@ -121,10 +121,17 @@ export class Reconciler<I extends DesiredItem = DesiredItem> {
     for (const entry of this.#entries.values()) void this.#attempt(entry);
   }
 
-  /** No attempt after this; timers are cancelled (shutdown). Items stay as they are. */
+  /**
+   * No attempt after this; timers are cancelled (shutdown). Items stay as they
+   * are, and count as tried: a shutdown before `start` (SIGTERM while
+   * `serve` still takes devices over) must not leave `firstPass` waiting.
+   */
   stop(): void {
     this.#stopped = true;
-    for (const entry of this.#entries.values()) this.#clock.clearTimeout(entry.timer);
+    for (const entry of this.#entries.values()) {
+      this.#clock.clearTimeout(entry.timer);
+      entry.markTried();
+    }
   }
 
   /** Makes `item` desired; false when an item with its key already is. */

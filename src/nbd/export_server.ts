@@ -449,7 +449,8 @@ async function listenUnix(path: string): Promise<Deno.Listener> {
   return listener;
 }
 
-async function socketAnswers(path: string): Promise<boolean> {
+/** Whether a process accepts connections on the unix socket `path`. */
+export async function socketAnswers(path: string): Promise<boolean> {
   try {
     const conn = await Deno.connect({ transport: "unix", path });
     conn.close();
