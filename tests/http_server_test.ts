@@ -126,7 +126,9 @@ Deno.test("ambiguous or oversized requests are refused before the app sees them"
       [`GET / HTTP/1.1\r\nHost: a\r\nX-Big: ${"x".repeat(2000)}\r\n\r\n`, /^HTTP\/1\.1 431 /],
       ["GET / HTTP/1.1\r\n\r\n", /^HTTP\/1\.1 400 /],
       ["GET / HTTP/1.1\r\nHost: a\r\n folded\r\n\r\n", /^HTTP\/1\.1 400 /],
-      ["GET http://evil/ HTTP/1.1\r\nHost: a\r\n\r\n", /^HTTP\/1\.1 400 /],
+      // The absolute form is accepted (RFC 9112 §3.2.2), but only for http: and without userinfo.
+      ["GET https://evil/ HTTP/1.1\r\nHost: a\r\n\r\n", /^HTTP\/1\.1 400 /],
+      ["GET http://u@evil/ HTTP/1.1\r\nHost: a\r\n\r\n", /^HTTP\/1\.1 400 /],
       ["POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", /^HTTP\/1\.1 501 /],
     ];
     for (const [request, expected] of cases) {
