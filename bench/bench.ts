@@ -30,6 +30,7 @@
 import { parseArgs } from "node:util";
 import { connectionRows, WORKLOADS } from "./fio.ts";
 import { Child, exists, freePort, portOpen, type Usage, waitFor } from "./processes.ts";
+import { V8_FLAGS_ARG } from "../src/runtime_flags.ts";
 import {
   comparisonTable,
   fmt,
@@ -54,7 +55,8 @@ interface Setup {
 }
 
 function deno(name: string, args: string[], main = MAIN): Child {
-  return new Child(name, Deno.execPath(), ["run", "--allow-all", main, ...args]);
+  // Our processes run as the product does (src/runtime_flags.ts), a --before checkout too.
+  return new Child(name, Deno.execPath(), ["run", "--allow-all", V8_FLAGS_ARG, main, ...args]);
 }
 
 async function startIvbsServer(dir: string, main = MAIN): Promise<{ child: Child; port: number }> {

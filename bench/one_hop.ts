@@ -20,6 +20,7 @@ import { parseArgs } from "node:util";
 import { WORKLOADS } from "./fio.ts";
 import { Child, exists, waitFor } from "./processes.ts";
 import { comparisonTable, hostLine, loadAverage, type RoundTarget, runRounds } from "./rounds.ts";
+import { V8_FLAGS_ARG } from "../src/runtime_flags.ts";
 
 const IMAGE_SIZE = "2G";
 const FIO_FILE_SIZE = "1G";
@@ -34,6 +35,7 @@ function startExport(label: string, main: string, dir: string): Server {
   const child = new Child(label, Deno.execPath(), [
     "run",
     "--allow-all",
+    V8_FLAGS_ARG, // as the product runs (src/runtime_flags.ts)
     main,
     "export",
     "--socket",

@@ -129,5 +129,8 @@ Deno.test("the config names no user (credentials come from Secrets) and the Cont
   for (const tool of ["e2fsprogs", "xfsprogs", "util-linux", "mount"]) {
     assert.match(containerfile, new RegExp(`\\b${tool}\\b`));
   }
-  assert.match(containerfile, /--include src\/csi\/proto\/csi\.proto/);
+  // The image is the compile task's binary, which carries the vendored proto.
+  assert.match(containerfile, /^RUN deno task compile\b/m);
+  const tasks = JSON.parse(await Deno.readTextFile(new URL("../../deno.json", DIR))).tasks;
+  assert.match(tasks.compile, /--include src\/csi\/proto\/csi\.proto/);
 });

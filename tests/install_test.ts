@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 import { hasTool, runTool } from "./support/tools.ts";
 import { isDaemonProcess } from "../src/daemon/daemon_process.ts";
 import { DaemonProcess } from "../bench/rigs/daemon_harness.ts";
+import { V8_FLAGS_ARG } from "../src/runtime_flags.ts";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 
@@ -47,6 +48,8 @@ Deno.test("install into a PREFIX: the launcher runs the bundle, and its daemon p
     // unit's main process is the daemon, and it passes the pid check.
     const daemon = await DaemonProcess.start(config, { program: [launcher] });
     assert.equal(await isDaemonProcess(daemon.pid), true);
+    const argv = (await Deno.readTextFile(`/proc/${daemon.pid}/cmdline`)).split("\0");
+    assert.ok(argv.includes(V8_FLAGS_ARG), `the daemon runs without ${V8_FLAGS_ARG}: ${argv}`);
     assert.equal((await daemon.stop("SIGTERM")).code, 0);
 
     const unit = await Deno.readTextFile(`${prefix}/lib/systemd/system/ivbsnetd.service`);
