@@ -19,8 +19,10 @@
  *
  * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
  *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
- *          [--connections N] [--peer-tcp]
+ *          [--before-v8-flags ARG] [--connections N] [--peer-tcp]
  *   --before DIR: also run the export pair of another checkout (before/after, same run).
+ *   --before-v8-flags ARG: the before pair's `--v8-flags=…` argument instead of
+ *     ours (src/runtime_flags.ts); "" runs it with V8's defaults.
  *   --connections N: add the 1 MiB qd8 rows with N fio jobs, one NBD connection each
  *     (host setting: each export connection has its own IVBS session).
  *   --peer-tcp: also run the peer with its second hop over TCP 127.0.0.1, as
@@ -54,22 +56,32 @@ interface Setup {
   teardown(): Promise<void>;
 }
 
-function deno(name: string, args: string[], main = MAIN): Child {
-  // Our processes run as the product does (src/runtime_flags.ts), a --before checkout too.
-  return new Child(name, Deno.execPath(), ["run", "--allow-all", V8_FLAGS_ARG, main, ...args]);
+/** Our processes run as the product does (src/runtime_flags.ts) unless told otherwise. */
+function deno(name: string, args: string[], main = MAIN, v8Flags = V8_FLAGS_ARG): Child {
+  const flags = v8Flags === "" ? [] : [v8Flags];
+  return new Child(name, Deno.execPath(), ["run", "--allow-all", ...flags, main, ...args]);
 }
 
-async function startIvbsServer(dir: string, main = MAIN): Promise<{ child: Child; port: number }> {
+async function startIvbsServer(
+  dir: string,
+  main = MAIN,
+  v8Flags = V8_FLAGS_ARG,
+): Promise<{ child: Child; port: number }> {
   const port = freePort();
-  const child = deno("ivbs-server", [
+  const child = deno(
     "ivbs-server",
-    "--port",
-    String(port),
-    "--create",
-    `bench:${IMAGE_SIZE}`,
-    "--user",
-    "bench:bench",
-  ], main);
+    [
+      "ivbs-server",
+      "--port",
+      String(port),
+      "--create",
+      `bench:${IMAGE_SIZE}`,
+      "--user",
+      "bench:bench",
+    ],
+    main,
+    v8Flags,
+  );
   await waitFor("the IVBS test server", () => portOpen(port));
   await Deno.writeTextFile(`${dir}/password`, "bench\n", { mode: 0o600 });
   return { child, port };
@@ -143,28 +155,42 @@ async function startExportPair(
   dir: string,
   label: string,
   main = MAIN,
+  v8Flags = V8_FLAGS_ARG,
 ): Promise<{ export: Child; server: Child; uri: string }> {
-  const server = await startIvbsServer(dir, main);
+  const server = await startIvbsServer(dir, main, v8Flags);
   const socket = `${dir}/${label}.sock`;
-  const child = deno(`${label} export`, [
-    "export",
-    "--socket",
-    socket,
-    "--name",
-    "bench",
-    ...ivbsArgs(dir, server.port),
-  ], main);
+  const child = deno(
+    `${label} export`,
+    [
+      "export",
+      "--socket",
+      socket,
+      "--name",
+      "bench",
+      ...ivbsArgs(dir, server.port),
+    ],
+    main,
+    v8Flags,
+  );
   await waitFor(`the ${label} export`, () => exists(socket));
   return { export: child, server: server.child, uri: `nbd+unix:///bench?socket=${socket}` };
 }
 
 /**
  * `before`: another checkout whose export pair runs interleaved beside ours
- * (before/after); `peerTcp`: also the peer with its second hop over TCP.
+ * (before/after), with `beforeV8Flags` (a `--v8-flags=` argument, "" for V8's
+ * defaults); `peerTcp`: also the peer with its second hop over TCP.
  */
-async function setupHost(dir: string, before?: string, peerTcp = false): Promise<Setup> {
+async function setupHost(
+  dir: string,
+  before?: string,
+  beforeV8Flags = V8_FLAGS_ARG,
+  peerTcp = false,
+): Promise<Setup> {
   const ours = await startExportPair(dir, "ivbsnetd");
-  const old = before ? await startExportPair(dir, "before", `${before}/main.ts`) : undefined;
+  const old = before
+    ? await startExportPair(dir, "before", `${before}/main.ts`, beforeV8Flags)
+    : undefined;
   const peers = await startNbdkitPeers(dir);
   const tcpPeers = peerTcp ? await startNbdkitTcpPeers(dir) : [];
   const uri = (socket: string) => `nbd+unix:///?socket=${dir}/${socket}`;
@@ -277,6 +303,7 @@ async function main() {
       out: { type: "string" },
       only: { type: "string" },
       before: { type: "string" },
+      "before-v8-flags": { type: "string" },
       "no-ceiling": { type: "boolean" },
       connections: { type: "string" },
       "peer-tcp": { type: "boolean" },
@@ -294,7 +321,7 @@ async function main() {
   const loadBefore = loadAverage();
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
   const setup = setting === "host"
-    ? await setupHost(dir, values.before, values["peer-tcp"])
+    ? await setupHost(dir, values.before, values["before-v8-flags"], values["peer-tcp"])
     : await setupKernel(dir);
   if (values["no-ceiling"]) setup.targets = setup.targets.filter((t) => t.label !== "ceiling");
   const workloads = [...WORKLOADS, ...connectionRows(Number(values.connections ?? 1))].filter(
