@@ -19,7 +19,7 @@
  *
  * usage: deno run -A bench/bench.ts host|kernel [--rounds 3] [--seconds 5]
  *          [--only SUBSTRING[,SUBSTRING]] [--out FILE] [--before DIR] [--no-ceiling]
- *          [--before-v8-flags ARG] [--connections N] [--peer-tcp]
+ *          [--before-v8-flags ARG] [--connections N] [--peer-tcp] [--warmup SECONDS]
  *   --before DIR: also run the export pair of another checkout (before/after, same run).
  *   --before-v8-flags ARG: the before pair's `--v8-flags=…` argument instead of
  *     ours (src/runtime_flags.ts); "" runs it with V8's defaults.
@@ -27,6 +27,8 @@
  *     (host setting: each export connection has its own IVBS session).
  *   --peer-tcp: also run the peer with its second hop over TCP 127.0.0.1, as
  *     the daemon's hop to IVBS is ("peer tcp"; ratios stay against "peer").
+ *   --warmup SECONDS: the untimed job each target runs per workload before the
+ *     rounds (default 2); qd1 tails need longer on this machine (bench/results.md).
  * @module
  */
 import { parseArgs } from "node:util";
@@ -46,6 +48,7 @@ import {
 const IMAGE_SIZE = "2G";
 const FIO_FILE_SIZE = "1G";
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
+/** Warm-up per target and workload unless `--warmup` says otherwise. */
 const WARMUP_SECONDS = 2;
 
 interface Setup {
@@ -307,6 +310,7 @@ async function main() {
       "no-ceiling": { type: "boolean" },
       connections: { type: "string" },
       "peer-tcp": { type: "boolean" },
+      warmup: { type: "string", default: String(WARMUP_SECONDS) },
     },
   });
   const setting = positionals[0];
@@ -318,6 +322,7 @@ async function main() {
   }
   const rounds = Number(values.rounds);
   const seconds = Number(values.seconds);
+  const warmupSeconds = Number(values.warmup);
   const loadBefore = loadAverage();
   const dir = await Deno.makeTempDir({ prefix: "ivbsnetd-bench-" });
   const setup = setting === "host"
@@ -334,7 +339,7 @@ async function main() {
     samples = await runRounds(setup.targets, workloads, {
       rounds,
       seconds,
-      warmupSeconds: WARMUP_SECONDS,
+      warmupSeconds,
       fileSize: FIO_FILE_SIZE,
     });
     if (setting === "kernel") {
@@ -365,7 +370,7 @@ async function main() {
     "",
     `${new Date().toISOString()}; ${hostLine()} at the end (${loadBefore} at the start; the ` +
     `host is shared with other work); ${rounds} interleaved rounds of ${seconds} s per ` +
-    `time-based job after a ${WARMUP_SECONDS} s warm-up each; image ${IMAGE_SIZE}, fio size ` +
+    `time-based job after a ${warmupSeconds} s warm-up each; image ${IMAGE_SIZE}, fio size ` +
     `${FIO_FILE_SIZE}. Each cell: median (min–max) over the rounds; ratios are taken per round ` +
     "against the peer (2 hops: nbdkit nbd → nbdkit memory); CPU µs per I/O counts all of a " +
     "target's processes (ivbsnetd: the daemon + the IVBS test server; peer: both nbdkits), " +
