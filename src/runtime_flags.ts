@@ -11,11 +11,20 @@
  * semi-spaces make that one scavenge per ~1,100 requests. Cost: about 30 MB
  * more resident memory per process once the young generation has filled.
  * Measured in bench/results.md ("The qd1 tail and V8's young generation").
+ *
+ * `--no-memory-reducer`: once a process has been idle for a while, V8's memory
+ * reducer runs shrinking mark-compacts that hand the young generation and other
+ * heap pages back to the OS. The next I/O burst then pays to fault them in again
+ * and to warm up again: after 40 s idle, the first 2 s of 4k qd1 had a p99 of
+ * 578–766 µs against 144–198 µs without the reducer (fresh processes, 4 trials,
+ * bench/results.md "Issue 19: the qd1 tail after idle"). A block device is often
+ * idle and then busy at once, so we keep the heap. Cost: the idle export stays at
+ * its working-set RSS (110 MiB, not 67 MiB, after 10 s of 4k writes).
  * @module
  */
 
 /** Each flag as V8 spells it. */
-export const V8_FLAGS: readonly string[] = ["--min-semi-space-size=16"];
+export const V8_FLAGS: readonly string[] = ["--min-semi-space-size=16", "--no-memory-reducer"];
 
 /** The one `deno run` / `deno compile` argument that passes them. */
 export const V8_FLAGS_ARG = `--v8-flags=${V8_FLAGS.join(",")}`;

@@ -63,7 +63,7 @@ cat >"$launcher.new" <<EOF
 # --no-config: a deno.json in the working directory must not change the program.
 # --v8-flags: a larger young generation keeps scavenges out of the qd1 tail
 # (src/runtime_flags.ts says why).
-exec "$DENO" run --allow-all --no-config --v8-flags=--min-semi-space-size=16 "$lib/ivbsnetd.js" "\$@"
+exec "$DENO" run --allow-all --no-config --v8-flags=--min-semi-space-size=16,--no-memory-reducer "$lib/ivbsnetd.js" "\$@"
 EOF
 chmod 0755 "$launcher.new"
 mv -f "$launcher.new" "$launcher"
