@@ -61,7 +61,8 @@ cat >"$launcher.new" <<EOF
 # ivbsnetd launcher, written by tools/install.sh: runs the bundled program.
 # exec keeps the pid, so systemd's main process is the daemon itself.
 # --no-config: a deno.json in the working directory must not change the program.
-# --v8-flags: a larger young generation keeps scavenges out of the qd1 tail
+# --v8-flags: a larger young generation keeps scavenges out of the qd1 tail, and
+# no memory reducer keeps the heap warm across idle periods
 # (src/runtime_flags.ts says why).
 exec "$DENO" run --allow-all --no-config --v8-flags=--min-semi-space-size=16,--no-memory-reducer "$lib/ivbsnetd.js" "\$@"
 EOF
